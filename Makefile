@@ -1,0 +1,45 @@
+# The README's two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck schema bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the server: venv, install, embedded PostgreSQL, migrate, bootstrap, serve on :8000.
+run: $(STAMP)
+	$(BIN)/tenantry migrate
+	$(BIN)/tenantry bootstrap
+	$(BIN)/tenantry serve
+
+## Run the test suite against a real (embedded) PostgreSQL, plus lint and type checks.
+test: $(STAMP)
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Regenerate the committed schema.graphql from the code.
+schema: $(STAMP)
+	$(BIN)/tenantry export-schema --output schema.graphql
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.provision
+	$(BIN)/python -m bench.routing
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

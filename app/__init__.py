@@ -1,0 +1,1 @@
+"""Tenantry: a multi-tenant GraphQL backend with a PostgreSQL schema and role per tenant."""

@@ -1,0 +1,231 @@
+"""`tenantry`: serve, migrate, bootstrap, manage tenants and export the schema from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from app.auth.principal import Principal, Routed
+from app.db.transaction import transaction
+from app.errors import AppError
+from app.logs import configure_logging
+from app.platform import Platform
+from app.settings import Settings
+from app.tenancy.naming import MANAGEMENT_TENANT_ID
+from app.tenancy.registry import TenantRecord
+
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def _run(settings: Settings, work: Callable[[Platform], Awaitable[int]]) -> int:
+    async def main() -> int:
+        platform = Platform.create(settings)
+        try:
+            return await work(platform)
+        finally:
+            await platform.close()
+
+    return asyncio.run(main())
+
+
+async def _operator(platform: Platform) -> Routed:
+    async with transaction(platform.db.app) as tx:
+        management = await platform.registry.tenant(tx, MANAGEMENT_TENANT_ID)
+    if management is None:
+        raise AppError("no management tenant yet: run `tenantry bootstrap` first")
+    return Routed(principal=Principal.operator(), tenant=management, role="ADMIN")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
+                log_config=None, proxy_headers=True)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.db.engines import app_role_password
+    from app.tenancy.migrate import migrate_management, migrate_tenants
+
+    async def work(platform: Platform) -> int:
+        await migrate_management(platform.db.owner, settings, app_role_password(settings))
+        console.print("management schema: [green]at head[/green]")
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("tenant schemas", total=None)
+
+            def tick(tenant_id: str, error: str | None) -> None:
+                progress.advance(task)
+
+            report = await migrate_tenants(platform.db.owner, app_role=settings.app_role,
+                                           parallel=args.parallel, progress=tick)
+        console.print(f"tenant schemas at {report.head}: {len(report.migrated)} migrated, "
+                      f"{len(report.current)} already current, {len(report.failed)} failed")
+        for tenant_id, error in sorted(report.failed.items()):
+            err.print(f"[red]failed[/red] {tenant_id}: {error}")
+        return 1 if report.failed else 0
+
+    return _run(settings, work)
+
+
+def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.bootstrap import bootstrap
+
+    async def work(platform: Platform) -> int:
+        result = await bootstrap(platform)
+        state = "created" if result.created_tenant else "already present"
+        console.print(f"management tenant: {state}; admin: {result.admin_email}")
+        if result.generated_password:
+            console.print(f"[bold yellow]generated admin password (shown once):[/bold yellow] "
+                          f"{result.generated_password}")
+        return 0
+
+    return _run(settings, work)
+
+
+def _tenant_table(records: list[TenantRecord]) -> Table:
+    table = Table("id", "domain", "company", "kind", "status", "parent", "depth", "schema", "created")
+    for r in records:
+        status = {"ACTIVE": "[green]ACTIVE[/green]", "SUSPENDED": "[yellow]SUSPENDED[/yellow]"}.get(
+            r.status, f"[dim]{r.status}[/dim]")
+        table.add_row(r.id, r.domain, r.company, r.kind, status, r.parent_id or "", str(r.depth),
+                      r.schema_version or "", r.created_at.strftime("%Y-%m-%d %H:%M"))
+    return table
+
+
+def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.tenants import TenantFilter, list_subtree
+
+    async def work(platform: Platform) -> int:
+        routed = await _operator(platform)
+        records: list[TenantRecord] = [routed.tenant]
+        after = None
+        async with transaction(platform.db.app) as tx:
+            while True:
+                page = await list_subtree(tx, routed, first=500, after=after, cap=500,
+                                          filter=TenantFilter(status=args.status))
+                records.extend(page.items)
+                if not page.has_next_page:
+                    break
+                after = page.cursors[-1]
+        console.print(_tenant_table(records))
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.tenants import NewTenant, create_subtenant, managed_tenant
+
+    async def work(platform: Platform) -> int:
+        routed = await _operator(platform)
+        async with transaction(platform.db.app) as tx:
+            if args.parent != MANAGEMENT_TENANT_ID:
+                parent = await managed_tenant(platform, tx, routed, args.parent)
+                routed = Routed(principal=routed.principal, tenant=parent, role="ADMIN")
+            record = await create_subtenant(platform, tx, routed, NewTenant(
+                domain=args.domain, company=args.company, admin_email=args.admin_email, kind=args.kind,
+                admin_password=args.admin_password, template=args.template,
+            ))
+        console.print(_tenant_table([record]))
+        return 0
+
+    return _run(settings, work)
+
+
+def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        from app.services import tenants as service
+
+        async def work(platform: Platform) -> int:
+            routed = await _operator(platform)
+            fn = service.suspend_tenant if action == "suspend" else service.activate_tenant
+            async with transaction(platform.db.app) as tx:
+                record = await fn(platform, tx, routed, args.tenant_id)
+            console.print(_tenant_table([record]))
+            return 0
+
+        return _run(settings, work)
+
+    return command
+
+
+def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
+    from app.graphql.schema import build_schema
+
+    sdl = build_schema().as_str() + "\n"
+    if args.output == "-":
+        sys.stdout.write(sdl)
+    else:
+        Path(args.output).write_text(sdl)
+        console.print(f"wrote {args.output}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tenantry", description="Tenantry: multi-tenant GraphQL backend for IoT")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve GraphQL on TENANTRY_HOST:TENANTRY_PORT")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(fn=cmd_serve)
+    migrate = sub.add_parser("migrate", help="migrate the management schema, then every tenant schema")
+    migrate.add_argument("--parallel", type=int, default=4, help="tenant schemas migrated at once")
+    migrate.set_defaults(fn=cmd_migrate)
+    sub.add_parser("bootstrap", help="create the management tenant and its first admin").set_defaults(
+        fn=cmd_bootstrap)
+    export = sub.add_parser("export-schema", help="print or write the GraphQL SDL")
+    export.add_argument("--output", "-o", default="-")
+    export.set_defaults(fn=cmd_export_schema)
+
+    tenants = sub.add_parser("tenants", help="manage tenants as the operator").add_subparsers(
+        dest="tenants_command", required=True)
+    listing = tenants.add_parser("list", help="every tenant in a table")
+    listing.add_argument("--status", choices=["ACTIVE", "SUSPENDED", "DELETED"])
+    listing.set_defaults(fn=cmd_tenants_list)
+    create = tenants.add_parser("create", help="provision a tenant")
+    create.add_argument("--domain", required=True)
+    create.add_argument("--company", required=True)
+    create.add_argument("--admin-email", required=True)
+    create.add_argument("--admin-password")
+    create.add_argument("--kind", choices=["ENTERPRISE", "STANDARD"], default="STANDARD")
+    create.add_argument("--parent", default=MANAGEMENT_TENANT_ID, help="parent tenant id")
+    create.add_argument("--template")
+    create.set_defaults(fn=cmd_tenants_create)
+    for action in ("suspend", "activate"):
+        cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
+        cmd.add_argument("tenant_id")
+        cmd.set_defaults(fn=_lifecycle(action))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    try:
+        code: int = args.fn(settings, args)
+    except AppError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    return code
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The embedded PostgreSQL (pgserver) used when TENANTRY_DATABASE_URL is not set."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+_servers: dict[Path, Any] = {}
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or join) the embedded server under `data_dir/pg` and return its SQLAlchemy URL.
+
+    pgserver reference-counts the processes using one data directory and stops the server
+    when the last of them exits, so `tenantry migrate` followed by `tenantry serve` is safe.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; pgserver does not need it.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: only the embedded mode needs it
+
+    pgdata = (data_dir / "pg").resolve()
+    server = _servers.get(pgdata)
+    if server is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        _servers[pgdata] = server
+    uri: str = server.get_uri()
+    # pgserver answers "postgresql://postgres:@/postgres?host=<dir>"; psycopg 3 is our driver.
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1).replace("postgres:@", "postgres@", 1)

@@ -1,0 +1,83 @@
+"""Database engines: an owner engine for DDL and an application engine for requests.
+
+The owner engine logs in with TENANTRY_DATABASE_URL (a role that may create roles and
+schemas). It runs migrations and provisioning. The application engine logs in as the
+NOINHERIT application role, which can read no tenant table until a transaction switches
+to that tenant's role; every request goes through it.
+
+Both engines are AUTOCOMMIT at the driver: transactions are opened explicitly by
+`app.db.transaction`, which lets the routing prefix travel with BEGIN in one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.db.embedded import embedded_database_url
+from app.settings import Settings
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def owner_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        url = make_url(settings.database_url)
+        if url.drivername in {"postgresql", "postgres"}:
+            url = url.set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+    return embedded_database_url(settings.data_dir)
+
+
+def app_role_password(settings: Settings) -> str:
+    """The application role's password, derived from the secret key so nothing else must be kept."""
+    key = settings.resolved_secret_key().encode()
+    return hmac.new(key, b"tenantry-app-role-password", hashlib.sha256).hexdigest()
+
+
+def app_database_url(settings: Settings, owner_url: str) -> str:
+    url = make_url(owner_url).set(username=settings.app_role, password=app_role_password(settings))
+    return url.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int, max_overflow: int) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        # Recycled so the per-connection catalog caches (which grow with every tenant
+        # schema a connection touches) are bounded in time.
+        pool_recycle=1800,
+        isolation_level="AUTOCOMMIT",
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+@dataclass
+class Database:
+    owner: AsyncEngine
+    app: AsyncEngine
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Database:
+        owner_url = owner_database_url(settings)
+        return cls(
+            owner=make_engine(owner_url, pool_size=settings.owner_pool_size, max_overflow=2),
+            app=make_engine(
+                app_database_url(settings, owner_url),
+                pool_size=settings.pool_size,
+                max_overflow=settings.pool_size // 2,
+            ),
+        )
+
+    async def dispose(self) -> None:
+        await self.app.dispose()
+        await self.owner.dispose()

@@ -1,0 +1,131 @@
+"""Explicit transactions on AUTOCOMMIT connections.
+
+A routed tenant transaction starts with one simple-protocol round trip:
+
+    BEGIN; SELECT set_config('search_path', 't_x', true), set_config('role', 't_x', true)
+
+`is_local=true` scopes both settings to this transaction, so nothing leaks into the next
+checkout of the pooled connection (a session-level SET would). The identifiers are inlined
+because simple protocol takes no parameters; they come only from `app.tenancy.naming`,
+which validates them against a strict pattern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from sqlalchemy import Executable
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
+class Executor(Protocol):
+    """What services need from a transaction: run a statement, get buffered rows back."""
+
+    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]: ...
+
+
+def routing_prefix(tenant_id: str) -> str:
+    schema = tenant_schema(tenant_id)
+    role = tenant_role(tenant_id)
+    return f"BEGIN; SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)"
+
+
+MANAGEMENT_PREFIX = f"BEGIN; SELECT set_config('search_path', '{MANAGEMENT_SCHEMA}', true)"
+
+
+class Transaction:
+    """One database transaction, opened on first use and finished exactly once.
+
+    Resolvers of one GraphQL request run concurrently; a lock serialises their statements
+    on the single connection (results are buffered, so nothing is left half-read).
+    """
+
+    def __init__(self, engine: AsyncEngine, prefix: str) -> None:
+        self._engine = engine
+        self._prefix = prefix
+        self._conn: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+        self._finished = False
+        self.wrote = False  # whether an INSERT/UPDATE/DELETE ran (its rollback loses work)
+
+    async def _connection(self) -> AsyncConnection:
+        if self._finished:
+            raise RuntimeError("transaction already finished")
+        if self._conn is None:
+            conn = await self._engine.connect()
+            try:
+                await conn.exec_driver_sql(self._prefix)
+            except BaseException:
+                await _discard(conn)
+                raise
+            self._conn = conn
+        return self._conn
+
+    @property
+    def opened(self) -> bool:
+        return self._conn is not None
+
+    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]:
+        async with self._lock:
+            conn = await self._connection()
+            if getattr(statement, "is_dml", False):
+                self.wrote = True
+            return await conn.execute(statement, parameters)
+
+    async def exec_driver_sql(self, sql: str) -> None:
+        async with self._lock:
+            conn = await self._connection()
+            await conn.exec_driver_sql(sql)
+
+    async def finish(self, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK and return the connection to the pool."""
+        async with self._lock:
+            self._finished = True
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            if not commit:
+                await _discard(conn)
+                return
+            try:
+                await conn.exec_driver_sql("COMMIT")
+            except BaseException:
+                await _discard(conn)
+                raise
+            await conn.close()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Roll back whatever is open and release the connection, even when cancelled."""
+    try:
+        await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
+    finally:
+        await asyncio.shield(conn.close())
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine, prefix: str = "BEGIN") -> AsyncIterator[Transaction]:
+    """A transaction that commits when the block succeeds and rolls back otherwise."""
+    tx = Transaction(engine, prefix)
+    try:
+        yield tx
+    except BaseException:
+        await tx.finish(commit=False)
+        raise
+    await tx.finish(commit=True)
+
+
+def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> Transaction:
+    return Transaction(engine, routing_prefix(tenant_id))
+
+
+def management_transaction(engine: AsyncEngine) -> Transaction:
+    return Transaction(engine, MANAGEMENT_PREFIX)

@@ -1,0 +1,90 @@
+"""Identity and session: login, token refresh, logout, and `me` (the tenant chooser)."""
+
+from __future__ import annotations
+
+import strawberry
+
+from app.errors import Unauthenticated
+from app.graphql.context import Context
+from app.graphql.types.tenants import Tenant
+from app.services import auth as service
+from app.services.users import UserRecord, user_by_id
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type
+class User:
+    id: strawberry.ID
+    email: str
+
+    @classmethod
+    def of(cls, r: UserRecord) -> User:
+        return cls(id=strawberry.ID(str(r.id)), email=r.email)
+
+
+@strawberry.type
+class Membership:
+    tenant: Tenant
+    role: str
+    scope: str
+    user: User
+
+
+@strawberry.type
+class Me:
+    user: User
+    memberships: list[Membership]
+
+
+@strawberry.type
+class AuthPayload:
+    access_token: str
+    refresh_token: str
+    expires_in: int = strawberry.field(description="Seconds until the access token expires.")
+    user: User
+    tenant: Tenant | None = strawberry.field(
+        description="The token's default tenant: the one asked for, else the only membership, else null.")
+
+
+async def _payload(ctx: Context, session: service.Session) -> AuthPayload:
+    tenant = None
+    if session.tenant_id is not None:
+        record = await ctx.platform.registry.tenant(ctx.management_db, session.tenant_id)
+        tenant = Tenant.of(record) if record else None
+    return AuthPayload(access_token=session.access_token, refresh_token=session.refresh_token,
+                       expires_in=session.expires_in, user=User.of(session.user), tenant=tenant)
+
+
+@strawberry.type
+class AuthQueries:
+    @strawberry.field(description="The caller and every tenant it can enter.")
+    async def me(self, info: Info) -> Me:
+        ctx = info.context
+        principal = ctx.principal()
+        user = await user_by_id(ctx.management_db, principal.user_id)
+        if user is None:
+            raise Unauthenticated("the user of this token no longer exists")
+        rows = await service.memberships_of(ctx.management_db, principal.user_id)
+        me = User.of(user)
+        return Me(user=me, memberships=[Membership(tenant=Tenant.of(m.tenant), role=m.role, scope=m.scope, user=me)
+                                        for m in rows])
+
+
+@strawberry.type
+class AuthMutations:
+    @strawberry.mutation
+    async def login(self, info: Info, email: str, password: str, tenant_id: strawberry.ID | None = None) -> AuthPayload:
+        ctx = info.context
+        session = await service.login(ctx.platform, ctx.management_db, email=email, password=password,
+                                      tenant_id=tenant_id)
+        return await _payload(ctx, session)
+
+    @strawberry.mutation(description="Rotate a refresh token; presenting a rotated one revokes its family.")
+    async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
+        ctx = info.context
+        return await _payload(ctx, await service.refresh(ctx.platform, refresh_token=refresh_token))
+
+    @strawberry.mutation(description="Revoke the refresh token's family (every token rotated from one login).")
+    async def logout(self, info: Info, refresh_token: str) -> bool:
+        return await service.logout(info.context.platform, refresh_token=refresh_token)

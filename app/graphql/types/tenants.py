@@ -1,0 +1,224 @@
+"""Tenants: the management plane (tree, lifecycle, limits)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry import UNSET
+
+from app.graphql.connections import Connection
+from app.graphql.context import Context
+from app.graphql.scalars import JSON, Long
+from app.services import tenants as service
+from app.tenancy.registry import TenantRecord
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.enum
+class TenantKind(Enum):
+    MANAGEMENT = "MANAGEMENT"
+    ENTERPRISE = "ENTERPRISE"
+    STANDARD = "STANDARD"
+
+
+@strawberry.enum
+class TenantStatus(Enum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    DELETED = "DELETED"
+
+
+@strawberry.type(description="Limits of a tenant; null means unlimited.")
+class TenantLimits:
+    max_devices: Long | None
+    max_users: Long | None
+    max_subtenants: Long | None
+    storage_bytes: Long | None
+    requests_per_second: int | None
+    request_burst: int | None
+
+
+@strawberry.type
+class Tenant:
+    id: strawberry.ID
+    domain: str
+    company: str
+    kind: TenantKind
+    status: TenantStatus
+    parent_id: strawberry.ID | None
+    depth: int
+    allow_create_tenants: bool
+    contact_name: str | None
+    contact_email: str | None
+    custom_properties: JSON | None
+    template: str
+    created_at: datetime
+    updated_at: datetime
+    schema_version: str | None
+    limits: TenantLimits
+
+    @classmethod
+    def of(cls, r: TenantRecord) -> Tenant:
+        return cls(
+            id=strawberry.ID(r.id), domain=r.domain, company=r.company, kind=TenantKind(r.kind),
+            status=TenantStatus(r.status), parent_id=strawberry.ID(r.parent_id) if r.parent_id else None,
+            depth=r.depth, allow_create_tenants=r.allow_create_tenants, contact_name=r.contact_name,
+            contact_email=r.contact_email, custom_properties=r.custom_properties, template=r.template,
+            created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version,
+            limits=TenantLimits(
+                max_devices=r.max_devices, max_users=r.max_users, max_subtenants=r.max_subtenants,
+                storage_bytes=r.storage_bytes, requests_per_second=r.requests_per_second,
+                request_burst=r.request_burst,
+            ),
+        )
+
+    @strawberry.field(description="The parent, when the caller may see it (its own tenant or below).")
+    async def parent(self, info: Info) -> Tenant | None:
+        if self.parent_id is None:
+            return None
+        ctx = info.context
+        record = await service.visible_tenant(ctx.platform, ctx.management_db, await ctx.routed(), self.parent_id)
+        return Tenant.of(record) if record else None
+
+    @strawberry.field(description="Direct subtenants (ADMIN of this tenant or an ancestor).")
+    async def children(self, info: Info, first: int | None = None, after: str | None = None) -> Connection[Tenant]:
+        ctx = info.context
+        routed = await ctx.routed()
+        page = await service.list_subtree(ctx.management_db, routed, first=first, after=after, cap=ctx.cap,
+                                          parent_id=self.id)
+        return Connection.of(page, Tenant.of,
+                             lambda: service.count_subtree(ctx.management_db, routed, parent_id=self.id))
+
+
+@strawberry.input(description="Limits; omitted fields stay as they are, null means unlimited.")
+class TenantLimitsInput:
+    max_devices: Long | None = UNSET
+    max_users: Long | None = UNSET
+    max_subtenants: Long | None = UNSET
+    storage_bytes: Long | None = UNSET
+    requests_per_second: int | None = UNSET
+    request_burst: int | None = UNSET
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {k: v for k, v in vars(self).items() if v is not UNSET}
+
+
+@strawberry.input
+class CreateSubtenantInput:
+    domain: str
+    company: str
+    admin_email: str
+    kind: TenantKind = TenantKind.STANDARD
+    admin_password: str | None = strawberry.field(
+        default=None, description="For a new user; without it the admin is invited.")
+    template: str | None = strawberry.field(default=None, description="Default: the kind, lower-cased.")
+    allow_create_tenants: bool | None = strawberry.field(
+        default=None, description="Default: true for ENTERPRISE, false for STANDARD.")
+    custom_properties: JSON | None = None
+    contact_name: str | None = None
+    contact_email: str | None = None
+    limits: TenantLimitsInput | None = None
+
+
+@strawberry.input
+class UpdateTenantInput:
+    domain: str | None = None
+    company: str | None = None
+    allow_create_tenants: bool | None = None
+    custom_properties: JSON | None = None
+    contact_name: str | None = None
+    contact_email: str | None = None
+    limits: TenantLimitsInput | None = None
+
+
+@strawberry.input
+class TenantFilter:
+    status: TenantStatus | None = None
+    kind: TenantKind | None = None
+    parent_id: strawberry.ID | None = None
+    search: str | None = strawberry.field(default=None, description="Substring of domain or company.")
+
+
+@strawberry.type
+class TenantQueries:
+    @strawberry.field(description="The tenant this request is routed to.")
+    async def tenant(self, info: Info) -> Tenant:
+        return Tenant.of((await info.context.routed()).tenant)
+
+    @strawberry.field(description="The caller's visible subtree (ADMIN), not including its own tenant.")
+    async def tenants(
+        self, info: Info, first: int | None = None, after: str | None = None, filter: TenantFilter | None = None
+    ) -> Connection[Tenant]:
+        ctx = info.context
+        routed = await ctx.routed()
+        f = service.TenantFilter(
+            status=filter.status.value if filter and filter.status else None,
+            kind=filter.kind.value if filter and filter.kind else None,
+            parent_id=filter.parent_id if filter else None,
+            search=filter.search if filter else None,
+        )
+        page = await service.list_subtree(ctx.management_db, routed, first=first, after=after, cap=ctx.cap, filter=f)
+        return Connection.of(page, Tenant.of, lambda: service.count_subtree(ctx.management_db, routed))
+
+    @strawberry.field(description="The caller's own tenant or one below it; null for any other id.")
+    async def tenant_by_id(self, info: Info, id: strawberry.ID) -> Tenant | None:
+        ctx = info.context
+        record = await service.visible_tenant(ctx.platform, ctx.management_db, await ctx.routed(), id)
+        return Tenant.of(record) if record else None
+
+
+@strawberry.type
+class TenantMutations:
+    @strawberry.mutation(description="Provision a subtenant below the routed tenant (ADMIN).")
+    async def create_subtenant(self, info: Info, input: CreateSubtenantInput) -> Tenant:
+        ctx = info.context
+        record = await service.create_subtenant(
+            ctx.platform, ctx.management_db, await ctx.routed(),
+            service.NewTenant(
+                domain=input.domain, company=input.company, admin_email=input.admin_email, kind=input.kind.value,
+                admin_password=input.admin_password, template=input.template,
+                allow_create_tenants=input.allow_create_tenants,
+                custom_properties=input.custom_properties,
+                contact_name=input.contact_name, contact_email=input.contact_email,
+                limits=input.limits.to_dict() if input.limits else {},
+            ),
+            request_id=ctx.request_id,
+        )
+        return Tenant.of(record)
+
+    @strawberry.mutation
+    async def update_tenant(self, info: Info, id: strawberry.ID, input: UpdateTenantInput) -> Tenant:
+        ctx = info.context
+        record = await service.update_tenant(
+            ctx.platform, ctx.management_db, await ctx.routed(), id,
+            service.TenantChanges(
+                domain=input.domain, company=input.company, allow_create_tenants=input.allow_create_tenants,
+                custom_properties=input.custom_properties, contact_name=input.contact_name,
+                contact_email=input.contact_email, limits=input.limits.to_dict() if input.limits else {},
+            ),
+            request_id=ctx.request_id,
+        )
+        return Tenant.of(record)
+
+    @strawberry.mutation(description="Suspend a tenant and its whole subtree.")
+    async def suspend_tenant(self, info: Info, id: strawberry.ID) -> Tenant:
+        ctx = info.context
+        return Tenant.of(await service.suspend_tenant(
+            ctx.platform, ctx.management_db, await ctx.routed(), id, request_id=ctx.request_id))
+
+    @strawberry.mutation(description="Activate a tenant and the subtenants its suspension suspended.")
+    async def activate_tenant(self, info: Info, id: strawberry.ID) -> Tenant:
+        ctx = info.context
+        return Tenant.of(await service.activate_tenant(
+            ctx.platform, ctx.management_db, await ctx.routed(), id, request_id=ctx.request_id))
+
+    @strawberry.mutation(description="Management only: drop a leaf tenant's schema and role; the row stays DELETED.")
+    async def delete_tenant(self, info: Info, id: strawberry.ID) -> bool:
+        ctx = info.context
+        await service.delete_tenant(ctx.platform, ctx.management_db, await ctx.routed(), id,
+                                    request_id=ctx.request_id)
+        return True
+

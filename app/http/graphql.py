@@ -1,0 +1,216 @@
+"""POST/GET /graphql following the GraphQL-over-HTTP spec, plus GraphiQL.
+
+Written directly on Starlette (not strawberry's view) to own the HTTP semantics:
+media-type negotiation (`application/graphql-response+json` answered in kind), 4xx for
+requests that are not valid GraphQL, 405 for mutations over GET, a body-size limit, and
+one place that classifies, masks and logs errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from graphql import GraphQLError
+from graphql.error import GraphQLSyntaxError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from strawberry.exceptions import MissingQueryError
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.graphql import OperationType
+
+from app.errors import AppError
+from app.graphql.context import Context
+from app.graphql.schema import TenantrySchema
+from app.platform import Platform
+
+log = logging.getLogger("tenantry.graphql")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+_COMPLEXITY_MARKERS = ("exceeds maximum operation depth", "aliases found", "tokens. Parsing aborted")
+
+
+class RequestError(Exception):
+    """The HTTP request is not a GraphQL request we can run (→ 4xx, no execution)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _negotiate(accept: str) -> str:
+    """The response media type: graphql-response+json when accepted, else application/json."""
+    if not accept:
+        return JSON
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if GRAPHQL_RESPONSE in types:
+        return GRAPHQL_RESPONSE
+    if JSON in types or "*/*" in types or "application/*" in types:
+        return JSON
+    raise RequestError(406, f"cannot answer with any of: {accept}; use {GRAPHQL_RESPONSE} or {JSON}")
+
+
+class GraphQLEndpoint:
+    def __init__(self, schema: TenantrySchema, platform: Platform) -> None:
+        self.schema = schema
+        self.platform = platform
+        self._ide_html = get_graphql_ide_html(graphql_ide="graphiql")
+
+    async def handle(self, request: Request) -> Response:
+        request_id: str = request.state.request_id
+        try:
+            if request.method == "GET" and self._wants_ide(request):
+                if not self.platform.settings.graphiql:
+                    raise RequestError(404, "GraphiQL is disabled (TENANTRY_GRAPHIQL=false)")
+                return HTMLResponse(self._ide_html)
+            media_type = _negotiate(request.headers.get("accept", ""))
+            payload = await self._read_payload(request)
+            query, variables, operation_name = _unpack(payload)
+        except RequestError as exc:
+            return _error_response(exc.status, exc.message, JSON, exc.headers)
+        allowed = {OperationType.QUERY} if request.method == "GET" else {
+            OperationType.QUERY, OperationType.MUTATION}
+        context = Context(
+            platform=self.platform,
+            request_id=request_id,
+            authorization=request.headers.get("authorization"),
+            tenant_header=request.headers.get("x-tenant-id"),
+        )
+        try:
+            result = await self.schema.execute(
+                query, variable_values=variables, context_value=context, operation_name=operation_name,
+                allowed_operation_types=allowed,
+            )
+        except InvalidOperationTypeError:
+            await context.finish(commit=False)
+            return _error_response(405, "mutations are only accepted over POST", media_type, {"Allow": "POST"})
+        except MissingQueryError:
+            await context.finish(commit=False)
+            return _error_response(400, "no GraphQL query in the request", media_type)
+        except CannotGetOperationTypeError as exc:
+            await context.finish(commit=False)
+            return _error_response(400, exc.as_http_error_reason(), media_type)
+        except BaseException:
+            await context.finish(commit=False)
+            raise
+
+        data = result.data
+        errors = result.errors or []
+        try:
+            await context.finish(commit=not errors)
+        except Exception:
+            log.exception("commit failed", extra={"request_id": request_id})
+            data, errors = None, [GraphQLError("could not save the changes", original_error=RuntimeError())]
+        if errors and data is not None and context.wrote_tenant_data:
+            # The request's data-plane writes were rolled back together: report none of them.
+            data = None
+        formatted = [_format_error(e, request_id, context) for e in errors]
+        body: dict[str, Any] = {"data": data}
+        if formatted:
+            body["errors"] = formatted
+        status = 200
+        if data is None and errors and all(_is_request_error(e) for e in errors):
+            status = 400  # unparsable or invalid document: nothing was executed
+        return Response(orjson.dumps(body), status_code=status, media_type=media_type)
+
+    @staticmethod
+    def _wants_ide(request: Request) -> bool:
+        return "text/html" in request.headers.get("accept", "") and "query" not in request.query_params
+
+    async def _read_payload(self, request: Request) -> dict[str, Any]:
+        if request.method == "GET":
+            params = request.query_params
+            variables = params.get("variables")
+            try:
+                parsed_variables = orjson.loads(variables) if variables else None
+            except orjson.JSONDecodeError as exc:
+                raise RequestError(400, "variables must be JSON") from exc
+            return {"query": params.get("query"), "variables": parsed_variables,
+                    "operationName": params.get("operationName")}
+        if request.method != "POST":
+            raise RequestError(405, "GraphQL accepts GET and POST", {"Allow": "GET, POST"})
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            raise RequestError(415, "POST bodies must be application/json")
+        body = await _read_limited(request, self.platform.settings.max_body_bytes)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(400, "the body is not valid JSON") from exc
+        if not isinstance(payload, dict):
+            raise RequestError(400, "the body must be a JSON object")
+        return payload
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unpack(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
+    query = payload.get("query")
+    variables = payload.get("variables")
+    operation_name = payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "'query' must be a non-empty string")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "'variables' must be a JSON object")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "'operationName' must be a string")
+    return query, variables, operation_name
+
+
+def _is_request_error(error: GraphQLError) -> bool:
+    """Parse, validation and variable errors carry no path: the document never ran."""
+    return error.path is None and (error.original_error is None or isinstance(error.original_error, GraphQLSyntaxError))
+
+
+def _code_for_request_error(error: GraphQLError) -> str:
+    if any(marker in error.message for marker in _COMPLEXITY_MARKERS):
+        return "QUERY_TOO_COMPLEX"
+    return "INVALID_INPUT"
+
+
+def _format_error(error: GraphQLError, request_id: str, context: Context) -> dict[str, Any]:
+    formatted: dict[str, Any] = {"message": error.message}
+    if error.locations:
+        formatted["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
+    if error.path:
+        formatted["path"] = error.path
+    original = error.original_error
+    if isinstance(original, AppError):
+        formatted["message"] = original.message
+        formatted["extensions"] = {"code": original.code, **original.extensions}
+    elif original is None or isinstance(original, GraphQLSyntaxError):
+        formatted["extensions"] = {"code": _code_for_request_error(error)}
+    elif isinstance(original, GraphQLError):  # e.g. variable coercion inside execution
+        formatted["extensions"] = {"code": "INVALID_INPUT"}
+    else:
+        routed = context._routed
+        log.error(
+            "unexpected error [request %s, tenant %s]: %s", request_id,
+            routed.tenant.id if routed else context.tenant_header, error.message,
+            exc_info=original, extra={"request_id": request_id},
+        )
+        formatted["message"] = f"internal error (request id {request_id})"
+        formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
+    return formatted
+
+
+def _error_response(status: int, message: str, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"errors": [{"message": message, "extensions": {"code": "INVALID_INPUT" if status < 500 else "INTERNAL"}}]}
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)

@@ -1,0 +1,69 @@
+"""The ASGI application: `create_app()` for uvicorn and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.graphql.schema import build_schema
+from app.http.graphql import GraphQLEndpoint
+from app.http.middleware import RequestIdMiddleware
+from app.platform import Platform
+from app.settings import Settings
+from app.tenancy.ddl import tenant_ddl
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Starlette:
+    """Build the app. A given `platform` is shared and left open (tests); otherwise one is made."""
+    settings = settings or (platform.settings if platform else Settings.from_env())
+    owned = platform is None
+    live = platform or Platform.create(settings)
+    endpoint = GraphQLEndpoint(build_schema(settings), live)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            async with live.db.app.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
+        yield
+        if owned:
+            await live.close()
+
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-tenant-id", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        ))
+    app = Starlette(
+        routes=[
+            Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+    )
+    app.state.platform = live
+    return app

@@ -1,0 +1,146 @@
+"""Tables of the management schema: the tenant registry, identities, memberships, tokens, audit.
+
+Tenant roles are never granted anything here; only the application role and the owner are.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from app.tenancy.naming import MANAGEMENT_SCHEMA
+
+metadata = MetaData(schema=MANAGEMENT_SCHEMA)
+
+TENANT_KINDS = ("MANAGEMENT", "ENTERPRISE", "STANDARD")
+TENANT_STATUSES = ("ACTIVE", "SUSPENDED", "DELETED")
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("domain", Text, nullable=False),
+    Column("company", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="ACTIVE"),
+    Column("parent_id", Text, ForeignKey("tenants.id"), nullable=True),
+    # Ids from the root down to this tenant (inclusive): subtree queries are `path @> {id}`.
+    Column("path", ARRAY(Text), nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("allow_create_tenants", Boolean, nullable=False, server_default=text("false")),
+    Column("contact_name", Text),
+    Column("contact_email", Text),
+    Column("custom_properties", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("template", Text, nullable=False),
+    Column("max_devices", BigInteger),
+    Column("max_users", BigInteger),
+    Column("max_subtenants", BigInteger),
+    Column("storage_bytes", BigInteger),
+    Column("requests_per_second", Integer),
+    Column("request_burst", Integer),
+    # The tenant whose suspension suspended this one (itself when suspended directly), so
+    # activating an ancestor revives exactly the tenants its suspension took down.
+    Column("suspended_from", Text),
+    Column("schema_version", Text),
+    Column("migration_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("deleted_at", DateTime(timezone=True)),
+    CheckConstraint("kind IN ('MANAGEMENT', 'ENTERPRISE', 'STANDARD')", name="tenants_kind_check"),
+    CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'DELETED')", name="tenants_status_check"),
+    # A deleted tenant keeps its row (usage history) but frees its domain.
+    Index("tenants_domain_live_key", "domain", unique=True, postgresql_where=text("status <> 'DELETED'")),
+    Index("tenants_path_idx", "path", postgresql_using="gin"),
+    Index("tenants_parent_idx", "parent_id"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("email", Text, nullable=False),
+    Column("password_hash", Text),
+    Column("display_name", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_login_at", DateTime(timezone=True)),
+    Index("users_email_key", func.lower(text("email")), unique=True),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), primary_key=True),
+    Column("role", Text, nullable=False),
+    # TENANT: this tenant only; SUBTREE: the same role in every descendant's management plane.
+    Column("scope", Text, nullable=False, server_default="TENANT"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("scope IN ('TENANT', 'SUBTREE')", name="memberships_scope_check"),
+    Index("memberships_tenant_idx", "tenant_id"),
+)
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("email", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("invited_by", Uuid, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("accepted_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("invitations_tenant_idx", "tenant_id"),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    # Every token issued by rotation from one login shares a family; reuse of a rotated
+    # token revokes the whole family (the thief's and the owner's copies alike).
+    Column("family_id", Uuid, nullable=False),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", Text),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("refresh_tokens_family_idx", "family_id"),
+    Index("refresh_tokens_user_idx", "user_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("tenant_id", Text, nullable=False),
+    Column("actor_type", Text, nullable=False),
+    Column("actor_id", Text),
+    Column("action", Text, nullable=False),
+    Column("target", Text),
+    Column("changes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("request_id", Text),
+    Index("audit_log_tenant_idx", "tenant_id", "id"),
+)

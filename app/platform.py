@@ -1,0 +1,38 @@
+"""The process-wide parts every request and command shares, built once from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.auth.passwords import Passwords
+from app.auth.tokens import AccessTokens
+from app.db.engines import Database
+from app.settings import Settings
+from app.tenancy.registry import Registry
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    registry: Registry
+    passwords: Passwords
+    access_tokens: AccessTokens
+
+    @classmethod
+    def create(cls, settings: Settings) -> Platform:
+        return cls(
+            settings=settings,
+            db=Database.connect(settings),
+            registry=Registry(ttl=settings.registry_ttl_seconds),
+            passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib),
+            access_tokens=AccessTokens(
+                secret=settings.resolved_secret_key(),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                ttl_seconds=settings.access_token_ttl_seconds,
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.db.dispose()

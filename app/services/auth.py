@@ -1,0 +1,128 @@
+"""Login, refresh-token rotation with reuse detection, logout, and a user's memberships."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, insert, select, update
+
+from app.auth.tokens import new_secret, secret_hash
+from app.db.transaction import Executor, transaction
+from app.errors import Forbidden, Unauthenticated
+from app.models.management import memberships, refresh_tokens, tenants, users
+from app.platform import Platform
+from app.services.users import UserRecord, user_by_email, user_by_id
+from app.tenancy.registry import TenantRecord
+
+BAD_CREDENTIALS = "invalid email or password"
+REFRESH_PREFIX = "trt_"
+
+
+@dataclass(frozen=True)
+class Session:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: UserRecord
+    tenant_id: str | None
+
+
+@dataclass(frozen=True)
+class MembershipRecord:
+    tenant: TenantRecord
+    role: str
+    scope: str
+
+
+async def login(platform: Platform, db: Executor, *, email: str, password: str, tenant_id: str | None) -> Session:
+    user = await user_by_email(db, email.strip())
+    # The same error, and the same argon2 work, whether the email or the password is wrong.
+    if not await platform.passwords.verify(user.password_hash if user else None, password) or user is None:
+        raise Unauthenticated(BAD_CREDENTIALS)
+    default_tenant = await _default_tenant(db, user.id, tenant_id)
+    async with transaction(platform.db.app) as tx:
+        await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+        return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
+
+
+async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str | None:
+    live = select(memberships.c.tenant_id).join(tenants, tenants.c.id == memberships.c.tenant_id).where(
+        memberships.c.user_id == user_id, tenants.c.status != "DELETED"
+    )
+    if asked is not None:
+        found = (await db.execute(live.where(memberships.c.tenant_id == asked))).first()
+        if found is None:
+            raise Forbidden(f"you are not a member of tenant {asked}")
+        return asked
+    rows = (await db.execute(live.limit(2))).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: str | None,
+                 *, family_id: UUID) -> Session:
+    secret = new_secret(REFRESH_PREFIX)
+    await tx.execute(insert(refresh_tokens).values(
+        family_id=family_id,
+        user_id=user.id,
+        tenant_id=tenant_id,
+        token_hash=secret_hash(secret),
+        expires_at=datetime.now(UTC) + timedelta(seconds=platform.settings.refresh_token_ttl_seconds),
+    ))
+    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id)
+    return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
+
+
+async def refresh(platform: Platform, *, refresh_token: str) -> Session:
+    """Rotate a refresh token. Presenting an already-rotated token revokes its whole family."""
+    reused_family: Any = None
+    async with transaction(platform.db.app) as tx:
+        row = (await tx.execute(
+            select(refresh_tokens).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
+            .with_for_update()
+        )).first()
+        if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
+            raise Unauthenticated("invalid or expired refresh token")
+        if row.rotated_at is not None:
+            await tx.execute(update(refresh_tokens).where(
+                refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
+            ).values(revoked_at=func.now()))
+            reused_family = row.family_id
+        else:
+            await tx.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id)
+                             .values(rotated_at=func.now()))
+            user = await user_by_id(tx, row.user_id)
+            if user is None:  # pragma: no cover - tokens cascade with users
+                raise Unauthenticated("invalid or expired refresh token")
+            return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id)
+    # Raised after the commit so the family stays revoked.
+    raise Unauthenticated("refresh token reuse detected; please log in again", family=str(reused_family))
+
+
+async def logout(platform: Platform, *, refresh_token: str) -> bool:
+    async with transaction(platform.db.app) as tx:
+        row = (await tx.execute(
+            select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
+        )).first()
+        if row is None:
+            return False
+        await tx.execute(update(refresh_tokens).where(
+            refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
+        ).values(revoked_at=func.now()))
+    return True
+
+
+async def memberships_of(db: Executor, user_id: UUID) -> list[MembershipRecord]:
+    from app.tenancy.registry import TENANT_COLUMNS
+
+    stmt = (
+        select(memberships.c.role, memberships.c.scope, *TENANT_COLUMNS)
+        .join(tenants, tenants.c.id == memberships.c.tenant_id)
+        .where(memberships.c.user_id == user_id, tenants.c.status != "DELETED")
+        .order_by(tenants.c.depth, tenants.c.domain)
+    )
+    rows = (await db.execute(stmt)).all()
+    return [MembershipRecord(TenantRecord.from_row(r), r.role, r.scope) for r in rows]

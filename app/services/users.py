@@ -1,0 +1,50 @@
+"""Identities: one user per email (case-insensitive), across every tenant."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, insert, select
+
+from app.db.transaction import Executor
+from app.errors import InvalidInput
+from app.models.management import users
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: UUID
+    email: str
+    password_hash: str | None
+
+
+def normalise_email(email: str, *, field: str = "email") -> str:
+    email = email.strip()
+    if not _EMAIL.match(email):
+        raise InvalidInput(f"{field} is not a valid email address", field=field)
+    return email
+
+
+async def user_by_email(db: Executor, email: str) -> UserRecord | None:
+    stmt = select(users.c.id, users.c.email, users.c.password_hash).where(
+        func.lower(users.c.email) == email.lower()
+    )
+    row = (await db.execute(stmt)).first()
+    return UserRecord(row.id, row.email, row.password_hash) if row else None
+
+
+async def user_by_id(db: Executor, user_id: UUID) -> UserRecord | None:
+    stmt = select(users.c.id, users.c.email, users.c.password_hash).where(users.c.id == user_id)
+    row = (await db.execute(stmt)).first()
+    return UserRecord(row.id, row.email, row.password_hash) if row else None
+
+
+async def create_user(db: Executor, *, email: str, password_hash: str | None) -> UserRecord:
+    values: dict[str, Any] = {"email": email, "password_hash": password_hash}
+    row = (await db.execute(insert(users).values(**values).returning(users.c.id))).one()
+    return UserRecord(row.id, email, password_hash)

@@ -1,0 +1,113 @@
+"""Configuration from the environment (12-factor); every setting is optional.
+
+Settings are read once into an immutable object and passed explicitly, so tests can build
+their own without touching the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".tenantry")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    secret_key: str | None = None
+    admin_email: str | None = None
+    admin_password: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    log_format: str = "console"
+    graphiql: bool = True
+    # Levels of the tenant tree, management included (management=0 … max_tenant_depth-1).
+    max_tenant_depth: int = 4
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    jwt_issuer: str = "tenantry"
+    jwt_audience: str = "tenantry-api"
+    max_body_bytes: int = 1024 * 1024
+    max_query_depth: int = 15
+    max_query_aliases: int = 30
+    max_query_tokens: int = 4000
+    page_size_cap: int = 500
+    pool_size: int = 10
+    owner_pool_size: int = 2
+    app_role: str = "tenantry_app"
+    # Citus connects to workers as the current role, so there tenant roles must be LOGIN.
+    tenant_roles_login: bool = False
+    registry_ttl_seconds: float = 1.0
+    invitation_ttl_seconds: int = 48 * 3600
+    # argon2 cost; lowered only by the test suite, never by configuration.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        origins = tuple(o.strip() for o in env.get("TENANTRY_CORS_ORIGINS", "").split(",") if o.strip())
+        log_format = env.get("TENANTRY_LOG_FORMAT", "console")
+        if log_format not in {"console", "json"}:
+            raise SystemExit("TENANTRY_LOG_FORMAT must be 'console' or 'json'")
+        return cls(
+            database_url=env.get("TENANTRY_DATABASE_URL") or None,
+            data_dir=Path(env.get("TENANTRY_DATA_DIR", ".tenantry")),
+            host=env.get("TENANTRY_HOST", "127.0.0.1"),
+            port=_int(env, "TENANTRY_PORT", 8000),
+            secret_key=env.get("TENANTRY_SECRET_KEY") or None,
+            admin_email=env.get("TENANTRY_ADMIN_EMAIL") or None,
+            admin_password=env.get("TENANTRY_ADMIN_PASSWORD") or None,
+            cors_origins=origins,
+            log_format=log_format,
+            graphiql=_bool(env.get("TENANTRY_GRAPHIQL"), True),
+            max_tenant_depth=_int(env, "TENANTRY_MAX_TENANT_DEPTH", 4),
+            access_token_ttl_seconds=_int(env, "TENANTRY_ACCESS_TOKEN_TTL", 900),
+            refresh_token_ttl_seconds=_int(env, "TENANTRY_REFRESH_TOKEN_TTL", 30 * 24 * 3600),
+            max_body_bytes=_int(env, "TENANTRY_MAX_BODY_BYTES", 1024 * 1024),
+            page_size_cap=_int(env, "TENANTRY_PAGE_SIZE_CAP", 500),
+            pool_size=_int(env, "TENANTRY_POOL_SIZE", 10),
+            app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
+            tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def resolved_secret_key(self) -> str:
+        """The JWT signing secret: configured, else generated once and kept in the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        # Created with 0600 so the key is not readable by other local users.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its key
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return key

@@ -1,0 +1,134 @@
+"""`tenantry migrate`: the management chain, the application role, then every tenant schema.
+
+Tenants migrate one transaction each, K at a time, with a lock_timeout so one busy tenant
+cannot stall the rollout; each tenant's version and last error are written to the registry,
+so a second run resumes where the first stopped and one tenant's failure stops no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from alembic import command
+from sqlalchemy import Connection, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.models.management import tenants
+from app.settings import Settings
+from app.tenancy.alembic_chains import alembic_config, head_revision
+from app.tenancy.naming import MANAGEMENT_SCHEMA, checked_identifier, tenant_role, tenant_schema
+
+
+@dataclass
+class MigrationReport:
+    head: str
+    migrated: list[str] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+async def migrate_management(owner: AsyncEngine, settings: Settings, app_password: str) -> None:
+    async with owner.connect() as conn:
+        conn = await conn.execution_options(isolation_level="READ COMMITTED")
+
+        def upgrade(sync_conn: Connection) -> None:
+            command.upgrade(alembic_config("management", connection=sync_conn), "head")
+
+        await conn.run_sync(upgrade)
+        await conn.commit()
+        for statement in app_role_sql(settings.app_role, app_password):
+            await conn.exec_driver_sql(statement)
+        await conn.commit()
+
+
+def app_role_sql(app_role: str, password: str) -> list[str]:
+    """The NOINHERIT login role requests run as: management DML, no tenant data of its own."""
+    role = checked_identifier(app_role)
+    s = MANAGEMENT_SCHEMA
+    quoted_password = password.replace("'", "''")
+    return [
+        f"""DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                CREATE ROLE {role} LOGIN NOINHERIT;
+              END IF;
+            END $$""",
+        f"ALTER ROLE {role} LOGIN NOINHERIT NOCREATEROLE NOCREATEDB PASSWORD '{quoted_password}'",
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        f"GRANT USAGE ON SCHEMA {s} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {role}",
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.alembic_version FROM {role}",
+        # The audit log is append-only for the application.
+        f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.audit_log FROM {role}",
+    ]
+
+
+async def migrate_tenants(
+    owner: AsyncEngine,
+    *,
+    app_role: str,
+    parallel: int = 4,
+    lock_timeout_ms: int = 5000,
+    progress: Callable[[str, str | None], None] = lambda tenant_id, error: None,
+) -> MigrationReport:
+    head = head_revision("tenant")
+    report = MigrationReport(head=head)
+    async with owner.connect() as conn:
+        rows = (await conn.execute(
+            select(tenants.c.id, tenants.c.schema_version).where(tenants.c.status != "DELETED")
+            .order_by(tenants.c.depth, tenants.c.id)
+        )).all()
+    semaphore = asyncio.Semaphore(parallel)
+
+    async def one(tenant_id: str, version: str | None) -> None:
+        if version == head:
+            report.current.append(tenant_id)
+            progress(tenant_id, None)
+            return
+        async with semaphore:
+            error = await _migrate_one(owner, tenant_id, app_role, lock_timeout_ms)
+        if error is None:
+            report.migrated.append(tenant_id)
+        else:
+            report.failed[tenant_id] = error
+        progress(tenant_id, error)
+
+    await asyncio.gather(*(one(r.id, r.schema_version) for r in rows))
+    return report
+
+
+async def _migrate_one(owner: AsyncEngine, tenant_id: str, app_role: str, lock_timeout_ms: int) -> str | None:
+    schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
+    head = head_revision("tenant")
+    try:
+        async with owner.connect() as conn:
+            conn = await conn.execution_options(isolation_level="READ COMMITTED")
+            await conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{lock_timeout_ms}ms"})
+
+            def upgrade(sync_conn: Connection) -> None:
+                command.upgrade(alembic_config("tenant", connection=sync_conn, schema=schema), "head")
+
+            await conn.run_sync(upgrade)
+            # Default privileges cover new tables; re-grant so tables created before a
+            # default-privilege change are covered too (idempotent).
+            await conn.exec_driver_sql(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; "
+                f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role}; "
+                f"GRANT {role} TO {checked_identifier(app_role)}"
+            )
+            await conn.execute(
+                update(tenants).where(tenants.c.id == tenant_id)
+                .values(schema_version=head, migration_error=None)
+            )
+            await conn.commit()
+    except Exception as exc:  # recorded per tenant; the others go on
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        async with owner.connect() as conn:
+            await conn.execute(
+                update(tenants).where(tenants.c.id == tenant_id).values(migration_error=message)
+            )
+        return message
+    return None

@@ -1,0 +1,227 @@
+"""Provisioning and dropping tenant schemas, each in ONE owner transaction.
+
+    registry row → CREATE ROLE → CREATE SCHEMA → tenant DDL at head → grants
+    → version stamp → template seed → first admin → audit record
+
+A failure at any step rolls every step back (PostgreSQL DDL is transactional, roles
+included), so there is never a schema without a registry row or the other way round.
+`on_step` lets tests inject a failure after any named step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.tokens import new_secret, secret_hash
+from app.db.transaction import Transaction, transaction
+from app.errors import Conflict
+from app.models import tenant as tenant_tables
+from app.models.management import invitations, memberships, tenants
+from app.services import audit
+from app.services.users import UserRecord, create_user, user_by_email
+from app.tenancy.ddl import tenant_ddl
+from app.tenancy.naming import checked_identifier, new_tenant_id, tenant_role, tenant_schema
+from app.tenancy.registry import TenantRecord, select_tenants
+from app.tenancy.templates import load_template
+
+STEPS = ("registry", "role", "schema", "ddl", "grants", "version", "seed", "admin", "audit")
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    domain: str
+    company: str
+    kind: str
+    parent: TenantRecord | None
+    template: str
+    admin_email: str
+    # Hashed before the transaction opens (argon2 is slow); used only for a new user.
+    admin_password_hash: str | None = None
+    allow_create_tenants: bool = False
+    contact_name: str | None = None
+    contact_email: str | None = None
+    custom_properties: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, int | None] = field(default_factory=dict)
+    tenant_id: str | None = None  # generated when None (bootstrap passes "management")
+
+
+@dataclass(frozen=True)
+class AdminOutcome:
+    """How the first admin was set up: membership of an existing or new user, or an invitation."""
+
+    user: UserRecord | None
+    created_user: bool
+    invitation_token: str | None
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    tenant: TenantRecord
+    admin: AdminOutcome
+
+
+def _grants_sql(schema: str, role: str, app_role: str) -> str:
+    return f"""
+        GRANT USAGE ON SCHEMA {schema} TO {role};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};
+        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role};
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role};
+        ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
+        ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role};
+        GRANT {role} TO {app_role};
+    """
+
+
+async def provision_tenant(
+    owner: AsyncEngine,
+    spec: TenantSpec,
+    **options: Any,
+) -> Provisioned:
+    """Provision a tenant; a clash of random ids (rare, but certain at scale) is retried."""
+    for attempt in range(5):
+        try:
+            return await _provision(owner, spec, **options)
+        except IntegrityError as exc:
+            if spec.tenant_id is not None or _constraint(exc) != "tenants_pkey" or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _constraint(exc: IntegrityError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+async def _provision(
+    owner: AsyncEngine,
+    spec: TenantSpec,
+    *,
+    app_role: str,
+    tenant_roles_login: bool,
+    invitation_ttl: timedelta,
+    actor: audit.Actor,
+    request_id: str | None = None,
+    on_step: Callable[[str], None] = lambda step: None,
+) -> Provisioned:
+    template = load_template(spec.template)  # INVALID_INPUT before anything is written
+    ddl = tenant_ddl()
+    tenant_id = spec.tenant_id or new_tenant_id()
+    schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
+    app_role = checked_identifier(app_role)
+    parent = spec.parent
+
+    async with transaction(owner) as tx:
+        # 1. registry row. The unique index on live domains turns a concurrent duplicate into CONFLICT.
+        values: dict[str, Any] = {
+            "id": tenant_id,
+            "domain": spec.domain,
+            "company": spec.company,
+            "kind": spec.kind,
+            "status": "ACTIVE",
+            "parent_id": parent.id if parent else None,
+            "path": [*(parent.path if parent else ()), tenant_id],
+            "depth": parent.depth + 1 if parent else 0,
+            "allow_create_tenants": spec.allow_create_tenants,
+            "contact_name": spec.contact_name,
+            "contact_email": spec.contact_email,
+            "custom_properties": spec.custom_properties,
+            "template": template.name,
+            "schema_version": ddl.revision,
+            **spec.limits,
+        }
+        try:
+            await tx.execute(insert(tenants).values(**values))
+        except IntegrityError as exc:
+            if _constraint(exc) == "tenants_domain_live_key":
+                raise Conflict(f"domain {spec.domain!r} is already taken", field="domain") from exc
+            raise
+        on_step("registry")
+
+        # 2-5. role, schema, DDL, grants. Identifiers come from app.tenancy.naming only.
+        login = "LOGIN" if tenant_roles_login else "NOLOGIN"
+        await tx.exec_driver_sql(f"CREATE ROLE {role} {login} NOINHERIT")
+        on_step("role")
+        await tx.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        on_step("schema")
+        await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true); {ddl.sql}")
+        on_step("ddl")
+        await tx.exec_driver_sql(_grants_sql(schema, role, app_role))
+        on_step("grants")
+
+        # 6. version stamp: the DDL wrote alembic_version; make sure it says head.
+        stamped = (await tx.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+        if stamped != ddl.revision:
+            raise RuntimeError(f"tenant DDL stamped {stamped}, expected {ddl.revision}")
+        on_step("version")
+
+        # 7. template seed (search_path is the new schema).
+        if template.options:
+            await tx.execute(
+                insert(tenant_tables.options),
+                [{"category": o.category, "key": o.key, "value": o.value} for o in template.options],
+            )
+        on_step("seed")
+
+        # 8. first admin.
+        outcome = await _first_admin(tx, tenant_id, spec, invitation_ttl)
+        on_step("admin")
+
+        # 9. audit.
+        await audit.record(
+            tx,
+            tenant_id=tenant_id,
+            actor=actor,
+            action="tenant.created",
+            target=tenant_id,
+            changes=[{"attribute": k, "previous": None, "new": v}
+                     for k, v in (("domain", spec.domain), ("company", spec.company), ("kind", spec.kind))],
+            request_id=request_id,
+        )
+        if parent is not None:
+            await audit.record(
+                tx, tenant_id=parent.id, actor=actor, action="subtenant.created", target=tenant_id,
+                request_id=request_id,
+            )
+        on_step("audit")
+        row = (await tx.execute(select_tenants().where(tenants.c.id == tenant_id))).one()
+    return Provisioned(tenant=TenantRecord.from_row(row), admin=outcome)
+
+
+async def _first_admin(
+    tx: Transaction, tenant_id: str, spec: TenantSpec, invitation_ttl: timedelta
+) -> AdminOutcome:
+    user = await user_by_email(tx, spec.admin_email)
+    created = False
+    if user is None and spec.admin_password_hash is not None:
+        user = await create_user(tx, email=spec.admin_email, password_hash=spec.admin_password_hash)
+        created = True
+    if user is not None:
+        await tx.execute(insert(memberships).values(user_id=user.id, tenant_id=tenant_id, role="ADMIN"))
+        return AdminOutcome(user=user, created_user=created, invitation_token=None)
+    token = new_secret("tinv_")
+    await tx.execute(
+        insert(invitations).values(
+            tenant_id=tenant_id,
+            email=spec.admin_email,
+            role="ADMIN",
+            token_hash=secret_hash(token),
+            expires_at=func.now() + invitation_ttl,
+        )
+    )
+    return AdminOutcome(user=None, created_user=False, invitation_token=token)
+
+
+async def drop_tenant_schema(tx: Transaction, tenant_id: str) -> None:
+    """Drop a tenant's schema and role (the caller's transaction marks the registry row DELETED)."""
+    schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
+    await tx.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    exists = await tx.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
+    if exists.first() is not None:
+        await tx.exec_driver_sql(f"DROP OWNED BY {role}; DROP ROLE {role}")

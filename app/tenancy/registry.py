@@ -1,0 +1,135 @@
+"""The tenant registry, cached in process.
+
+Every routed request needs its tenant's status and every management-plane check needs its
+path; reading them from PostgreSQL each time would add a round trip to every request. The
+cache holds each record for `ttl` seconds (about one second), and this process drops an
+entry the moment it changes one, so a suspension is seen here at once and in every other
+worker process within the TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.engine import Row
+
+from app.db.transaction import Executor
+from app.models.management import memberships, tenants
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    domain: str
+    company: str
+    kind: str
+    status: str
+    parent_id: str | None
+    path: tuple[str, ...]
+    depth: int
+    allow_create_tenants: bool
+    contact_name: str | None
+    contact_email: str | None
+    custom_properties: dict[str, Any]
+    template: str
+    max_devices: int | None
+    max_users: int | None
+    max_subtenants: int | None
+    storage_bytes: int | None
+    requests_per_second: int | None
+    request_burst: int | None
+    suspended_from: str | None
+    schema_version: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> TenantRecord:
+        m = row._mapping
+        return cls(**{name: m[name] for name in _FIELDS} | {"path": tuple(m["path"])})
+
+    def is_strict_descendant_of(self, ancestor_id: str) -> bool:
+        return ancestor_id in self.path and ancestor_id != self.id
+
+
+_FIELDS = tuple(TenantRecord.__dataclass_fields__)
+TENANT_COLUMNS = tuple(tenants.c[name] for name in _FIELDS)
+
+
+def select_tenants() -> Any:
+    return select(*TENANT_COLUMNS)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TTLCache(Generic[K, V]):
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._items: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < self._clock():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._items) > 100_000:  # bounded: drop everything rather than grow forever
+            self._items.clear()
+        self._items[key] = (self._clock() + self._ttl, value)
+
+    def drop(self, keys: Iterable[K]) -> None:
+        for key in keys:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Registry:
+    """Cached reads of tenants and memberships from the management schema."""
+
+    def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tenants: _TTLCache[str, TenantRecord | None] = _TTLCache(ttl, clock)
+        self._roles: _TTLCache[tuple[UUID, str], str | None] = _TTLCache(ttl, clock)
+
+    async def tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
+        found, record = self._tenants.get(tenant_id)
+        if found:
+            return record
+        row = (await db.execute(select_tenants().where(tenants.c.id == tenant_id))).first()
+        record = TenantRecord.from_row(row) if row is not None else None
+        self._tenants.put(tenant_id, record)
+        return record
+
+    async def role(self, db: Executor, user_id: UUID, tenant_id: str) -> str | None:
+        """The user's role in the tenant by direct membership, or None."""
+        key = (user_id, tenant_id)
+        found, role = self._roles.get(key)
+        if found:
+            return role
+        stmt = select(memberships.c.role).where(
+            memberships.c.user_id == user_id, memberships.c.tenant_id == tenant_id
+        )
+        role = (await db.execute(stmt)).scalar_one_or_none()
+        self._roles.put(key, role)
+        return role
+
+    def forget_tenants(self, ids: Iterable[str]) -> None:
+        self._tenants.drop(ids)
+
+    def forget_role(self, user_id: UUID, tenant_id: str) -> None:
+        self._roles.drop([(user_id, tenant_id)])
+
+    def clear(self) -> None:
+        self._tenants.clear()
+        self._roles.clear()

@@ -1,0 +1,183 @@
+"""Fixtures: one embedded PostgreSQL for the run, the real ASGI app, and a small GraphQL client.
+
+Each test makes its own tenants (unique domains), so tests share the server without
+sharing state. Nothing here replaces a real part: the database is PostgreSQL, requests go
+through the Starlette app, tokens are real JWTs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.db.embedded import embedded_database_url
+from app.db.engines import app_role_password
+from app.main import create_app
+from app.platform import Platform
+from app.services.bootstrap import bootstrap
+from app.settings import Settings
+from app.tenancy.migrate import migrate_management
+
+ADMIN_EMAIL = "root@tenantry.test"
+ADMIN_PASSWORD = "operator-pass-1"
+PASSWORD = "tenant-pass-123"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    # Short path: PostgreSQL's unix socket path must stay under ~100 bytes.
+    path = Path(tempfile.mkdtemp(prefix="tnt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> Settings:
+    url = os.environ.get("TENANTRY_TEST_DATABASE_URL") or embedded_database_url(data_dir)
+    return Settings(
+        database_url=url,
+        data_dir=data_dir,
+        secret_key="test-secret-key-that-is-long-enough-for-hs256",
+        admin_email=ADMIN_EMAIL,
+        admin_password=ADMIN_PASSWORD,
+        cors_origins=("https://app.example.com",),
+        # Cheap argon2 keeps the suite fast; production uses the defaults.
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+    )
+
+
+@pytest.fixture(scope="session")
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    live = Platform.create(settings)
+    await migrate_management(live.db.owner, settings, app_role_password(settings))
+    await bootstrap(live)
+    yield live
+    await live.close()
+
+
+@pytest.fixture(scope="session")
+def app(platform: Platform) -> Starlette:
+    return create_app(platform=platform)
+
+
+@pytest.fixture(scope="session")
+async def http(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tenantry.test") as client:
+        yield client
+
+
+_ids = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+@dataclass
+class Result:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def data(self) -> Any:
+        assert "errors" not in self.body, self.body
+        return self.body["data"]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return list(self.body.get("errors") or [])
+
+    @property
+    def code(self) -> str:
+        assert self.errors, self.body
+        return str(self.errors[0]["extensions"]["code"])
+
+
+class Api:
+    """A GraphQL client for the real app, remembering nothing between calls."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
+                  tenant: str | None = None) -> Result:
+        headers = {"accept": "application/graphql-response+json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if tenant:
+            headers["x-tenant-id"] = tenant
+        response = await self.http.post("/graphql", json={"query": query, "variables": variables or {}},
+                                        headers=headers)
+        return Result(response.status_code, response.json())
+
+    async def login(self, email: str, password: str, tenant: str | None = None) -> dict[str, Any]:
+        result = await self.gql(
+            """mutation($e: String!, $p: String!, $t: ID) { login(email: $e, password: $p, tenantId: $t) {
+                 accessToken refreshToken expiresIn user { id email } tenant { id domain } } }""",
+            {"e": email, "p": password, "t": tenant},
+        )
+        return result.data["login"]  # type: ignore[no-any-return]
+
+    async def token(self, email: str, password: str, tenant: str | None = None) -> str:
+        return str((await self.login(email, password, tenant))["accessToken"])
+
+    async def create_subtenant(self, token: str, tenant: str, **fields: Any) -> Result:
+        return await self.gql(
+            """mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) {
+                 id domain company kind status depth allowCreateTenants parentId schemaVersion } }""",
+            {"i": fields}, token=token, tenant=tenant,
+        )
+
+
+@dataclass
+class TenantHandle:
+    id: str
+    domain: str
+    admin_email: str
+    token: str
+
+
+class World:
+    """Builds tenant trees through the API, each tenant with its own admin."""
+
+    def __init__(self, api: Api, operator_token: str) -> None:
+        self.api = api
+        self.operator_token = operator_token
+
+    async def tenant(self, parent: TenantHandle | None = None, *, kind: str = "STANDARD",
+                     **fields: Any) -> TenantHandle:
+        domain = unique(kind.lower()[:3])
+        email = f"admin@{domain}.test"
+        token = parent.token if parent else self.operator_token
+        parent_id = parent.id if parent else "management"
+        result = await self.api.create_subtenant(token, parent_id, domain=domain, company=f"Co {domain}",
+                                                 kind=kind, adminEmail=email, adminPassword=PASSWORD, **fields)
+        tenant_id = result.data["createSubtenant"]["id"]
+        return TenantHandle(tenant_id, domain, email, await self.api.token(email, PASSWORD, tenant_id))
+
+
+@pytest.fixture(scope="session")
+def api(http: httpx.AsyncClient) -> Api:
+    return Api(http)
+
+
+@pytest.fixture(scope="session")
+async def operator_token(api: Api) -> str:
+    return await api.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+
+
+@pytest.fixture
+def world(api: Api, operator_token: str) -> World:
+    return World(api, operator_token)
