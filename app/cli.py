@@ -8,7 +8,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table

@@ -25,8 +25,11 @@ async def test_operator_builds_an_enterprise_tree_and_reads_it_back(api: Api, wo
     read = await api.gql(f'{{ tenantById(id: "{child.id}") {{ {TENANT_FIELDS} parent {{ id }} }} }}',
                          token=ent.token, tenant=ent.id)
     node = read.data["tenantById"]
-    assert node["kind"] == "STANDARD" and node["depth"] == 2 and node["parent"]["id"] == ent.id
-    assert node["allowCreateTenants"] is False and node["schemaVersion"]
+    assert node["kind"] == "STANDARD"
+    assert node["depth"] == 2
+    assert node["parent"]["id"] == ent.id
+    assert node["allowCreateTenants"] is False
+    assert node["schemaVersion"]
 
     # The operator sees the whole subtree, the enterprise below it included.
     everything = await api.gql(f'{{ tenants(first: 500, filter: {{ parentId: "{ent.id}" }}) '
@@ -142,4 +145,5 @@ async def test_first_admin_existing_user_new_user_or_invitation(api: Api, world:
             "SELECT role, expires_at - created_at FROM tenantry.invitations WHERE tenant_id = :t AND email = :e"),
             {"t": invited_tenant, "e": invited_email})).one()
     assert users == 0
-    assert invitation[0] == "ADMIN" and invitation[1].total_seconds() == 48 * 3600
+    assert invitation[0] == "ADMIN"
+    assert invitation[1].total_seconds() == 48 * 3600

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-OPERATOR_ID = UUID(int=0)
-
 from app.auth.roles import permissions_of
 from app.errors import Forbidden
 from app.services.audit import Actor
 from app.tenancy.registry import TenantRecord
+
+OPERATOR_ID = UUID(int=0)
 
 
 @dataclass(frozen=True)

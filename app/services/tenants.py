@@ -225,11 +225,10 @@ async def create_subtenant(
         custom_properties=check_properties(new.custom_properties or {}),
         limits=check_limits(dict(new.limits)),
     )
-    if new.admin_password is not None:
-        # Hash only for a new user (an existing user keeps the password they have), and
-        # before the provisioning transaction so it stays short.
-        if await user_by_email(db, admin_email) is None:
-            spec = _with_hash(spec, await platform.passwords.hash(new.admin_password))
+    # Hash only for a new user (an existing user keeps the password they have), and before
+    # the provisioning transaction so that it stays short.
+    if new.admin_password is not None and await user_by_email(db, admin_email) is None:
+        spec = replace(spec, admin_password_hash=await platform.passwords.hash(new.admin_password))
     result = await provision_tenant(
         platform.db.owner,
         spec,
@@ -242,10 +241,6 @@ async def create_subtenant(
     if result.admin.invitation_token is not None:
         _log_invitation(result.tenant, admin_email, result.admin.invitation_token)
     return result.tenant
-
-
-def _with_hash(spec: TenantSpec, password_hash: str) -> TenantSpec:
-    return replace(spec, admin_password_hash=password_hash)
 
 
 def _log_invitation(tenant: TenantRecord, email: str, token: str) -> None:

@@ -8,11 +8,14 @@ so a second run resumes where the first stopped and one tenant's failure stops n
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 
 from alembic import command
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, Engine, NullPool, create_engine, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models.management import tenants
@@ -73,6 +76,11 @@ async def migrate_tenants(
     lock_timeout_ms: int = 5000,
     progress: Callable[[str, str | None], None] = lambda tenant_id, error: None,
 ) -> MigrationReport:
+    """Bring every live tenant schema to head, `parallel` at a time, in worker processes.
+
+    Processes, not tasks: Alembic keeps its migration context and `op` proxy in module
+    globals, so two migrations in one process would trample each other.
+    """
     head = head_revision("tenant")
     report = MigrationReport(head=head)
     async with owner.connect() as conn:
@@ -80,55 +88,60 @@ async def migrate_tenants(
             select(tenants.c.id, tenants.c.schema_version).where(tenants.c.status != "DELETED")
             .order_by(tenants.c.depth, tenants.c.id)
         )).all()
-    semaphore = asyncio.Semaphore(parallel)
-
-    async def one(tenant_id: str, version: str | None) -> None:
-        if version == head:
-            report.current.append(tenant_id)
-            progress(tenant_id, None)
-            return
-        async with semaphore:
-            error = await _migrate_one(owner, tenant_id, app_role, lock_timeout_ms)
-        if error is None:
-            report.migrated.append(tenant_id)
+    pending = []
+    for row in rows:
+        if row.schema_version == head:
+            report.current.append(row.id)
+            progress(row.id, None)
         else:
-            report.failed[tenant_id] = error
-        progress(tenant_id, error)
+            pending.append(row.id)
+    if not pending:
+        return report
 
-    await asyncio.gather(*(one(r.id, r.schema_version) for r in rows))
+    url = owner.url.render_as_string(hide_password=False)
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with a running event loop
+    with ProcessPoolExecutor(max_workers=max(1, min(parallel, len(pending))), mp_context=spawn) as pool:
+
+        async def one(tenant_id: str) -> None:
+            error = await loop.run_in_executor(pool, migrate_one, url, tenant_id, app_role, lock_timeout_ms)
+            if error is None:
+                report.migrated.append(tenant_id)
+            else:
+                report.failed[tenant_id] = error
+            progress(tenant_id, error)
+
+        await asyncio.gather(*(one(tenant_id) for tenant_id in pending))
     return report
 
 
-async def _migrate_one(owner: AsyncEngine, tenant_id: str, app_role: str, lock_timeout_ms: int) -> str | None:
+@cache
+def _sync_engine(url: str) -> Engine:
+    return create_engine(url, poolclass=NullPool)
+
+
+def migrate_one(url: str, tenant_id: str, app_role: str, lock_timeout_ms: int) -> str | None:
+    """Migrate one tenant schema in one transaction (runs in a worker process)."""
     schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
     head = head_revision("tenant")
+    engine = _sync_engine(url)
     try:
-        async with owner.connect() as conn:
-            conn = await conn.execution_options(isolation_level="READ COMMITTED")
-            await conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{lock_timeout_ms}ms"})
-
-            def upgrade(sync_conn: Connection) -> None:
-                command.upgrade(alembic_config("tenant", connection=sync_conn, schema=schema), "head")
-
-            await conn.run_sync(upgrade)
-            # Default privileges cover new tables; re-grant so tables created before a
-            # default-privilege change are covered too (idempotent).
-            await conn.exec_driver_sql(
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{lock_timeout_ms}ms"})
+            command.upgrade(alembic_config("tenant", connection=conn, schema=schema), "head")
+            # Default privileges cover new tables; re-granting also covers tables created
+            # before a default-privilege change (idempotent).
+            conn.exec_driver_sql(
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; "
                 f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; "
                 f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role}; "
                 f"GRANT {role} TO {checked_identifier(app_role)}"
             )
-            await conn.execute(
-                update(tenants).where(tenants.c.id == tenant_id)
-                .values(schema_version=head, migration_error=None)
-            )
-            await conn.commit()
+            conn.execute(update(tenants).where(tenants.c.id == tenant_id)
+                         .values(schema_version=head, migration_error=None))
     except Exception as exc:  # recorded per tenant; the others go on
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        async with owner.connect() as conn:
-            await conn.execute(
-                update(tenants).where(tenants.c.id == tenant_id).values(migration_error=message)
-            )
+        with engine.begin() as conn:
+            conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(migration_error=message))
         return message
     return None

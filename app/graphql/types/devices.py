@@ -28,7 +28,7 @@ class Device:
 
     @classmethod
     def of(cls, r: DeviceRecord) -> Device:
-        return cls(id=strawberry.ID(str(r.id)), name=r.name, type=r.type, owner=r.owner, fragments=r.fragments,
+        return cls(id=strawberry.ID(str(r.id)), name=r.name, type=r.type, owner=r.owner, fragments=JSON(r.fragments),
                    created_at=r.created_at, updated_at=r.updated_at)
 
 

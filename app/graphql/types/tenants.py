@@ -31,6 +31,10 @@ class TenantStatus(Enum):
     DELETED = "DELETED"
 
 
+def _long(value: int | None) -> Long | None:
+    return Long(value) if value is not None else None
+
+
 @strawberry.type(description="Limits of a tenant; null means unlimited.")
 class TenantLimits:
     max_devices: Long | None
@@ -66,11 +70,12 @@ class Tenant:
             id=strawberry.ID(r.id), domain=r.domain, company=r.company, kind=TenantKind(r.kind),
             status=TenantStatus(r.status), parent_id=strawberry.ID(r.parent_id) if r.parent_id else None,
             depth=r.depth, allow_create_tenants=r.allow_create_tenants, contact_name=r.contact_name,
-            contact_email=r.contact_email, custom_properties=r.custom_properties, template=r.template,
+            contact_email=r.contact_email, custom_properties=JSON(r.custom_properties), template=r.template,
             created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version,
             limits=TenantLimits(
-                max_devices=r.max_devices, max_users=r.max_users, max_subtenants=r.max_subtenants,
-                storage_bytes=r.storage_bytes, requests_per_second=r.requests_per_second,
+                max_devices=_long(r.max_devices), max_users=_long(r.max_users),
+                max_subtenants=_long(r.max_subtenants), storage_bytes=_long(r.storage_bytes),
+                requests_per_second=r.requests_per_second,
                 request_burst=r.request_burst,
             ),
         )

@@ -1,0 +1,68 @@
+"""The operator's shell: `tenantry …` run as a real process against the test database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import unique
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(settings: Settings, platform: object) -> object:
+    env = {**os.environ, "TENANTRY_DATABASE_URL": str(settings.database_url),
+           "TENANTRY_SECRET_KEY": str(settings.secret_key), "TENANTRY_DATA_DIR": str(settings.data_dir),
+           "COLUMNS": "200"}
+
+    def tenantry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    return tenantry
+
+
+def test_create_list_suspend_activate_from_the_shell(run) -> None:  # type: ignore[no-untyped-def]
+    domain = unique("cli")
+    created = run("tenants", "create", "--domain", domain, "--company", "Shell Co", "--kind", "ENTERPRISE",
+                  "--admin-email", f"admin@{domain}.test")
+    assert created.returncode == 0, created.stderr
+    assert domain in created.stdout
+    assert "ENTERPRISE" in created.stdout
+    tenant_id = next(word for word in created.stdout.split() if word.startswith("t") and word[1:].isdigit())
+
+    again = run("tenants", "create", "--domain", domain, "--company", "Shell Co",
+                "--admin-email", f"admin@{domain}.test")
+    assert again.returncode == 2
+    assert "already taken" in again.stderr
+
+    listed = run("tenants", "list")
+    assert listed.returncode == 0
+    assert tenant_id in listed.stdout
+    assert "management" in listed.stdout
+
+    suspended = run("tenants", "suspend", tenant_id)
+    assert suspended.returncode == 0
+    assert "SUSPENDED" in suspended.stdout
+    activated = run("tenants", "activate", tenant_id)
+    assert activated.returncode == 0
+    assert "ACTIVE" in activated.stdout
+    missing = run("tenants", "suspend", "t000000000")
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
+
+
+def test_migrate_is_resumable_and_export_schema_matches(run) -> None:  # type: ignore[no-untyped-def]
+    migrated = run("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "0 failed" in migrated.stdout
+    assert "already current" in migrated.stdout
+    exported = run("export-schema")
+    assert exported.returncode == 0
+    assert exported.stdout == (ROOT / "schema.graphql").read_text()

@@ -1,0 +1,148 @@
+"""HTTP as single-page frontends expect: GraphQL-over-HTTP, CORS, limits, health, GraphiQL."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from graphql import GraphQLError
+from starlette.applications import Starlette
+
+from app.graphql.context import Context
+from app.http.graphql import _format_error
+from app.main import create_app
+from app.platform import Platform
+from tests.conftest import Api
+
+GQL_RESPONSE = "application/graphql-response+json"
+
+
+async def test_graphql_response_json_is_answered_in_kind(http: httpx.AsyncClient) -> None:
+    response = await http.post("/graphql", json={"query": "{ __typename }"}, headers={"accept": GQL_RESPONSE})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(GQL_RESPONSE)
+    assert response.json() == {"data": {"__typename": "Query"}}
+    legacy = await http.post("/graphql", json={"query": "{ __typename }"}, headers={"accept": "application/json"})
+    assert legacy.headers["content-type"].startswith("application/json")
+    refused = await http.post("/graphql", json={"query": "{ __typename }"}, headers={"accept": "text/csv"})
+    assert refused.status_code == 406
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (b'{"query": 5}', 400),
+    (b'{"query": "{ __typename }", "variables": [1]}', 400),
+    (b'{"query": "{ nope"}', 400),
+    (b'{"query": "{ noSuchField }"}', 400),
+    (b'{"query": "query($x: Int!) { __typename }", "variables": {"x": "str"}}', 400),
+])
+async def test_unparsable_or_invalid_documents_get_4xx(http: httpx.AsyncClient, body: bytes, status: int) -> None:
+    response = await http.post("/graphql", content=body,
+                               headers={"content-type": "application/json", "accept": GQL_RESPONSE})
+    assert response.status_code == status, response.text
+    errors = response.json()["errors"]
+    assert errors
+    assert errors[0]["extensions"]["code"] == "INVALID_INPUT"
+
+
+async def test_wrong_content_type_and_oversized_bodies_are_refused(http: httpx.AsyncClient, platform: Platform) -> None:
+    form = await http.post("/graphql", content=b"query={__typename}",
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
+    big = b'{"query": "{ __typename }", "pad": "' + b"x" * (platform.settings.max_body_bytes + 1) + b'"}'
+    too_big = await http.post("/graphql", content=big, headers={"content-type": "application/json"})
+    assert too_big.status_code == 413
+
+
+async def test_queries_work_over_get_and_mutations_are_refused(http: httpx.AsyncClient) -> None:
+    ok = await http.get("/graphql", params={"query": "{ __typename }"}, headers={"accept": GQL_RESPONSE})
+    assert ok.status_code == 200
+    assert ok.json()["data"] == {"__typename": "Query"}
+    mutation = 'mutation { logout(refreshToken: "x") }'
+    refused = await http.get("/graphql", params={"query": mutation}, headers={"accept": GQL_RESPONSE})
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "POST"
+    put = await http.put("/graphql", json={"query": "{ __typename }"})
+    assert put.status_code == 405
+
+
+async def test_query_limits_answer_query_too_complex(http: httpx.AsyncClient) -> None:
+    deep = "{ me { memberships { tenant { " + "parent { " * 14 + "id" + " }" * 17 + " }"
+    response = await http.post("/graphql", json={"query": deep}, headers={"accept": GQL_RESPONSE})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    aliases = "{ " + " ".join(f"a{i}: __typename" for i in range(40)) + " }"
+    response = await http.post("/graphql", json={"query": aliases}, headers={"accept": GQL_RESPONSE})
+    assert response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    tokens = "{ " + " ".join("__typename" for _ in range(5000)) + " }"
+    response = await http.post("/graphql", json={"query": tokens}, headers={"accept": GQL_RESPONSE})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+
+
+async def test_validation_is_cached_across_requests(http: httpx.AsyncClient) -> None:
+    """The depth/alias rules are built once, so the validation cache key is stable and it hits."""
+    from strawberry.extensions.validation_cache import _get_validate_cache
+
+    cache: Any = _get_validate_cache(1024)
+    query = "{ __typename alias: __typename }"
+    await http.post("/graphql", json={"query": query})
+    before = cache.cache_info()
+    for _ in range(5):
+        await http.post("/graphql", json={"query": query})
+    after = cache.cache_info()
+    assert after.hits - before.hits == 5
+    assert after.misses == before.misses
+
+
+async def test_cors_allows_configured_origins_only(http: httpx.AsyncClient) -> None:
+    headers = {"origin": "https://app.example.com", "access-control-request-method": "POST",
+               "access-control-request-headers": "authorization, content-type, x-tenant-id"}
+    preflight = await http.options("/graphql", headers=headers)
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "x-tenant-id" in preflight.headers["access-control-allow-headers"].lower()
+    evil = await http.options("/graphql", headers={**headers, "origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in evil.headers
+
+
+async def test_health_ready_request_id_and_graphiql(http: httpx.AsyncClient, platform: Platform) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert (await http.get("/readyz")).json() == {"status": "ready"}
+    echoed = await http.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    generated = await http.get("/healthz", headers={"x-request-id": "bad id with spaces"})
+    assert generated.headers["x-request-id"] != "bad id with spaces"
+    ide = await http.get("/graphql", headers={"accept": "text/html"})
+    assert ide.status_code == 200
+    assert "graphiql" in ide.text.lower()
+
+    production = create_app(platform=_with_graphiql_off(platform))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=production), base_url="http://t") as client:
+        assert (await client.get("/graphql", headers={"accept": "text/html"})).status_code == 404
+
+
+def _with_graphiql_off(platform: Platform) -> Platform:
+    return Platform(settings=platform.settings.with_(graphiql=False), db=platform.db, registry=platform.registry,
+                    passwords=platform.passwords, access_tokens=platform.access_tokens)
+
+
+def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = Context(platform=platform, request_id="req-42", authorization=None, tenant_header="t000000001")
+    error = GraphQLError("boom: password=hunter2", path=["x"], original_error=RuntimeError("boom: password=hunter2"))
+    with caplog.at_level(logging.ERROR, logger="tenantry.graphql"):
+        formatted = _format_error(error, "req-42", context)
+    assert formatted["extensions"] == {"code": "INTERNAL", "requestId": "req-42"}
+    assert "hunter2" not in formatted["message"]
+    assert any("req-42" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_user_errors_never_answer_500(api: Api, app: Starlette) -> None:
+    result = await api.gql('{ device(id: "1") { id } }', token="garbage")
+    assert result.status == 200
+    assert result.code == "UNAUTHENTICATED"

@@ -1,0 +1,91 @@
+"""Provisioning is one transaction: a failure after any step leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from app.errors import Conflict
+from app.platform import Platform
+from app.services.audit import SYSTEM
+from app.tenancy.provisioning import STEPS, TenantSpec, provision_tenant
+from app.tenancy.registry import TenantRecord
+from tests.conftest import unique
+
+
+class Injected(RuntimeError):
+    pass
+
+
+async def _management(platform: Platform) -> TenantRecord:
+    async with platform.db.app.connect() as conn:
+        record = await platform.registry.tenant(conn, "management")
+    assert record is not None
+    return record
+
+
+async def _traces(platform: Platform, domain: str, email: str) -> dict[str, int]:
+    async with platform.db.owner.connect() as conn:
+        async def count(sql: str, **params: str) -> int:
+            return int((await conn.execute(text(sql), params)).scalar_one())
+
+        return {
+            "registry": await count("SELECT count(*) FROM tenantry.tenants WHERE domain = :d", d=domain),
+            "schemas": await count("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 't_t%' AND nspname NOT IN "
+                                   "(SELECT 't_' || id FROM tenantry.tenants WHERE status <> 'DELETED')"),
+            "roles": await count("SELECT count(*) FROM pg_roles WHERE rolname LIKE 't_t%' AND rolname NOT IN "
+                                 "(SELECT 't_' || id FROM tenantry.tenants WHERE status <> 'DELETED')"),
+            "users": await count("SELECT count(*) FROM tenantry.users WHERE email = :e", e=email),
+            "invitations": await count("SELECT count(*) FROM tenantry.invitations WHERE email = :e", e=email),
+            "audit": await count("SELECT count(*) FROM tenantry.audit_log a WHERE NOT EXISTS "
+                                 "(SELECT 1 FROM tenantry.tenants t WHERE t.id = a.tenant_id)"),
+        }
+
+
+def _spec(parent: TenantRecord, domain: str, email: str, password_hash: str | None) -> TenantSpec:
+    return TenantSpec(domain=domain, company="Rollback Co", kind="STANDARD", parent=parent, template="standard",
+                      admin_email=email, admin_password_hash=password_hash)
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("with_password", [True, False], ids=["new-user", "invitation"])
+async def test_a_failure_after_any_step_leaves_nothing(platform: Platform, step: str, with_password: bool) -> None:
+    parent = await _management(platform)
+    domain, email = unique("rb"), f"{unique('rb')}@x.test"
+
+    def fail_at(reached: str) -> None:
+        if reached == step:
+            raise Injected(step)
+
+    with pytest.raises(Injected):
+        await provision_tenant(
+            platform.db.owner, _spec(parent, domain, email, "argon2-hash" if with_password else None),
+            app_role=platform.settings.app_role, tenant_roles_login=False, invitation_ttl=timedelta(hours=48),
+            actor=SYSTEM, on_step=fail_at,
+        )
+    assert await _traces(platform, domain, email) == {
+        "registry": 0, "schemas": 0, "roles": 0, "users": 0, "invitations": 0, "audit": 0}
+
+
+async def test_concurrent_creates_of_one_domain_yield_one_tenant(platform: Platform) -> None:
+    parent = await _management(platform)
+    domain = unique("race")
+
+    async def attempt(i: int) -> str:
+        result = await provision_tenant(
+            platform.db.owner, _spec(parent, domain, f"race{i}-{domain}@x.test", None),
+            app_role=platform.settings.app_role, tenant_roles_login=False, invitation_ttl=timedelta(hours=1),
+            actor=SYSTEM)
+        return result.tenant.id
+
+    outcomes = await asyncio.gather(*(attempt(i) for i in range(4)), return_exceptions=True)
+    created = [o for o in outcomes if isinstance(o, str)]
+    assert len(created) == 1
+    assert all(isinstance(o, Conflict) for o in outcomes if not isinstance(o, str))
+    traces = await _traces(platform, domain, "-")
+    assert traces["registry"] == 1
+    assert traces["schemas"] == 0
+    assert traces["roles"] == 0
