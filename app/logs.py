@@ -37,3 +37,4 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     # pgserver narrates every pg_ctl call; alembic announces each offline DDL render.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

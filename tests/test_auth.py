@@ -89,6 +89,16 @@ def test_tokens_must_carry_the_right_issuer_and_audience() -> None:
     assert (claims.user_id, claims.default_tenant_id) == ("u", "t123456789")
 
 
+def test_a_cached_verification_still_expires() -> None:
+    now = [1_000_000.0]
+    tokens = AccessTokens(secret="s" * 40, issuer="i", audience="a", ttl_seconds=60, clock=lambda: now[0])
+    token = tokens.issue(user_id="u", default_tenant_id=None)
+    assert tokens.verify(token).user_id == "u"
+    now[0] += 61
+    with pytest.raises(Unauthenticated):
+        tokens.verify(token)
+
+
 async def test_refresh_rotates_and_reuse_revokes_the_whole_family(api: Api) -> None:
     first = await api.login(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
     second = (await api.gql(REFRESH, {"r": first["refreshToken"]})).data["refreshToken"]

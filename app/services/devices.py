@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.db.transaction import Executor
@@ -18,6 +18,10 @@ from app.services.pagination import Page, build_page, contains_pattern, decode_i
 DEFAULT_EXTERNAL_ID_TYPE = "serial"
 DEVICE_COLUMNS = (devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,
                   devices.c.created_at, devices.c.updated_at)
+
+
+# Built once: constructing a statement per request costs more than its round trip's overhead.
+_BY_ID = select(*DEVICE_COLUMNS).where(devices.c.id == bindparam("id"))
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ async def device_by_id(db: Executor, device_id: str) -> DeviceRecord | None:
     key = parse_device_id(device_id)
     if key is None:
         return None
-    row = (await db.execute(select(*DEVICE_COLUMNS).where(devices.c.id == key))).first()
+    row = (await db.execute(_BY_ID, {"id": key})).first()
     return _record(row) if row is not None else None
 
 

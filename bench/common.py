@@ -1,0 +1,111 @@
+"""Shared setup for the benchmarks: a throwaway embedded PostgreSQL, the real app, timing helpers.
+
+Benchmarks print ratios against a baseline measured in the same run (never thresholds):
+these machines are noisy, so only same-run comparisons mean anything.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from app.db.embedded import embedded_database_url
+from app.db.engines import app_role_password
+from app.logs import configure_logging
+from app.main import create_app
+from app.platform import Platform
+from app.services.bootstrap import bootstrap
+from app.settings import Settings
+from app.tenancy.migrate import migrate_management
+
+ADMIN_EMAIL = "bench@tenantry.test"
+ADMIN_PASSWORD = "bench-password-1"
+
+
+@dataclass
+class Bench:
+    platform: Platform
+    app: Starlette
+    client: httpx.AsyncClient
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
+                  tenant: str | None = None) -> dict[str, Any]:
+        headers = {"accept": "application/graphql-response+json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if tenant:
+            headers["x-tenant-id"] = tenant
+        response = await self.client.post("/graphql", json={"query": query, "variables": variables or {}},
+                                          headers=headers)
+        body: dict[str, Any] = response.json()
+        if body.get("errors"):
+            raise RuntimeError(body["errors"])
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def token(self, email: str, password: str, tenant: str | None = None) -> str:
+        data = await self.gql("mutation($e: String!, $p: String!, $t: ID) { login(email: $e, password: $p, "
+                              "tenantId: $t) { accessToken } }", {"e": email, "p": password, "t": tenant})
+        return str(data["login"]["accessToken"])
+
+
+@asynccontextmanager
+async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = None) -> AsyncIterator[Bench]:
+    configure_logging("console")
+    data_dir = Path(tempfile.mkdtemp(prefix="tnb-", dir="/tmp"))
+    try:
+        settings = Settings(database_url=embedded_database_url(data_dir), data_dir=data_dir,
+                            secret_key="bench-secret-key-bench-secret-key-0123",
+                            admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD)
+        platform = Platform.create(settings)
+        await migrate_management(platform.db.owner, settings, app_role_password(settings))
+        await bootstrap(platform)
+        app = create_app(platform=platform)
+        for route in (extra_routes(platform) if extra_routes else []):
+            app.router.routes.append(route)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            yield Bench(platform, app, client)
+        await platform.close()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    """Wall-clock seconds of each of n sequential calls."""
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def interleaved(fns: dict[str, Callable[[], Awaitable[object]]], n: int) -> dict[str, list[float]]:
+    """n samples of each function, alternating call by call, so drift in a noisy machine
+    (other tenants of the host, CPU frequency) hits every side alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(n):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            await fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)

@@ -1,0 +1,58 @@
+"""Provisioning latency: N subtenants through GraphQL vs the raw DDL in a transaction.
+
+    python -m bench.provision [N]
+
+The first admin is an existing user (by email), so the deliberate cost of hashing a new
+password is not counted as provisioning. The baseline runs the same role/schema/DDL/grant
+statements in one owner transaction, without the registry, seed, membership or audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from app.db.transaction import transaction
+from app.tenancy.ddl import tenant_ddl
+from app.tenancy.naming import new_tenant_id, tenant_schema
+from app.tenancy.provisioning import _grants_sql
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct, timed
+
+CREATE = """mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) { id } }"""
+
+
+async def main(n: int) -> None:
+    async with bench_platform() as b:
+        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+        counter = iter(range(10**9))
+
+        async def via_graphql() -> None:
+            i = next(counter)
+            await b.gql(CREATE, {"i": {"domain": f"bench-{i}", "company": f"Bench {i}", "adminEmail": ADMIN_EMAIL}},
+                        token=token, tenant="management")
+
+        async def raw_ddl() -> None:
+            name = tenant_schema(new_tenant_id())
+            async with transaction(b.platform.db.owner) as tx:
+                await tx.exec_driver_sql(f"CREATE ROLE {name} NOLOGIN NOINHERIT")
+                await tx.exec_driver_sql(f"CREATE SCHEMA {name}")
+                await tx.exec_driver_sql(f"SELECT set_config('search_path', '{name}', true); {tenant_ddl().sql}")
+                await tx.exec_driver_sql(_grants_sql(name, name, b.platform.settings.app_role))
+
+        await timed(via_graphql, 3)  # warm-up: caches, pools
+        await timed(raw_ddl, 3)
+        graphql_samples: list[float] = []
+        raw_samples: list[float] = []
+        for _ in range(5):  # interleaved rounds so drift hits both sides alike
+            graphql_samples += await timed(via_graphql, n // 5)
+            raw_samples += await timed(raw_ddl, n // 5)
+
+    g50, g95 = median(graphql_samples) * 1000, pct(graphql_samples, 0.95) * 1000
+    r50, r95 = median(raw_samples) * 1000, pct(raw_samples, 0.95) * 1000
+    print(f"provision via GraphQL ({len(graphql_samples)} tenants): p50 {g50:.1f} ms  p95 {g95:.1f} ms")
+    print(f"raw DDL in a transaction ({len(raw_samples)} schemas): p50 {r50:.1f} ms  p95 {r95:.1f} ms")
+    print(f"ratio GraphQL/raw p50: {g50 / r50:.2f}x   (goal: GraphQL p50 <= 30 ms)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100))
