@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
 from sqlalchemy import text
 
+from app.errors import Conflict
 from app.platform import Platform
+from app.services.audit import SYSTEM
+from app.tenancy.provisioning import TenantSpec, provision_tenant
 from tests.conftest import Api, World
 
 SUSPEND = "mutation($id: ID!) { suspendTenant(id: $id) { id status } }"
@@ -91,3 +97,21 @@ async def test_delete_drops_schema_and_role_and_keeps_the_row(api: Api, world: W
     assert reused.data["createSubtenant"]["domain"] == leaf.domain
     # Now the enterprise has a live child again, so it still cannot be deleted.
     assert (await api.gql(DELETE, {"id": ent.id}, token=world.operator_token, tenant="management")).code == "CONFLICT"
+
+
+
+async def test_no_child_is_created_under_a_parent_suspended_meanwhile(api: Api, world: World,
+                                                                      platform: Platform) -> None:
+    """The registry is cached, so the parent may still look ACTIVE to the caller; provisioning
+    re-reads it under a share lock and refuses."""
+    ent = await world.tenant(kind="ENTERPRISE")
+    async with platform.db.app.connect() as conn:
+        stale = await platform.registry.tenant(conn, ent.id)
+    assert stale is not None
+    assert stale.status == "ACTIVE"
+    await api.gql(SUSPEND, {"id": ent.id}, token=world.operator_token, tenant="management")
+    spec = TenantSpec(domain=f"late-{ent.domain}", company="Late", kind="STANDARD", parent=stale,
+                      template="standard", admin_email=ent.admin_email)
+    with pytest.raises(Conflict, match="not active"):
+        await provision_tenant(platform.db.owner, spec, app_role=platform.settings.app_role,
+                               tenant_roles_login=False, invitation_ttl=timedelta(hours=1), actor=SYSTEM)

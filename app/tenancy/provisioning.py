@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -136,6 +136,14 @@ async def _provision(
             "schema_version": ddl.revision,
             **spec.limits,
         }
+        if parent is not None:
+            # FOR SHARE waits for a concurrent suspend/delete of the parent and then sees its
+            # outcome, so no child is ever born under a suspended or deleted parent.
+            status = (await tx.execute(
+                select(tenants.c.status).where(tenants.c.id == parent.id).with_for_update(read=True)
+            )).scalar_one_or_none()
+            if status != "ACTIVE":
+                raise Conflict(f"the parent tenant {parent.id} is not active")
         try:
             await tx.execute(insert(tenants).values(**values))
         except IntegrityError as exc:
