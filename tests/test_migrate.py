@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import Connection, text
 
 from app.platform import Platform
-from app.tenancy.alembic_chains import head_revision
+from app.tenancy.alembic_chains import alembic_config, head_revision
 from app.tenancy.migrate import migrate_tenants
 from tests.conftest import World
 
@@ -13,14 +14,19 @@ from tests.conftest import World
 async def test_behind_tenants_migrate_and_one_failure_stops_no_other(world: World, platform: Platform) -> None:
     behind, broken = await world.tenant(), await world.tenant()
     async with platform.db.owner.connect() as conn:
-        # `behind` looks like a tenant created before migration t0002 existed.
+        conn = await conn.execution_options(isolation_level="READ COMMITTED")
+
+        def downgrade(sync_conn: Connection) -> None:
+            # `behind` becomes a tenant created when t0001 was the head.
+            command.downgrade(alembic_config("tenant", connection=sync_conn, schema=f"t_{behind.id}"), "t0001")
+
+        await conn.run_sync(downgrade)
         await conn.exec_driver_sql(
-            f"BEGIN; DROP TABLE t_{behind.id}.external_ids; "
-            f"UPDATE t_{behind.id}.alembic_version SET version_num = 't0001'; "
             f"UPDATE tenantry.tenants SET schema_version = 't0001' WHERE id = '{behind.id}'; "
             # `broken` claims a revision no script knows.
             f"UPDATE t_{broken.id}.alembic_version SET version_num = 'bogus'; "
-            f"UPDATE tenantry.tenants SET schema_version = 'bogus' WHERE id = '{broken.id}'; COMMIT")
+            f"UPDATE tenantry.tenants SET schema_version = 'bogus' WHERE id = '{broken.id}'")
+        await conn.commit()
 
     report = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role, parallel=2)
     assert behind.id in report.migrated
@@ -39,7 +45,7 @@ async def test_behind_tenants_migrate_and_one_failure_stops_no_other(world: Worl
 
     # Fixed, a re-run resumes with just that tenant.
     async with platform.db.owner.connect() as conn:
-        await conn.exec_driver_sql(f"UPDATE t_{broken.id}.alembic_version SET version_num = 't0002'")
+        await conn.exec_driver_sql(f"UPDATE t_{broken.id}.alembic_version SET version_num = '{head_revision('tenant')}'")
     again = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role)
     assert again.failed == {}
     assert broken.id in again.migrated

@@ -5,19 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from app.auth.roles import permissions_of
+from app.auth.roles import DEVICE_PERMISSIONS, permissions_of
 from app.errors import Forbidden
 from app.services.audit import Actor
+from app.services.scope import UNRESTRICTED, Scope
 from app.tenancy.registry import TenantRecord
 
 OPERATOR_ID = UUID(int=0)
+DEVICE_USER_ID = UUID(int=1)  # placeholder user of device principals (never a real user)
 
 
 @dataclass(frozen=True)
 class Principal:
+    """A user (by access token) or a device (by device token, tied to one tenant)."""
+
     user_id: UUID
     default_tenant_id: str | None
     token_id: str
+    device_id: int | None = None
+
+    @property
+    def is_device(self) -> bool:
+        return self.device_id is not None
 
     @classmethod
     def operator(cls) -> Principal:
@@ -26,6 +35,8 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
+        if self.device_id is not None:
+            return Actor("device", str(self.device_id))
         return Actor("operator", "cli") if self.user_id == OPERATOR_ID else Actor.user(self.user_id)
 
 
@@ -36,10 +47,15 @@ class Routed:
     principal: Principal
     tenant: TenantRecord
     role: str
+    # Built-in roles' permissions are known here; a custom role's come from the tenant schema.
+    custom_permissions: frozenset[str] | None = None
+    scope: Scope = UNRESTRICTED
 
     @property
     def permissions(self) -> frozenset[str]:
-        return permissions_of(self.role)
+        if self.principal.is_device:
+            return DEVICE_PERMISSIONS
+        return self.custom_permissions if self.custom_permissions is not None else permissions_of(self.role)
 
     def require(self, permission: str) -> None:
         if permission not in self.permissions:

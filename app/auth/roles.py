@@ -1,25 +1,36 @@
 """Built-in roles and the permissions they hold.
 
-Every resolver declares the permission it needs (app.graphql.permissions); a role is a
-named set of permissions. Custom per-tenant roles extend this table later.
+Every resolver declares the permission it needs; a role is a named set of permissions.
+Built-in roles are fixed here; a tenant adds custom roles (its `roles` table) made of the
+same named permissions.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-TENANT_ADMIN: Final = "tenant:admin"
-DEVICES_READ: Final = "devices:read"
-DEVICES_WRITE: Final = "devices:write"
+TENANT_ADMIN: Final = "tenant:admin"  # management plane, members, roles, retention
+DEVICES_READ: Final = "devices:read"  # inventory and all device data
+DEVICES_WRITE: Final = "devices:write"  # devices, groups, external ids, device credentials
+MEASUREMENTS_WRITE: Final = "measurements:write"
+EVENTS_WRITE: Final = "events:write"
+ALARMS_WRITE: Final = "alarms:write"
+OPERATIONS_WRITE: Final = "operations:write"
 
-ALL_PERMISSIONS: Final = frozenset({TENANT_ADMIN, DEVICES_READ, DEVICES_WRITE})
+ALL_PERMISSIONS: Final = frozenset({
+    TENANT_ADMIN, DEVICES_READ, DEVICES_WRITE, MEASUREMENTS_WRITE, EVENTS_WRITE, ALARMS_WRITE, OPERATIONS_WRITE,
+})
 
 BUILTIN_ROLES: Final[dict[str, frozenset[str]]] = {
     "ADMIN": ALL_PERMISSIONS,
-    "MANAGER": frozenset({DEVICES_READ, DEVICES_WRITE}),
-    "OPERATOR": frozenset({DEVICES_READ, DEVICES_WRITE}),
+    "MANAGER": ALL_PERMISSIONS - {TENANT_ADMIN},
+    "OPERATOR": frozenset({DEVICES_READ, EVENTS_WRITE, ALARMS_WRITE, OPERATIONS_WRITE}),
     "READER": frozenset({DEVICES_READ}),
 }
+
+# What a device token may do, always limited to that one device.
+DEVICE_PERMISSIONS: Final = frozenset({MEASUREMENTS_WRITE, EVENTS_WRITE, ALARMS_WRITE, "operations:device"})
+OPERATIONS_DEVICE: Final = "operations:device"  # read/update its own operations
 
 
 def permissions_of(role: str) -> frozenset[str]:

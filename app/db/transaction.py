@@ -13,7 +13,7 @@ which validates them against a strict pattern.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -79,6 +79,18 @@ class Transaction:
             if getattr(statement, "is_dml", False):
                 self.wrote = True
             return await conn.execute(statement, parameters)
+
+    async def copy_rows(self, copy_sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """COPY … FROM STDIN inside this transaction: the bulk path, one round trip per batch."""
+        async with self._lock:
+            conn = await self._connection()
+            self.wrote = True
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                for row in rows:
+                    await copy.write_row(row)
 
     async def exec_driver_sql(self, sql: str) -> None:
         async with self._lock:

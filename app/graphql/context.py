@@ -8,13 +8,18 @@ so a response is never sent before its writes are committed.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
-from app.auth.principal import Principal, Routed
+from app.auth.principal import DEVICE_USER_ID, Principal, Routed
+from app.auth.roles import BUILTIN_ROLES
 from app.db.transaction import Transaction, management_transaction, tenant_transaction
-from app.errors import AppError, Unauthenticated
+from app.errors import AppError, Forbidden, TenantSuspended, Unauthenticated
+from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
+from app.services import device_tokens
+from app.services.roles import role_permissions
+from app.services.scope import Scope
 from app.tenancy.routing import route
 
 
@@ -29,20 +34,28 @@ class Context:
     _management: Transaction | None = None
     _tenant: Transaction | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    device_request: bool = False  # made with a device token (metered apart)
+    _loaders: Loaders | None = None
 
     @property
     def cap(self) -> int:
         return self.platform.settings.page_size_cap
 
+    def _bearer(self) -> str:
+        if not self.authorization:
+            raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
+        scheme, _, token = self.authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        return token.strip()
+
     def principal(self) -> Principal:
-        """The authenticated caller; UNAUTHENTICATED without a valid bearer token."""
+        """The authenticated user; UNAUTHENTICATED without a valid access token."""
         if self._principal is None:
-            if not self.authorization:
-                raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
-            scheme, _, token = self.authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-            claims = self.platform.access_tokens.verify(token.strip())
+            token = self._bearer()
+            if device_tokens.is_device_token(token):
+                raise Forbidden("a device token cannot do this; use a user's access token")
+            claims = self.platform.access_tokens.verify(token)
             self._principal = Principal(
                 user_id=UUID(claims.user_id), default_tenant_id=claims.default_tenant_id, token_id=claims.token_id
             )
@@ -55,13 +68,46 @@ class Context:
         return self._management
 
     async def routed(self) -> Routed:
+        """The tenant this request works in, and who the caller is there (resolved once)."""
         if self._routed is None:
-            principal = self.principal()
+            token = self._bearer()
             async with self._lock:
                 if self._routed is None:
-                    self._routed = await route(self.platform.registry, self.management_db, principal,
-                                               self.tenant_header)
+                    if device_tokens.is_device_token(token):
+                        self._routed = await self._route_device(token)
+                    else:
+                        self._routed = await self._route_user(self.principal())
         return self._routed
+
+    async def _route_user(self, principal: Principal) -> Routed:
+        routed = await route(self.platform.registry, self.management_db, principal, self.tenant_header)
+        if routed.role in BUILTIN_ROLES:
+            return routed
+        # A custom role: its permissions live in the tenant's own schema.
+        self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
+        permissions = await role_permissions(self._tenant, routed.role)
+        return replace(routed, custom_permissions=permissions)
+
+    async def _route_device(self, token: str) -> Routed:
+        parsed = device_tokens.parse(token)
+        if parsed is None:
+            raise Unauthenticated("invalid device token")
+        tenant_id, _ = parsed
+        if self.tenant_header and self.tenant_header != tenant_id:
+            raise Forbidden("a device token works only in its own tenant")
+        record = await self.platform.registry.tenant(self.management_db, tenant_id)
+        if record is None or record.status == "DELETED":
+            raise Unauthenticated("invalid device token")
+        if record.status == "SUSPENDED":
+            raise TenantSuspended(f"tenant {tenant_id} is suspended")
+        self._tenant = tenant_transaction(self.platform.db.app, tenant_id)
+        device_id = await device_tokens.resolve(self._tenant, token)
+        if device_id is None:
+            raise Unauthenticated("invalid device token")
+        self.device_request = True
+        principal = Principal(user_id=DEVICE_USER_ID, default_tenant_id=tenant_id, token_id="device",
+                              device_id=device_id)
+        return Routed(principal=principal, tenant=record, role="DEVICE", scope=Scope(device_id=device_id))
 
     async def authorize(self, permission: str) -> Routed:
         routed = await self.routed()
@@ -74,6 +120,22 @@ class Context:
         if self._tenant is None:
             self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
         return self._tenant
+
+    async def scope(self) -> Scope:
+        return (await self.routed()).scope
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = build_loaders(self.tenant_db, self.scope)
+        return self._loaders
+
+    async def authorize_any(self, *permissions: str) -> Routed:
+        """Routed, holding at least one of the permissions (FORBIDDEN otherwise)."""
+        routed = await self.routed()
+        if not routed.permissions.intersection(permissions):
+            raise Forbidden(f"this needs one of: {', '.join(permissions)}", permission=permissions[0])
+        return routed
 
     @property
     def wrote_tenant_data(self) -> bool:

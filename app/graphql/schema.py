@@ -23,13 +23,15 @@ from strawberry.types import ExecutionContext
 
 from app.graphql.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
+from app.graphql.types.access import AccessMutations, AccessQueries
 from app.graphql.types.auth import AuthMutations, AuthQueries
+from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
 from app.settings import Settings
 
-Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries))
-Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations))
+Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries))
+Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations, DataMutations, AccessMutations))
 
 
 class TenantrySchema(strawberry.Schema):

@@ -92,6 +92,8 @@ memberships = Table(
     # TENANT: this tenant only; SUBTREE: the same role in every descendant's management plane.
     Column("scope", Text, nullable=False, server_default="TENANT"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # NULL: the whole tenant; otherwise only devices in these groups (and their subgroups).
+    Column("group_ids", ARRAY(BigInteger)),
     CheckConstraint("scope IN ('TENANT', 'SUBTREE')", name="memberships_scope_check"),
     Index("memberships_tenant_idx", "tenant_id"),
 )

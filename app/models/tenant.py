@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData(schema=None)
 
@@ -33,7 +37,10 @@ devices = Table(
     Column("fragments", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("parent_id", BigInteger, ForeignKey("devices.id", ondelete="CASCADE")),
     Index("devices_type_idx", "type", "id"),
+    Index("devices_parent_idx", "parent_id"),
+    Index("devices_fragments_idx", "fragments", postgresql_using="gin", postgresql_ops={"fragments": "jsonb_path_ops"}),
 )
 
 options = Table(
@@ -52,4 +59,130 @@ external_ids = Table(
     Column("device_id", BigInteger, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("external_ids_device_idx", "device_id"),
+)
+
+TS = DateTime(timezone=True)
+
+
+def _id() -> Column[int]:
+    return Column("id", BigInteger, Identity(always=False), primary_key=True)
+
+
+def _device_fk() -> Column[int]:
+    return Column("device_id", BigInteger, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False)
+
+
+groups = Table(
+    "groups",
+    metadata,
+    _id(),
+    Column("name", Text, nullable=False),
+    Column("parent_id", BigInteger, ForeignKey("groups.id", ondelete="CASCADE")),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Index("groups_parent_idx", "parent_id"),
+)
+
+group_devices = Table(
+    "group_devices",
+    metadata,
+    Column("group_id", BigInteger, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("device_id", BigInteger, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Index("group_devices_device_idx", "device_id"),
+)
+
+measurements = Table(
+    "measurements",
+    metadata,
+    _id(),
+    _device_fk(),
+    Column("time", TS, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("series", Text, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("unit", Text),
+    Index("measurements_device_time_idx", "device_id", "time", "id"),
+    Index("measurements_time_brin", "time", postgresql_using="brin"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    _id(),
+    _device_fk(),
+    Column("time", TS, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+    Index("events_device_time_idx", "device_id", "time", "id"),
+    Index("events_type_time_idx", "type", "time", "id"),
+    Index("events_time_brin", "time", postgresql_using="brin"),
+)
+
+alarms = Table(
+    "alarms",
+    metadata,
+    _id(),
+    _device_fk(),
+    Column("type", Text, nullable=False),
+    Column("severity", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="ACTIVE"),
+    Column("text", Text, nullable=False),
+    Column("count", Integer, nullable=False, server_default="1"),
+    Column("first_raised_at", TS, nullable=False, server_default=func.now()),
+    Column("last_raised_at", TS, nullable=False, server_default=func.now()),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+    CheckConstraint("severity IN ('CRITICAL', 'MAJOR', 'MINOR', 'WARNING')", name="alarms_severity_check"),
+    CheckConstraint("status IN ('ACTIVE', 'ACKNOWLEDGED', 'CLEARED')", name="alarms_status_check"),
+    Index("alarms_open_key", "device_id", "type", unique=True, postgresql_where=text("status <> 'CLEARED'")),
+    Index("alarms_device_idx", "device_id", "id"),
+    Index("alarms_status_severity_idx", "status", "severity", "id"),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    _id(),
+    _device_fk(),
+    Column("status", Text, nullable=False, server_default="PENDING"),
+    Column("description", Text, nullable=False),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("failure_reason", Text),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('PENDING', 'EXECUTING', 'SUCCESSFUL', 'FAILED')", name="operations_status_check"),
+    Index("operations_device_status_idx", "device_id", "status", "id"),
+)
+
+device_tokens = Table(
+    "device_tokens",
+    metadata,
+    _id(),
+    _device_fk(),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("revoked_at", TS),
+    Index("device_tokens_device_idx", "device_id"),
+)
+
+roles = Table(
+    "roles",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("permissions", ARRAY(Text), nullable=False),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+)
+
+retention_rules = Table(
+    "retention_rules",
+    metadata,
+    _id(),
+    Column("data_type", Text, nullable=False),
+    Column("type", Text),
+    Column("max_age_days", Integer, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    CheckConstraint("data_type IN ('MEASUREMENT', 'EVENT', 'ALARM', 'OPERATION', '*')",
+                    name="retention_rules_data_type_check"),
+    CheckConstraint("max_age_days > 0", name="retention_rules_max_age_check"),
 )

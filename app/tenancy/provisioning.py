@@ -175,6 +175,13 @@ async def _provision(
                 insert(tenant_tables.options),
                 [{"category": o.category, "key": o.key, "value": o.value} for o in template.options],
             )
+        if template.roles:
+            await tx.execute(insert(tenant_tables.roles),
+                             [{"name": r.name, "permissions": list(r.permissions)} for r in template.roles])
+        if template.retention_rules:
+            await tx.execute(insert(tenant_tables.retention_rules), [
+                {"data_type": r.data_type, "type": r.type, "max_age_days": r.max_age_days}
+                for r in template.retention_rules])
         on_step("seed")
 
         # 8. first admin.

@@ -95,12 +95,18 @@ class _TTLCache(Generic[K, V]):
         self._items.clear()
 
 
+@dataclass(frozen=True)
+class MembershipInfo:
+    role: str
+    group_ids: tuple[int, ...] | None  # None: the whole tenant
+
+
 class Registry:
     """Cached reads of tenants and memberships from the management schema."""
 
     def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._tenants: _TTLCache[str, TenantRecord | None] = _TTLCache(ttl, clock)
-        self._roles: _TTLCache[tuple[UUID, str], str | None] = _TTLCache(ttl, clock)
+        self._roles: _TTLCache[tuple[UUID, str], MembershipInfo | None] = _TTLCache(ttl, clock)
 
     async def tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
         found, record = self._tenants.get(tenant_id)
@@ -111,23 +117,24 @@ class Registry:
         self._tenants.put(tenant_id, record)
         return record
 
-    async def role(self, db: Executor, user_id: UUID, tenant_id: str) -> str | None:
-        """The user's role in the tenant by direct membership, or None."""
+    async def membership(self, db: Executor, user_id: UUID, tenant_id: str) -> MembershipInfo | None:
+        """The user's direct membership in the tenant (role and group scope), or None."""
         key = (user_id, tenant_id)
-        found, role = self._roles.get(key)
+        found, info = self._roles.get(key)
         if found:
-            return role
-        stmt = select(memberships.c.role).where(
+            return info
+        stmt = select(memberships.c.role, memberships.c.group_ids).where(
             memberships.c.user_id == user_id, memberships.c.tenant_id == tenant_id
         )
-        role = (await db.execute(stmt)).scalar_one_or_none()
-        self._roles.put(key, role)
-        return role
+        row = (await db.execute(stmt)).first()
+        info = MembershipInfo(row.role, tuple(row.group_ids) if row.group_ids is not None else None) if row else None
+        self._roles.put(key, info)
+        return info
 
     def forget_tenants(self, ids: Iterable[str]) -> None:
         self._tenants.drop(ids)
 
-    def forget_role(self, user_id: UUID, tenant_id: str) -> None:
+    def forget_membership(self, user_id: UUID, tenant_id: str) -> None:
         self._roles.drop([(user_id, tenant_id)])
 
     def clear(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.auth.principal import Principal, Routed
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, TenantSuspended
+from app.services.scope import Scope
 from app.tenancy.naming import is_tenant_id
 from app.tenancy.registry import Registry
 
@@ -15,10 +16,10 @@ async def route(registry: Registry, db: Executor, principal: Principal, requeste
     if not tenant_id:
         raise InvalidInput("no tenant selected: send the X-Tenant-ID header or log in with a tenantId")
     record = await registry.tenant(db, tenant_id) if is_tenant_id(tenant_id) else None
-    role = await registry.role(db, principal.user_id, tenant_id) if record is not None else None
+    member = await registry.membership(db, principal.user_id, tenant_id) if record is not None else None
     # One answer for unknown, deleted and not-a-member: existence is not disclosed.
-    if record is None or role is None or record.status == "DELETED":
+    if record is None or member is None or record.status == "DELETED":
         raise Forbidden(f"you have no access to tenant {tenant_id}")
     if record.status == "SUSPENDED":
         raise TenantSuspended(f"tenant {tenant_id} is suspended")
-    return Routed(principal=principal, tenant=record, role=role)
+    return Routed(principal=principal, tenant=record, role=member.role, scope=Scope(group_ids=member.group_ids))

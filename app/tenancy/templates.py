@@ -22,10 +22,25 @@ class Option:
 
 
 @dataclass(frozen=True)
+class RoleSeed:
+    name: str
+    permissions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RetentionSeed:
+    data_type: str
+    type: str | None
+    max_age_days: int
+
+
+@dataclass(frozen=True)
 class Template:
     name: str
     description: str
     options: tuple[Option, ...]
+    roles: tuple[RoleSeed, ...] = ()
+    retention_rules: tuple[RetentionSeed, ...] = ()
 
 
 @cache
@@ -36,7 +51,11 @@ def load_template(name: str) -> Template:
                            field="template")
     raw = json.loads((TEMPLATES_DIR / f"{name}.json").read_text())
     options = tuple(Option(str(o["category"]), str(o["key"]), str(o["value"])) for o in raw.get("options", []))
-    return Template(name=name, description=str(raw.get("description", "")), options=options)
+    roles = tuple(RoleSeed(str(r["name"]), tuple(r["permissions"])) for r in raw.get("roles", []))
+    retention = tuple(RetentionSeed(str(r["dataType"]), r.get("type"), int(r["maxAgeDays"]))
+                      for r in raw.get("retentionRules", []))
+    return Template(name=name, description=str(raw.get("description", "")), options=options, roles=roles,
+                    retention_rules=retention)
 
 
 def template_names() -> list[str]:

@@ -1,0 +1,78 @@
+"""Per-request DataLoaders: one query per relation per request, however many devices are listed.
+
+Named `<Thing>By<Key>Loader`; each batch runs in the routed tenant's transaction with the
+caller's scope, so a loader can never return more than the caller could query directly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from strawberry.dataloader import DataLoader
+
+from app.db.transaction import Transaction
+from app.services import alarms as alarm_service
+from app.services import devices as inventory
+from app.services.alarms import AlarmRecord
+from app.services.devices import DeviceRecord, ExternalId, GroupRecord
+from app.services.scope import Scope
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+AlarmKey = tuple[int, tuple[str, ...], int]  # device id, statuses, limit
+
+
+@dataclass(frozen=True)
+class Loaders:
+    groups_by_device: DataLoader[int, list[GroupRecord]]
+    children_by_device: DataLoader[int, list[DeviceRecord]]
+    external_ids_by_device: DataLoader[int, list[ExternalId]]
+    device_by_id: DataLoader[int, DeviceRecord | None]
+    alarms_by_device: DataLoader[AlarmKey, list[AlarmRecord]]
+
+
+def _many(fetch: Callable[[Sequence[int]], Awaitable[dict[int, list[V]]]]) -> DataLoader[int, list[V]]:
+    async def load(keys: list[int]) -> list[list[V]]:
+        found = await fetch(keys)
+        return [found.get(k, []) for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
+def build_loaders(db: Callable[[], Awaitable[Transaction]], scope: Callable[[], Awaitable[Scope]]) -> Loaders:
+    async def groups(ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
+        return await inventory.groups_of_devices(await db(), await scope(), ids)
+
+    async def children(ids: Sequence[int]) -> dict[int, list[DeviceRecord]]:
+        return await inventory.children_of_devices(await db(), await scope(), ids)
+
+    async def external_ids(ids: Sequence[int]) -> dict[int, list[ExternalId]]:
+        return await inventory.external_ids_of_devices(await db(), ids)
+
+    async def devices(keys: list[int]) -> list[DeviceRecord | None]:
+        found = await inventory.devices_by_ids(await db(), await scope(), keys)
+        return [found.get(k) for k in keys]
+
+    async def alarms(keys: list[AlarmKey]) -> list[list[AlarmRecord]]:
+        by_args: dict[tuple[tuple[str, ...], int], list[int]] = defaultdict(list)
+        for device_id, statuses, limit in keys:
+            by_args[(statuses, limit)].append(device_id)
+        results: dict[AlarmKey, list[AlarmRecord]] = {}
+        for (statuses, limit), device_ids in by_args.items():
+            found = await alarm_service.alarms_of_devices(await db(), await scope(), device_ids, status=statuses,
+                                                          limit=limit)
+            for device_id in device_ids:
+                results[(device_id, statuses, limit)] = found.get(device_id, [])
+        return [results[k] for k in keys]
+
+    return Loaders(
+        groups_by_device=_many(groups),
+        children_by_device=_many(children),
+        external_ids_by_device=_many(external_ids),
+        device_by_id=DataLoader(load_fn=devices),
+        alarms_by_device=DataLoader(load_fn=alarms),
+    )

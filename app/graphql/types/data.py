@@ -1,0 +1,287 @@
+"""Device data: measurements, events, alarms and operations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+
+from app.auth.roles import (
+    ALARMS_WRITE,
+    DEVICES_READ,
+    EVENTS_WRITE,
+    MEASUREMENTS_WRITE,
+    OPERATIONS_DEVICE,
+    OPERATIONS_WRITE,
+)
+from app.graphql.connections import Connection
+from app.graphql.context import Context
+from app.graphql.scalars import JSON
+from app.graphql.types.devices import Alarm, AlarmSeverity, AlarmStatus
+from app.services import alarms as alarm_service
+from app.services import events as event_service
+from app.services import measurements as measurement_service
+from app.services import operations as operation_service
+from app.services.events import EventRecord
+from app.services.measurements import MeasurementRecord, NewMeasurement, SeriesBucket
+from app.services.operations import OperationRecord
+
+Info = strawberry.Info[Context, None]
+FROM = strawberry.argument(name="from")  # `from` is a Python keyword
+
+
+@strawberry.type
+class Measurement:
+    id: strawberry.ID
+    device_id: strawberry.ID
+    time: datetime
+    type: str
+    series: str
+    value: float
+    unit: str | None
+
+    @classmethod
+    def of(cls, r: MeasurementRecord) -> Measurement:
+        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)), time=r.time, type=r.type,
+                   series=r.series, value=r.value, unit=r.unit)
+
+
+@strawberry.input
+class MeasurementInput:
+    device_id: strawberry.ID
+    time: datetime
+    type: str
+    series: str
+    value: float
+    unit: str | None = None
+
+
+@strawberry.enum
+class AggregationInterval(Enum):
+    MINUTE = "MINUTE"
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+
+@strawberry.type(description="Aggregates of one series over one interval bucket.")
+class SeriesPoint:
+    series: str
+    bucket: datetime
+    min: float
+    max: float
+    avg: float
+    count: int
+    sum: float
+
+    @classmethod
+    def of(cls, r: SeriesBucket) -> SeriesPoint:
+        return cls(series=r.series, bucket=r.bucket, min=r.min, max=r.max, avg=r.avg, count=r.count, sum=r.sum)
+
+
+@strawberry.type
+class Event:
+    id: strawberry.ID
+    device_id: strawberry.ID
+    time: datetime
+    type: str
+    text: str
+    attributes: JSON
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, r: EventRecord) -> Event:
+        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)), time=r.time, type=r.type,
+                   text=r.text, attributes=JSON(r.attributes), created_at=r.created_at, updated_at=r.updated_at)
+
+
+@strawberry.input
+class CreateEventInput:
+    device_id: strawberry.ID
+    time: datetime
+    type: str
+    text: str
+    attributes: JSON | None = None
+
+
+@strawberry.input
+class UpdateEventInput:
+    text: str | None = None
+    attributes: JSON | None = None
+
+
+@strawberry.input
+class RaiseAlarmInput:
+    device_id: strawberry.ID
+    type: str
+    severity: AlarmSeverity
+    text: str
+
+
+@strawberry.input
+class AlarmFilter:
+    device_id: strawberry.ID | None = None
+    status: list[AlarmStatus] | None = None
+    severity: list[AlarmSeverity] | None = None
+    type: str | None = None
+
+
+@strawberry.enum
+class OperationStatus(Enum):
+    PENDING = "PENDING"
+    EXECUTING = "EXECUTING"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+
+
+@strawberry.type
+class Operation:
+    id: strawberry.ID
+    device_id: strawberry.ID
+    status: OperationStatus
+    description: str
+    payload: JSON
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, r: OperationRecord) -> Operation:
+        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)),
+                   status=OperationStatus(r.status), description=r.description, payload=JSON(r.payload),
+                   failure_reason=r.failure_reason, created_at=r.created_at, updated_at=r.updated_at)
+
+
+@strawberry.input
+class CreateOperationInput:
+    device_id: strawberry.ID
+    description: str
+    payload: JSON | None = None
+
+
+@strawberry.type
+class DataQueries:
+    @strawberry.field(description="One device's measurements in time order (from inclusive, to exclusive).")
+    async def measurements(
+        self, info: Info, device_id: strawberry.ID, from_: Annotated[datetime | None, FROM] = None,
+        to: datetime | None = None, type: str | None = None, series: str | None = None, first: int | None = None,
+        after: str | None = None,
+    ) -> Connection[Measurement]:
+        ctx = info.context
+        scope = (await ctx.authorize(DEVICES_READ)).scope
+        page = await measurement_service.list_measurements(
+            await ctx.tenant_db(), scope, device_id=device_id, start=from_, end=to, type=type, series=series,
+            first=first, after=after, cap=ctx.cap)
+        return Connection.of(page, Measurement.of)
+
+    @strawberry.field(description="min/max/avg/count/sum per series and interval, computed in the database.")
+    async def measurement_series(
+        self, info: Info, device_id: strawberry.ID, from_: Annotated[datetime, FROM],
+        to: datetime, interval: AggregationInterval = AggregationInterval.HOUR,
+        type: str | None = None, series: str | None = None,
+    ) -> list[SeriesPoint]:
+        ctx = info.context
+        scope = (await ctx.authorize(DEVICES_READ)).scope
+        buckets = await measurement_service.measurement_series(
+            await ctx.tenant_db(), scope, device_id=device_id, start=from_, end=to, interval=interval.value,
+            type=type, series=series)
+        return [SeriesPoint.of(b) for b in buckets]
+
+    @strawberry.field
+    async def events(
+        self, info: Info, device_id: strawberry.ID | None = None, type: str | None = None,
+        from_: Annotated[datetime | None, FROM] = None, to: datetime | None = None,
+        first: int | None = None, after: str | None = None,
+    ) -> Connection[Event]:
+        ctx = info.context
+        scope = (await ctx.authorize(DEVICES_READ)).scope
+        page = await event_service.list_events(await ctx.tenant_db(), scope, device_id=device_id, type=type,
+                                               start=from_, end=to, first=first, after=after, cap=ctx.cap)
+        return Connection.of(page, Event.of)
+
+    @strawberry.field
+    async def alarms(self, info: Info, filter: AlarmFilter | None = None, first: int | None = None,
+                     after: str | None = None) -> Connection[Alarm]:
+        ctx = info.context
+        scope = (await ctx.authorize(DEVICES_READ)).scope
+        f = alarm_service.AlarmFilter(
+            device_id=filter.device_id, type=filter.type,
+            status=[s.value for s in filter.status] if filter.status else None,
+            severity=[s.value for s in filter.severity] if filter.severity else None,
+        ) if filter else None
+        page = await alarm_service.list_alarms(await ctx.tenant_db(), scope, filter=f, first=first, after=after,
+                                               cap=ctx.cap)
+        return Connection.of(page, Alarm.of)
+
+    @strawberry.field(description="Operations; a device token sees only its own.")
+    async def operations(self, info: Info, device_id: strawberry.ID | None = None,
+                         status: OperationStatus | None = None, first: int | None = None,
+                         after: str | None = None) -> Connection[Operation]:
+        ctx = info.context
+        scope = (await ctx.authorize_any(DEVICES_READ, OPERATIONS_DEVICE)).scope
+        page = await operation_service.list_operations(
+            await ctx.tenant_db(), scope, device_id=device_id, status=status.value if status else None,
+            first=first, after=after, cap=ctx.cap)
+        return Connection.of(page, Operation.of)
+
+
+@strawberry.type
+class DataMutations:
+    @strawberry.mutation(description=f"Store up to {measurement_service.MAX_BATCH} measurements in one transaction; "
+                                     "returns how many.")
+    async def create_measurements(self, info: Info, input: list[MeasurementInput]) -> int:
+        ctx = info.context
+        scope = (await ctx.authorize(MEASUREMENTS_WRITE)).scope
+        batch = [NewMeasurement(device_id=m.device_id, time=m.time, type=m.type, series=m.series, value=m.value,
+                                unit=m.unit) for m in input]
+        return await measurement_service.create_measurements(await ctx.tenant_db(), scope, batch)
+
+    @strawberry.mutation
+    async def create_event(self, info: Info, input: CreateEventInput) -> Event:
+        ctx = info.context
+        scope = (await ctx.authorize(EVENTS_WRITE)).scope
+        record = await event_service.create_event(await ctx.tenant_db(), scope, device_id=input.device_id,
+                                                  time=input.time, type=input.type, text=input.text,
+                                                  attributes=input.attributes)
+        return Event.of(record)
+
+    @strawberry.mutation
+    async def update_event(self, info: Info, id: strawberry.ID, input: UpdateEventInput) -> Event:
+        ctx = info.context
+        scope = (await ctx.authorize(EVENTS_WRITE)).scope
+        record = await event_service.update_event(await ctx.tenant_db(), scope, id, text=input.text,
+                                                  attributes=input.attributes)
+        return Event.of(record)
+
+    @strawberry.mutation(description="Raise an alarm; an open one of the same device and type counts up instead.")
+    async def raise_alarm(self, info: Info, input: RaiseAlarmInput) -> Alarm:
+        ctx = info.context
+        scope = (await ctx.authorize(ALARMS_WRITE)).scope
+        record = await alarm_service.raise_alarm(await ctx.tenant_db(), scope, device_id=input.device_id,
+                                                 type=input.type, severity=input.severity.value, text_=input.text)
+        return Alarm.of(record)
+
+    @strawberry.mutation(description="ACTIVE → ACKNOWLEDGED → CLEARED (or ACTIVE → CLEARED).")
+    async def update_alarm_status(self, info: Info, id: strawberry.ID, status: AlarmStatus) -> Alarm:
+        ctx = info.context
+        scope = (await ctx.authorize(ALARMS_WRITE)).scope
+        return Alarm.of(await alarm_service.update_alarm_status(await ctx.tenant_db(), scope, id, status.value))
+
+    @strawberry.mutation
+    async def create_operation(self, info: Info, input: CreateOperationInput) -> Operation:
+        ctx = info.context
+        scope = (await ctx.authorize(OPERATIONS_WRITE)).scope
+        record = await operation_service.create_operation(await ctx.tenant_db(), scope, device_id=input.device_id,
+                                                          description=input.description, payload=input.payload)
+        return Operation.of(record)
+
+    @strawberry.mutation(description="PENDING → EXECUTING → SUCCESSFUL | FAILED (with failureReason).")
+    async def update_operation_status(self, info: Info, id: strawberry.ID, status: OperationStatus,
+                                      failure_reason: str | None = None) -> Operation:
+        ctx = info.context
+        scope = (await ctx.authorize_any(OPERATIONS_WRITE, OPERATIONS_DEVICE)).scope
+        record = await operation_service.update_operation_status(await ctx.tenant_db(), scope, id, status.value,
+                                                                 failure_reason)
+        return Operation.of(record)

@@ -1,0 +1,94 @@
+"""Events: something that happened on a device, at a time, with free-form attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, tuple_, update
+
+from app.db.transaction import Executor
+from app.errors import Forbidden, InvalidInput, NotFound
+from app.models.tenant import events
+from app.services.devices import parse_id, require_devices, require_id
+from app.services.pagination import Page, page_size
+from app.services.rows import to_record
+from app.services.scope import Scope
+from app.services.timeseries import check_range, check_text, check_time, decode_time_cursor, encode_time_cursor
+
+COLUMNS = (events.c.id, events.c.device_id, events.c.time, events.c.type, events.c.text, events.c.attributes,
+           events.c.created_at, events.c.updated_at)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    device_id: int
+    time: datetime
+    type: str
+    text: str
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _attributes(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("attributes must be a JSON object", field="attributes")
+    return value
+
+
+async def create_event(db: Executor, scope: Scope, *, device_id: str, time: datetime, type: str, text: str,
+                       attributes: object) -> EventRecord:
+    key = require_id(device_id, "device")
+    if scope.device_id is not None and key != scope.device_id:
+        raise Forbidden("a device may only send its own events")
+    values = {"device_id": key, "time": check_time(time, "time"), "type": check_text(type, "type"),
+              "text": check_text(text, "text", 2000), "attributes": _attributes(attributes)}
+    await require_devices(db, scope, [key])
+    row = (await db.execute(insert(events).values(**values).returning(*COLUMNS))).one()
+    return to_record(EventRecord, row)
+
+
+async def update_event(db: Executor, scope: Scope, event_id: str, *, text: str | None,
+                       attributes: object) -> EventRecord:
+    key = require_id(event_id, "event")
+    values: dict[str, Any] = {"updated_at": func.now()}
+    if text is not None:
+        values["text"] = check_text(text, "text", 2000)
+    if attributes is not None:
+        values["attributes"] = _attributes(attributes)
+    row = (await db.execute(update(events).where(events.c.id == key, scope.devices(events.c.device_id))
+                            .values(**values).returning(*COLUMNS))).first()
+    if row is None:
+        raise NotFound(f"event {event_id} not found")
+    return to_record(EventRecord, row)
+
+
+async def list_events(
+    db: Executor, scope: Scope, *, device_id: str | None, type: str | None, start: datetime | None,
+    end: datetime | None, first: int | None, after: str | None, cap: int,
+) -> Page[EventRecord]:
+    check_range(start, end)
+    size = page_size(first, cap)
+    stmt = select(*COLUMNS).where(scope.devices(events.c.device_id))
+    if device_id is not None:
+        key = parse_id(device_id)
+        if key is None:
+            raise NotFound(f"device {device_id} not found")
+        stmt = stmt.where(events.c.device_id == key)
+    if type is not None:
+        stmt = stmt.where(events.c.type == type)
+    if start is not None:
+        stmt = stmt.where(events.c.time >= start)
+    if end is not None:
+        stmt = stmt.where(events.c.time < end)
+    cursor = decode_time_cursor(after)
+    if cursor is not None:
+        stmt = stmt.where(tuple_(events.c.time, events.c.id) > tuple_(*cursor))
+    rows = (await db.execute(stmt.order_by(events.c.time, events.c.id).limit(size + 1))).all()
+    items = [to_record(EventRecord, r) for r in rows[:size]]
+    return Page(items=items, cursors=[encode_time_cursor(e.time, e.id) for e in items], has_next_page=len(rows) > size)

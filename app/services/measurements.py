@@ -1,0 +1,139 @@
+"""Measurements: bulk ingest by COPY, keyset-paged reads, and aggregation in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, literal_column, select, tuple_
+
+from app.db.transaction import Transaction
+from app.errors import Forbidden, InvalidInput
+from app.models.tenant import measurements
+from app.services.devices import require_devices, require_id
+from app.services.pagination import Page, page_size
+from app.services.rows import to_record
+from app.services.scope import Scope
+from app.services.timeseries import (
+    check_range,
+    check_text,
+    check_time,
+    check_value,
+    decode_time_cursor,
+    encode_time_cursor,
+)
+
+MAX_BATCH = 5000
+MAX_BUCKETS = 10_000
+INTERVALS = {"MINUTE": timedelta(minutes=1), "HOUR": timedelta(hours=1), "DAY": timedelta(days=1)}
+COLUMNS = (measurements.c.id, measurements.c.device_id, measurements.c.time, measurements.c.type,
+           measurements.c.series, measurements.c.value, measurements.c.unit)
+
+
+@dataclass(frozen=True)
+class NewMeasurement:
+    device_id: str
+    time: datetime
+    type: str
+    series: str
+    value: float
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    id: int
+    device_id: int
+    time: datetime
+    type: str
+    series: str
+    value: float
+    unit: str | None
+
+
+@dataclass(frozen=True)
+class SeriesBucket:
+    series: str
+    bucket: datetime
+    min: float
+    max: float
+    avg: float
+    count: int
+    sum: float
+
+
+async def create_measurements(db: Transaction, scope: Scope, batch: Sequence[NewMeasurement]) -> int:
+    """Validate the whole batch, then write it with one COPY in the request's transaction."""
+    if not batch:
+        return 0
+    if len(batch) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} measurements per call", field="input", cap=MAX_BATCH)
+    rows = []
+    device_ids: set[int] = set()
+    for m in batch:
+        device_id = require_id(m.device_id, "device")
+        device_ids.add(device_id)
+        rows.append((device_id, check_time(m.time, "time"), check_text(m.type, "type"),
+                     check_text(m.series, "series"), check_value(m.value),
+                     None if m.unit is None else check_text(m.unit, "unit", 20)))
+    if scope.device_id is not None and device_ids != {scope.device_id}:
+        raise Forbidden("a device may only send its own measurements")
+    await require_devices(db, scope, sorted(device_ids))
+    await db.copy_rows("COPY measurements (device_id, time, type, series, value, unit) FROM STDIN", rows)
+    return len(rows)
+
+
+async def list_measurements(
+    db: Transaction, scope: Scope, *, device_id: str, start: datetime | None, end: datetime | None,
+    type: str | None, series: str | None, first: int | None, after: str | None, cap: int,
+) -> Page[MeasurementRecord]:
+    check_range(start, end)
+    size = page_size(first, cap)
+    key = require_id(device_id, "device")
+    await require_devices(db, scope, [key])
+    stmt = select(*COLUMNS).where(measurements.c.device_id == key)
+    if start is not None:
+        stmt = stmt.where(measurements.c.time >= start)
+    if end is not None:
+        stmt = stmt.where(measurements.c.time < end)
+    if type is not None:
+        stmt = stmt.where(measurements.c.type == type)
+    if series is not None:
+        stmt = stmt.where(measurements.c.series == series)
+    cursor = decode_time_cursor(after)
+    if cursor is not None:
+        stmt = stmt.where(tuple_(measurements.c.time, measurements.c.id) > tuple_(*cursor))
+    rows = (await db.execute(stmt.order_by(measurements.c.time, measurements.c.id).limit(size + 1))).all()
+    items = [to_record(MeasurementRecord, r) for r in rows[:size]]
+    return Page(items=items, cursors=[encode_time_cursor(m.time, m.id) for m in items], has_next_page=len(rows) > size)
+
+
+async def measurement_series(
+    db: Transaction, scope: Scope, *, device_id: str, start: datetime, end: datetime, interval: str,
+    type: str | None, series: str | None,
+) -> list[SeriesBucket]:
+    """min/max/avg/count/sum per series and MINUTE/HOUR/DAY bucket, computed by PostgreSQL."""
+    check_range(start, end)
+    if interval not in INTERVALS:
+        raise InvalidInput("interval must be MINUTE, HOUR or DAY", field="interval")
+    if (end - start) / INTERVALS[interval] > MAX_BUCKETS:
+        raise InvalidInput(f"at most {MAX_BUCKETS} buckets per query: use a coarser interval or shorter range",
+                           field="interval", cap=MAX_BUCKETS)
+    key = require_id(device_id, "device")
+    await require_devices(db, scope, [key])
+    bucket = func.date_trunc(literal_column(f"'{interval.lower()}'"), measurements.c.time).label("bucket")
+    stmt: Any = (
+        select(measurements.c.series, bucket, func.min(measurements.c.value), func.max(measurements.c.value),
+               func.avg(measurements.c.value), func.count(), func.sum(measurements.c.value))
+        .where(measurements.c.device_id == key, measurements.c.time >= start, measurements.c.time < end)
+        .group_by(measurements.c.series, bucket).order_by(measurements.c.series, bucket)
+    )
+    if type is not None:
+        stmt = stmt.where(measurements.c.type == type)
+    if series is not None:
+        stmt = stmt.where(measurements.c.series == series)
+    rows: list[Any] = list((await db.execute(stmt)).all())
+    return [SeriesBucket(series=r[0], bucket=r[1], min=r[2], max=r[3], avg=float(r[4]), count=int(r[5]), sum=r[6])
+            for r in rows]

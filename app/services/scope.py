@@ -1,0 +1,53 @@
+"""Which devices a caller may touch inside its tenant, as one SQL predicate.
+
+Enforced in the data layer, in one place: every query and mutation on devices or device
+data adds `scope.devices(column)`, so lists, single reads, aggregates and writes agree.
+- unrestricted: the whole tenant;
+- group-scoped membership: devices in the given groups or any of their subgroups;
+- device token: that one device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, literal, select, true
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from app.models.tenant import group_devices, groups
+
+
+@dataclass(frozen=True)
+class Scope:
+    group_ids: tuple[int, ...] | None = None
+    device_id: int | None = None
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.group_ids is None and self.device_id is None
+
+    def devices(self, device_id: KeyedColumnElement[Any]) -> ColumnElement[bool]:
+        """A predicate on a device id column: true for devices in scope."""
+        if self.device_id is not None:
+            return device_id == self.device_id
+        if self.group_ids is None:
+            return true()
+        return device_id.in_(select(group_devices.c.device_id).where(group_devices.c.group_id.in_(
+            select(self._group_closure().c.id))))
+
+    def groups(self, group_id: KeyedColumnElement[Any]) -> ColumnElement[bool]:
+        """A predicate on a group id column: true for groups in scope (the granted ones and below)."""
+        if self.device_id is not None:
+            return literal(False)
+        if self.group_ids is None:
+            return true()
+        return group_id.in_(select(self._group_closure().c.id))
+
+    def _group_closure(self) -> Any:
+        assert self.group_ids is not None
+        closure = select(groups.c.id).where(groups.c.id.in_(self.group_ids)).cte("scope_groups", recursive=True)
+        return closure.union_all(select(groups.c.id).where(groups.c.parent_id == closure.c.id))
+
+
+UNRESTRICTED = Scope()

@@ -1,0 +1,54 @@
+"""Shared rules for time-stamped data: ranges, keyset cursors over (time, id), text limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import datetime
+
+from app.errors import InvalidInput
+
+
+def check_time(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone (ISO 8601, e.g. 2026-01-01T00:00:00Z)", field=field)
+    return value
+
+
+def check_range(start: datetime | None, end: datetime | None) -> None:
+    if start is not None:
+        check_time(start, "from")
+    if end is not None:
+        check_time(end, "to")
+    if start is not None and end is not None and start >= end:
+        raise InvalidInput("'from' must be before 'to'", field="from")
+
+
+def check_text(value: str, field: str, max_len: int = 100) -> str:
+    if not value.strip() or len(value) > max_len:
+        raise InvalidInput(f"{field} must be 1-{max_len} characters", field=field)
+    return value
+
+
+def check_value(value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidInput("value must be a finite number", field="value")
+    return value
+
+
+def encode_time_cursor(time: datetime, row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"t:{time.isoformat()}|{row_id}".encode()).decode()
+
+
+def decode_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if not raw.startswith("t:"):
+            raise ValueError(raw)
+        stamp, _, row_id = raw[2:].rpartition("|")
+        return datetime.fromisoformat(stamp), int(row_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("malformed cursor", field="after") from exc
