@@ -164,6 +164,24 @@ def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
     return command
 
 
+def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.retention import apply_to_all
+
+    async def work(platform: Platform) -> int:
+        table = Table("tenant", "measurements", "events", "alarms", "operations")
+
+        def row(tenant_id: str, deleted: dict[str, int]) -> None:
+            if any(deleted.values()):
+                table.add_row(tenant_id, *(str(deleted[k]) for k in ("MEASUREMENT", "EVENT", "ALARM", "OPERATION")))
+
+        totals = await apply_to_all(platform.db.app, batch_size=args.batch_size, progress=row)
+        console.print(table)
+        console.print(f"deleted: {totals}")
+        return 0
+
+    return _run(settings, work)
+
+
 def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     from app.graphql.schema import build_schema
 
@@ -210,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
         cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
         cmd.add_argument("tenant_id")
         cmd.set_defaults(fn=_lifecycle(action))
+    retention = sub.add_parser("retention", help="data retention").add_subparsers(dest="retention_command",
+                                                                                    required=True)
+    run_retention = retention.add_parser("run", help="apply every tenant's retention rules now")
+    run_retention.add_argument("--batch-size", type=int, default=5000, help="rows deleted per transaction")
+    run_retention.set_defaults(fn=cmd_retention_run)
     return p
 
 

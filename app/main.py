@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from app.graphql.schema import build_schema
 from app.http.graphql import GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.platform import Platform
+from app.services import retention
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 
@@ -42,7 +44,13 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
+        background = []
+        if settings.retention_interval_seconds > 0:
+            background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
         yield
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if owned:
             await live.close()
 

@@ -58,6 +58,8 @@ class Settings:
     tenant_roles_login: bool = False
     registry_ttl_seconds: float = 1.0
     invitation_ttl_seconds: int = 48 * 3600
+    # How often the server applies retention rules (0: never; `tenantry retention run` always can).
+    retention_interval_seconds: int = 3600
     # argon2 cost; lowered only by the test suite, never by configuration.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
@@ -89,6 +91,7 @@ class Settings:
             pool_size=_int(env, "TENANTRY_POOL_SIZE", 10),
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
             tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
+            retention_interval_seconds=_int(env, "TENANTRY_RETENTION_INTERVAL", 3600),
         )
 
     def with_(self, **changes: object) -> Settings:

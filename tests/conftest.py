@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from starlette.applications import Starlette
 
 from app.db.embedded import embedded_database_url
@@ -152,9 +153,27 @@ class TenantHandle:
 class World:
     """Builds tenant trees through the API, each tenant with its own admin."""
 
-    def __init__(self, api: Api, operator_token: str) -> None:
+    def __init__(self, api: Api, operator_token: str, platform: Platform) -> None:
         self.api = api
         self.operator_token = operator_token
+        self.platform = platform
+
+    async def member(self, tenant: TenantHandle, role: str, group_ids: list[str] | None = None) -> tuple[str, str]:
+        """A new user with `role` in the tenant (inserted directly: invitations are another issue's);
+        restricted to groups through the real mutation. Returns (user id, access token)."""
+        email = f"{unique(role.lower())}@member.test"
+        async with self.platform.db.owner.connect() as conn:
+            user_id = (await conn.execute(text(
+                "INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h) RETURNING id"),
+                {"e": email, "h": await self.platform.passwords.hash(PASSWORD)})).scalar_one()
+            await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role) VALUES (:u, :t, :r)"),
+                               {"u": user_id, "t": tenant.id, "r": role})
+        if group_ids is not None:
+            result = await self.api.gql("mutation($u: ID!, $g: [ID!]) { setMemberGroups(userId: $u, groupIds: $g) "
+                                        "{ groupIds } }", {"u": str(user_id), "g": group_ids},
+                                        token=tenant.token, tenant=tenant.id)
+            assert result.data["setMemberGroups"]["groupIds"] == sorted(group_ids, key=int)
+        return str(user_id), await self.api.token(email, PASSWORD, tenant.id)
 
     async def tenant(self, parent: TenantHandle | None = None, *, kind: str = "STANDARD",
                      **fields: Any) -> TenantHandle:
@@ -179,5 +198,5 @@ async def operator_token(api: Api) -> str:
 
 
 @pytest.fixture
-def world(api: Api, operator_token: str) -> World:
-    return World(api, operator_token)
+def world(api: Api, operator_token: str, platform: Platform) -> World:
+    return World(api, operator_token, platform)

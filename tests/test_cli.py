@@ -66,3 +66,9 @@ def test_migrate_is_resumable_and_export_schema_matches(run) -> None:  # type: i
     exported = run("export-schema")
     assert exported.returncode == 0
     assert exported.stdout == (ROOT / "schema.graphql").read_text()
+
+
+def test_retention_run_from_the_shell(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("retention", "run", "--batch-size", "100")
+    assert result.returncode == 0, result.stderr
+    assert "deleted:" in result.stdout

@@ -153,3 +153,58 @@ async def test_routing_settings_do_not_leak_into_the_next_checkout(world: World,
             assert (await conn.execute(text("SELECT current_user"))).scalar_one() == settings.app_role
     finally:
         await engine.dispose()
+
+
+DATA_TABLES = ("measurements", "events", "alarms", "operations", "groups", "group_devices", "external_ids",
+               "device_tokens", "roles", "retention_rules", "options")
+
+
+@pytest.mark.parametrize("table", DATA_TABLES)
+async def test_tenant_role_cannot_touch_another_tenants_data_tables(world: World, platform: Platform,
+                                                                   table: str) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    for statement in (f"SELECT * FROM t_{b.id}.{table}", f"DELETE FROM t_{b.id}.{table}"):
+        tx = tenant_transaction(platform.db.app, a.id)
+        try:
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                await tx.execute(text(statement))
+        finally:
+            await tx.finish(commit=False)
+
+
+async def test_another_tenants_data_ids_reach_nothing(api: Api, world: World) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    dev = await _device(api, b, "b-device")
+    made = await api.gql("""mutation($d: ID!) {
+        raiseAlarm(input: {deviceId: $d, type: "x", severity: MAJOR, text: "b"}) { id }
+        createEvent(input: {deviceId: $d, time: "2026-01-01T00:00:00Z", type: "e", text: "b"}) { id }
+        createOperation(input: {deviceId: $d, description: "b"}) { id }
+        createGroup(name: "b-group") { id }
+        createMeasurements(input: [{deviceId: $d, time: "2026-01-01T00:00:00Z", type: "c", series: "s", value: 1}])
+        }""", {"d": dev}, token=b.token, tenant=b.id)
+    ids = {k: v["id"] for k, v in made.data.items() if isinstance(v, dict)}
+    # A has no data at all, so none of B's ids can coincide with one of A's own.
+    attempts = {
+        "alarm": ("mutation($id: ID!) { updateAlarmStatus(id: $id, status: CLEARED) { id } }", ids["raiseAlarm"]),
+        "event": ('mutation($id: ID!) { updateEvent(id: $id, input: {text: "pwned"}) { id } }', ids["createEvent"]),
+        "operation": ("mutation($id: ID!) { updateOperationStatus(id: $id, status: EXECUTING) { id } }",
+                      ids["createOperation"]),
+        "group": ("mutation($id: ID!) { deleteGroup(id: $id) }", ids["createGroup"]),
+        "device": ("mutation($id: ID!) { deleteDevice(id: $id) }", dev),
+        "measurements": ("query($id: ID!) { measurements(deviceId: $id) { edges { node { id } } } }", dev),
+        "token": ("mutation($id: ID!) { createDeviceToken(deviceId: $id) { token } }", dev),
+    }
+    for name, (query, target) in attempts.items():
+        result = await api.gql(query, {"id": target}, token=a.token, tenant=a.id)
+        assert result.code == "NOT_FOUND", name
+    listed = await api.gql("{ alarms { edges { node { id } } } events { edges { node { id } } } "
+                           "operations { edges { node { id } } } groups { edges { node { id } } } }",
+                           token=a.token, tenant=a.id)
+    assert all(conn["edges"] == [] for conn in listed.data.values())
+    intact = await api.gql("""{ alarms { edges { node { status } } } events { edges { node { text } } }
+                             operations { edges { node { status } } } groups { edges { node { name } } } }""",
+                           token=b.token, tenant=b.id)
+    assert intact.data == {"alarms": {"edges": [{"node": {"status": "ACTIVE"}}]},
+                           "events": {"edges": [{"node": {"text": "b"}}]},
+                           "operations": {"edges": [{"node": {"status": "PENDING"}}]},
+                           "groups": {"edges": [{"node": {"name": "b-group"}}]}}

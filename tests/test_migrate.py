@@ -45,7 +45,8 @@ async def test_behind_tenants_migrate_and_one_failure_stops_no_other(world: Worl
 
     # Fixed, a re-run resumes with just that tenant.
     async with platform.db.owner.connect() as conn:
-        await conn.exec_driver_sql(f"UPDATE t_{broken.id}.alembic_version SET version_num = '{head_revision('tenant')}'")
+        head = head_revision("tenant")
+        await conn.exec_driver_sql(f"UPDATE t_{broken.id}.alembic_version SET version_num = '{head}'")
     again = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role)
     assert again.failed == {}
     assert broken.id in again.migrated

@@ -31,7 +31,8 @@ class Connection(Generic[NodeT]):
     page_info: PageInfo
     _count: strawberry.Private[Callable[[], Awaitable[int]] | None] = None
 
-    @strawberry.field(description="Total matching items; costs one COUNT query, so ask only when shown.")
+    @strawberry.field(description="Total matching items (one COUNT query: ask only when shown); null where "
+                                  "counting is not cheap (measurements, events, alarms, operations).")
     async def total_count(self) -> int | None:
         return await self._count() if self._count is not None else None
 

@@ -10,12 +10,14 @@ builds huge transactions, and it runs under the tenant's role like any request.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, insert, select, true
+from sqlalchemy import ColumnElement, Table, delete, insert, select, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.transaction import Executor, tenant_transaction
@@ -124,3 +126,24 @@ async def apply_to_all(engine: AsyncEngine, *, batch_size: int = 5000, now: date
             totals[key] += value
         progress(tenant_id, deleted)
     return totals
+
+
+async def periodic(engine: AsyncEngine, interval_seconds: float) -> None:
+    """The server's retention loop. An advisory lock lets one worker process run it at a time."""
+    log = logging.getLogger("tenantry.retention")
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            async with engine.connect() as conn:
+                got = (await conn.execute(text("SELECT pg_try_advisory_lock(hashtext('tenantry.retention'))"))).scalar()
+                if not got:
+                    continue
+                try:
+                    totals = await apply_to_all(engine)
+                    log.info("retention applied: %s", totals)
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(hashtext('tenantry.retention'))"))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # logged; the next round tries again
+            log.exception("retention run failed")
