@@ -53,8 +53,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                log_config=None, proxy_headers=True)
+    host, port = args.host or settings.host, args.port or settings.port
+    workers = args.workers or settings.workers
+    if workers > 1:
+        # Worker processes build their own app from the environment; the registry cache's
+        # one-second TTL keeps them in step (a suspension reaches every worker within it).
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
+                    proxy_headers=True)
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, proxy_headers=True)
     return 0
 
 
@@ -200,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve GraphQL on TENANTRY_HOST:TENANTRY_PORT")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes (default TENANTRY_WORKERS or 1)")
     serve.set_defaults(fn=cmd_serve)
     migrate = sub.add_parser("migrate", help="migrate the management schema, then every tenant schema")
     migrate.add_argument("--parallel", type=int, default=4, help="tenant schemas migrated at once")

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from app.graphql.schema import build_schema
 from app.http.graphql import GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
+from app.logs import configure_logging
 from app.platform import Platform
 from app.services import retention
 from app.settings import Settings
@@ -25,6 +26,9 @@ from app.tenancy.ddl import tenant_ddl
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Starlette:
     """Build the app. A given `platform` is shared and left open (tests); otherwise one is made."""
+    if settings is None and platform is None:  # a uvicorn worker process: configure like the CLI does
+        settings = Settings.from_env()
+        configure_logging(settings.log_format)
     settings = settings or (platform.settings if platform else Settings.from_env())
     owned = platform is None
     live = platform or Platform.create(settings)

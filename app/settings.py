@@ -34,6 +34,7 @@ class Settings:
     data_dir: Path = Path(".tenantry")
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
     secret_key: str | None = None
     admin_email: str | None = None
     admin_password: str | None = None
@@ -77,6 +78,7 @@ class Settings:
             data_dir=Path(env.get("TENANTRY_DATA_DIR", ".tenantry")),
             host=env.get("TENANTRY_HOST", "127.0.0.1"),
             port=_int(env, "TENANTRY_PORT", 8000),
+            workers=_int(env, "TENANTRY_WORKERS", 1),
             secret_key=env.get("TENANTRY_SECRET_KEY") or None,
             admin_email=env.get("TENANTRY_ADMIN_EMAIL") or None,
             admin_password=env.get("TENANTRY_ADMIN_PASSWORD") or None,

@@ -13,7 +13,7 @@ which validates them against a strict pattern.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -80,8 +80,9 @@ class Transaction:
                 self.wrote = True
             return await conn.execute(statement, parameters)
 
-    async def copy_rows(self, copy_sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """COPY … FROM STDIN inside this transaction: the bulk path, one round trip per batch."""
+    async def copy_text(self, copy_sql: str, data: bytes) -> None:
+        """COPY … FROM STDIN (text format) inside this transaction, the data sent in one write:
+        the bulk path, one round trip per batch."""
         async with self._lock:
             conn = await self._connection()
             self.wrote = True
@@ -89,8 +90,7 @@ class Transaction:
             driver = raw.driver_connection
             assert driver is not None
             async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+                await copy.write(data)
 
     async def exec_driver_sql(self, sql: str) -> None:
         async with self._lock:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from operator import methodcaller
 from typing import Any, NewType
 
+import dateutil.parser  # type: ignore[import-untyped]
 import strawberry
+from strawberry.exceptions import StrawberryInputCoercionError
 from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
 
@@ -22,7 +26,27 @@ def _parse_long(value: Any) -> int:
     return number
 
 
+def _parse_datetime(value: object) -> datetime:
+    """ISO 8601 by the C parser of Python 3.11 (about 20x dateutil's speed, which matters at a
+    thousand measurements per request), falling back to dateutil for the rarer forms."""
+    if not isinstance(value, str):
+        raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}". Expected a string.')
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        parsed: datetime = dateutil.parser.isoparse(value)
+    except ValueError:
+        raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}".') from None
+    return parsed
+
+
 SCALAR_MAP: dict[object, ScalarDefinition] = {
+    datetime: ScalarDefinition(
+        name="DateTime", description="Date with time (isoformat)", specified_by_url=None,
+        serialize=methodcaller("isoformat"), parse_value=_parse_datetime, parse_literal=None, origin=datetime,
+    ),
     Long: strawberry.scalar(
         name="Long",
         description="A 64-bit integer (byte counts and other values beyond Int's 32 bits).",

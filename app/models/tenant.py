@@ -94,7 +94,8 @@ measurements = Table(
     "measurements",
     metadata,
     _id(),
-    _device_fk(),
+    # No foreign key (see migration t0003): writers lock their devices once per batch instead.
+    Column("device_id", BigInteger, nullable=False),
     Column("time", TS, nullable=False),
     Column("type", Text, nullable=False),
     Column("series", Text, nullable=False),

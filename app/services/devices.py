@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
-from app.models.tenant import devices, external_ids, group_devices, groups
+from app.models.tenant import devices, external_ids, group_devices, groups, measurements
 from app.services.pagination import Page, build_page, contains_pattern, decode_int_cursor, page_size
 from app.services.scope import Scope
 
@@ -125,11 +125,16 @@ def _check_fragments(fragments: object) -> dict[str, Any]:
 # --- devices -------------------------------------------------------------------------------------
 
 
-async def require_devices(db: Executor, scope: Scope, ids: Sequence[int]) -> None:
-    """NOT_FOUND unless every id names a device in scope (one query for a whole batch)."""
+async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, lock: bool = False) -> None:
+    """NOT_FOUND unless every id names a device in scope (one query for a whole batch).
+
+    `lock` takes FOR KEY SHARE on them until the transaction ends, as a foreign key check
+    would: a concurrent delete of one of these devices waits, then sees the new rows."""
     wanted = set(ids)
-    found = set((await db.execute(select(devices.c.id).where(devices.c.id.in_(wanted),
-                                                             scope.devices(devices.c.id)))).scalars())
+    stmt = select(devices.c.id).where(devices.c.id.in_(wanted), scope.devices(devices.c.id))
+    if lock:
+        stmt = stmt.with_for_update(read=True, key_share=True)
+    found = set((await db.execute(stmt)).scalars())
     missing = sorted(wanted - found)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
@@ -260,9 +265,15 @@ async def delete_device(db: Executor, scope: Scope, device_id: str) -> None:
     key = require_id(device_id, "device")
     if scope.device_id is not None:
         raise Forbidden("a device cannot change the inventory")
-    result = await db.execute(delete(devices).where(devices.c.id == key, scope.devices(devices.c.id)))
-    if not result.rowcount:  # type: ignore[attr-defined]
+    # Lock first: ingest holding the device (FOR KEY SHARE) finishes before, and a child being
+    # created under it (its foreign key check) waits until after, so the subtree is complete.
+    locked = await db.execute(select(devices.c.id).where(devices.c.id == key, scope.devices(devices.c.id))
+                              .with_for_update())
+    if locked.first() is None:
         raise NotFound(f"device {device_id} not found")
+    subtree = await _descendants_and_self(db, key)
+    await db.execute(delete(devices).where(devices.c.id == key))  # children and other data cascade
+    await db.execute(delete(measurements).where(measurements.c.device_id.in_(subtree)))
 
 
 async def add_external_id(db: Executor, scope: Scope, *, device_id: int, type: str, value: str,

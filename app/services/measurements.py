@@ -64,25 +64,45 @@ class SeriesBucket:
     sum: float
 
 
+def _copy_text(value: str) -> str:
+    """A text-format COPY field: backslash, tab, newline and carriage return escaped."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 async def create_measurements(db: Transaction, scope: Scope, batch: Sequence[NewMeasurement]) -> int:
-    """Validate the whole batch, then write it with one COPY in the request's transaction."""
+    """Validate the whole batch, then write it with one COPY in the request's transaction.
+
+    Batches repeat the same few devices, types, series and units, so each distinct value is
+    checked (and escaped) once; rows become COPY text directly (one write, no per-row await).
+    """
     if not batch:
         return 0
     if len(batch) > MAX_BATCH:
         raise InvalidInput(f"at most {MAX_BATCH} measurements per call", field="input", cap=MAX_BATCH)
-    rows = []
-    device_ids: set[int] = set()
+    devices: dict[str, int] = {}
+    texts: dict[tuple[str, str], str] = {}
+
+    def text_field(value: str, field: str, max_len: int = 100) -> str:
+        key = (field, value)
+        if key not in texts:
+            texts[key] = _copy_text(check_text(value, field, max_len))
+        return texts[key]
+
+    lines = []
     for m in batch:
-        device_id = require_id(m.device_id, "device")
-        device_ids.add(device_id)
-        rows.append((device_id, check_time(m.time, "time"), check_text(m.type, "type"),
-                     check_text(m.series, "series"), check_value(m.value),
-                     None if m.unit is None else check_text(m.unit, "unit", 20)))
+        device_id = devices.get(m.device_id)
+        if device_id is None:
+            device_id = devices[m.device_id] = require_id(m.device_id, "device")
+        unit = "\\N" if m.unit is None else text_field(m.unit, "unit", 20)
+        lines.append(f"{device_id}\t{check_time(m.time, 'time').isoformat()}\t{text_field(m.type, 'type')}\t"
+                     f"{text_field(m.series, 'series')}\t{check_value(m.value)!r}\t{unit}\n")
+    device_ids = set(devices.values())
     if scope.device_id is not None and device_ids != {scope.device_id}:
         raise Forbidden("a device may only send its own measurements")
-    await require_devices(db, scope, sorted(device_ids))
-    await db.copy_rows("COPY measurements (device_id, time, type, series, value, unit) FROM STDIN", rows)
-    return len(rows)
+    await require_devices(db, scope, sorted(device_ids), lock=True)
+    await db.copy_text("COPY measurements (device_id, time, type, series, value, unit) FROM STDIN",
+                       "".join(lines).encode())
+    return len(lines)
 
 
 async def list_measurements(

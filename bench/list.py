@@ -1,0 +1,83 @@
+"""Listing devices: `devices(first: 100)` through GraphQL vs a plain Starlette endpoint.
+
+    python -m bench.list [N]
+
+The plain endpoint runs the same routed keyset query on the same pool and returns the same
+JSON (no auth, no GraphQL); the ratio is what the GraphQL layer costs on a wide list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.db.transaction import tenant_transaction
+from app.platform import Platform
+from app.services.devices import list_devices
+from app.services.scope import UNRESTRICTED
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, interleaved, median
+
+QUERY = "{ devices(first: 100) { edges { cursor node { id name type owner fragments createdAt updatedAt } } " \
+        "pageInfo { hasNextPage endCursor } } }"
+
+
+def plain_routes(platform: Platform) -> list[Any]:
+    async def plain_devices(request: Request) -> Response:
+        tx = tenant_transaction(platform.db.app, request.headers["x-tenant-id"])
+        try:
+            page = await list_devices(tx, UNRESTRICTED, first=100, after=None, cap=500)
+        finally:
+            await tx.finish(commit=True)
+        edges = [{"cursor": c, "node": {"id": str(d.id), "name": d.name, "type": d.type, "owner": d.owner,
+                                        "fragments": d.fragments, "createdAt": d.created_at.isoformat(),
+                                        "updatedAt": d.updated_at.isoformat()}}
+                 for c, d in zip(page.cursors, page.items, strict=True)]
+        body = {"data": {"devices": {"edges": edges, "pageInfo": {
+            "hasNextPage": page.has_next_page, "endCursor": page.cursors[-1] if page.cursors else None}}}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return [Route("/plain/devices", plain_devices)]
+
+
+async def main(n: int) -> None:
+    async with bench_platform(plain_routes) as b:
+        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+        created = await b.gql('mutation { createSubtenant(input: {domain: "list", company: "L", adminEmail: "'
+                              + ADMIN_EMAIL + '"}) { id } }', token=token, tenant="management")
+        tenant_id = created["createSubtenant"]["id"]
+        tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant_id)
+        for i in range(150):
+            await b.gql("mutation($n: String!) { createDevice(input: {name: $n, type: \"meter\", "
+                        'fragments: {fw: "1.2.3", battery: 87}}) { id } }', {"n": f"device-{i}"},
+                        token=tenant_token, tenant=tenant_id)
+        headers = {"authorization": f"Bearer {tenant_token}", "x-tenant-id": tenant_id,
+                   "accept": "application/graphql-response+json", "content-type": "application/json"}
+        body = orjson.dumps({"query": QUERY})
+
+        async def via_graphql() -> None:
+            response = await b.client.post("/graphql", content=body, headers=headers)
+            assert len(orjson.loads(response.content)["data"]["devices"]["edges"]) == 100
+
+        async def via_plain() -> None:
+            response = await b.client.get("/plain/devices", headers=headers)
+            assert len(orjson.loads(response.content)["data"]["devices"]["edges"]) == 100
+
+        for fn in (via_graphql, via_plain):
+            for _ in range(20):
+                await fn()
+        samples = await interleaved({"graphql": via_graphql, "plain": via_plain}, n)
+
+    g, p = median(samples["graphql"]) * 1000, median(samples["plain"]) * 1000
+    print(f"devices(first: 100) via GraphQL p50 {g:.2f} ms ({1000 / g:.0f} req/s)")
+    print(f"plain Starlette endpoint        p50 {p:.2f} ms ({1000 / p:.0f} req/s)")
+    print(f"GraphQL/plain throughput: {p / g:.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
