@@ -40,6 +40,8 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.provision
 	$(BIN)/python -m bench.routing
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.list
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
