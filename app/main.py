@@ -11,15 +11,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app.graphql.schema import build_schema
+from app.http.export import UsageExportEndpoint
 from app.http.graphql import GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.logs import configure_logging
 from app.platform import Platform
-from app.services import retention
+from app.services import retention, usage
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(live.metrics.render(), media_type="text/plain; version=0.0.4")
+
     async def readyz(request: Request) -> Response:
         try:
             async with live.db.app.connect() as conn:
@@ -48,13 +52,17 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
-        background = []
+        background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds))]
         if settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
+        if settings.usage_snapshot_seconds > 0:
+            background.append(asyncio.create_task(usage.periodic_snapshots(
+                live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))
         yield
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await live.meter.flush()  # graceful shutdown: nothing counted is lost
         if owned:
             await live.close()
 
@@ -73,6 +81,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/export/usage.csv", UsageExportEndpoint(live).handle, methods=["GET"]),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
+from app.services.limits import RateLimiter
+from app.services.metering import Meter
+from app.services.metrics import RequestMetrics
 from app.settings import Settings
 from app.tenancy.registry import Registry
 
@@ -18,12 +21,19 @@ class Platform:
     registry: Registry
     passwords: Passwords
     access_tokens: AccessTokens
+    meter: Meter
+    metrics: RequestMetrics
+    rate_limiter: RateLimiter
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
+        db = Database.connect(settings)
         return cls(
             settings=settings,
-            db=Database.connect(settings),
+            db=db,
+            meter=Meter(db.app),
+            metrics=RequestMetrics(max_tenants=settings.metrics_max_tenants),
+            rate_limiter=RateLimiter(),
             registry=Registry(ttl=settings.registry_ttl_seconds),
             passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib),
             access_tokens=AccessTokens(

@@ -61,6 +61,11 @@ class Settings:
     invitation_ttl_seconds: int = 48 * 3600
     # How often the server applies retention rules (0: never; `tenantry retention run` always can).
     retention_interval_seconds: int = 3600
+    usage_flush_seconds: float = 5.0
+    usage_snapshot_seconds: int = 3600
+    metrics_max_tenants: int = 1000
+    # Share of a limit at which a tenant's admins are warned (once per crossing).
+    limit_warning_ratio: float = 0.8
     # argon2 cost; lowered only by the test suite, never by configuration.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
@@ -94,6 +99,9 @@ class Settings:
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
             tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
             retention_interval_seconds=_int(env, "TENANTRY_RETENTION_INTERVAL", 3600),
+            usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
+            metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
+            limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import httpx
@@ -124,8 +125,7 @@ async def test_health_ready_request_id_and_graphiql(http: httpx.AsyncClient, pla
 
 
 def _with_graphiql_off(platform: Platform) -> Platform:
-    return Platform(settings=platform.settings.with_(graphiql=False), db=platform.db, registry=platform.registry,
-                    passwords=platform.passwords, access_tokens=platform.access_tokens)
+    return dataclasses.replace(platform, settings=platform.settings.with_(graphiql=False))
 
 
 def test_unexpected_errors_are_masked_and_logged_with_the_request_id(

@@ -8,18 +8,22 @@ so a response is never sent before its writes are committed.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from uuid import UUID
+
+from strawberry.dataloader import DataLoader
 
 from app.auth.principal import DEVICE_USER_ID, Principal, Routed
 from app.auth.roles import BUILTIN_ROLES
 from app.db.transaction import Transaction, management_transaction, tenant_transaction
-from app.errors import AppError, Forbidden, TenantSuspended, Unauthenticated
+from app.errors import AppError, Forbidden, RateLimited, TenantSuspended, Unauthenticated
 from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
 from app.services import device_tokens
 from app.services.roles import role_permissions
 from app.services.scope import Scope
+from app.services.usage import LimitUsage, limit_usage
 from app.tenancy.routing import route
 
 
@@ -35,7 +39,12 @@ class Context:
     _tenant: Transaction | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     device_request: bool = False  # made with a device token (metered apart)
+    # Resources created/updated by this request; metered only once its transaction commits.
+    usage: Counter[str] = field(default_factory=Counter)
     _loaders: Loaders | None = None
+    _limit_usage: DataLoader[str, LimitUsage] | None = None
+    retry_after: int | None = None
+    rate_limited: RateLimited | None = None
 
     @property
     def cap(self) -> int:
@@ -74,9 +83,17 @@ class Context:
             async with self._lock:
                 if self._routed is None:
                     if device_tokens.is_device_token(token):
-                        self._routed = await self._route_device(token)
+                        routed = await self._route_device(token)
                     else:
-                        self._routed = await self._route_user(self.principal())
+                        routed = await self._route_user(self.principal())
+                    self._routed = routed
+                    try:
+                        self.platform.rate_limiter.take(routed.tenant)
+                    except RateLimited as exc:
+                        self.retry_after = int(exc.extensions["retryAfter"])
+                        self.rate_limited = exc
+        if self.rate_limited is not None:  # every resolver of a refused request is refused
+            raise self.rate_limited
         return self._routed
 
     async def _route_user(self, principal: Principal) -> Routed:
@@ -121,8 +138,22 @@ class Context:
             self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
         return self._tenant
 
+    def count(self, name: str, n: int = 1) -> None:
+        self.usage[name] += n
+
     async def scope(self) -> Scope:
         return (await self.routed()).scope
+
+    @property
+    def limit_usage(self) -> DataLoader[str, LimitUsage]:
+        """Usage beside a tenant's limits (management plane: no tenant data is read)."""
+        if self._limit_usage is None:
+            async def load(ids: list[str]) -> list[LimitUsage]:
+                found = await limit_usage(self.management_db, ids)
+                return [found[i] for i in ids]
+
+            self._limit_usage = DataLoader(load_fn=load)
+        return self._limit_usage
 
     @property
     def loaders(self) -> Loaders:

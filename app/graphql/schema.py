@@ -28,9 +28,10 @@ from app.graphql.types.auth import AuthMutations, AuthQueries
 from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
+from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
-Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries))
+Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries))
 Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations, DataMutations, AccessMutations))
 
 

@@ -101,22 +101,43 @@ class GraphQLEndpoint:
 
         data = result.data
         errors = result.errors or []
+        committed = not errors
         try:
-            await context.finish(commit=not errors)
+            await context.finish(commit=committed)
         except Exception:
             log.exception("commit failed", extra={"request_id": request_id})
+            committed = False
             data, errors = None, [GraphQLError("could not save the changes", original_error=RuntimeError())]
         if errors and data is not None and context.wrote_tenant_data:
             # The request's data-plane writes were rolled back together: report none of them.
             data = None
         formatted = [_format_error(e, request_id, context) for e in errors]
+        self._meter(context, committed, formatted)
         body: dict[str, Any] = {"data": data}
         if formatted:
             body["errors"] = formatted
         status = 200
+        headers = None
         if data is None and errors and all(_is_request_error(e) for e in errors):
             status = 400  # unparsable or invalid document: nothing was executed
-        return Response(orjson.dumps(body), status_code=status, media_type=media_type)
+        if context.retry_after is not None:
+            headers = {"retry-after": str(context.retry_after)}
+            if all(f.get("extensions", {}).get("code") == "RATE_LIMITED" for f in formatted):
+                status = 429  # nothing was done: the client should slow down
+        return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
+
+    def _meter(self, context: Context, committed: bool, errors: list[dict[str, Any]]) -> None:
+        """Count the request for its tenant (and its resources, if they were committed)."""
+        routed = context._routed
+        tenant_id = routed.tenant.id if routed else None
+        codes = [str(e["extensions"]["code"]) for e in errors if "extensions" in e]
+        self.platform.metrics.record(tenant_id, device=context.device_request, error_codes=codes)
+        if tenant_id is None:
+            return
+        counts = {"request_count": 1, "device_request_count": int(context.device_request)}
+        if committed:
+            counts.update(context.usage)
+        self.platform.meter.add(tenant_id, counts)
 
     @staticmethod
     def _wants_ide(request: Request) -> bool:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -145,4 +146,41 @@ audit_log = Table(
     Column("changes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("request_id", Text),
     Index("audit_log_tenant_idx", "tenant_id", "id"),
+)
+
+USAGE_COUNTERS = ("request_count", "device_request_count", "measurements_created_count", "events_created_count",
+                  "events_updated_count", "alarms_created_count", "alarms_updated_count", "inventories_created_count",
+                  "inventories_updated_count", "operations_created_count", "operations_updated_count")
+USAGE_SNAPSHOTS = ("device_count", "device_with_children_count", "storage_size", "user_count", "subtenant_count")
+
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in USAGE_COUNTERS + USAGE_SNAPSHOTS),
+    Index("usage_daily_day_idx", "day", "tenant_id"),
+)
+
+limit_warnings = Table(
+    "limit_warnings",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("limit_name", Text, primary_key=True),
+    Column("crossed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("usage", BigInteger, nullable=False),
+    Column("limit_value", BigInteger, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("tenant_id", Text),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    Index("outbox_unsent_idx", "id", postgresql_where=text("sent_at IS NULL")),
 )

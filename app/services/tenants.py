@@ -28,6 +28,7 @@ from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.management import invitations, memberships, tenants
 from app.platform import Platform
 from app.services import audit
+from app.services.limits import check_allocation, check_own_allocations
 from app.services.pagination import Page, build_page, contains_pattern, decode_cursor, page_size
 from app.services.users import normalise_email, user_by_email
 from app.tenancy.naming import is_tenant_id
@@ -275,8 +276,15 @@ async def update_tenant(
     before = {k: getattr(record, k) for k in values}
     if not audit.diff(before, values):
         return record
+    limits = {k: v for k, v in values.items() if k in LIMIT_FIELDS}
     try:
         async with transaction(platform.db.app) as tx:
+            if limits:
+                if record.parent_id is not None:
+                    current = {k: getattr(record, k) for k in LIMIT_FIELDS}
+                    await check_allocation(tx, parent_id=record.parent_id, child_id=record.id,
+                                           wanted=current | limits)
+                await check_own_allocations(tx, tenant_id=record.id, new=limits)
             row = (await tx.execute(
                 update(tenants).where(tenants.c.id == record.id)
                 .values(**values, updated_at=func.now()).returning(*select_tenants().selected_columns)

@@ -21,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Transaction, transaction
-from app.errors import Conflict
+from app.errors import Conflict, LimitExceeded
 from app.models import tenant as tenant_tables
 from app.models.management import invitations, memberships, tenants
 from app.services import audit
+from app.services.limits import check_allocation
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.naming import checked_identifier, new_tenant_id, tenant_role, tenant_schema
@@ -137,13 +138,23 @@ async def _provision(
             **spec.limits,
         }
         if parent is not None:
-            # FOR SHARE waits for a concurrent suspend/delete of the parent and then sees its
-            # outcome, so no child is ever born under a suspended or deleted parent.
-            status = (await tx.execute(
-                select(tenants.c.status).where(tenants.c.id == parent.id).with_for_update(read=True)
-            )).scalar_one_or_none()
-            if status != "ACTIVE":
+            # The parent's row stays locked to the end: a concurrent suspend/delete waits and
+            # no child is born under a suspended or deleted parent, and sibling creations
+            # serialise, so the subtenant count and the limit pool are checked race-free.
+            row = (await tx.execute(
+                select(tenants.c.status, tenants.c.max_subtenants).where(tenants.c.id == parent.id).with_for_update()
+            )).one_or_none()
+            if row is None or row.status != "ACTIVE":
                 raise Conflict(f"the parent tenant {parent.id} is not active")
+            if row.max_subtenants is not None:
+                children = (await tx.execute(select(func.count()).select_from(tenants).where(
+                    tenants.c.parent_id == parent.id, tenants.c.status != "DELETED"))).scalar_one()
+                if children >= row.max_subtenants:
+                    raise LimitExceeded(f"maxSubtenants reached ({row.max_subtenants})", limit="maxSubtenants",
+                                        available=0)
+            await check_allocation(tx, parent_id=parent.id, child_id=None, wanted=spec.limits)
+        if spec.limits.get("max_users") == 0:
+            raise LimitExceeded("maxUsers is 0, but the first admin is a user", limit="maxUsers", available=0)
         try:
             await tx.execute(insert(tenants).values(**values))
         except IntegrityError as exc:

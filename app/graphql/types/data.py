@@ -26,6 +26,7 @@ from app.services import events as event_service
 from app.services import measurements as measurement_service
 from app.services import operations as operation_service
 from app.services.events import EventRecord
+from app.services.limits import enforce_storage_limit
 from app.services.measurements import MeasurementRecord, NewMeasurement, SeriesBucket
 from app.services.operations import OperationRecord
 
@@ -245,17 +246,24 @@ class DataMutations:
                                      "returns how many.")
     async def create_measurements(self, info: Info, input: list[MeasurementInput]) -> int:
         ctx = info.context
-        scope = (await ctx.authorize(MEASUREMENTS_WRITE)).scope
+        routed = await ctx.authorize(MEASUREMENTS_WRITE)
+        scope = routed.scope
+        await enforce_storage_limit(ctx.management_db, routed.tenant)
         batch = cast(list[NewMeasurement], input)  # built by _measurement_from_input
-        return await measurement_service.create_measurements(await ctx.tenant_db(), scope, batch)
+        stored = await measurement_service.create_measurements(await ctx.tenant_db(), scope, batch)
+        ctx.count("measurements_created_count", stored)
+        return stored
 
     @strawberry.mutation
     async def create_event(self, info: Info, input: CreateEventInput) -> Event:
         ctx = info.context
-        scope = (await ctx.authorize(EVENTS_WRITE)).scope
+        routed = await ctx.authorize(EVENTS_WRITE)
+        scope = routed.scope
+        await enforce_storage_limit(ctx.management_db, routed.tenant)
         record = await event_service.create_event(await ctx.tenant_db(), scope, device_id=input.device_id,
                                                   time=input.time, type=input.type, text=input.text,
                                                   attributes=input.attributes)
+        ctx.count("events_created_count")
         return Event.of(record)
 
     @strawberry.mutation
@@ -264,6 +272,7 @@ class DataMutations:
         scope = (await ctx.authorize(EVENTS_WRITE)).scope
         record = await event_service.update_event(await ctx.tenant_db(), scope, id, text=input.text,
                                                   attributes=input.attributes)
+        ctx.count("events_updated_count")
         return Event.of(record)
 
     @strawberry.mutation(description="Raise an alarm; an open one of the same device and type counts up instead.")
@@ -272,13 +281,16 @@ class DataMutations:
         scope = (await ctx.authorize(ALARMS_WRITE)).scope
         record = await alarm_service.raise_alarm(await ctx.tenant_db(), scope, device_id=input.device_id,
                                                  type=input.type, severity=input.severity.value, text_=input.text)
+        ctx.count("alarms_created_count" if record.count == 1 else "alarms_updated_count")
         return Alarm.of(record)
 
     @strawberry.mutation(description="ACTIVE → ACKNOWLEDGED → CLEARED (or ACTIVE → CLEARED).")
     async def update_alarm_status(self, info: Info, id: strawberry.ID, status: AlarmStatus) -> Alarm:
         ctx = info.context
         scope = (await ctx.authorize(ALARMS_WRITE)).scope
-        return Alarm.of(await alarm_service.update_alarm_status(await ctx.tenant_db(), scope, id, status.value))
+        record = await alarm_service.update_alarm_status(await ctx.tenant_db(), scope, id, status.value)
+        ctx.count("alarms_updated_count")
+        return Alarm.of(record)
 
     @strawberry.mutation
     async def create_operation(self, info: Info, input: CreateOperationInput) -> Operation:
@@ -286,6 +298,7 @@ class DataMutations:
         scope = (await ctx.authorize(OPERATIONS_WRITE)).scope
         record = await operation_service.create_operation(await ctx.tenant_db(), scope, device_id=input.device_id,
                                                           description=input.description, payload=input.payload)
+        ctx.count("operations_created_count")
         return Operation.of(record)
 
     @strawberry.mutation(description="PENDING → EXECUTING → SUCCESSFUL | FAILED (with failureReason).")
@@ -295,4 +308,5 @@ class DataMutations:
         scope = (await ctx.authorize_any(OPERATIONS_WRITE, OPERATIONS_DEVICE)).scope
         record = await operation_service.update_operation_status(await ctx.tenant_db(), scope, id, status.value,
                                                                  failure_reason)
+        ctx.count("operations_updated_count")
         return Operation.of(record)

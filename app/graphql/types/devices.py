@@ -12,10 +12,11 @@ from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
-from app.services import device_tokens
+from app.services import device_tokens, limits
 from app.services import devices as service
 from app.services.alarms import AlarmRecord
 from app.services.devices import DeviceRecord, ExternalId, GroupRecord, require_id
+from app.services.usage import check_limit_warnings
 
 Info = strawberry.Info[Context, None]
 ALARM_PAGE_CAP = 100
@@ -243,12 +244,19 @@ class DeviceMutations:
     async def create_device(self, info: Info, input: CreateDeviceInput) -> Device:
         ctx = info.context
         routed = await ctx.authorize(DEVICES_WRITE)
+        db = await ctx.tenant_db()
+        count = await limits.enforce_device_limit(db, routed.tenant)
         record = await service.create_device(
-            await ctx.tenant_db(), routed.scope, name=input.name, type=input.type,
+            db, routed.scope, name=input.name, type=input.type,
             owner=str(routed.principal.user_id), external_id=input.external_id, fragments=input.fragments,
             group_id=require_id(input.group_id, "group") if input.group_id is not None else None,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None,
         )
+        ctx.count("inventories_created_count")
+        if count is not None:  # a limited tenant: warn its admins when this crosses the threshold
+            await check_limit_warnings(ctx.management_db, [{"tenant_id": routed.tenant.id,
+                                                            "device_with_children_count": count + 1}],
+                                       ratio=ctx.platform.settings.limit_warning_ratio)
         return Device.of(record)
 
     @strawberry.mutation
@@ -258,6 +266,7 @@ class DeviceMutations:
         record = await service.update_device(await ctx.tenant_db(), scope, id, service.DeviceChanges(
             name=input.name, type=input.type, fragments=input.fragments, clear_parent=input.clear_parent,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None))
+        ctx.count("inventories_updated_count")
         return Device.of(record)
 
     @strawberry.mutation(description="Delete a device, its child devices and all their data.")
@@ -282,6 +291,7 @@ class DeviceMutations:
         scope = (await ctx.authorize(DEVICES_WRITE)).scope
         record = await service.create_group(await ctx.tenant_db(), scope, name=name,
                                             parent_id=require_id(parent_id, "group") if parent_id else None)
+        ctx.count("inventories_created_count")
         return Group.of(record)
 
     @strawberry.mutation(description="Delete a group and its subgroups; the devices stay.")

@@ -35,12 +35,17 @@ def _long(value: int | None) -> Long | None:
     return Long(value) if value is not None else None
 
 
-@strawberry.type(description="Limits of a tenant; null means unlimited.")
+@strawberry.type(description="Limits of a tenant (null: unlimited) with current usage beside each. Device count "
+                             "and storage are as of the last usage snapshot; users and subtenants are live.")
 class TenantLimits:
     max_devices: Long | None
+    device_count: Long
     max_users: Long | None
+    user_count: Long
     max_subtenants: Long | None
+    subtenant_count: Long
     storage_bytes: Long | None
+    storage_used: Long
     requests_per_second: int | None
     request_burst: int | None
 
@@ -62,7 +67,7 @@ class Tenant:
     created_at: datetime
     updated_at: datetime
     schema_version: str | None
-    limits: TenantLimits
+    _record: strawberry.Private[TenantRecord]
 
     @classmethod
     def of(cls, r: TenantRecord) -> Tenant:
@@ -71,13 +76,19 @@ class Tenant:
             status=TenantStatus(r.status), parent_id=strawberry.ID(r.parent_id) if r.parent_id else None,
             depth=r.depth, allow_create_tenants=r.allow_create_tenants, contact_name=r.contact_name,
             contact_email=r.contact_email, custom_properties=JSON(r.custom_properties), template=r.template,
-            created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version,
-            limits=TenantLimits(
-                max_devices=_long(r.max_devices), max_users=_long(r.max_users),
-                max_subtenants=_long(r.max_subtenants), storage_bytes=_long(r.storage_bytes),
-                requests_per_second=r.requests_per_second,
-                request_burst=r.request_burst,
-            ),
+            created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version, _record=r,
+        )
+
+    @strawberry.field
+    async def limits(self, info: Info) -> TenantLimits:
+        r = self._record
+        used = await info.context.limit_usage.load(r.id)
+        return TenantLimits(
+            max_devices=_long(r.max_devices), device_count=Long(used.devices),
+            max_users=_long(r.max_users), user_count=Long(used.users),
+            max_subtenants=_long(r.max_subtenants), subtenant_count=Long(used.subtenants),
+            storage_bytes=_long(r.storage_bytes), storage_used=Long(used.storage),
+            requests_per_second=r.requests_per_second, request_burst=r.request_burst,
         )
 
     @strawberry.field(description="The parent, when the caller may see it (its own tenant or below).")

@@ -1,0 +1,68 @@
+"""GET /export/usage.csv: the usage export, streamed, bearer-authenticated, routed like GraphQL.
+
+Query: from, to (dates), granularity=day|month|total, separator, decimal, format=csv|json.
+Authorisation is the same as `subtenantUsage`: a tenant's ADMIN exports its subtree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from app.errors import AppError, InvalidInput
+from app.graphql.context import Context
+from app.platform import Platform
+from app.services.usage_export import ExportOptions, export
+
+STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "TENANT_SUSPENDED": 403,
+          "RATE_LIMITED": 429, "INVALID_INPUT": 400}
+
+
+def _date(request: Request, name: str) -> date:
+    raw = request.query_params.get(name)
+    try:
+        return date.fromisoformat(raw or "")
+    except ValueError as exc:
+        raise InvalidInput(f"'{name}' must be a date (YYYY-MM-DD)", field=name) from exc
+
+
+class UsageExportEndpoint:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    async def handle(self, request: Request) -> Response:
+        params = request.query_params
+        context = Context(platform=self.platform, request_id=request.state.request_id,
+                          authorization=request.headers.get("authorization"),
+                          tenant_header=request.headers.get("x-tenant-id"))
+        try:
+            routed = await context.routed()
+            options = ExportOptions(
+                start=_date(request, "from"), end=_date(request, "to"), granularity=params.get("granularity", "day"),
+                fmt=params.get("format", "csv"), separator=params.get("separator", ","),
+                decimal=params.get("decimal", "."),
+            ).check()
+            stream = export(self.platform.db.app, routed, options)
+            first = await anext(stream)  # authorisation and range errors surface before streaming starts
+        except AppError as exc:
+            error = {"errors": [{"message": exc.message, "extensions": {"code": exc.code, **exc.extensions}}]}
+            headers = {"retry-after": str(exc.extensions["retryAfter"])} if "retryAfter" in exc.extensions else None
+            return Response(orjson.dumps(error), status_code=STATUS.get(exc.code, 400),
+                            media_type="application/json", headers=headers)
+        finally:
+            await context.finish(commit=False)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in stream:
+                yield chunk
+
+        media = "application/x-ndjson" if options.fmt == "json" else "text/csv; charset=utf-8"
+        extension = "jsonl" if options.fmt == "json" else "csv"
+        filename = f"usage-{routed.tenant.domain}-{options.start}-{options.end}.{extension}"
+        return StreamingResponse(chunks(), media_type=media,
+                                 headers={"content-disposition": f'attachment; filename="{filename}"'})

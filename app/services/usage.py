@@ -1,0 +1,310 @@
+"""Usage for invoicing: daily statistics, summaries over a subtree, snapshots, limit warnings.
+
+Parents read their descendants' usage (management plane) but never their data: snapshots
+count devices inside each tenant under that tenant's own role, and store only the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, and_, cast, func, literal_column, select, text
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.principal import Routed
+from app.auth.roles import TENANT_ADMIN
+from app.db.transaction import Executor, tenant_transaction, transaction
+from app.errors import InvalidInput, NotFound
+from app.models.management import (
+    USAGE_COUNTERS,
+    USAGE_SNAPSHOTS,
+    limit_warnings,
+    memberships,
+    outbox,
+    tenants,
+    usage_daily,
+    users,
+)
+from app.models.tenant import devices
+from app.services import audit
+from app.tenancy.naming import is_tenant_id, tenant_schema
+from app.tenancy.registry import Registry, TenantRecord
+
+MAX_RANGE_DAYS = 400
+CREATE_UPDATE = tuple(c for c in USAGE_COUNTERS if c.endswith(("_created_count", "_updated_count")))
+# Limits and the usage they are checked against.
+LIMIT_USAGE = {"max_devices": "device_with_children_count", "max_users": "user_count",
+               "max_subtenants": "subtenant_count", "storage_bytes": "storage_size"}
+LIMIT_NAMES = {"max_devices": "maxDevices", "max_users": "maxUsers", "max_subtenants": "maxSubtenants",
+               "storage_bytes": "storageBytes", "requests_per_second": "requestsPerSecond",
+               "request_burst": "requestBurst"}
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    tenant_id: str
+    period: date
+    values: dict[str, int]
+
+    @property
+    def total_resource_create_and_update_count(self) -> int:
+        return sum(self.values.get(c, 0) for c in CREATE_UPDATE)
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    tenant_id: str
+    domain: str
+    company: str
+    parent_id: str | None
+    status: str
+    created_at: datetime
+    deleted_at: datetime | None
+    custom_properties: dict[str, Any]
+    values: dict[str, int]  # counters summed; snapshots as of the last day; peak_* maxima
+
+    @property
+    def total_resource_create_and_update_count(self) -> int:
+        return sum(self.values.get(c, 0) for c in CREATE_UPDATE)
+
+
+def check_range(start: date, end: date) -> None:
+    if end < start:
+        raise InvalidInput("'to' must not be before 'from'", field="to")
+    if (end - start).days >= MAX_RANGE_DAYS:
+        raise InvalidInput(f"at most {MAX_RANGE_DAYS} days per query", field="to", cap=MAX_RANGE_DAYS)
+
+
+async def readable_tenant(db: Executor, routed: Routed, tenant_id: str | None, registry: Registry) -> TenantRecord:
+    """The caller's own tenant or a descendant (deleted ones too: their history is kept), for ADMINs."""
+    routed.require(TENANT_ADMIN)
+    if tenant_id is None or tenant_id == routed.tenant.id:
+        return routed.tenant
+    record = await registry.tenant(db, tenant_id) if is_tenant_id(tenant_id) else None
+    if record is None or not record.is_strict_descendant_of(routed.tenant.id):
+        raise NotFound(f"tenant {tenant_id} not found")
+    return record
+
+
+async def daily(db: Executor, *, tenant_id: str, start: date, end: date) -> list[UsageRow]:
+    """One row per day of the range; days without usage (e.g. before creation) are zeros."""
+    check_range(start, end)
+    days = select(func.generate_series(start, end, timedelta(days=1)).cast(Date).label("day")).subquery()
+    columns = [func.coalesce(usage_daily.c[c], 0).label(c) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS]
+    stmt = (select(days.c.day, *columns)
+            .select_from(days.outerjoin(usage_daily, and_(usage_daily.c.day == days.c.day,
+                                                          usage_daily.c.tenant_id == tenant_id)))
+            .order_by(days.c.day))
+    rows = (await db.execute(stmt)).all()
+    return [UsageRow(tenant_id, r.day, {c: int(r._mapping[c]) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS})
+            for r in rows]
+
+
+def _summary_columns(day_column: Any) -> list[Any]:
+    cols: list[Any] = [func.coalesce(func.sum(usage_daily.c[c]), 0).label(c) for c in USAGE_COUNTERS]
+    for c in USAGE_SNAPSHOTS:  # the value on the last day of the range that has a row
+        cols.append(func.coalesce(literal_column(f"(array_agg(usage_daily.{c} ORDER BY usage_daily.day DESC))[1]"), 0)
+                    .label(c))
+    cols.append(func.coalesce(func.max(usage_daily.c.device_count), 0).label("peak_device_count"))
+    cols.append(func.coalesce(func.max(usage_daily.c.storage_size), 0).label("peak_storage_size"))
+    return cols
+
+
+def subtree_filter(routed: Routed, *, include_descendants: bool, include_deleted: bool) -> Any:
+    condition = and_(tenants.c.path.contains([routed.tenant.id]), tenants.c.id != routed.tenant.id)
+    if not include_descendants:
+        condition = and_(condition, tenants.c.parent_id == routed.tenant.id)
+    if not include_deleted:
+        condition = and_(condition, tenants.c.status != "DELETED")
+    return condition
+
+
+async def summaries(db: Executor, routed: Routed, *, start: date, end: date, include_descendants: bool = True,
+                    include_deleted: bool = True) -> list[UsageSummary]:
+    routed.require(TENANT_ADMIN)
+    check_range(start, end)
+    stmt = (
+        select(tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
+               tenants.c.created_at, tenants.c.deleted_at, tenants.c.custom_properties,
+               *_summary_columns(usage_daily.c.day))
+        .select_from(tenants.outerjoin(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
+                                                         usage_daily.c.day.between(start, end))))
+        .where(subtree_filter(routed, include_descendants=include_descendants, include_deleted=include_deleted))
+        .group_by(tenants.c.id)
+        .order_by(tenants.c.id)
+    )
+    names = (*USAGE_COUNTERS, *USAGE_SNAPSHOTS, "peak_device_count", "peak_storage_size")
+    return [UsageSummary(r.id, r.domain, r.company, r.parent_id, r.status, r.created_at, r.deleted_at,
+                         r.custom_properties, {n: int(r._mapping[n]) for n in names})
+            for r in (await db.execute(stmt)).all()]
+
+
+async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: date,
+                      granularity: str) -> AsyncIterator[Any]:
+    """Rows for the export, streamed from a server-side cursor: per tenant and day, month or
+    the whole range. Yields (tenant row, period start, values)."""
+    routed.require(TENANT_ADMIN)
+    check_range(start, end)
+    if granularity not in ("day", "month", "total"):
+        raise InvalidInput("granularity must be day, month or total", field="granularity")
+    if granularity == "total":
+        period: Any = cast(literal_column(f"'{start.isoformat()}'"), Date)
+    else:
+        period = cast(func.date_trunc(literal_column(f"'{granularity}'"), usage_daily.c.day), Date)
+    period = period.label("period")
+    stmt = (
+        select(tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
+               tenants.c.created_at, tenants.c.custom_properties, period, *_summary_columns(usage_daily.c.day))
+        .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
+                                                    usage_daily.c.day.between(start, end))))
+        .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
+        .group_by(tenants.c.id, text("period"))
+        .order_by(tenants.c.id, text("period"))
+    )
+    async with engine.connect() as conn:
+        result = await conn.stream(stmt.execution_options(yield_per=1000))
+        async for row in result:
+            yield row
+
+
+# --- snapshots and limit warnings --------------------------------------------------------------
+
+
+async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequence[str] | None = None,
+                         warning_ratio: float = 0.8) -> int:
+    """Snapshot every live tenant (or the given ones) for `today`; returns how many."""
+    async with transaction(engine) as tx:
+        stmt = select(tenants.c.id).where(tenants.c.status != "DELETED")
+        if tenant_ids is not None:
+            stmt = stmt.where(tenants.c.id.in_(tenant_ids))
+        ids = list((await tx.execute(stmt.order_by(tenants.c.id))).scalars())
+        sizes: dict[str, int] = dict(tuple(r) for r in (await tx.execute(text(
+            "SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 't\\_%' AND c.relkind = 'r' "
+            "GROUP BY n.nspname"))).all())
+        user_counts: dict[str, int] = dict(tuple(r) for r in (await tx.execute(
+            select(memberships.c.tenant_id, func.count()).group_by(memberships.c.tenant_id))).all())
+        child_counts: dict[str, int] = dict(tuple(r) for r in (await tx.execute(
+            select(tenants.c.parent_id, func.count())
+            .where(tenants.c.status != "DELETED", tenants.c.parent_id.isnot(None))
+            .group_by(tenants.c.parent_id))).all())
+    rows = []
+    for tenant_id in ids:
+        # Device counts are read inside the tenant, under its role, like any request.
+        ttx = tenant_transaction(engine, tenant_id)
+        try:
+            counts: Any = (await ttx.execute(select(
+                func.count().filter(devices.c.parent_id.is_(None)), func.count()).select_from(devices))).one()
+        finally:
+            await ttx.finish(commit=True)
+        rows.append({"tenant_id": tenant_id, "day": today, "device_count": counts[0],
+                     "device_with_children_count": counts[1],
+                     "storage_size": int(sizes.get(tenant_schema(tenant_id), 0)),
+                     "user_count": int(user_counts.get(tenant_id, 0)),
+                     "subtenant_count": int(child_counts.get(tenant_id, 0))})
+    if rows:
+        async with transaction(engine) as tx:
+            for chunk in range(0, len(rows), 1000):
+                upsert = pg_insert(usage_daily).values(rows[chunk:chunk + 1000])
+                await tx.execute(upsert.on_conflict_do_update(
+                    index_elements=[usage_daily.c.tenant_id, usage_daily.c.day],
+                    set_={c: upsert.excluded[c] for c in USAGE_SNAPSHOTS}))
+            await check_limit_warnings(tx, rows, ratio=warning_ratio)
+    return len(rows)
+
+
+async def check_limit_warnings(tx: Executor, usage_rows: Sequence[dict[str, Any]], *, ratio: float) -> list[str]:
+    """Warn a tenant's admins (outbox + audit) when usage crosses `ratio` of a limit, once per
+    crossing: the warning is re-armed when usage falls back below. Returns what was warned."""
+    by_id = {r["tenant_id"]: r for r in usage_rows}
+    limits = (await tx.execute(select(tenants.c.id, tenants.c.domain, *(tenants.c[k] for k in LIMIT_USAGE))
+                               .where(tenants.c.id.in_(list(by_id))))).all()
+    active = {(r.tenant_id, r.limit_name) for r in (await tx.execute(
+        select(limit_warnings.c.tenant_id, limit_warnings.c.limit_name)
+        .where(limit_warnings.c.tenant_id.in_(list(by_id))))).all()}
+    warned = []
+    for row in limits:
+        for limit, usage_key in LIMIT_USAGE.items():
+            value = row._mapping[limit]
+            used = by_id[row.id].get(usage_key)
+            if value is None or used is None:
+                continue
+            name = LIMIT_NAMES[limit]
+            over = used >= ratio * value
+            if over and (row.id, name) not in active:
+                await tx.execute(limit_warnings.insert().values(tenant_id=row.id, limit_name=name, usage=used,
+                                                                limit_value=value))
+                admins = (await tx.execute(select(users.c.email).join(memberships, memberships.c.user_id == users.c.id)
+                                           .where(memberships.c.tenant_id == row.id,
+                                                  memberships.c.role == "ADMIN"))).scalars().all()
+                for email in admins:
+                    await tx.execute(outbox.insert().values(
+                        tenant_id=row.id, recipient=email, subject=f"Tenant {row.domain}: {name} at {used}/{value}",
+                        body=f"Your tenant {row.domain} ({row.id}) uses {used} of its {name} limit of {value}."))
+                await audit.record(tx, tenant_id=row.id, actor=audit.SYSTEM, action="limit.warning", target=name,
+                                   changes=[{"attribute": name, "previous": None, "new": used}])
+                warned.append(f"{row.id}:{name}")
+            elif not over and (row.id, name) in active:
+                await tx.execute(limit_warnings.delete().where(limit_warnings.c.tenant_id == row.id,
+                                                               limit_warnings.c.limit_name == name))
+    return warned
+
+
+
+async def periodic_snapshots(engine: AsyncEngine, interval_seconds: float, *, warning_ratio: float) -> None:
+    """The server's snapshot loop; an advisory lock lets one worker process take them at a time."""
+    log = logging.getLogger("tenantry.usage")
+    while True:
+        try:
+            async with engine.connect() as conn:
+                got = (await conn.execute(text("SELECT pg_try_advisory_lock(hashtext('tenantry.snapshots'))"))).scalar()
+                if got:
+                    try:
+                        taken = await take_snapshots(engine, today=datetime.now(UTC).date(),
+                                                     warning_ratio=warning_ratio)
+                        log.info("usage snapshots taken for %d tenants", taken)
+                    finally:
+                        await conn.execute(text("SELECT pg_advisory_unlock(hashtext('tenantry.snapshots'))"))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("usage snapshot failed")
+        await asyncio.sleep(interval_seconds)
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    devices: int
+    storage: int
+    users: int
+    subtenants: int
+
+
+async def limit_usage(db: Executor, tenant_ids: Sequence[str]) -> dict[str, LimitUsage]:
+    """Usage beside each limit, for many tenants in three queries (a DataLoader batch)."""
+    latest = (select(usage_daily.c.tenant_id, usage_daily.c.device_with_children_count, usage_daily.c.storage_size)
+              .where(usage_daily.c.tenant_id.in_(tenant_ids))
+              .ext(distinct_on(usage_daily.c.tenant_id))
+              .order_by(usage_daily.c.tenant_id, usage_daily.c.day.desc()))
+    snapshots = {r.tenant_id: r for r in (await db.execute(latest)).all()}
+    members = dict(tuple(r) for r in (await db.execute(
+        select(memberships.c.tenant_id, func.count()).where(memberships.c.tenant_id.in_(tenant_ids))
+        .group_by(memberships.c.tenant_id))).all())
+    children = dict(tuple(r) for r in (await db.execute(
+        select(tenants.c.parent_id, func.count()).where(tenants.c.parent_id.in_(tenant_ids),
+                                                        tenants.c.status != "DELETED")
+        .group_by(tenants.c.parent_id))).all())
+    out = {}
+    for tenant_id in tenant_ids:
+        snap = snapshots.get(tenant_id)
+        out[tenant_id] = LimitUsage(devices=int(snap.device_with_children_count) if snap else 0,
+                                    storage=int(snap.storage_size) if snap else 0,
+                                    users=int(members.get(tenant_id, 0)), subtenants=int(children.get(tenant_id, 0)))
+    return out
