@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 
 from rich.console import Console
@@ -189,6 +190,34 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
     return _run(settings, work)
 
 
+def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.usage import take_snapshots, utc_today_date
+
+    async def work(platform: Platform) -> int:
+        taken = await take_snapshots(platform.db.app, today=utc_today_date(),
+                                     warning_ratio=settings.limit_warning_ratio)
+        console.print(f"usage snapshots taken for {taken} tenants")
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_usage_export(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.usage_export import ExportOptions, export
+
+    async def work(platform: Platform) -> int:
+        routed = await _operator(platform)
+        options = ExportOptions(start=args.start, end=args.end, granularity=args.granularity, fmt=args.format,
+                                separator=args.separator, decimal=args.decimal)
+        out = sys.stdout.buffer
+        async for chunk in export(platform.db.app, routed, options):
+            out.write(chunk)
+        out.flush()
+        return 0
+
+    return _run(settings, work)
+
+
 def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     from app.graphql.schema import build_schema
 
@@ -241,6 +270,16 @@ def parser() -> argparse.ArgumentParser:
     run_retention = retention.add_parser("run", help="apply every tenant's retention rules now")
     run_retention.add_argument("--batch-size", type=int, default=5000, help="rows deleted per transaction")
     run_retention.set_defaults(fn=cmd_retention_run)
+    usage = sub.add_parser("usage", help="usage metering").add_subparsers(dest="usage_command", required=True)
+    usage.add_parser("snapshot", help="take today's usage snapshots now").set_defaults(fn=cmd_usage_snapshot)
+    usage_export = usage.add_parser("export", help="every tenant's usage as CSV or JSON lines on stdout")
+    usage_export.add_argument("--from", dest="start", type=date.fromisoformat, required=True)
+    usage_export.add_argument("--to", dest="end", type=date.fromisoformat, required=True)
+    usage_export.add_argument("--granularity", choices=["day", "month", "total"], default="day")
+    usage_export.add_argument("--format", choices=["csv", "json"], default="csv")
+    usage_export.add_argument("--separator", default=",")
+    usage_export.add_argument("--decimal", choices=[".", ","], default=".")
+    usage_export.set_defaults(fn=cmd_usage_export)
     return p
 
 

@@ -1,8 +1,9 @@
 """Tenant limits: allocation from the parent's pool, race-free enforcement, request rate.
 
-- A parent allocates limits to its children out of its own: for every limit the parent
-  has, the children's allocations add up to at most the parent's value (a child of a
-  limited parent needs an allocation). Checked with the parent's row locked, so two
+- A parent allocates maxDevices, maxUsers and storageBytes to its children out of its own:
+  for each of these the parent has, the children's allocations add up to at most the
+  parent's value (a child of a limited parent needs an allocation). maxSubtenants and
+  requestsPerSecond are each tenant's own. Checked with the parent's row locked, so two
   concurrent allocations cannot both take the last of the pool.
 - maxDevices is enforced under a per-tenant advisory lock held to the end of the creating
   transaction: with one slot left, concurrent creates yield exactly one device.
@@ -25,7 +26,9 @@ from app.models.management import tenants, usage_daily
 from app.models.tenant import devices
 from app.tenancy.registry import TenantRecord
 
-POOLED = ("max_devices", "max_users", "max_subtenants", "storage_bytes", "requests_per_second")
+# Capacity a parent shares out among its children (devices, user licences, storage). The
+# subtenant count and the request rate are the tenant's own and are not pooled.
+POOLED = ("max_devices", "max_users", "storage_bytes")
 NAMES = {"max_devices": "maxDevices", "max_users": "maxUsers", "max_subtenants": "maxSubtenants",
          "storage_bytes": "storageBytes", "requests_per_second": "requestsPerSecond", "request_burst": "requestBurst"}
 
@@ -72,7 +75,7 @@ async def enforce_device_limit(db: Executor, tenant: TenantRecord) -> int | None
     the one that would exceed maxDevices. Returns the devices there were (None: unlimited)."""
     if tenant.max_devices is None:
         return None
-    await db.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':devices'))"))
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/devices'))"))
     count = int((await db.execute(select(func.count()).select_from(devices))).scalar_one())
     if count >= tenant.max_devices:
         raise LimitExceeded(f"maxDevices reached ({tenant.max_devices})", limit="maxDevices",

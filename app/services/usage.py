@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, cast, func, literal_column, select, text
+from sqlalchemy import BigInteger, Date, and_, cast, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -108,7 +108,8 @@ async def daily(db: Executor, *, tenant_id: str, start: date, end: date) -> list
 
 
 def _summary_columns(day_column: Any) -> list[Any]:
-    cols: list[Any] = [func.coalesce(func.sum(usage_daily.c[c]), 0).label(c) for c in USAGE_COUNTERS]
+    # sum(bigint) is numeric in PostgreSQL; cast back so every value is an integer.
+    cols: list[Any] = [cast(func.coalesce(func.sum(usage_daily.c[c]), 0), BigInteger).label(c) for c in USAGE_COUNTERS]
     for c in USAGE_SNAPSHOTS:  # the value on the last day of the range that has a row
         cols.append(func.coalesce(literal_column(f"(array_agg(usage_daily.{c} ORDER BY usage_daily.day DESC))[1]"), 0)
                     .label(c))
@@ -169,9 +170,13 @@ async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: 
         .order_by(tenants.c.id, text("period"))
     )
     async with engine.connect() as conn:
-        result = await conn.stream(stmt.execution_options(yield_per=1000))
-        async for row in result:
-            yield row
+        # A server-side cursor needs a transaction; REPEATABLE READ also gives the whole
+        # export one consistent snapshot while the counters keep flushing.
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            result = await conn.stream(stmt.execution_options(yield_per=1000))
+            async for row in result:
+                yield row
 
 
 # --- snapshots and limit warnings --------------------------------------------------------------
@@ -267,7 +272,7 @@ async def periodic_snapshots(engine: AsyncEngine, interval_seconds: float, *, wa
                 got = (await conn.execute(text("SELECT pg_try_advisory_lock(hashtext('tenantry.snapshots'))"))).scalar()
                 if got:
                     try:
-                        taken = await take_snapshots(engine, today=datetime.now(UTC).date(),
+                        taken = await take_snapshots(engine, today=utc_today_date(),
                                                      warning_ratio=warning_ratio)
                         log.info("usage snapshots taken for %d tenants", taken)
                     finally:
@@ -308,3 +313,7 @@ async def limit_usage(db: Executor, tenant_ids: Sequence[str]) -> dict[str, Limi
                                     storage=int(snap.storage_size) if snap else 0,
                                     users=int(members.get(tenant_id, 0)), subtenants=int(children.get(tenant_id, 0)))
     return out
+
+
+def utc_today_date() -> date:
+    return datetime.now(UTC).date()
