@@ -62,6 +62,7 @@ class Settings:
     # How often the server applies retention rules (0: never; `tenantry retention run` always can).
     retention_interval_seconds: int = 3600
     usage_flush_seconds: float = 5.0
+    metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
     # Share of a limit at which a tenant's admins are warned (once per crossing).

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLObjectType
 from strawberry.extensions import (
     MaxAliasesLimiter,
     QueryDepthLimiter,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
@@ -40,15 +41,48 @@ class TenantrySchema(strawberry.Schema):
         """Errors are classified and logged (with request id) by the HTTP endpoint, once."""
 
 
+def _direct_attribute_resolvers(schema: TenantrySchema) -> int:
+    """Resolve plain attribute fields with one function call instead of Strawberry's three.
+
+    A "basic" Strawberry field (no resolver, no extensions) resolves through
+    `_get_basic_result` → `StrawberryField.get_result` → `getattr`. On big lists (10,000
+    usage summaries x 20 fields, 100 devices x 8 fields) those calls are a third of the
+    response time. Replacing them with a direct getattr changes no behaviour: it is exactly
+    what `get_result` does for a field without a resolver. Returns how many were replaced.
+    """
+    replaced = 0
+    for type_ in schema._schema.type_map.values():
+        if type_.name.startswith("__") or not isinstance(type_, GraphQLObjectType):
+            continue
+        for field in type_.fields.values():
+            definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+            if definition is None or not getattr(field.resolve, "_is_default", False):
+                continue
+            if definition.base_resolver is not None or definition.extensions:
+                continue
+            field.resolve = _getter(definition.python_name)
+            replaced += 1
+    return replaced
+
+
+def _getter(name: str) -> Any:
+    def resolve(source: Any, info: Any, **kwargs: Any) -> Any:
+        return getattr(source, name)
+
+    return resolve
+
+
 def build_schema(settings: Settings | None = None) -> TenantrySchema:
     s = settings or Settings()
     rules: list[Any] = [  # the rule classes, taken out of the stock extensions once
         *QueryDepthLimiter(max_depth=s.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=s.max_query_aliases).validation_rules,
     ]
-    return TenantrySchema(
+    schema = TenantrySchema(
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[lambda: FastPath(max_tokens=s.max_query_tokens, extra_rules=rules)],
     )
+    _direct_attribute_resolvers(schema)
+    return schema

@@ -132,7 +132,7 @@ class GraphQLEndpoint:
         tenant_id = routed.tenant.id if routed else None
         codes = [str(e["extensions"]["code"]) for e in errors if "extensions" in e]
         self.platform.metrics.record(tenant_id, device=context.device_request, error_codes=codes)
-        if tenant_id is None:
+        if tenant_id is None or not self.platform.settings.metering:
             return
         counts = {"request_count": 1, "device_request_count": int(context.device_request)}
         if committed:

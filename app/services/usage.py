@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, Date, and_, cast, func, literal_column, select, text
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import array, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -131,20 +131,32 @@ async def summaries(db: Executor, routed: Routed, *, start: date, end: date, inc
                     include_deleted: bool = True) -> list[UsageSummary]:
     routed.require(TENANT_ADMIN)
     check_range(start, end)
+    in_range = usage_daily.c.day.between(start, end)
+    # One hash-aggregate pass over the range: sums, peaks, and the last day's snapshot as the
+    # max of ARRAY[day, snapshots...] (arrays compare element by element, and a tenant has one
+    # row per day). Ordered aggregates or DISTINCT ON would sort 300,000 rows for 10,000 tenants.
+    day_number = usage_daily.c.day - literal_column("DATE '2000-01-01'")
+    last = func.max(array([cast(day_number, BigInteger), *(usage_daily.c[c] for c in USAGE_SNAPSHOTS)]))
+    totals = (select(usage_daily.c.tenant_id,
+                     *(cast(func.sum(usage_daily.c[c]), BigInteger).label(c) for c in USAGE_COUNTERS),
+                     *(last[i + 2].label(c) for i, c in enumerate(USAGE_SNAPSHOTS)),
+                     func.max(usage_daily.c.device_count).label("peak_device_count"),
+                     func.max(usage_daily.c.storage_size).label("peak_storage_size"))
+              .where(in_range).group_by(usage_daily.c.tenant_id).subquery("totals"))
+    values = [*(func.coalesce(totals.c[c], 0).label(c) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS),
+              func.coalesce(totals.c.peak_device_count, 0).label("peak_device_count"),
+              func.coalesce(totals.c.peak_storage_size, 0).label("peak_storage_size")]
     stmt = (
         select(tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
-               tenants.c.created_at, tenants.c.deleted_at, tenants.c.custom_properties,
-               *_summary_columns(usage_daily.c.day))
-        .select_from(tenants.outerjoin(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
-                                                         usage_daily.c.day.between(start, end))))
+               tenants.c.created_at, tenants.c.deleted_at, tenants.c.custom_properties, *values)
+        .select_from(tenants.outerjoin(totals, totals.c.tenant_id == tenants.c.id))
         .where(subtree_filter(routed, include_descendants=include_descendants, include_deleted=include_deleted))
-        .group_by(tenants.c.id)
         .order_by(tenants.c.id)
     )
     names = (*USAGE_COUNTERS, *USAGE_SNAPSHOTS, "peak_device_count", "peak_storage_size")
-    return [UsageSummary(r.id, r.domain, r.company, r.parent_id, r.status, r.created_at, r.deleted_at,
-                         r.custom_properties, {n: int(r._mapping[n]) for n in names})
-            for r in (await db.execute(stmt)).all()]
+    rows: list[Any] = list((await db.execute(stmt)).all())
+    return [UsageSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], dict(zip(names, r[8:], strict=True)))
+            for r in rows]
 
 
 async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: date,
