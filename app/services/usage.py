@@ -172,15 +172,28 @@ async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: 
     else:
         period = cast(func.date_trunc(literal_column(f"'{granularity}'"), usage_daily.c.day), Date)
     period = period.label("period")
-    stmt = (
-        select(tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
-               tenants.c.created_at, tenants.c.custom_properties, period, *_summary_columns(usage_daily.c.day))
-        .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
-                                                    usage_daily.c.day.between(start, end))))
-        .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
-        .group_by(tenants.c.id, text("period"))
-        .order_by(tenants.c.id, text("period"))
-    )
+    tenant_columns = (tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
+                      tenants.c.created_at, tenants.c.custom_properties)
+    if granularity == "day":  # one row per day already: no grouping (the bulk of a long export)
+        stmt: Any = (
+            select(*tenant_columns, usage_daily.c.day.label("period"),
+                   *(usage_daily.c[c] for c in USAGE_COUNTERS + USAGE_SNAPSHOTS),
+                   usage_daily.c.device_count.label("peak_device_count"),
+                   usage_daily.c.storage_size.label("peak_storage_size"))
+            .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
+                                                        usage_daily.c.day.between(start, end))))
+            .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
+            .order_by(tenants.c.id, usage_daily.c.day)
+        )
+    else:
+        stmt = (
+            select(*tenant_columns, period, *_summary_columns(usage_daily.c.day))
+            .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
+                                                        usage_daily.c.day.between(start, end))))
+            .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
+            .group_by(tenants.c.id, text("period"))
+            .order_by(tenants.c.id, text("period"))
+        )
     async with engine.connect() as conn:
         # A server-side cursor needs a transaction; REPEATABLE READ also gives the whole
         # export one consistent snapshot while the counters keep flushing.

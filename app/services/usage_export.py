@@ -70,14 +70,15 @@ async def export(engine: AsyncEngine, routed: Routed, options: ExportOptions) ->
     writer = csv.writer(buffer, delimiter=options.separator, lineterminator="\n")
     writer.writerow([*HEADER, *(f"custom.{k}" for k in keys)])
     count = 0
+    # Rows are (7 tenant columns, period, counters..., snapshots..., two peaks): read by
+    # position, which is several times cheaper than by name at a few hundred thousand rows.
+    counters_end = 8 + len(USAGE_COUNTERS)
+    totals_at = [8 + USAGE_COUNTERS.index(c) for c in CREATE_UPDATE]
     async for row in rows:
-        m = row._mapping
-        values = [m[c] for c in VALUE_COLUMNS]
-        total = sum(m[c] for c in CREATE_UPDATE)
-        props = m["custom_properties"] or {}
+        props = row[6] or {}
         writer.writerow([
-            m["id"], m["domain"], m["company"], m["parent_id"] or "", m["status"], m["created_at"].isoformat(),
-            m["period"].isoformat(), *values[:len(USAGE_COUNTERS)], total, *values[len(USAGE_COUNTERS):],
+            row[0], row[1], row[2], row[3] or "", row[4], row[5].isoformat(), row[7].isoformat(),
+            *row[8:counters_end], sum(row[i] for i in totals_at), *row[counters_end:],
             *(_cell(props.get(k), options.decimal) for k in keys)])
         count += 1
         if count % 1000 == 0:
