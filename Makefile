@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.list
+	$(BIN)/python -m bench.usage
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
