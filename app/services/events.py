@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, update
 
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
@@ -15,7 +15,7 @@ from app.services.devices import parse_id, require_devices, require_id
 from app.services.pagination import Page, page_size
 from app.services.rows import to_record
 from app.services.scope import Scope
-from app.services.timeseries import check_range, check_text, check_time, decode_time_cursor, encode_time_cursor
+from app.services.timeseries import check_range, check_text, check_time, time_page
 
 COLUMNS = (events.c.id, events.c.device_id, events.c.time, events.c.type, events.c.text, events.c.attributes,
            events.c.created_at, events.c.updated_at)
@@ -82,13 +82,4 @@ async def list_events(
         stmt = stmt.where(events.c.device_id == key)
     if type is not None:
         stmt = stmt.where(events.c.type == type)
-    if start is not None:
-        stmt = stmt.where(events.c.time >= start)
-    if end is not None:
-        stmt = stmt.where(events.c.time < end)
-    cursor = decode_time_cursor(after)
-    if cursor is not None:
-        stmt = stmt.where(tuple_(events.c.time, events.c.id) > tuple_(*cursor))
-    rows = (await db.execute(stmt.order_by(events.c.time, events.c.id).limit(size + 1))).all()
-    items = [to_record(EventRecord, r) for r in rows[:size]]
-    return Page(items=items, cursors=[encode_time_cursor(e.time, e.id) for e in items], has_next_page=len(rows) > size)
+    return await time_page(db, stmt, events, EventRecord, start=start, end=end, after=after, size=size)

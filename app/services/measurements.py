@@ -7,22 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, tuple_
+from sqlalchemy import func, literal_column, select
 
 from app.db.transaction import Transaction
 from app.errors import Forbidden, InvalidInput
 from app.models.tenant import measurements
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, page_size
-from app.services.rows import to_record
 from app.services.scope import Scope
 from app.services.timeseries import (
     check_range,
     check_text,
     check_time,
     check_value,
-    decode_time_cursor,
-    encode_time_cursor,
+    time_page,
 )
 
 MAX_BATCH = 5000
@@ -114,20 +112,11 @@ async def list_measurements(
     key = require_id(device_id, "device")
     await require_devices(db, scope, [key])
     stmt = select(*COLUMNS).where(measurements.c.device_id == key)
-    if start is not None:
-        stmt = stmt.where(measurements.c.time >= start)
-    if end is not None:
-        stmt = stmt.where(measurements.c.time < end)
     if type is not None:
         stmt = stmt.where(measurements.c.type == type)
     if series is not None:
         stmt = stmt.where(measurements.c.series == series)
-    cursor = decode_time_cursor(after)
-    if cursor is not None:
-        stmt = stmt.where(tuple_(measurements.c.time, measurements.c.id) > tuple_(*cursor))
-    rows = (await db.execute(stmt.order_by(measurements.c.time, measurements.c.id).limit(size + 1))).all()
-    items = [to_record(MeasurementRecord, r) for r in rows[:size]]
-    return Page(items=items, cursors=[encode_time_cursor(m.time, m.id) for m in items], has_next_page=len(rows) > size)
+    return await time_page(db, stmt, measurements, MeasurementRecord, start=start, end=end, after=after, size=size)
 
 
 async def measurement_series(

@@ -6,8 +6,16 @@ import base64
 import binascii
 import math
 from datetime import datetime
+from typing import Any, TypeVar
 
+from sqlalchemy import Select, Table, tuple_
+
+from app.db.transaction import Executor
 from app.errors import InvalidInput
+from app.services.pagination import Page
+from app.services.rows import to_record
+
+R = TypeVar("R")
 
 
 def check_time(value: datetime, field: str) -> datetime:
@@ -52,3 +60,20 @@ def decode_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         return datetime.fromisoformat(stamp), int(row_id)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("malformed cursor", field="after") from exc
+
+
+async def time_page(db: Executor, stmt: Select[Any], table: Table, record: type[R], *, start: datetime | None,
+                    end: datetime | None, after: str | None, size: int) -> Page[R]:
+    """One keyset page of time-stamped rows: from inclusive, to exclusive, ordered by (time, id)."""
+    time, row_id = table.c.time, table.c.id
+    if start is not None:
+        stmt = stmt.where(time >= start)
+    if end is not None:
+        stmt = stmt.where(time < end)
+    cursor = decode_time_cursor(after)
+    if cursor is not None:
+        stmt = stmt.where(tuple_(time, row_id) > tuple_(*cursor))
+    rows = (await db.execute(stmt.order_by(time, row_id).limit(size + 1))).all()
+    items = [to_record(record, r) for r in rows[:size]]
+    cursors = [encode_time_cursor(getattr(i, "time"), getattr(i, "id")) for i in items]  # noqa: B009
+    return Page(items=items, cursors=cursors, has_next_page=len(rows) > size)

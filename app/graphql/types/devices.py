@@ -8,6 +8,7 @@ from enum import Enum
 import strawberry
 
 from app.auth.roles import DEVICES_READ, DEVICES_WRITE
+from app.db.transaction import Transaction
 from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
@@ -318,19 +319,20 @@ class DeviceMutations:
 
     @strawberry.mutation(description="A credential for one device, shown once.")
     async def create_device_token(self, info: Info, device_id: strawberry.ID) -> CreatedDeviceToken:
-        ctx = info.context
-        routed = await ctx.authorize(DEVICES_WRITE)
-        db = await ctx.tenant_db()
-        key = require_id(device_id, "device")
-        await service.require_devices(db, routed.scope, [key])
-        token = await device_tokens.create(db, tenant_id=routed.tenant.id, device_id=key)
+        db, tenant_id, key = await _writable_device(info.context, device_id)
+        token = await device_tokens.create(db, tenant_id=tenant_id, device_id=key)
         return CreatedDeviceToken(token=token, device_id=device_id)
 
     @strawberry.mutation(description="Revoke every credential of a device; returns how many.")
     async def revoke_device_tokens(self, info: Info, device_id: strawberry.ID) -> int:
-        ctx = info.context
-        routed = await ctx.authorize(DEVICES_WRITE)
-        db = await ctx.tenant_db()
-        key = require_id(device_id, "device")
-        await service.require_devices(db, routed.scope, [key])
+        db, _, key = await _writable_device(info.context, device_id)
         return await device_tokens.revoke_all(db, device_id=key)
+
+
+async def _writable_device(ctx: Context, device_id: str) -> tuple[Transaction, str, int]:
+    """(tenant transaction, tenant id, device id) for a device the caller may change."""
+    routed = await ctx.authorize(DEVICES_WRITE)
+    db = await ctx.tenant_db()
+    key = require_id(device_id, "device")
+    await service.require_devices(db, routed.scope, [key])
+    return db, routed.tenant.id, key
