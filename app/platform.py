@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
+from app.services.api_tokens import LastUsed
 from app.services.limits import RateLimiter
 from app.services.metering import Meter
 from app.services.metrics import RequestMetrics
+from app.services.throttle import LoginThrottle
 from app.settings import Settings
 from app.tenancy.registry import Registry
 
@@ -24,6 +28,10 @@ class Platform:
     meter: Meter
     metrics: RequestMetrics
     rate_limiter: RateLimiter
+    api_token_use: LastUsed
+    login_throttle: LoginThrottle
+    # The wall clock of business rules (invitation expiry…); tests replace it instead of sleeping.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -34,6 +42,8 @@ class Platform:
             meter=Meter(db.app),
             metrics=RequestMetrics(max_tenants=settings.metrics_max_tenants),
             rate_limiter=RateLimiter(),
+            api_token_use=LastUsed(),
+            login_throttle=LoginThrottle(),
             registry=Registry(ttl=settings.registry_ttl_seconds),
             passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib),
             access_tokens=AccessTokens(

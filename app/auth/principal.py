@@ -23,6 +23,7 @@ class Principal:
     default_tenant_id: str | None
     token_id: str
     device_id: int | None = None
+    api_token_id: UUID | None = None  # set when acting through an API token (its creator is user_id)
 
     @property
     def is_device(self) -> bool:
@@ -37,6 +38,8 @@ class Principal:
     def actor(self) -> Actor:
         if self.device_id is not None:
             return Actor("device", str(self.device_id))
+        if self.api_token_id is not None:
+            return Actor("api_token", str(self.api_token_id))
         return Actor("operator", "cli") if self.user_id == OPERATOR_ID else Actor.user(self.user_id)
 
 

@@ -20,7 +20,7 @@ from app.db.transaction import Transaction, management_transaction, tenant_trans
 from app.errors import AppError, Forbidden, RateLimited, TenantSuspended, Unauthenticated
 from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
-from app.services import device_tokens
+from app.services import api_tokens, device_tokens
 from app.services.roles import role_permissions
 from app.services.scope import Scope
 from app.services.usage import LimitUsage, limit_usage
@@ -33,6 +33,7 @@ class Context:
     request_id: str
     authorization: str | None
     tenant_header: str | None
+    client: str | None = None  # the client's address, for login throttling and audit
     _principal: Principal | None = None
     _routed: Routed | None = None
     _management: Transaction | None = None
@@ -62,8 +63,8 @@ class Context:
         """The authenticated user; UNAUTHENTICATED without a valid access token."""
         if self._principal is None:
             token = self._bearer()
-            if device_tokens.is_device_token(token):
-                raise Forbidden("a device token cannot do this; use a user's access token")
+            if device_tokens.is_device_token(token) or api_tokens.is_api_token(token):
+                raise Forbidden("this needs a user's access token, not a device or API token")
             claims = self.platform.access_tokens.verify(token)
             self._principal = Principal(
                 user_id=UUID(claims.user_id), default_tenant_id=claims.default_tenant_id, token_id=claims.token_id
@@ -84,6 +85,8 @@ class Context:
                 if self._routed is None:
                     if device_tokens.is_device_token(token):
                         routed = await self._route_device(token)
+                    elif api_tokens.is_api_token(token):
+                        routed = await self._route_api_token(token)
                     else:
                         routed = await self._route_user(self.principal())
                     self._routed = routed
@@ -104,6 +107,27 @@ class Context:
         self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
         permissions = await role_permissions(self._tenant, routed.role)
         return replace(routed, custom_permissions=permissions)
+
+    async def _route_api_token(self, token: str) -> Routed:
+        tenant_id = api_tokens.parse(token)
+        if tenant_id is None:
+            raise Unauthenticated("invalid API token")
+        if self.tenant_header and self.tenant_header != tenant_id:
+            raise Forbidden("an API token works only in its own tenant")
+        record = await self.platform.registry.tenant(self.management_db, tenant_id)
+        found = await api_tokens.resolve(self.management_db, token, now=self.platform.clock(),
+                                         last_used=self.platform.api_token_use)
+        if record is None or record.status == "DELETED" or found is None or found.tenant_id != tenant_id:
+            raise Unauthenticated("invalid, expired or revoked API token")
+        # A token acts for its creator: it stops when the creator is no longer a member.
+        if await self.platform.registry.membership(self.management_db, found.created_by, tenant_id) is None:
+            raise Unauthenticated("the API token's creator is no longer a member of this tenant")
+        if record.status == "SUSPENDED":
+            raise TenantSuspended(f"tenant {tenant_id} is suspended")
+        principal = Principal(user_id=found.created_by, default_tenant_id=tenant_id, token_id=str(found.id),
+                              api_token_id=found.id)
+        return Routed(principal=principal, tenant=record, role="API_TOKEN",
+                      custom_permissions=frozenset(found.permissions))
 
     async def _route_device(self, token: str) -> Routed:
         parsed = device_tokens.parse(token)

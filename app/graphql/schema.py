@@ -28,12 +28,15 @@ from app.graphql.types.access import AccessMutations, AccessQueries
 from app.graphql.types.auth import AuthMutations, AuthQueries
 from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
+from app.graphql.types.people import PeopleMutations, PeopleQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
 from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
-Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries))
-Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations, DataMutations, AccessMutations))
+Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
+                              PeopleQueries))
+Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations, DataMutations, AccessMutations,
+                                    PeopleMutations))
 
 
 class TenantrySchema(strawberry.Schema):

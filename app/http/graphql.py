@@ -80,6 +80,7 @@ class GraphQLEndpoint:
             request_id=request_id,
             authorization=request.headers.get("authorization"),
             tenant_header=request.headers.get("x-tenant-id"),
+            client=request.client.host if request.client else None,
         )
         try:
             result = await self.schema.execute(

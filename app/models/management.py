@@ -184,3 +184,19 @@ outbox = Table(
     Column("sent_at", DateTime(timezone=True)),
     Index("outbox_unsent_idx", "id", postgresql_where=text("sent_at IS NULL")),
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("permissions", ARRAY(Text), nullable=False),
+    Column("created_by", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("api_tokens_tenant_idx", "tenant_id"),
+)

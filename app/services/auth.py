@@ -15,8 +15,10 @@ from app.db.transaction import Executor, transaction
 from app.errors import Forbidden, Unauthenticated
 from app.models.management import memberships, refresh_tokens, tenants, users
 from app.platform import Platform
+from app.services import audit
 from app.services.users import UserRecord, user_by_email, user_by_id
-from app.tenancy.registry import TenantRecord
+from app.tenancy.naming import is_tenant_id
+from app.tenancy.registry import TENANT_COLUMNS, TenantRecord
 
 BAD_CREDENTIALS = "invalid email or password"
 REFRESH_PREFIX = "trt_"
@@ -38,14 +40,25 @@ class MembershipRecord:
     scope: str
 
 
-async def login(platform: Platform, db: Executor, *, email: str, password: str, tenant_id: str | None) -> Session:
-    user = await user_by_email(db, email.strip())
+async def login(platform: Platform, db: Executor, *, email: str, password: str, tenant_id: str | None,
+                address: str | None = None, request_id: str | None = None) -> Session:
+    email = email.strip()
+    platform.login_throttle.check(email, address)
+    user = await user_by_email(db, email)
     # The same error, and the same argon2 work, whether the email or the password is wrong.
     if not await platform.passwords.verify(user.password_hash if user else None, password) or user is None:
+        platform.login_throttle.failed(email, address)
+        async with transaction(platform.db.app) as tx:  # committed although the request fails
+            await audit.record(tx, tenant_id=tenant_id if tenant_id and is_tenant_id(tenant_id) else "management",
+                               actor=audit.Actor("anonymous", address), action="login.failed", target=email[:200],
+                               request_id=request_id)
         raise Unauthenticated(BAD_CREDENTIALS)
+    platform.login_throttle.succeeded(email)
     default_tenant = await _default_tenant(db, user.id, tenant_id)
     async with transaction(platform.db.app) as tx:
         await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+        await audit.record(tx, tenant_id=default_tenant or "management", actor=audit.Actor.user(user.id),
+                           action="login.succeeded", target=user.email, request_id=request_id)
         return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
 
 
@@ -116,8 +129,6 @@ async def logout(platform: Platform, *, refresh_token: str) -> bool:
 
 
 async def memberships_of(db: Executor, user_id: UUID) -> list[MembershipRecord]:
-    from app.tenancy.registry import TENANT_COLUMNS
-
     stmt = (
         select(memberships.c.role, memberships.c.scope, *TENANT_COLUMNS)
         .join(tenants, tenants.c.id == memberships.c.tenant_id)

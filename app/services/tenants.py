@@ -12,7 +12,6 @@ Rules, enforced here and nowhere else:
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -239,16 +238,7 @@ async def create_subtenant(
         actor=routed.actor,
         request_id=request_id,
     )
-    if result.admin.invitation_token is not None:
-        _log_invitation(result.tenant, admin_email, result.admin.invitation_token)
     return result.tenant
-
-
-def _log_invitation(tenant: TenantRecord, email: str, token: str) -> None:
-    # No mail transport yet: the invitation is logged (the access issue adds the outbox).
-    logging.getLogger("tenantry.invitations").info(
-        "invitation for %s to tenant %s (%s): token %s", email, tenant.id, tenant.domain, token
-    )
 
 
 async def update_tenant(

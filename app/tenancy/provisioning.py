@@ -25,6 +25,8 @@ from app.errors import Conflict, LimitExceeded
 from app.models import tenant as tenant_tables
 from app.models.management import invitations, memberships, tenants
 from app.services import audit
+from app.services.invitations import PREFIX as INVITATION_PREFIX
+from app.services.invitations import queue_invitation_mail
 from app.services.limits import check_allocation
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
@@ -231,16 +233,18 @@ async def _first_admin(
     if user is not None:
         await tx.execute(insert(memberships).values(user_id=user.id, tenant_id=tenant_id, role="ADMIN"))
         return AdminOutcome(user=user, created_user=created, invitation_token=None)
-    token = new_secret("tinv_")
-    await tx.execute(
+    token = new_secret(INVITATION_PREFIX)
+    expires_at = (await tx.execute(
         insert(invitations).values(
             tenant_id=tenant_id,
             email=spec.admin_email,
             role="ADMIN",
             token_hash=secret_hash(token),
             expires_at=func.now() + invitation_ttl,
-        )
-    )
+        ).returning(invitations.c.expires_at)
+    )).scalar_one()
+    await queue_invitation_mail(tx, tenant_id=tenant_id, domain=spec.domain, email=spec.admin_email, role="ADMIN",
+                                token=token, expires_at=expires_at)
     return AdminOutcome(user=None, created_user=False, invitation_token=token)
 
 

@@ -77,7 +77,7 @@ class AuthMutations:
     async def login(self, info: Info, email: str, password: str, tenant_id: strawberry.ID | None = None) -> AuthPayload:
         ctx = info.context
         session = await service.login(ctx.platform, ctx.management_db, email=email, password=password,
-                                      tenant_id=tenant_id)
+                                      tenant_id=tenant_id, address=ctx.client, request_id=ctx.request_id)
         return await _payload(ctx, session)
 
     @strawberry.mutation(description="Rotate a refresh token; presenting a rotated one revokes its family.")
