@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
+from app.db.transaction import tenant_transaction
 from app.main import create_app
 from app.platform import Platform
 from tests.conftest import PASSWORD, Api, World, unique
@@ -206,3 +207,64 @@ async def test_failed_logins_are_throttled_and_audited(api: Api, world: World, p
                                           "AND target = :e"), {"e": t.admin_email})).scalar_one()
     assert failed == 10
     platform.login_throttle.succeeded(t.admin_email)  # leave the shared throttle clean for other tests
+
+
+async def test_parent_level_users_manage_descendants_and_reach_data_only_with_full_access(
+    api: Api, world: World, platform: Platform
+) -> None:
+    ent = await world.tenant(kind="ENTERPRISE")
+    child = await world.tenant(ent)
+    await api.gql('mutation { createDevice(input: {name: "child-device"}) { id } }', token=child.token,
+                  tenant=child.id)
+    support_id, support = await world.member(ent, "ADMIN")
+    # A plain (TENANT) membership on the parent reaches nothing below it.
+    assert (await api.gql("{ tenant { id } }", token=support, tenant=child.id)).code == "FORBIDDEN"
+    scoped = await api.gql("mutation($u: ID!) { setMemberScope(userId: $u, scope: SUBTREE) { scope } }",
+                           {"u": support_id}, token=ent.token, tenant=ent.id)
+    assert scoped.data["setMemberScope"]["scope"] == "SUBTREE"
+
+    # SUBTREE: the management plane of every descendant…
+    assert (await api.gql("{ tenant { id parentAccess } }", token=support, tenant=child.id)).data["tenant"] == {
+        "id": child.id, "parentAccess": "MANAGEMENT_ONLY"}
+    assert (await api.gql("{ members { edges { node { role } } } }", token=support, tenant=child.id)).data
+    # …but the data only once the descendant's own admins allow it.
+    devices = "{ devices { edges { node { name } } } }"
+    assert (await api.gql(devices, token=support, tenant=child.id)).code == "FORBIDDEN"
+    assert (await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=support,
+                          tenant=child.id)).code == "FORBIDDEN"  # not the parent's decision
+    opened = await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=child.token,
+                           tenant=child.id)
+    assert opened.data["setParentAccess"]["parentAccess"] == "FULL"
+    seen = await api.gql(devices, token=support, tenant=child.id)
+    assert seen.data["devices"]["edges"] == [{"node": {"name": "child-device"}}]
+
+    # Every such access is audited in the descendant.
+    async with platform.db.owner.connect() as conn:
+        audited = (await conn.execute(text("SELECT count(*) FROM tenantry.audit_log WHERE tenant_id = :t AND "
+                                           "action = 'parent_access' AND actor_id = :u"),
+                                      {"t": child.id, "u": support_id})).scalar_one()
+    assert audited >= 4
+
+
+async def test_data_plane_audit_stays_in_the_tenant(api: Api, world: World, platform: Platform) -> None:
+    ent = await world.tenant(kind="ENTERPRISE")
+    child = await world.tenant(ent)
+    device = (await api.gql('mutation { createDevice(input: {name: "d"}) { id } }', token=child.token,
+                            tenant=child.id)).data["createDevice"]["id"]
+    await api.gql('mutation($d: ID!) { raiseAlarm(input: {deviceId: $d, type: "t", severity: MAJOR, text: "x"}) '
+                  "{ id } }", {"d": device}, token=child.token, tenant=child.id)
+    own = await api.gql("{ auditLog(filter: {plane: DATA}) { edges { node { action target tenantId } } } }",
+                        token=child.token, tenant=child.id)
+    assert [e["node"]["action"] for e in own.data["auditLog"]["edges"]] == ["alarm.raised", "device.created"]
+    parents_view = await api.gql("{ auditLog(first: 100) { edges { node { action } } } }", token=ent.token,
+                                 tenant=ent.id)
+    assert not {e["node"]["action"] for e in parents_view.data["auditLog"]["edges"]} & {"alarm.raised",
+                                                                                       "device.created"}
+    # The tenant role appends and reads, but cannot rewrite its audit log.
+    for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"):
+        tx = tenant_transaction(platform.db.app, child.id)
+        try:
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                await tx.execute(text(statement))
+        finally:
+            await tx.finish(commit=False)

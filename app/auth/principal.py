@@ -53,6 +53,8 @@ class Routed:
     # Built-in roles' permissions are known here; a custom role's come from the tenant schema.
     custom_permissions: frozenset[str] | None = None
     scope: Scope = UNRESTRICTED
+    # Set when the caller is here through a SUBTREE membership on this ancestor (parent-level).
+    via_ancestor: str | None = None
 
     @property
     def permissions(self) -> frozenset[str]:

@@ -16,11 +16,11 @@ from strawberry.dataloader import DataLoader
 
 from app.auth.principal import DEVICE_USER_ID, Principal, Routed
 from app.auth.roles import BUILTIN_ROLES
-from app.db.transaction import Transaction, management_transaction, tenant_transaction
+from app.db.transaction import Transaction, management_transaction, tenant_transaction, transaction
 from app.errors import AppError, Forbidden, RateLimited, TenantSuspended, Unauthenticated
 from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
-from app.services import api_tokens, device_tokens
+from app.services import api_tokens, audit, device_tokens
 from app.services.roles import role_permissions
 from app.services.scope import Scope
 from app.services.usage import LimitUsage, limit_usage
@@ -101,6 +101,14 @@ class Context:
 
     async def _route_user(self, principal: Principal) -> Routed:
         routed = await route(self.platform.registry, self.management_db, principal, self.tenant_header)
+        if routed.via_ancestor is not None:
+            # Every parent-level access is audited in the tenant reached (committed even if
+            # the request then fails, e.g. for want of data access).
+            async with transaction(self.platform.db.app) as tx:
+                await audit.record(tx, tenant_id=routed.tenant.id, actor=principal.actor, action="parent_access",
+                                   target=routed.via_ancestor, request_id=self.request_id)
+            if routed.role not in BUILTIN_ROLES:  # custom roles belong to the tenant that defined them
+                return replace(routed, custom_permissions=frozenset())
         if routed.role in BUILTIN_ROLES:
             return routed
         # A custom role: its permissions live in the tenant's own schema.
@@ -156,8 +164,14 @@ class Context:
         return routed
 
     async def tenant_db(self) -> Transaction:
-        """The routed tenant's transaction (search_path and role switched on its first statement)."""
+        """The routed tenant's transaction (search_path and role switched on its first statement).
+
+        The one door to a tenant's data: a parent-level user passes it only where the tenant's
+        own admins set parentAccess to FULL."""
         routed = await self.routed()
+        if routed.via_ancestor is not None and routed.tenant.parent_access != "FULL":
+            raise Forbidden(f"tenant {routed.tenant.id} does not grant parent-level access to its data "
+                            "(parentAccess is MANAGEMENT_ONLY)")
         if self._tenant is None:
             self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
         return self._tenant

@@ -59,6 +59,8 @@ tenants = Table(
     # The tenant whose suspension suspended this one (itself when suspended directly), so
     # activating an ancestor revives exactly the tenants its suspension took down.
     Column("suspended_from", Text),
+    # Whether parent-level (SUBTREE) members may reach this tenant's data; set by its own admins.
+    Column("parent_access", Text, nullable=False, server_default="MANAGEMENT_ONLY"),
     Column("schema_version", Text),
     Column("migration_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -66,6 +68,7 @@ tenants = Table(
     Column("deleted_at", DateTime(timezone=True)),
     CheckConstraint("kind IN ('MANAGEMENT', 'ENTERPRISE', 'STANDARD')", name="tenants_kind_check"),
     CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'DELETED')", name="tenants_status_check"),
+    CheckConstraint("parent_access IN ('MANAGEMENT_ONLY', 'FULL')", name="tenants_parent_access_check"),
     # A deleted tenant keeps its row (usage history) but frees its domain.
     Index("tenants_domain_live_key", "domain", unique=True, postgresql_where=text("status <> 'DELETED'")),
     Index("tenants_path_idx", "path", postgresql_using="gin"),

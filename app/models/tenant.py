@@ -187,3 +187,17 @@ retention_rules = Table(
                     name="retention_rules_data_type_check"),
     CheckConstraint("max_age_days > 0", name="retention_rules_max_age_check"),
 )
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("time", TS, nullable=False, server_default=func.now()),
+    Column("actor_type", Text, nullable=False),
+    Column("actor_id", Text),
+    Column("action", Text, nullable=False),
+    Column("target", Text),
+    Column("changes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("request_id", Text),
+    Index("audit_log_time_idx", "time", postgresql_using="brin"),
+)

@@ -113,3 +113,23 @@ async def _member(db: Executor, tenant_id: str, user_id: UUID) -> MemberRecord:
                             .where(memberships.c.tenant_id == tenant_id, memberships.c.user_id == user_id))).one()
     return MemberRecord(row.user_id, row.email, row.role, row.scope,
                         tuple(row.group_ids) if row.group_ids is not None else None, row.created_at)
+
+
+async def set_member_scope(db: Executor, routed: Routed, *, user_id: UUID, scope: str,
+                           request_id: str | None = None) -> MemberRecord:
+    """TENANT or SUBTREE (the same role in every descendant's management plane). Only the
+    tenant's own ADMINs decide, never a parent-level user."""
+    routed.require(TENANT_ADMIN)
+    if routed.via_ancestor is not None:
+        raise Forbidden("only this tenant's own admins change its members' scope")
+    if scope not in ("TENANT", "SUBTREE"):
+        raise InvalidInput("scope must be TENANT or SUBTREE", field="scope")
+    result = await db.execute(update(memberships).where(memberships.c.tenant_id == routed.tenant.id,
+                                                        memberships.c.user_id == user_id)
+                              .values(scope=scope).returning(memberships.c.scope))
+    if result.first() is None:
+        raise NotFound(f"user {user_id} is not a member of this tenant")
+    await audit.record(db, tenant_id=routed.tenant.id, actor=routed.actor, action="membership.scope_changed",
+                       target=str(user_id), changes=[{"attribute": "scope", "previous": None, "new": scope}],
+                       request_id=request_id)
+    return await _member(db, routed.tenant.id, user_id)

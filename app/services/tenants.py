@@ -377,3 +377,23 @@ async def _reload(platform: Platform, db: Executor, tenant_id: str) -> TenantRec
     if record is None:  # pragma: no cover - rows are never removed
         raise NotFound(f"tenant {tenant_id} not found")
     return record
+
+
+async def set_parent_access(platform: Platform, routed: Routed, *, policy: str,
+                            request_id: str | None = None) -> TenantRecord:
+    """Whether parent-level users may reach this tenant's data: its own ADMINs decide."""
+    _require_admin(routed)
+    if routed.via_ancestor is not None or routed.principal.api_token_id is not None:
+        raise Forbidden("only this tenant's own admins set its parent access")
+    if policy not in ("MANAGEMENT_ONLY", "FULL"):
+        raise InvalidInput("parentAccess must be MANAGEMENT_ONLY or FULL", field="policy")
+    tenant = routed.tenant
+    async with transaction(platform.db.app) as tx:
+        await tx.execute(update(tenants).where(tenants.c.id == tenant.id)
+                         .values(parent_access=policy, updated_at=func.now()))
+        await audit.record(tx, tenant_id=tenant.id, actor=routed.actor, action="tenant.parent_access",
+                           target=tenant.id, changes=[{"attribute": "parentAccess", "previous": tenant.parent_access,
+                                                       "new": policy}], request_id=request_id)
+    platform.registry.forget_tenants([tenant.id])
+    async with transaction(platform.db.app) as tx:
+        return await _reload(platform, tx, tenant.id)

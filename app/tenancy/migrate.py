@@ -135,6 +135,7 @@ def migrate_one(url: str, tenant_id: str, app_role: str, lock_timeout_ms: int) -
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; "
                 f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; "
                 f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role}; "
+                f"REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role}; "
                 f"GRANT {role} TO {checked_identifier(app_role)}"
             )
             conn.execute(update(tenants).where(tenants.c.id == tenant_id)

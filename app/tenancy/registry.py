@@ -45,6 +45,7 @@ class TenantRecord:
     requests_per_second: int | None
     request_burst: int | None
     suspended_from: str | None
+    parent_access: str
     schema_version: str | None
     created_at: datetime
     updated_at: datetime
@@ -99,6 +100,7 @@ class _TTLCache(Generic[K, V]):
 class MembershipInfo:
     role: str
     group_ids: tuple[int, ...] | None  # None: the whole tenant
+    scope: str = "TENANT"  # SUBTREE: the same role in every descendant's management plane
 
 
 class Registry:
@@ -123,11 +125,12 @@ class Registry:
         found, info = self._roles.get(key)
         if found:
             return info
-        stmt = select(memberships.c.role, memberships.c.group_ids).where(
+        stmt = select(memberships.c.role, memberships.c.group_ids, memberships.c.scope).where(
             memberships.c.user_id == user_id, memberships.c.tenant_id == tenant_id
         )
         row = (await db.execute(stmt)).first()
-        info = MembershipInfo(row.role, tuple(row.group_ids) if row.group_ids is not None else None) if row else None
+        info = MembershipInfo(row.role, tuple(row.group_ids) if row.group_ids is not None else None,
+                              row.scope) if row else None
         self._roles.put(key, info)
         return info
 

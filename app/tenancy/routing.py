@@ -17,9 +17,18 @@ async def route(registry: Registry, db: Executor, principal: Principal, requeste
         raise InvalidInput("no tenant selected: send the X-Tenant-ID header or log in with a tenantId")
     record = await registry.tenant(db, tenant_id) if is_tenant_id(tenant_id) else None
     member = await registry.membership(db, principal.user_id, tenant_id) if record is not None else None
+    via = None
+    if member is None and record is not None:
+        # A parent-level user: a SUBTREE membership on an ancestor, the nearest one first.
+        for ancestor in reversed(record.path[:-1]):
+            found = await registry.membership(db, principal.user_id, ancestor)
+            if found is not None and found.scope == "SUBTREE":
+                member, via = found, ancestor
+                break
     # One answer for unknown, deleted and not-a-member: existence is not disclosed.
     if record is None or member is None or record.status == "DELETED":
         raise Forbidden(f"you have no access to tenant {tenant_id}")
     if record.status == "SUSPENDED":
         raise TenantSuspended(f"tenant {tenant_id} is suspended")
-    return Routed(principal=principal, tenant=record, role=member.role, scope=Scope(group_ids=member.group_ids))
+    scope = Scope(group_ids=member.group_ids) if via is None else Scope()
+    return Routed(principal=principal, tenant=record, role=member.role, scope=scope, via_ancestor=via)

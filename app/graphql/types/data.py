@@ -22,6 +22,7 @@ from app.graphql.context import Context
 from app.graphql.scalars import JSON
 from app.graphql.types.devices import Alarm, AlarmSeverity, AlarmStatus
 from app.services import alarms as alarm_service
+from app.services import data_audit
 from app.services import events as event_service
 from app.services import measurements as measurement_service
 from app.services import operations as operation_service
@@ -278,35 +279,49 @@ class DataMutations:
     @strawberry.mutation(description="Raise an alarm; an open one of the same device and type counts up instead.")
     async def raise_alarm(self, info: Info, input: RaiseAlarmInput) -> Alarm:
         ctx = info.context
-        scope = (await ctx.authorize(ALARMS_WRITE)).scope
-        record = await alarm_service.raise_alarm(await ctx.tenant_db(), scope, device_id=input.device_id,
+        routed = await ctx.authorize(ALARMS_WRITE)
+        db = await ctx.tenant_db()
+        record = await alarm_service.raise_alarm(db, routed.scope, device_id=input.device_id,
                                                  type=input.type, severity=input.severity.value, text_=input.text)
         ctx.count("alarms_created_count" if record.count == 1 else "alarms_updated_count")
+        await data_audit.record(db, actor=routed.actor, action="alarm.raised", target=str(record.id),
+                                changes=[{"attribute": "count", "previous": record.count - 1, "new": record.count}],
+                                request_id=ctx.request_id)
         return Alarm.of(record)
 
     @strawberry.mutation(description="ACTIVE → ACKNOWLEDGED → CLEARED (or ACTIVE → CLEARED).")
     async def update_alarm_status(self, info: Info, id: strawberry.ID, status: AlarmStatus) -> Alarm:
         ctx = info.context
-        scope = (await ctx.authorize(ALARMS_WRITE)).scope
-        record = await alarm_service.update_alarm_status(await ctx.tenant_db(), scope, id, status.value)
+        routed = await ctx.authorize(ALARMS_WRITE)
+        db = await ctx.tenant_db()
+        record = await alarm_service.update_alarm_status(db, routed.scope, id, status.value)
         ctx.count("alarms_updated_count")
+        await data_audit.record(db, actor=routed.actor, action="alarm.status", target=str(record.id),
+                                changes=[{"attribute": "status", "previous": None, "new": record.status}],
+                                request_id=ctx.request_id)
         return Alarm.of(record)
 
     @strawberry.mutation
     async def create_operation(self, info: Info, input: CreateOperationInput) -> Operation:
         ctx = info.context
-        scope = (await ctx.authorize(OPERATIONS_WRITE)).scope
-        record = await operation_service.create_operation(await ctx.tenant_db(), scope, device_id=input.device_id,
+        routed = await ctx.authorize(OPERATIONS_WRITE)
+        db = await ctx.tenant_db()
+        record = await operation_service.create_operation(db, routed.scope, device_id=input.device_id,
                                                           description=input.description, payload=input.payload)
         ctx.count("operations_created_count")
+        await data_audit.record(db, actor=routed.actor, action="operation.created", target=str(record.id),
+                                request_id=ctx.request_id)
         return Operation.of(record)
 
     @strawberry.mutation(description="PENDING → EXECUTING → SUCCESSFUL | FAILED (with failureReason).")
     async def update_operation_status(self, info: Info, id: strawberry.ID, status: OperationStatus,
                                       failure_reason: str | None = None) -> Operation:
         ctx = info.context
-        scope = (await ctx.authorize_any(OPERATIONS_WRITE, OPERATIONS_DEVICE)).scope
-        record = await operation_service.update_operation_status(await ctx.tenant_db(), scope, id, status.value,
-                                                                 failure_reason)
+        routed = await ctx.authorize_any(OPERATIONS_WRITE, OPERATIONS_DEVICE)
+        db = await ctx.tenant_db()
+        record = await operation_service.update_operation_status(db, routed.scope, id, status.value, failure_reason)
         ctx.count("operations_updated_count")
+        await data_audit.record(db, actor=routed.actor, action="operation.status", target=str(record.id),
+                                changes=[{"attribute": "status", "previous": None, "new": record.status}],
+                                request_id=ctx.request_id)
         return Operation.of(record)

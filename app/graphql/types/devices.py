@@ -13,7 +13,7 @@ from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
-from app.services import device_tokens, limits
+from app.services import data_audit, device_tokens, limits
 from app.services import devices as service
 from app.services.alarms import AlarmRecord
 from app.services.devices import DeviceRecord, ExternalId, GroupRecord, require_id
@@ -254,6 +254,9 @@ class DeviceMutations:
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None,
         )
         ctx.count("inventories_created_count")
+        await data_audit.record(db, actor=routed.actor, action="device.created", target=str(record.id),
+                                changes=[{"attribute": "name", "previous": None, "new": record.name}],
+                                request_id=ctx.request_id)
         if count is not None:  # a limited tenant: warn its admins when this crosses the threshold
             await check_limit_warnings(ctx.management_db, [{"tenant_id": routed.tenant.id,
                                                             "device_with_children_count": count + 1}],
@@ -263,18 +266,23 @@ class DeviceMutations:
     @strawberry.mutation
     async def update_device(self, info: Info, id: strawberry.ID, input: UpdateDeviceInput) -> Device:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_WRITE)).scope
-        record = await service.update_device(await ctx.tenant_db(), scope, id, service.DeviceChanges(
+        routed = await ctx.authorize(DEVICES_WRITE)
+        db = await ctx.tenant_db()
+        record = await service.update_device(db, routed.scope, id, service.DeviceChanges(
             name=input.name, type=input.type, fragments=input.fragments, clear_parent=input.clear_parent,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None))
         ctx.count("inventories_updated_count")
+        await data_audit.record(db, actor=routed.actor, action="device.updated", target=str(record.id),
+                                request_id=ctx.request_id)
         return Device.of(record)
 
     @strawberry.mutation(description="Delete a device, its child devices and all their data.")
     async def delete_device(self, info: Info, id: strawberry.ID) -> bool:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_WRITE)).scope
-        await service.delete_device(await ctx.tenant_db(), scope, id)
+        routed = await ctx.authorize(DEVICES_WRITE)
+        db = await ctx.tenant_db()
+        await service.delete_device(db, routed.scope, id)
+        await data_audit.record(db, actor=routed.actor, action="device.deleted", target=id, request_id=ctx.request_id)
         return True
 
     @strawberry.mutation
@@ -321,12 +329,17 @@ class DeviceMutations:
     async def create_device_token(self, info: Info, device_id: strawberry.ID) -> CreatedDeviceToken:
         db, tenant_id, key = await _writable_device(info.context, device_id)
         token = await device_tokens.create(db, tenant_id=tenant_id, device_id=key)
+        await data_audit.record(db, actor=(await info.context.routed()).actor, action="device_token.created",
+                                target=str(key), request_id=info.context.request_id)
         return CreatedDeviceToken(token=token, device_id=device_id)
 
     @strawberry.mutation(description="Revoke every credential of a device; returns how many.")
     async def revoke_device_tokens(self, info: Info, device_id: strawberry.ID) -> int:
         db, _, key = await _writable_device(info.context, device_id)
-        return await device_tokens.revoke_all(db, device_id=key)
+        revoked = await device_tokens.revoke_all(db, device_id=key)
+        await data_audit.record(db, actor=(await info.context.routed()).actor, action="device_token.revoked",
+                                target=str(key), request_id=info.context.request_id)
+        return revoked
 
 
 async def _writable_device(ctx: Context, device_id: str) -> tuple[Transaction, str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import Enum
 from uuid import UUID
 
 import strawberry
@@ -13,7 +14,7 @@ from app.graphql.context import Context
 from app.graphql.scalars import JSON
 from app.graphql.types.auth import Membership, User
 from app.graphql.types.tenants import Tenant
-from app.services import api_tokens, invitations, members
+from app.services import api_tokens, data_audit, invitations, members
 from app.services import audit as audit_service
 from app.services.users import UserRecord
 
@@ -25,6 +26,12 @@ def _user_id(value: str) -> UUID:
         return UUID(value)
     except ValueError as exc:
         raise NotFound(f"user {value} not found") from exc
+
+
+@strawberry.enum
+class MembershipScope(Enum):
+    TENANT = "TENANT"
+    SUBTREE = "SUBTREE"
 
 
 @strawberry.type
@@ -95,8 +102,18 @@ class AuditRecord:
                    request_id=r.request_id)
 
 
+@strawberry.enum
+class AuditPlane(Enum):
+    MANAGEMENT = "MANAGEMENT"
+    DATA = "DATA"
+
+
 @strawberry.input
 class AuditFilter:
+    plane: AuditPlane = strawberry.field(
+        default=AuditPlane.MANAGEMENT,
+        description="MANAGEMENT: this tenant's and its descendants' records; DATA: this tenant's own data-plane "
+                    "records (devices, alarms, operations, credentials), which parents never see.")
     action: str | None = strawberry.field(default=None, description='Exact, or a prefix ending in "."')
     tenant_id: strawberry.ID | None = None
     since: datetime | None = None
@@ -149,6 +166,11 @@ class PeopleQueries:
         ctx = info.context
         routed = await ctx.routed()
         routed.require("tenant:admin")
+        if filter is not None and filter.plane is AuditPlane.DATA:
+            page = await data_audit.list_records(await ctx.tenant_db(), tenant_id=routed.tenant.id,
+                                                 action=filter.action, since=filter.since, until=filter.until,
+                                                 first=first, after=after, cap=ctx.cap)
+            return Connection.of(page, AuditRecord.of)
         f = audit_service.AuditFilter(action=filter.action, tenant_id=filter.tenant_id, since=filter.since,
                                       until=filter.until) if filter else None
         page = await audit_service.list_records(ctx.management_db, tenant=routed.tenant, filter=f, first=first,
@@ -165,6 +187,17 @@ class PeopleMutations:
         user = _user_id(user_id)
         record = await members.set_member_role(ctx.management_db, await ctx.tenant_db(), routed, user_id=user,
                                                role=role, request_id=ctx.request_id)
+        ctx.platform.registry.forget_membership(user, routed.tenant.id)
+        return _membership(ctx, Tenant.of(routed.tenant), record)
+
+    @strawberry.mutation(description="TENANT, or SUBTREE: the same role in every descendant's management plane "
+                                     "(and their data where they allow parentAccess FULL).")
+    async def set_member_scope(self, info: Info, user_id: strawberry.ID, scope: MembershipScope) -> Membership:
+        ctx = info.context
+        routed = await ctx.routed()
+        user = _user_id(user_id)
+        record = await members.set_member_scope(ctx.management_db, routed, user_id=user, scope=scope.value,
+                                                request_id=ctx.request_id)
         ctx.platform.registry.forget_membership(user, routed.tenant.id)
         return _membership(ctx, Tenant.of(routed.tenant), record)
 

@@ -35,6 +35,12 @@ def _long(value: int | None) -> Long | None:
     return Long(value) if value is not None else None
 
 
+@strawberry.enum(description="Whether parent-level users may reach a tenant's data (set by its own admins).")
+class ParentAccess(Enum):
+    MANAGEMENT_ONLY = "MANAGEMENT_ONLY"
+    FULL = "FULL"
+
+
 @strawberry.type(description="Limits of a tenant (null: unlimited) with current usage beside each. Device count "
                              "and storage are as of the last usage snapshot; users and subtenants are live.")
 class TenantLimits:
@@ -67,6 +73,7 @@ class Tenant:
     created_at: datetime
     updated_at: datetime
     schema_version: str | None
+    parent_access: ParentAccess
     _record: strawberry.Private[TenantRecord]
 
     @classmethod
@@ -76,7 +83,8 @@ class Tenant:
             status=TenantStatus(r.status), parent_id=strawberry.ID(r.parent_id) if r.parent_id else None,
             depth=r.depth, allow_create_tenants=r.allow_create_tenants, contact_name=r.contact_name,
             contact_email=r.contact_email, custom_properties=JSON(r.custom_properties), template=r.template,
-            created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version, _record=r,
+            created_at=r.created_at, updated_at=r.updated_at, schema_version=r.schema_version,
+            parent_access=ParentAccess(r.parent_access), _record=r,
         )
 
     @strawberry.field
@@ -230,6 +238,12 @@ class TenantMutations:
         ctx = info.context
         return Tenant.of(await service.activate_tenant(
             ctx.platform, ctx.management_db, await ctx.routed(), id, request_id=ctx.request_id))
+
+    @strawberry.mutation(description="The routed tenant's own ADMINs: may parent-level users reach its data?")
+    async def set_parent_access(self, info: Info, policy: ParentAccess) -> Tenant:
+        ctx = info.context
+        return Tenant.of(await service.set_parent_access(ctx.platform, await ctx.routed(), policy=policy.value,
+                                                         request_id=ctx.request_id))
 
     @strawberry.mutation(description="Management only: drop a leaf tenant's schema and role; the row stays DELETED.")
     async def delete_tenant(self, info: Info, id: strawberry.ID) -> bool:
