@@ -20,7 +20,7 @@ from app.http.graphql import GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.logs import configure_logging
 from app.platform import Platform
-from app.services import retention, usage
+from app.services import outbox, retention, usage
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 
@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
-        background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds))]
+        background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
+                      asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
+                                                          sender=settings.mail_from))]
         if settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
         if settings.usage_snapshot_seconds > 0:

@@ -62,6 +62,11 @@ class Settings:
     # How often the server applies retention rules (0: never; `tenantry retention run` always can).
     retention_interval_seconds: int = 3600
     usage_flush_seconds: float = 5.0
+    # Mail: smtp://user:password@host:port (or smtps://); unset → mails are logged.
+    smtp_url: str | None = None
+    mail_from: str = "Tenantry <noreply@tenantry.local>"
+    # Self sign-up creates STANDARD tenants under this tenant; unset → sign-up is off.
+    signup_parent: str | None = None
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
@@ -100,6 +105,9 @@ class Settings:
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
             tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
             retention_interval_seconds=_int(env, "TENANTRY_RETENTION_INTERVAL", 3600),
+            smtp_url=env.get("TENANTRY_SMTP_URL") or None,
+            mail_from=env.get("TENANTRY_MAIL_FROM", "Tenantry <noreply@tenantry.local>"),
+            signup_parent=env.get("TENANTRY_SIGNUP_PARENT") or None,
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,
