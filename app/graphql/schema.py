@@ -25,7 +25,7 @@ from strawberry.types import ExecutionContext
 from app.graphql.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
 from app.graphql.types.access import AccessMutations, AccessQueries
-from app.graphql.types.auth import AuthMutations, AuthQueries
+from app.graphql.types.auth import AuthMutations, AuthQueries, SignUpMutations
 from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
@@ -35,8 +35,8 @@ from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
                               PeopleQueries))
-Mutation = merge_types("Mutation", (AuthMutations, TenantMutations, DeviceMutations, DataMutations, AccessMutations,
-                                    PeopleMutations))
+Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
+                                    AccessMutations, PeopleMutations))
 
 
 class TenantrySchema(strawberry.Schema):

@@ -203,3 +203,17 @@ api_tokens = Table(
     Column("revoked_at", DateTime(timezone=True)),
     Index("api_tokens_tenant_idx", "tenant_id"),
 )
+
+signups = Table(
+    "signups",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("email", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("company", Text, nullable=False),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("tenant_id", Text),
+)

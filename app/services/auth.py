@@ -62,6 +62,13 @@ async def login(platform: Platform, db: Executor, *, email: str, password: str, 
         return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
 
 
+async def start_session(platform: Platform, user: UserRecord, tenant_id: str | None) -> Session:
+    """A new login session (token family) for a user who just proved who they are otherwise."""
+    async with transaction(platform.db.app) as tx:
+        await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+        return await _issue(platform, tx, user, tenant_id, family_id=uuid.uuid4())
+
+
 async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str | None:
     live = select(memberships.c.tenant_id).join(tenants, tenants.c.id == memberships.c.tenant_id).where(
         memberships.c.user_id == user_id, tenants.c.status != "DELETED"

@@ -8,7 +8,8 @@ from app.errors import Unauthenticated
 from app.graphql.context import Context
 from app.graphql.types.tenants import Tenant
 from app.services import auth as service
-from app.services.users import UserRecord, user_by_id
+from app.services import signup
+from app.services.users import UserRecord, user_by_email, user_by_id
 
 Info = strawberry.Info[Context, None]
 
@@ -88,3 +89,34 @@ class AuthMutations:
     @strawberry.mutation(description="Revoke the refresh token's family (every token rotated from one login).")
     async def logout(self, info: Info, refresh_token: str) -> bool:
         return await service.logout(info.context.platform, refresh_token=refresh_token)
+
+
+@strawberry.type
+class SignUpPayload:
+    status: str = strawberry.field(description="VERIFICATION_SENT (check the mail) or JOINED (by invitation)")
+    email: str
+    tenant: Tenant | None
+
+
+@strawberry.type
+class SignUpMutations:
+    @strawberry.mutation(description="Sign up for a new STANDARD tenant (verification by mail), or with an "
+                                     "invitation token, join the inviting tenant.")
+    async def sign_up(self, info: Info, email: str, password: str, company: str,
+                      invitation_token: str | None = None) -> SignUpPayload:
+        ctx = info.context
+        result = await signup.sign_up(ctx.platform, ctx.management_db, email=email, password=password,
+                                      company=company, invitation_token=invitation_token, now=ctx.platform.clock())
+        return SignUpPayload(status=result.status, email=result.email,
+                             tenant=Tenant.of(result.tenant) if result.tenant else None)
+
+    @strawberry.mutation(description="Confirm a sign-up with the mailed token: creates the user and the tenant "
+                                     "and logs in.")
+    async def verify_sign_up(self, info: Info, token: str) -> AuthPayload:
+        ctx = info.context
+        result = await signup.verify(ctx.platform, token=token, now=ctx.platform.clock())
+        user = await user_by_email(ctx.management_db, result.email)
+        if user is None or result.tenant is None:  # pragma: no cover - verify created both
+            raise Unauthenticated("sign-up could not be completed")
+        session = await service.start_session(ctx.platform, user, result.tenant.id)
+        return await _payload(ctx, session)
