@@ -18,6 +18,7 @@ from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
+from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
 from app.platform import Platform
 from app.services import outbox, retention, usage
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     owned = platform is None
     live = platform or Platform.create(settings)
     endpoint = GraphQLEndpoint(build_schema(settings), live)
+    oidc = OidcEndpoints(live)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/export/usage.csv", UsageExportEndpoint(live).handle, methods=["GET"]),
+            Route("/auth/oidc/callback", oidc.callback, methods=["GET"]),
+            Route("/auth/oidc/{tenant_id}/login", oidc.login, methods=["GET"]),
         ],
         middleware=middleware,
         lifespan=lifespan,

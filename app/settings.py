@@ -67,6 +67,8 @@ class Settings:
     mail_from: str = "Tenantry <noreply@tenantry.local>"
     # Self sign-up creates STANDARD tenants under this tenant; unset → sign-up is off.
     signup_parent: str | None = None
+    # The server's public base URL (OIDC redirect URI); unset → taken from each request.
+    public_url: str | None = None
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
@@ -108,6 +110,7 @@ class Settings:
             smtp_url=env.get("TENANTRY_SMTP_URL") or None,
             mail_from=env.get("TENANTRY_MAIL_FROM", "Tenantry <noreply@tenantry.local>"),
             signup_parent=env.get("TENANTRY_SIGNUP_PARENT") or None,
+            public_url=env.get("TENANTRY_PUBLIC_URL") or None,
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,

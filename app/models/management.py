@@ -217,3 +217,17 @@ signups = Table(
     Column("completed_at", DateTime(timezone=True)),
     Column("tenant_id", Text),
 )
+
+identity_providers = Table(
+    "identity_providers",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), primary_key=True),
+    Column("issuer", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("client_secret_encrypted", LargeBinary, nullable=False),
+    Column("role_claim", Text, nullable=False, server_default="roles"),
+    Column("role_mapping", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("default_role", Text),
+    Column("inherit", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -8,13 +8,13 @@ from uuid import UUID
 
 import strawberry
 
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
 from app.graphql.types.auth import Membership, User
 from app.graphql.types.tenants import Tenant
-from app.services import api_tokens, data_audit, invitations, members
+from app.services import api_tokens, data_audit, invitations, members, sso
 from app.services import audit as audit_service
 from app.services.users import UserRecord
 
@@ -108,6 +108,35 @@ class AuditPlane(Enum):
     DATA = "DATA"
 
 
+@strawberry.type(description="The OIDC provider this tenant signs in with (the client secret is never shown).")
+class SingleSignOn:
+    issuer: str
+    client_id: str
+    role_claim: str
+    role_mapping: JSON
+    default_role: str | None
+    inherit: bool = strawberry.field(description="Shared with subtenants that have none of their own.")
+    configured_in: strawberry.ID = strawberry.field(description="This tenant, or the ancestor it inherits from.")
+    login_path: str = strawberry.field(description="GET this path (optionally ?next=<page>) to sign in.")
+
+    @classmethod
+    def of(cls, p: sso.Provider, tenant_id: str) -> SingleSignOn:
+        return cls(issuer=p.issuer, client_id=p.client_id, role_claim=p.role_claim, role_mapping=JSON(p.role_mapping),
+                   default_role=p.default_role, inherit=p.inherit, configured_in=strawberry.ID(p.tenant_id),
+                   login_path=f"/auth/oidc/{tenant_id}/login")
+
+
+@strawberry.input
+class SingleSignOnInput:
+    issuer: str
+    client_id: str
+    client_secret: str
+    role_claim: str = "roles"
+    role_mapping: JSON = strawberry.field(description='Claim value → role, e.g. {"iot-admins": "ADMIN"}')
+    default_role: str | None = strawberry.field(default=None, description="When no claim value maps; null: refuse.")
+    inherit: bool = False
+
+
 @strawberry.input
 class AuditFilter:
     plane: AuditPlane = strawberry.field(
@@ -154,6 +183,18 @@ class PeopleQueries:
         return InvitationPreview(tenant_id=strawberry.ID(r.tenant_id), tenant_domain=found.tenant_domain,
                                  tenant_company=found.tenant_company, email=r.email, role=r.role,
                                  status=r.status(ctx.platform.clock()), expires_at=r.expires_at)
+
+    @strawberry.field(description="The routed tenant's single sign-on (its own or inherited), or null.")
+    async def single_sign_on(self, info: Info) -> SingleSignOn | None:
+        ctx = info.context
+        routed = await ctx.routed()
+        routed.require("tenant:admin")
+        try:
+            provider = await sso.provider_for(ctx.management_db, routed.tenant,
+                                              sso.secret_box(ctx.platform.settings.resolved_secret_key()))
+        except NotFound:
+            return None
+        return SingleSignOn.of(provider, routed.tenant.id)
 
     @strawberry.field(description="Live API tokens of the routed tenant (ADMIN).")
     async def api_tokens(self, info: Info) -> list[ApiToken]:
@@ -246,6 +287,21 @@ class PeopleMutations:
         await invitations.revoke(ctx.management_db, await ctx.routed(), id, now=ctx.platform.clock(),
                                  request_id=ctx.request_id)
         return True
+
+    @strawberry.mutation(description="Sign in to this tenant (and, with inherit, its subtenants) through an OIDC "
+                                     "provider. Mapped roles may not exceed your own.")
+    async def configure_single_sign_on(self, info: Info, input: SingleSignOnInput) -> SingleSignOn:
+        ctx = info.context
+        routed = await ctx.routed()
+        mapping = input.role_mapping if isinstance(input.role_mapping, dict) else None
+        if mapping is None:
+            raise InvalidInput("roleMapping must be a JSON object", field="roleMapping")
+        provider = await sso.configure(
+            ctx.management_db, await ctx.tenant_db(), routed,
+            box=sso.secret_box(ctx.platform.settings.resolved_secret_key()), issuer=input.issuer,
+            client_id=input.client_id, client_secret=input.client_secret, role_claim=input.role_claim,
+            role_mapping=mapping, default_role=input.default_role, inherit=input.inherit, request_id=ctx.request_id)
+        return SingleSignOn.of(provider, routed.tenant.id)
 
     @strawberry.mutation(description="An API token for this tenant with at most your permissions, shown once.")
     async def create_api_token(self, info: Info, name: str, permissions: list[str],

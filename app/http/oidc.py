@@ -1,0 +1,98 @@
+"""GET /auth/oidc/{tenant}/login and GET /auth/oidc/callback: OpenID Connect sign-in.
+
+The callback answers JSON tokens, or — when the login asked for `next` (a page of an
+allowed origin, TENANTRY_CORS_ORIGINS) — redirects there with the tokens in the fragment,
+which browsers do not send to servers.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode, urlparse
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from app.db.transaction import management_transaction
+from app.errors import AppError, InvalidInput, NotFound
+from app.platform import Platform
+from app.services import sso
+from app.services.auth import start_session
+from app.tenancy.naming import is_tenant_id
+
+STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "INVALID_INPUT": 400,
+          "TENANT_SUSPENDED": 403}
+
+
+def _error(exc: AppError) -> Response:
+    body = {"errors": [{"message": exc.message, "extensions": {"code": exc.code, **exc.extensions}}]}
+    return Response(orjson.dumps(body), status_code=STATUS.get(exc.code, 400), media_type="application/json")
+
+
+class OidcEndpoints:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.discovery = sso.Discovery()
+        self.box = sso.secret_box(platform.settings.resolved_secret_key())
+
+    def _callback_url(self, request: Request) -> str:
+        base = self.platform.settings.public_url or str(request.base_url)
+        return base.rstrip("/") + "/auth/oidc/callback"
+
+    def _check_next(self, next_url: str | None) -> str | None:
+        if next_url is None:
+            return None
+        url = urlparse(next_url)
+        if f"{url.scheme}://{url.netloc}" not in self.platform.settings.cors_origins:
+            raise InvalidInput("next must be a page of an allowed origin (TENANTRY_CORS_ORIGINS)", field="next")
+        return next_url
+
+    async def login(self, request: Request) -> Response:
+        tenant_id = request.path_params["tenant_id"]
+        tx = management_transaction(self.platform.db.app)
+        try:
+            tenant = await self.platform.registry.tenant(tx, tenant_id) if is_tenant_id(tenant_id) else None
+            if tenant is None or tenant.status != "ACTIVE":
+                raise NotFound(f"tenant {tenant_id} has no single sign-on")
+            provider = await sso.provider_for(tx, tenant, self.box)
+            url = await sso.login_url(self.discovery, provider, tenant_id=tenant.id,
+                                      redirect_uri=self._callback_url(request),
+                                      next_url=self._check_next(request.query_params.get("next")),
+                                      secret_key=self.platform.settings.resolved_secret_key())
+        except AppError as exc:
+            return _error(exc)
+        finally:
+            await tx.finish(commit=False)
+        return RedirectResponse(url, status_code=302)
+
+    async def callback(self, request: Request) -> Response:
+        params = request.query_params
+        tx = management_transaction(self.platform.db.app)
+        committed = False
+        try:
+            if "error" in params:
+                raise InvalidInput(f"the identity provider refused: {params.get('error')}", field="error")
+            state = sso.read_state(params.get("state", ""), self.platform.settings.resolved_secret_key())
+            tenant = await self.platform.registry.tenant(tx, str(state["tid"]))
+            if tenant is None or tenant.status != "ACTIVE":
+                raise NotFound("this tenant cannot be signed in to")
+            provider = await sso.provider_for(tx, tenant, self.box)
+            claims = await sso.exchange(self.discovery, provider, code=params.get("code", ""),
+                                        redirect_uri=str(state["ru"]), nonce=str(state["nonce"]))
+            user = await sso.sign_in(tx, tenant, provider, claims, request_id=request.state.request_id)
+            await tx.finish(commit=True)
+            committed = True
+            self.platform.registry.forget_membership(user.id, tenant.id)
+            session = await start_session(self.platform, user, tenant.id)
+        except AppError as exc:
+            return _error(exc)
+        finally:
+            if not committed:
+                await tx.finish(commit=False)
+        tokens = {"accessToken": session.access_token, "refreshToken": session.refresh_token,
+                  "expiresIn": session.expires_in, "tenantId": tenant.id,
+                  "user": {"id": str(user.id), "email": user.email}}
+        if state.get("next"):
+            fragment = urlencode({k: v for k, v in tokens.items() if k != "user"})
+            return RedirectResponse(f"{state['next']}#{fragment}", status_code=302)
+        return Response(orjson.dumps(tokens), media_type="application/json")
