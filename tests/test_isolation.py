@@ -103,7 +103,7 @@ async def test_tenant_role_cannot_read_another_tenants_schema(world: World, plat
 async def test_tenant_role_cannot_read_the_management_schema(world: World, platform: Platform) -> None:
     a = await world.tenant()
     for table in ("tenants", "users", "memberships", "refresh_tokens", "audit_log", "invitations", "api_tokens",
-                  "usage_daily", "limit_warnings", "outbox"):
+                  "usage_daily", "limit_warnings", "outbox", "signups", "identity_providers"):
         tx = tenant_transaction(platform.db.app, a.id)
         try:
             with pytest.raises(ProgrammingError, match="permission denied"):

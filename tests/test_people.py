@@ -268,3 +268,27 @@ async def test_data_plane_audit_stays_in_the_tenant(api: Api, world: World, plat
                 await tx.execute(text(statement))
         finally:
             await tx.finish(commit=False)
+
+
+async def test_another_tenants_people_and_tokens_are_out_of_reach(api: Api, world: World,
+                                                                  platform: Platform) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    b_token = (await api.gql('mutation { createApiToken(name: "b", permissions: ["devices:read"]) '
+                             "{ apiToken { id } } }", token=b.token, tenant=b.id)).data["createApiToken"]["apiToken"]
+    b_invite = (await api.gql(INVITE, {"e": f"{unique('b')}@x.test", "r": "READER"}, token=b.token,
+                              tenant=b.id)).data["inviteMember"]
+    me_b = (await api.gql("{ me { user { id } } }", token=b.token)).data["me"]["user"]["id"]
+    for query in (MEMBERS, "{ invitations { edges { node { id } } } }", "{ apiTokens { id } }",
+                  "{ auditLog { edges { node { id } } } }"):
+        assert (await api.gql(query, token=a.token, tenant=b.id)).code == "FORBIDDEN", query
+    for mutation, variables in (
+        ("mutation($id: ID!) { revokeApiToken(id: $id) }", {"id": b_token["id"]}),
+        ("mutation($id: ID!) { revokeInvitation(id: $id) }", {"id": b_invite["id"]}),
+        ("mutation($id: ID!) { resendInvitation(id: $id) { id } }", {"id": b_invite["id"]}),
+        ("mutation($id: ID!) { removeMember(userId: $id) }", {"id": me_b}),
+        ('mutation($id: ID!) { setMemberRole(userId: $id, role: "READER") { role } }', {"id": me_b}),
+    ):
+        assert (await api.gql(mutation, variables, token=a.token, tenant=a.id)).code == "NOT_FOUND", mutation
+    still = await api.gql("{ apiTokens { id } invitations { edges { node { id } } } }", token=b.token, tenant=b.id)
+    assert [t["id"] for t in still.data["apiTokens"]] == [b_token["id"]]
+    assert [e["node"]["id"] for e in still.data["invitations"]["edges"]] == [b_invite["id"]]
