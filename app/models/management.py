@@ -231,3 +231,21 @@ identity_providers = Table(
     Column("inherit", Boolean, nullable=False, server_default=text("false")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+copy_jobs = Table(
+    "copy_jobs",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("source_tenant", Text, nullable=False),
+    Column("target_tenant", Text, nullable=False),
+    Column("requested_by", Uuid, nullable=False),
+    Column("spec", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default="QUEUED"),
+    Column("counts", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED')", name="copy_jobs_status_check"),
+    Index("copy_jobs_running_idx", "status", postgresql_where=text("status IN ('QUEUED', 'RUNNING')")),
+)

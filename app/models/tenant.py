@@ -101,7 +101,11 @@ measurements = Table(
     Column("series", Text, nullable=False),
     Column("value", Float, nullable=False),
     Column("unit", Text),
+    Column("origin_tenant", Text),
+    Column("origin_id", BigInteger),
     Index("measurements_device_time_idx", "device_id", "time", "id"),
+    Index("measurements_origin_key", "origin_tenant", "origin_id", unique=True,
+          postgresql_where=text("origin_id IS NOT NULL")),
     Index("measurements_time_brin", "time", postgresql_using="brin"),
 )
 
@@ -116,7 +120,11 @@ events = Table(
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", TS, nullable=False, server_default=func.now()),
     Column("updated_at", TS, nullable=False, server_default=func.now()),
+    Column("origin_tenant", Text),
+    Column("origin_id", BigInteger),
     Index("events_device_time_idx", "device_id", "time", "id"),
+    Index("events_origin_key", "origin_tenant", "origin_id", unique=True,
+          postgresql_where=text("origin_id IS NOT NULL")),
     Index("events_type_time_idx", "type", "time", "id"),
     Index("events_time_brin", "time", postgresql_using="brin"),
 )
@@ -135,7 +143,11 @@ alarms = Table(
     Column("last_raised_at", TS, nullable=False, server_default=func.now()),
     Column("updated_at", TS, nullable=False, server_default=func.now()),
     CheckConstraint("severity IN ('CRITICAL', 'MAJOR', 'MINOR', 'WARNING')", name="alarms_severity_check"),
+    Column("origin_tenant", Text),
+    Column("origin_id", BigInteger),
     CheckConstraint("status IN ('ACTIVE', 'ACKNOWLEDGED', 'CLEARED')", name="alarms_status_check"),
+    Index("alarms_origin_key", "origin_tenant", "origin_id", unique=True,
+          postgresql_where=text("origin_id IS NOT NULL")),
     Index("alarms_open_key", "device_id", "type", unique=True, postgresql_where=text("status <> 'CLEARED'")),
     Index("alarms_device_idx", "device_id", "id"),
     Index("alarms_status_severity_idx", "status", "severity", "id"),
@@ -200,4 +212,14 @@ audit_log = Table(
     Column("changes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("request_id", Text),
     Index("audit_log_time_idx", "time", postgresql_using="brin"),
+)
+
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("source_tenant", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("source_id", BigInteger, primary_key=True),
+    Column("target_id", BigInteger, nullable=False),
+    Column("copied_at", TS, nullable=False, server_default=func.now()),
 )
