@@ -21,7 +21,7 @@ from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
 from app.platform import Platform
-from app.services import outbox, retention, usage
+from app.services import copying, outbox, retention, usage
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
+        await copying.fail_interrupted(live.db.app)  # jobs of a process that died: FAILED, target untouched
         background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
                       asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
                                                           sender=settings.mail_from))]
@@ -63,9 +64,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             background.append(asyncio.create_task(usage.periodic_snapshots(
                 live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))
         yield
-        for task in background:
+        for task in [*background, *live.background]:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await asyncio.gather(*background, *live.background, return_exceptions=True)
         await live.meter.flush()  # graceful shutdown: nothing counted is lost
         if owned:
             await live.close()

@@ -99,8 +99,13 @@ class Context:
             raise self.rate_limited
         return self._routed
 
-    async def _route_user(self, principal: Principal) -> Routed:
-        routed = await route(self.platform.registry, self.management_db, principal, self.tenant_header)
+    async def route_to(self, tenant_id: str) -> Routed:
+        """The caller as it would be routed into another tenant (for cross-tenant operations such
+        as copies): the same membership, parent-level and custom-role rules as a request."""
+        return await self._route_user(self.principal(), tenant_id)
+
+    async def _route_user(self, principal: Principal, tenant_id: str | None = None) -> Routed:
+        routed = await route(self.platform.registry, self.management_db, principal, tenant_id or self.tenant_header)
         if routed.via_ancestor is not None:
             # Every parent-level access is audited in the tenant reached (committed even if
             # the request then fails, e.g. for want of data access).
@@ -112,8 +117,15 @@ class Context:
         if routed.role in BUILTIN_ROLES:
             return routed
         # A custom role: its permissions live in the tenant's own schema.
-        self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
-        permissions = await role_permissions(self._tenant, routed.role)
+        if tenant_id is None:
+            self._tenant = tenant_transaction(self.platform.db.app, routed.tenant.id)
+            permissions = await role_permissions(self._tenant, routed.role)
+        else:
+            lookup = tenant_transaction(self.platform.db.app, routed.tenant.id)
+            try:
+                permissions = await role_permissions(lookup, routed.role)
+            finally:
+                await lookup.finish(commit=False)
         return replace(routed, custom_permissions=permissions)
 
     async def _route_api_token(self, token: str) -> Routed:
