@@ -14,7 +14,7 @@ from app.services.scope import Scope
 
 
 async def main(url: str, source: str, target: str, device: str, marker: str) -> None:
-    engine = make_engine(url, pool_size=1, max_overflow=0)
+    engine = make_engine(url, pool_size=2, max_overflow=0)
     spec = copying.CopySpec(source_tenant=source, target_tenant=target, device_ids=(int(device),),
                             include=("INVENTORY", "MEASUREMENTS"))
     job = await copying.create_job(engine, spec, requested_by=UUID(int=0), status="RUNNING")

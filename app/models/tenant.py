@@ -104,8 +104,6 @@ measurements = Table(
     Column("origin_tenant", Text),
     Column("origin_id", BigInteger),
     Index("measurements_device_time_idx", "device_id", "time", "id"),
-    Index("measurements_origin_key", "origin_tenant", "origin_id", unique=True,
-          postgresql_where=text("origin_id IS NOT NULL")),
     Index("measurements_time_brin", "time", postgresql_using="brin"),
 )
 

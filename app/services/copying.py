@@ -16,6 +16,8 @@ change once written).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -38,7 +41,6 @@ from app.services.scope import Scope
 from app.tenancy.naming import tenant_role, tenant_schema
 
 KINDS = ("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS")
-BATCH = 200_000  # measurements per COPY round (bounds this process's memory)
 STALE_AFTER = timedelta(seconds=60)
 
 
@@ -193,7 +195,7 @@ async def run_copy(
             await _step(on_step, "inventory", counts)
 
             if "MEASUREMENTS" in spec.include and device_map:
-                await _copy_measurements(session, device_map, counts, on_step)
+                await _copy_measurements(session, device_map, counts, on_step, engine)
             for kind, table, time_column in (("EVENTS", events, events.c.time),
                                               ("ALARMS", alarms, alarms.c.updated_at)):
                 if kind in spec.include and device_map:
@@ -294,52 +296,98 @@ def _literal_time(value: datetime) -> str:
 
 
 async def _copy_measurements(session: _Session, device_map: dict[int, int], counts: CopyCounts,
-                             on_step: Callable[[str, CopyCounts], Any]) -> None:
+                             on_step: Callable[[str, CopyCounts], Any], engine: AsyncEngine) -> None:
+    """Stream measurements from the source into the target, COPY out → COPY in, overlapped.
+
+    A second connection reads under the source role (its own REPEATABLE READ snapshot) while
+    this one writes under the target role, so the source's COPY out and the target's COPY in
+    run side by side. The source query itself maps device ids and adds the origin columns:
+    when nothing was copied before, rows pass through this process as binary COPY data,
+    unparsed. When an earlier run copied some, rows come as text and those already present
+    are dropped here. Copies from one source into one target are serialised by an advisory
+    lock (held to the end of the target transaction), so two runs cannot both add a row."""
     spec = session.spec
     src = spec.source_tenant
     driver = await session.driver()
-    targets = list(device_map.values())
-    # What earlier runs already copied (the target's own rows, read under its role).
+    await session.act_as(spec.target_tenant)
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('copy/' || :s || '/' || current_schema()))"),
+                          {"s": src})
     present = set((await session.execute(select(measurements.c.origin_id).where(
-        measurements.c.origin_tenant == src, measurements.c.device_id.in_(targets),
+        measurements.c.origin_tenant == src, measurements.c.device_id.in_(list(device_map.values())),
         _time_filter(measurements, spec)))).scalars())
+    # Only integers, datetimes and the validated tenant id reach this SQL text (COPY takes no parameters).
+    origin = src if tenant_schema(src) else ""
+    mapped = " ".join(f"WHEN {int(s)} THEN {int(t)}" for s, t in device_map.items())
     conditions = [f"device_id IN ({','.join(str(int(d)) for d in device_map)})"]
     if spec.start is not None:
         conditions.append(f"time >= {_literal_time(spec.start)}")
     if spec.end is not None:
         conditions.append(f"time < {_literal_time(spec.end)}")
-    last_id = 0
-    suffix = f"\t{src}\t"
-    while True:
-        await session.act_as(src)
-        query = (f"COPY (SELECT id, device_id, time, type, series, value, unit FROM measurements "
-                 f"WHERE {' AND '.join(conditions)} AND id > {last_id} ORDER BY id LIMIT {BATCH}) TO STDOUT")
-        chunks: list[bytes] = []
-        async with driver.cursor() as cursor, cursor.copy(query) as copy:
-            async for data in copy:
-                chunks.append(bytes(data))
-        lines = b"".join(chunks).decode().splitlines()
-        if not lines:
-            break
-        out = []
-        for line in lines:
-            row_id, device_id, rest = line.split("\t", 2)
-            if int(row_id) in present:
-                counts.skipped += 1
-                continue
-            out.append(f"{device_map[int(device_id)]}\t{rest}{suffix}{row_id}\n")
-        last_id = int(lines[-1].split("\t", 1)[0])
-        await session.act_as(spec.target_tenant)
-        if out:
-            async with driver.cursor() as cursor, cursor.copy(
-                    "COPY measurements (device_id, time, type, series, value, unit, origin_tenant, origin_id) "
-                    "FROM STDIN") as copy:
-                await copy.write("".join(out).encode())
-            counts.measurements += len(out)
-        await _step(on_step, "measurements", counts)
-        if len(lines) < BATCH:
-            break
-    await session.act_as(spec.target_tenant)
+    fmt = "(FORMAT binary)" if not present else ""
+    out_sql = (f"COPY (SELECT (CASE device_id {mapped} END)::bigint, time, type, series, value, unit, "
+               f"'{origin}'::text, id FROM measurements WHERE {' AND '.join(conditions)}) TO STDOUT {fmt}")
+    in_sql = ("COPY measurements (device_id, time, type, series, value, unit, origin_tenant, origin_id) "
+              f"FROM STDIN {fmt}")
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
+    stop = threading.Event()
+
+    def read_source() -> None:
+        """COPY out on a connection of its own, in a thread: the per-row loop runs off the event
+        loop (and mostly inside psycopg's C code), overlapping the target's COPY in."""
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                schema, role = tenant_schema(src), tenant_role(src)
+                conn.execute(f"SELECT set_config('search_path', '{schema}', true), "
+                             f"set_config('role', '{role}', true)".encode())
+                buffer = bytearray()
+                with conn.cursor() as cursor, cursor.copy(out_sql) as out:
+                    for data in out:
+                        if stop.is_set():
+                            break
+                        if present and int(bytes(data).rstrip(b"\n").rsplit(b"\t", 1)[1]) in present:
+                            continue
+                        buffer += data
+                        if len(buffer) >= 1 << 20:
+                            asyncio.run_coroutine_threadsafe(chunks.put(bytes(buffer)), loop).result()
+                            buffer.clear()
+                if buffer:
+                    asyncio.run_coroutine_threadsafe(chunks.put(bytes(buffer)), loop).result()
+                conn.execute(b"ROLLBACK")
+            asyncio.run_coroutine_threadsafe(chunks.put(None), loop).result()
+        except BaseException as exc:  # handed to the writer, which re-raises it
+            if not stop.is_set():
+                asyncio.run_coroutine_threadsafe(chunks.put(exc), loop).result()
+
+    reader = loop.run_in_executor(None, read_source)
+    try:
+        async with driver.cursor() as in_cursor:
+            async with in_cursor.copy(in_sql) as into:
+                while (chunk := await chunks.get()) is not None:
+                    if isinstance(chunk, BaseException):
+                        raise chunk
+                    await into.write(chunk)
+            counts.measurements += max(in_cursor.rowcount, 0)
+    finally:
+        stop.set()
+        while not reader.done():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(asyncio.QueueEmpty):
+                chunks.get_nowait()
+            await asyncio.sleep(0.01)
+    if present:
+        counts.skipped += await _count_source(session, conditions, src) - counts.measurements
+    await _step(on_step, "measurements", counts)
+
+
+async def _count_source(session: _Session, conditions: list[str], src: str) -> int:
+    """How many source rows the selection has (to report how many a re-run skipped)."""
+    await session.act_as(src)
+    total = int((await session.execute(text(
+        f"SELECT count(*) FROM measurements WHERE {' AND '.join(conditions)}"))).scalar_one())
+    await session.act_as(session.spec.target_tenant)
+    return total
 
 
 async def _copy_rows(session: _Session, table: Any, time_column: Any, device_map: dict[int, int],
