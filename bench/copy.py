@@ -33,7 +33,8 @@ async def main(rows: int) -> None:
         src, dst = ids
         owner = b.platform.db.owner
         async with owner.connect() as conn:
-            await conn.execute(text(f"INSERT INTO t_{src}.devices (name) SELECT 'd' || g FROM generate_series(1, 10) g"))
+            await conn.execute(text(
+                f"INSERT INTO t_{src}.devices (name) SELECT 'd' || g FROM generate_series(1, 10) g"))
             await conn.execute(text(
                 f"INSERT INTO t_{src}.measurements (device_id, time, type, series, value, unit) "
                 f"SELECT 1 + g % 10, '2026-01-01'::timestamptz + g * interval '1 second', 'climate', 'temperature', "
