@@ -328,6 +328,22 @@ async def _copy_measurements(session: _Session, device_map: dict[int, int], coun
                f"'{origin}'::text, id FROM measurements WHERE {' AND '.join(conditions)}) TO STDOUT {fmt}")
     in_sql = ("COPY measurements (device_id, time, type, series, value, unit, origin_tenant, origin_id) "
               f"FROM STDIN {fmt}")
+    counts.measurements += await stream_copy(engine, driver, src, out_sql, in_sql, present)
+    if present:
+        counts.skipped += await _count_source(session, conditions, src) - counts.measurements
+    await _step(on_step, "measurements", counts)
+
+
+async def stream_copy(engine: AsyncEngine, driver: Any, source_tenant: str, out_sql: str, in_sql: str,
+                      present: set[int]) -> int:
+    """COPY out of the source (under its role, on a connection of its own, in a thread) into
+    COPY in on `driver` (the target's transaction). Returns the rows written.
+
+    The per-row loop of COPY out runs off the event loop, mostly inside psycopg's C code, and
+    overlaps the target's COPY in. Rows whose last (text) column is an id in `present` are
+    dropped (re-runs of a copy)."""
+    src = source_tenant
+    written = 0
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
     stop = threading.Event()
@@ -369,16 +385,14 @@ async def _copy_measurements(session: _Session, device_map: dict[int, int], coun
                     if isinstance(chunk, BaseException):
                         raise chunk
                     await into.write(chunk)
-            counts.measurements += max(in_cursor.rowcount, 0)
+            written = int(max(in_cursor.rowcount, 0))
     finally:
         stop.set()
         while not reader.done():  # unblock a reader waiting on a full queue
             with contextlib.suppress(asyncio.QueueEmpty):
                 chunks.get_nowait()
             await asyncio.sleep(0.01)
-    if present:
-        counts.skipped += await _count_source(session, conditions, src) - counts.measurements
-    await _step(on_step, "measurements", counts)
+    return written
 
 
 async def _count_source(session: _Session, conditions: list[str], src: str) -> int:
