@@ -164,7 +164,19 @@ class Context:
         self._tenant = tenant_transaction(self.platform.db.app, tenant_id)
         device_id = await device_tokens.resolve(self._tenant, token)
         if device_id is None:
-            raise Unauthenticated("invalid device token")
+            # The device may have moved to another tenant, taking its credentials along.
+            moved_to = await device_tokens.moved_to(self.management_db, token)
+            if moved_to is None or (self.tenant_header and self.tenant_header != moved_to):
+                raise Unauthenticated("invalid device token")
+            await self._tenant.finish(commit=False)
+            record = await self.platform.registry.tenant(self.management_db, moved_to)
+            if record is None or record.status != "ACTIVE":
+                raise Unauthenticated("invalid device token")
+            tenant_id = moved_to
+            self._tenant = tenant_transaction(self.platform.db.app, tenant_id)
+            device_id = await device_tokens.resolve(self._tenant, token)
+            if device_id is None:
+                raise Unauthenticated("invalid device token")
         self.device_request = True
         principal = Principal(user_id=DEVICE_USER_ID, default_tenant_id=tenant_id, token_id="device",
                               device_id=device_id)

@@ -29,7 +29,7 @@ from app.graphql.types.auth import AuthMutations, AuthQueries, SignUpMutations
 from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
-from app.graphql.types.sharing import SharingMutations, SharingQueries
+from app.graphql.types.sharing import MigrationMutations, SharingMutations, SharingQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
 from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
@@ -37,7 +37,7 @@ from app.settings import Settings
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
                               PeopleQueries, SharingQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
-                                    AccessMutations, PeopleMutations, SharingMutations))
+                                    AccessMutations, PeopleMutations, SharingMutations, MigrationMutations))
 
 
 class TenantrySchema(strawberry.Schema):

@@ -249,3 +249,11 @@ copy_jobs = Table(
     CheckConstraint("status IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED')", name="copy_jobs_status_check"),
     Index("copy_jobs_running_idx", "status", postgresql_where=text("status IN ('QUEUED', 'RUNNING')")),
 )
+
+device_token_moves = Table(
+    "device_token_moves",
+    metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -14,6 +14,7 @@ from sqlalchemy import func, insert, select, update
 
 from app.auth.tokens import secret_hash
 from app.db.transaction import Executor
+from app.models.management import device_token_moves
 from app.models.tenant import device_tokens
 
 PREFIX = "tdev_"
@@ -47,3 +48,9 @@ async def revoke_all(db: Executor, *, device_id: int) -> int:
     result = await db.execute(update(device_tokens).where(
         device_tokens.c.device_id == device_id, device_tokens.c.revoked_at.is_(None)).values(revoked_at=func.now()))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def moved_to(management: Executor, token: str) -> str | None:
+    """Where a token's device lives now, if it moved since the token was issued."""
+    stmt = select(device_token_moves.c.tenant_id).where(device_token_moves.c.token_hash == secret_hash(token))
+    return (await management.execute(stmt)).scalar_one_or_none()

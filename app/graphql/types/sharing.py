@@ -13,11 +13,13 @@ import strawberry
 
 from app.auth.principal import Routed
 from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRITE, MEASUREMENTS_WRITE
-from app.errors import AppError, Forbidden, NotFound
+from app.errors import AppError, Forbidden, NotFound, TenantSuspended
 from app.graphql.context import Context
 from app.platform import Platform
-from app.services import copying
+from app.services import copying, migration
 from app.services.devices import require_id
+from app.tenancy.naming import is_tenant_id
+from app.tenancy.registry import TenantRecord
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")
@@ -179,3 +181,86 @@ class SharingMutations:
         if job is None:  # pragma: no cover - just written
             raise NotFound("copy job vanished")
         return CopyJob.of(job)
+
+
+@strawberry.type
+class MovedDevice:
+    source_id: strawberry.ID
+    target_id: strawberry.ID
+    name: str
+
+
+@strawberry.type
+class DeviceNotMoved:
+    device_id: strawberry.ID
+    reason: str
+
+
+@strawberry.type(description="A group membership that could not follow its device (groups belong to a tenant).")
+class GroupLeftBehind:
+    device_id: strawberry.ID
+    group_id: strawberry.ID
+    group_name: str
+
+
+@strawberry.type
+class DeviceMigration:
+    source_tenant_id: strawberry.ID
+    target_tenant_id: strawberry.ID
+    moved: list[MovedDevice]
+    not_moved: list[DeviceNotMoved]
+    groups_left_behind: list[GroupLeftBehind]
+    measurements: int
+    events: int
+    alarms: int
+    operations: int
+
+
+async def _may_migrate(ctx: Context, source_id: str, target_id: str) -> tuple[TenantRecord, TenantRecord]:
+    """An ADMIN of both tenants, or an ADMIN of a common ancestor (PDQ Connect's parent admin)."""
+    principal = ctx.principal()
+    registry = ctx.platform.registry
+    source = await registry.tenant(ctx.management_db, source_id) if is_tenant_id(source_id) else None
+    target = await registry.tenant(ctx.management_db, target_id) if is_tenant_id(target_id) else None
+    if source is None or target is None or "DELETED" in (source.status, target.status):
+        raise Forbidden("you may not move devices between these tenants")
+    if "SUSPENDED" in (source.status, target.status):
+        raise TenantSuspended("a suspended tenant takes part in no migration")
+
+    async def admin_of(tenant_id: str) -> bool:
+        member = await registry.membership(ctx.management_db, principal.user_id, tenant_id)
+        return member is not None and member.role == "ADMIN"
+
+    if await admin_of(source.id) and await admin_of(target.id):
+        return source, target
+    for ancestor in set(source.path) & set(target.path):
+        if await admin_of(ancestor):
+            return source, target
+    raise Forbidden("moving devices needs an ADMIN of both tenants or of a common ancestor")
+
+
+@strawberry.type
+class MigrationMutations:
+    @strawberry.mutation(description="Move devices with their whole history (and child devices, external ids and "
+                                     "credentials) to another tenant, atomically. Source: sourceTenantId, else the "
+                                     "routed tenant.")
+    async def migrate_devices(self, info: Info, device_ids: list[strawberry.ID], target_tenant_id: strawberry.ID,
+                              source_tenant_id: strawberry.ID | None = None) -> DeviceMigration:
+        ctx = info.context
+        source_id = source_tenant_id or (await ctx.routed()).tenant.id
+        source, target = await _may_migrate(ctx, source_id, target_tenant_id)
+        result = await migration.migrate(ctx.platform.db.app, source=source, target=target,
+                                         device_ids=[require_id(d, "device") for d in device_ids],
+                                         actor=ctx.principal().actor, request_id=ctx.request_id)
+        return DeviceMigration(
+            source_tenant_id=strawberry.ID(source.id), target_tenant_id=strawberry.ID(target.id),
+            moved=[MovedDevice(source_id=strawberry.ID(str(m.source_id)), target_id=strawberry.ID(str(m.target_id)),
+                               name=m.name) for m in result.moved],
+            not_moved=[DeviceNotMoved(device_id=strawberry.ID(str(n.device_id)), reason=n.reason)
+                       for n in result.not_moved],
+            groups_left_behind=[GroupLeftBehind(device_id=strawberry.ID(str(g.device_id)),
+                                                group_id=strawberry.ID(str(g.group_id)), group_name=g.group_name)
+                                for g in result.groups_left_behind],
+            measurements=result.counts.get("measurements", 0), events=result.counts.get("events", 0),
+            alarms=result.counts.get("alarms", 0), operations=result.counts.get("operations", 0),
+        )
