@@ -157,6 +157,7 @@ async def test_routing_settings_do_not_leak_into_the_next_checkout(world: World,
 
 
 DATA_TABLES = ("measurements", "events", "alarms", "operations", "groups", "group_devices", "external_ids",
+               "provenance", "shared_templates", "audit_log",
                "device_tokens", "roles", "retention_rules", "options")
 
 

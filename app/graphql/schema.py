@@ -30,14 +30,16 @@ from app.graphql.types.data import DataMutations, DataQueries
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
 from app.graphql.types.sharing import MigrationMutations, SharingMutations, SharingQueries
+from app.graphql.types.templates import TemplateMutations, TemplateQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
 from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
-                              PeopleQueries, SharingQueries))
+                              PeopleQueries, SharingQueries, TemplateQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
-                                    AccessMutations, PeopleMutations, SharingMutations, MigrationMutations))
+                                    AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
+                                    TemplateMutations))
 
 
 class TenantrySchema(strawberry.Schema):

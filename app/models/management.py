@@ -257,3 +257,25 @@ device_token_moves = Table(
     Column("tenant_id", Text, nullable=False),
     Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+device_templates = Table(
+    "device_templates",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("owner_tenant", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("fragments", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("series", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("device_templates_owner_idx", "owner_tenant"),
+)
+
+device_template_shares = Table(
+    "device_template_shares",
+    metadata,
+    Column("template_id", Uuid, ForeignKey("device_templates.id", ondelete="CASCADE"), primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), primary_key=True),
+)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    Uuid,
     func,
     text,
 )
@@ -220,4 +221,17 @@ provenance = Table(
     Column("source_id", BigInteger, primary_key=True),
     Column("target_id", BigInteger, nullable=False),
     Column("copied_at", TS, nullable=False, server_default=func.now()),
+)
+
+shared_templates = Table(
+    "shared_templates",
+    metadata,
+    Column("template_id", Uuid, primary_key=True),
+    Column("source_tenant", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("fragments", JSONB, nullable=False),
+    Column("series", JSONB, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import cast
 
 import strawberry
 
@@ -13,7 +14,7 @@ from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
-from app.services import data_audit, device_tokens, limits
+from app.services import data_audit, device_templates, device_tokens, limits
 from app.services import devices as service
 from app.services.alarms import AlarmRecord
 from app.services.devices import DeviceRecord, ExternalId, GroupRecord, require_id
@@ -150,6 +151,8 @@ class CreateDeviceInput:
     group_id: strawberry.ID | None = strawberry.field(default=None, description="Put the device in this group.")
     parent_id: strawberry.ID | None = strawberry.field(default=None, description="Make it a child of this device.")
     fragments: JSON | None = None
+    template_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Start from a template (own or shared): its type and fragments, under yours.")
 
 
 @strawberry.input
@@ -247,9 +250,14 @@ class DeviceMutations:
         routed = await ctx.authorize(DEVICES_WRITE)
         db = await ctx.tenant_db()
         count = await limits.enforce_device_limit(db, routed.tenant)
+        kind, fragments = input.type, cast(object, input.fragments)
+        if input.template_id is not None:
+            template = await device_templates.for_device(ctx.management_db, db, routed.tenant.id, input.template_id)
+            kind = kind or template.type
+            fragments = {**template.fragments, **(fragments if isinstance(fragments, dict) else {})}
         record = await service.create_device(
-            db, routed.scope, name=input.name, type=input.type,
-            owner=str(routed.principal.user_id), external_id=input.external_id, fragments=input.fragments,
+            db, routed.scope, name=input.name, type=kind,
+            owner=str(routed.principal.user_id), external_id=input.external_id, fragments=fragments,
             group_id=require_id(input.group_id, "group") if input.group_id is not None else None,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None,
         )
