@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.list
 	$(BIN)/python -m bench.usage
+	$(BIN)/python -m bench.copy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
