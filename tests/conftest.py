@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 from starlette.applications import Starlette
 
 from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
+from app.db.transaction import tenant_transaction
 from app.main import create_app
 from app.platform import Platform
 from app.services.bootstrap import bootstrap
@@ -185,6 +187,16 @@ class World:
                                                  kind=kind, adminEmail=email, adminPassword=PASSWORD, **fields)
         tenant_id = result.data["createSubtenant"]["id"]
         return TenantHandle(tenant_id, domain, email, await self.api.token(email, PASSWORD, tenant_id))
+
+
+async def assert_denied(platform: Platform, tenant_id: str, sql: str) -> None:
+    """`sql` run under the tenant's role (routed transaction) fails with permission denied."""
+    tx = tenant_transaction(platform.db.app, tenant_id)
+    try:
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            await tx.execute(text(sql))
+    finally:
+        await tx.finish(commit=False)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from app.db.transaction import tenant_transaction
 from app.models.tenant import devices
 from app.platform import Platform
 from app.settings import Settings
-from tests.conftest import Api, TenantHandle, World
+from tests.conftest import Api, TenantHandle, World, assert_denied
 
 CREATE = "mutation($n: String!) { createDevice(input: {name: $n, type: \"sensor\"}) { id name } }"
 LIST = "{ devices(first: 100) { totalCount edges { node { id name } } } }"
@@ -86,30 +86,15 @@ async def test_a_parent_can_never_read_a_childs_devices(api: Api, world: World) 
 
 async def test_tenant_role_cannot_read_another_tenants_schema(world: World, platform: Platform) -> None:
     a, b = await world.tenant(), await world.tenant()
-    tx = tenant_transaction(platform.db.app, a.id)
-    try:
-        with pytest.raises(ProgrammingError, match="permission denied"):
-            await tx.execute(text(f"SELECT * FROM t_{b.id}.devices"))
-    finally:
-        await tx.finish(commit=False)
-    tx = tenant_transaction(platform.db.app, a.id)
-    try:
-        with pytest.raises(ProgrammingError, match="permission denied"):
-            await tx.execute(text(f"INSERT INTO t_{b.id}.devices (name) VALUES ('planted')"))
-    finally:
-        await tx.finish(commit=False)
+    await assert_denied(platform, a.id, f"SELECT * FROM t_{b.id}.devices")
+    await assert_denied(platform, a.id, f"INSERT INTO t_{b.id}.devices (name) VALUES ('planted')")
 
 
 async def test_tenant_role_cannot_read_the_management_schema(world: World, platform: Platform) -> None:
     a = await world.tenant()
     for table in ("tenants", "users", "memberships", "refresh_tokens", "audit_log", "invitations", "api_tokens",
                   "usage_daily", "limit_warnings", "outbox", "signups", "identity_providers"):
-        tx = tenant_transaction(platform.db.app, a.id)
-        try:
-            with pytest.raises(ProgrammingError, match="permission denied"):
-                await tx.execute(text(f"SELECT * FROM tenantry.{table}"))
-        finally:
-            await tx.finish(commit=False)
+        await assert_denied(platform, a.id, f"SELECT * FROM tenantry.{table}")
 
 
 async def test_app_role_reads_no_tenant_table_without_switching_role(world: World, platform: Platform) -> None:
@@ -166,12 +151,7 @@ async def test_tenant_role_cannot_touch_another_tenants_data_tables(world: World
                                                                    table: str) -> None:
     a, b = await world.tenant(), await world.tenant()
     for statement in (f"SELECT * FROM t_{b.id}.{table}", f"DELETE FROM t_{b.id}.{table}"):
-        tx = tenant_transaction(platform.db.app, a.id)
-        try:
-            with pytest.raises(ProgrammingError, match="permission denied"):
-                await tx.execute(text(statement))
-        finally:
-            await tx.finish(commit=False)
+        await assert_denied(platform, a.id, statement)
 
 
 async def test_another_tenants_data_ids_reach_nothing(api: Api, world: World) -> None:

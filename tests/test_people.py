@@ -11,10 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from app.db.transaction import tenant_transaction
 from app.main import create_app
 from app.platform import Platform
-from tests.conftest import PASSWORD, Api, World, unique
+from tests.conftest import PASSWORD, Api, World, assert_denied, unique
 
 MEMBERS = "{ members { edges { node { user { id email } role scope } } } }"
 SET_ROLE = "mutation($u: ID!, $r: String!) { setMemberRole(userId: $u, role: $r) { role } }"
@@ -262,12 +261,7 @@ async def test_data_plane_audit_stays_in_the_tenant(api: Api, world: World, plat
                                                                                        "device.created"}
     # The tenant role appends and reads, but cannot rewrite its audit log.
     for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"):
-        tx = tenant_transaction(platform.db.app, child.id)
-        try:
-            with pytest.raises(ProgrammingError, match="permission denied"):
-                await tx.execute(text(statement))
-        finally:
-            await tx.finish(commit=False)
+        await assert_denied(platform, child.id, statement)
 
 
 async def test_another_tenants_people_and_tokens_are_out_of_reach(api: Api, world: World,

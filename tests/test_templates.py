@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import ProgrammingError
-
-from app.db.transaction import tenant_transaction
 from app.platform import Platform
-from tests.conftest import Api, World
+from tests.conftest import Api, World, assert_denied
 
 CREATE = """mutation($i: DeviceTemplateInput!) { createDeviceTemplate(input: $i) { id version readOnly } }"""
 LIST = "{ deviceTemplates { id name type fragments series version readOnly ownerTenantId sharedWith } }"
@@ -48,12 +43,7 @@ async def test_shared_templates_are_read_only_copies_that_follow_the_owner(api: 
     assert (followed["version"], followed["fragments"]) == (2, {"fw": "2.0"})
 
     # The copy lives in the child's schema, written only by the sync: another tenant's role can't see it.
-    tx = tenant_transaction(platform.db.app, other.id)
-    try:
-        with pytest.raises(ProgrammingError, match="permission denied"):
-            await tx.execute(text(f"SELECT * FROM t_{chosen.id}.shared_templates"))
-    finally:
-        await tx.finish(commit=False)
+    await assert_denied(platform, other.id, f"SELECT * FROM t_{chosen.id}.shared_templates")
 
     await api.gql("mutation($id: ID!) { withdrawDeviceTemplate(id: $id) }", {"id": template}, token=ent.token,
                   tenant=ent.id)
