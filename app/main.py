@@ -24,6 +24,7 @@ from app.platform import Platform
 from app.services import copying, outbox, retention, usage
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
+from app.tenancy.provisioning import keep_spares
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Starlette:
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
                       asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
                                                           sender=settings.mail_from))]
+        if settings.spare_schemas > 0:
+            background.append(asyncio.create_task(keep_spares(
+                live.db.owner, count=settings.spare_schemas, app_role=settings.app_role,
+                tenant_roles_login=settings.tenant_roles_login)))
         if settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
         if settings.usage_snapshot_seconds > 0:

@@ -69,6 +69,8 @@ class Settings:
     signup_parent: str | None = None
     # The server's public base URL (OIDC redirect URI); unset → taken from each request.
     public_url: str | None = None
+    # Spare tenant schemas kept ready (provisioning renames one instead of running the DDL).
+    spare_schemas: int = 5
     # Copies estimated above this many rows run as background jobs.
     copy_inline_rows: int = 50_000
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
@@ -114,6 +116,7 @@ class Settings:
             signup_parent=env.get("TENANTRY_SIGNUP_PARENT") or None,
             public_url=env.get("TENANTRY_PUBLIC_URL") or None,
             copy_inline_rows=_int(env, "TENANTRY_COPY_INLINE_ROWS", 50_000),
+            spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,

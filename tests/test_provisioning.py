@@ -11,9 +11,9 @@ from sqlalchemy import text
 from app.errors import Conflict
 from app.platform import Platform
 from app.services.audit import SYSTEM
-from app.tenancy.provisioning import STEPS, TenantSpec, provision_tenant
+from app.tenancy.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.registry import TenantRecord
-from tests.conftest import unique
+from tests.conftest import Api, World, assert_denied, unique
 
 
 class Injected(RuntimeError):
@@ -89,3 +89,40 @@ async def test_concurrent_creates_of_one_domain_yield_one_tenant(platform: Platf
     assert traces["registry"] == 1
     assert traces["schemas"] == 0
     assert traces["roles"] == 0
+
+
+async def _spares(platform: Platform) -> list[str]:
+    async with platform.db.owner.connect() as conn:
+        return list((await conn.execute(text("SELECT id FROM tenantry.spare_schemas ORDER BY id"))).scalars())
+
+
+async def test_a_spare_schema_becomes_the_tenant_and_comes_back_on_failure(api: Api, world: World,
+                                                                        platform: Platform) -> None:
+    settings = platform.settings
+    await fill_spares(platform.db.owner, count=2, app_role=settings.app_role, tenant_roles_login=False)
+    spares = await _spares(platform)
+    assert len(spares) == 2
+    parent = await _management(platform)
+
+    def fail(step: str) -> None:
+        if step == "seed":
+            raise Injected(step)
+
+    with pytest.raises(Injected):
+        await provision_tenant(platform.db.owner, _spec(parent, unique("sp"), f"{unique('sp')}@x.test", "h"),
+                               app_role=settings.app_role, tenant_roles_login=False,
+                               invitation_ttl=timedelta(hours=1), actor=SYSTEM, on_step=fail)
+    assert await _spares(platform) == spares  # the rename was rolled back with the rest
+
+    t = await world.tenant()  # takes a spare
+    assert len(await _spares(platform)) == 1
+    async with platform.db.owner.connect() as conn:
+        names = set((await conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname = ANY(:n)"),
+                                        {"n": [f"t_{t.id}", *(f"t_{s}" for s in spares)]})).scalars())
+    assert f"t_{t.id}" in names
+    assert len(names) == 2  # one spare renamed into the tenant, the other still waiting
+    made = await api.gql('mutation { createDevice(input: {name: "on a spare"}) { id } }', token=t.token, tenant=t.id)
+    assert made.data["createDevice"]["id"]
+    other = await world.tenant()
+    await assert_denied(platform, other.id, f"SELECT * FROM t_{t.id}.devices")
+    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role, tenant_roles_login=False)

@@ -279,3 +279,11 @@ device_template_shares = Table(
     Column("template_id", Uuid, ForeignKey("device_templates.id", ondelete="CASCADE"), primary_key=True),
     Column("tenant_id", Text, ForeignKey("tenants.id"), primary_key=True),
 )
+
+spare_schemas = Table(
+    "spare_schemas",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("revision", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -14,6 +14,7 @@ MANAGEMENT_TENANT_ID = "management"
 MANAGEMENT_SCHEMA = "tenantry"
 
 _TENANT_ID = re.compile(r"^(management|t[0-9]{9})$")
+_SPARE_ID = re.compile(r"^s[0-9]{9}$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -33,6 +34,17 @@ def tenant_schema(tenant_id: str) -> str:
     name = f"t_{tenant_id}"
     assert _IDENT.match(name)
     return name
+
+
+def new_spare_id() -> str:
+    return "s" + str(secrets.randbelow(900_000_000) + 100_000_000)
+
+
+def spare_schema(spare_id: str) -> str:
+    """Schema (and role) name of a spare, made ahead of time and renamed when a tenant takes it."""
+    if not _SPARE_ID.match(spare_id):
+        raise ValueError(f"not a spare id: {spare_id!r}")
+    return f"t_{spare_id}"
 
 
 def tenant_role(tenant_id: str) -> str:

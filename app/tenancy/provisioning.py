@@ -10,6 +10,8 @@ included), so there is never a schema without a registry row or the other way ro
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,14 +25,14 @@ from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Transaction, transaction
 from app.errors import Conflict, LimitExceeded
 from app.models import tenant as tenant_tables
-from app.models.management import invitations, memberships, tenants
+from app.models.management import invitations, memberships, spare_schemas, tenants
 from app.services import audit
 from app.services.invitations import PREFIX as INVITATION_PREFIX
 from app.services.invitations import queue_invitation_mail
 from app.services.limits import check_allocation
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
-from app.tenancy.naming import checked_identifier, new_tenant_id, tenant_role, tenant_schema
+from app.tenancy.naming import checked_identifier, new_spare_id, new_tenant_id, spare_schema, tenant_role, tenant_schema
 from app.tenancy.registry import TenantRecord, select_tenants
 from app.tenancy.templates import load_template
 
@@ -81,6 +83,58 @@ def _grants_sql(schema: str, role: str, app_role: str) -> str:
         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role};
         GRANT {role} TO {app_role};
     """
+
+
+async def build_schema(tx: Transaction, *, schema: str, role: str, ddl_sql: str, app_role: str, login: bool,
+                       on_step: Callable[[str], None] = lambda step: None) -> None:
+    """Role, schema, the tenant DDL at head, and grants (the expensive part of provisioning)."""
+    await tx.exec_driver_sql(f"CREATE ROLE {role} {'LOGIN' if login else 'NOLOGIN'} NOINHERIT")
+    on_step("role")
+    await tx.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    on_step("schema")
+    await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true); {ddl_sql}")
+    on_step("ddl")
+    await tx.exec_driver_sql(_grants_sql(schema, role, app_role))
+    on_step("grants")
+
+
+async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_roles_login: bool) -> int:
+    """Top the warm pool up to `count` spares at the head revision (one transaction each);
+    spares of an older revision are dropped. Returns how many were made."""
+    ddl = tenant_ddl()
+    app_role = checked_identifier(app_role)
+    async with transaction(owner) as tx:
+        stale = (await tx.execute(select(spare_schemas.c.id).where(spare_schemas.c.revision != ddl.revision)
+                                  .with_for_update(skip_locked=True))).scalars().all()
+        for spare in stale:
+            name = spare_schema(spare)
+            await tx.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
+            await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
+        have = (await tx.execute(select(func.count()).select_from(spare_schemas))).scalar_one()
+    made = 0
+    for _ in range(max(0, count - have)):
+        spare = new_spare_id()
+        name = spare_schema(spare)
+        async with transaction(owner) as tx:
+            await build_schema(tx, schema=name, role=name, ddl_sql=ddl.sql, app_role=app_role,
+                               login=tenant_roles_login)
+            await tx.execute(insert(spare_schemas).values(id=spare, revision=ddl.revision))
+        made += 1
+    return made
+
+
+async def keep_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_roles_login: bool,
+                      interval_seconds: float = 2.0) -> None:
+    """The server's pool keeper: refills a few seconds after spares are taken."""
+    log = logging.getLogger("tenantry.provisioning")
+    while True:
+        try:
+            await fill_spares(owner, count=count, app_role=app_role, tenant_roles_login=tenant_roles_login)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not refill the spare schema pool")
+        await asyncio.sleep(interval_seconds)
 
 
 async def provision_tenant(
@@ -166,16 +220,26 @@ async def _provision(
             raise
         on_step("registry")
 
-        # 2-5. role, schema, DDL, grants. Identifiers come from app.tenancy.naming only.
-        login = "LOGIN" if tenant_roles_login else "NOLOGIN"
-        await tx.exec_driver_sql(f"CREATE ROLE {role} {login} NOINHERIT")
-        on_step("role")
-        await tx.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        on_step("schema")
-        await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true); {ddl.sql}")
-        on_step("ddl")
-        await tx.exec_driver_sql(_grants_sql(schema, role, app_role))
-        on_step("grants")
+        # 2-5. role, schema, DDL, grants: a spare made ahead of time, renamed (about a millisecond),
+        # else built now. Identifiers come from app.tenancy.naming only.
+        spare = (await tx.execute(
+            select(spare_schemas.c.id).where(spare_schemas.c.revision == ddl.revision)
+            .order_by(spare_schemas.c.created_at).limit(1).with_for_update(skip_locked=True)
+        )).scalar_one_or_none()
+        if spare is not None:
+            await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
+            old = spare_schema(spare)
+            await tx.exec_driver_sql(f"ALTER ROLE {old} RENAME TO {role}")
+            on_step("role")
+            # Grants and default privileges follow the renamed role and schema (they are kept by OID).
+            await tx.exec_driver_sql(f"ALTER SCHEMA {old} RENAME TO {schema}")
+            on_step("schema")
+            on_step("ddl")
+            on_step("grants")
+        else:
+            await build_schema(tx, schema=schema, role=role, ddl_sql=ddl.sql, app_role=app_role,
+                               login=tenant_roles_login, on_step=on_step)
+        await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true)")
 
         # 6. version stamp: the DDL wrote alembic_version; make sure it says head.
         stamped = (await tx.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
