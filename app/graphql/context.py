@@ -17,7 +17,7 @@ from strawberry.dataloader import DataLoader
 from app.auth.principal import DEVICE_USER_ID, Principal, Routed
 from app.auth.roles import BUILTIN_ROLES
 from app.db.transaction import Transaction, management_transaction, tenant_transaction, transaction
-from app.errors import AppError, Forbidden, RateLimited, TenantSuspended, Unauthenticated
+from app.errors import Forbidden, RateLimited, TenantSuspended, Unauthenticated
 from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
 from app.services import api_tokens, audit, device_tokens
@@ -247,6 +247,3 @@ class Context:
         if error is not None:
             raise error
 
-
-def app_error_of(exc: BaseException | None) -> AppError | None:
-    return exc if isinstance(exc, AppError) else None

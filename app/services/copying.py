@@ -20,7 +20,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -87,7 +87,6 @@ class CopyCounts:
     events: int = 0
     alarms: int = 0
     skipped: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, int]:
         return {"devices": self.devices, "groups": self.groups, "measurements": self.measurements,
