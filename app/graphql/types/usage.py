@@ -18,10 +18,8 @@ def _values(values: dict[str, int]) -> dict[str, Any]:
     return {k: Long(v) for k, v in values.items()}
 
 
-@strawberry.type(description="One tenant's usage on one day (counters: that day; snapshots: as taken that day).")
-class UsageDay:
-    day: date
-    tenant_id: strawberry.ID
+@strawberry.type(description="Cumulocity's usage statistics: request and resource counters, and snapshots.")
+class UsageStatistics:
     request_count: Long
     device_request_count: Long
     measurements_created_count: Long
@@ -40,6 +38,12 @@ class UsageDay:
     user_count: Long
     subtenant_count: Long
 
+
+@strawberry.type(description="One tenant's usage on one day (counters: that day; snapshots: as taken that day).")
+class UsageDay(UsageStatistics):
+    day: date
+    tenant_id: strawberry.ID
+
     @classmethod
     def of(cls, r: service.UsageRow) -> UsageDay:
         return cls(day=r.period, tenant_id=strawberry.ID(r.tenant_id), **_values(r.values),
@@ -48,7 +52,7 @@ class UsageDay:
 
 @strawberry.type(description="A subtenant's usage over a range: counters summed, snapshots as of the last day, "
                              "peaks the maxima. Deleted tenants keep their history.")
-class TenantUsageSummary:
+class TenantUsageSummary(UsageStatistics):
     tenant_id: strawberry.ID
     tenant_domain: str
     tenant_company: str
@@ -57,23 +61,6 @@ class TenantUsageSummary:
     creation_time: datetime
     deletion_time: datetime | None
     custom_properties: JSON
-    request_count: Long
-    device_request_count: Long
-    measurements_created_count: Long
-    events_created_count: Long
-    events_updated_count: Long
-    alarms_created_count: Long
-    alarms_updated_count: Long
-    inventories_created_count: Long
-    inventories_updated_count: Long
-    operations_created_count: Long
-    operations_updated_count: Long
-    total_resource_create_and_update_count: Long
-    device_count: Long
-    device_with_children_count: Long
-    storage_size: Long
-    user_count: Long
-    subtenant_count: Long
     peak_device_count: Long
     peak_storage_size: Long
 
