@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import alarms
-from app.services.devices import parse_id, require_devices, require_id
+from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
 from app.services.scope import Scope
@@ -94,10 +94,7 @@ def _filtered(scope: Scope, f: AlarmFilter | None):  # type: ignore[no-untyped-d
     if f is None:
         return stmt
     if f.device_id is not None:
-        key = parse_id(f.device_id)
-        if key is None:
-            raise NotFound(f"device {f.device_id} not found")
-        stmt = stmt.where(alarms.c.device_id == key)
+        stmt = stmt.where(alarms.c.device_id == require_id(f.device_id, "device"))
     if f.status:
         stmt = stmt.where(alarms.c.status.in_(list(f.status)))
     if f.severity:

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select, update
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import events
-from app.services.devices import parse_id, require_devices, require_id
+from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, page_size
 from app.services.rows import to_record
 from app.services.scope import Scope
@@ -76,10 +76,7 @@ async def list_events(
     size = page_size(first, cap)
     stmt = select(*COLUMNS).where(scope.devices(events.c.device_id))
     if device_id is not None:
-        key = parse_id(device_id)
-        if key is None:
-            raise NotFound(f"device {device_id} not found")
-        stmt = stmt.where(events.c.device_id == key)
+        stmt = stmt.where(events.c.device_id == require_id(device_id, "device"))
     if type is not None:
         stmt = stmt.where(events.c.type == type)
     return await time_page(db, stmt, events, EventRecord, start=start, end=end, after=after, size=size)

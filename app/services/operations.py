@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select, update
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import operations
-from app.services.devices import parse_id, require_devices, require_id
+from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
 from app.services.scope import Scope
@@ -75,10 +75,7 @@ async def list_operations(db: Executor, scope: Scope, *, device_id: str | None, 
     size = page_size(first, cap)
     stmt = select(*COLUMNS).where(scope.devices(operations.c.device_id))
     if device_id is not None:
-        key = parse_id(device_id)
-        if key is None:
-            raise NotFound(f"device {device_id} not found")
-        stmt = stmt.where(operations.c.device_id == key)
+        stmt = stmt.where(operations.c.device_id == require_id(device_id, "device"))
     if status is not None:
         stmt = stmt.where(operations.c.status == status)
     cursor = decode_int_cursor(after)
