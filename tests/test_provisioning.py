@@ -11,6 +11,7 @@ from sqlalchemy import text
 from app.errors import Conflict
 from app.platform import Platform
 from app.services.audit import SYSTEM
+from app.tenancy.naming import spare_schema
 from app.tenancy.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.registry import TenantRecord
 from tests.conftest import Api, World, assert_denied, unique
@@ -126,3 +127,20 @@ async def test_a_spare_schema_becomes_the_tenant_and_comes_back_on_failure(api: 
     other = await world.tenant()
     await assert_denied(platform, other.id, f"SELECT * FROM t_{t.id}.devices")
     await fill_spares(platform.db.owner, count=0, app_role=settings.app_role, tenant_roles_login=False)
+
+
+async def test_keepers_in_several_workers_never_overshoot_the_spare_pool(platform: Platform) -> None:
+    # Each worker process runs its own keeper; three racing on separate connections must still
+    # leave exactly `count` spares, not three times as many.
+    settings = platform.settings
+    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role, tenant_roles_login=False)
+    before = len(await _spares(platform))
+    made = await asyncio.gather(*(fill_spares(platform.db.owner, count=before + 2, app_role=settings.app_role,
+                                              tenant_roles_login=False) for _ in range(3)))
+    assert sum(made) == 2
+    spares = await _spares(platform)
+    assert len(spares) == before + 2
+    async with platform.db.owner.begin() as conn:  # leave the pool as other tests expect it
+        for name in map(spare_schema, spares):
+            await conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
+        await conn.execute(text("DELETE FROM tenantry.spare_schemas"))

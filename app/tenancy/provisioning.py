@@ -110,17 +110,22 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
             name = spare_schema(spare)
             await tx.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
             await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
-        have = (await tx.execute(select(func.count()).select_from(spare_schemas))).scalar_one()
     made = 0
-    for _ in range(max(0, count - have)):
-        spare = new_spare_id()
-        name = spare_schema(spare)
+    while True:
         async with transaction(owner) as tx:
+            # Every worker process runs a keeper: the lock makes the count-then-build step one at a
+            # time across them, so the pool never overshoots `count`. Provisioning takes spares with
+            # SKIP LOCKED and never waits on this lock.
+            await tx.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('tenantry.spare_pool'))")
+            have = (await tx.execute(select(func.count()).select_from(spare_schemas))).scalar_one()
+            if have >= count:
+                return made
+            spare = new_spare_id()
+            name = spare_schema(spare)
             await build_schema(tx, schema=name, role=name, ddl_sql=ddl.sql, app_role=app_role,
                                login=tenant_roles_login)
             await tx.execute(insert(spare_schemas).values(id=spare, revision=ddl.revision))
         made += 1
-    return made
 
 
 async def keep_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_roles_login: bool,
