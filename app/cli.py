@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from app.auth.principal import Principal, Routed
+from app.access.principal import Routed
 from app.db.transaction import transaction
 from app.errors import AppError
 from app.logs import configure_logging
@@ -40,10 +40,7 @@ def _run(settings: Settings, work: Callable[[Platform], Awaitable[int]]) -> int:
 
 async def _operator(platform: Platform) -> Routed:
     async with transaction(platform.db.app) as tx:
-        management = await platform.registry.tenant(tx, MANAGEMENT_TENANT_ID)
-    if management is None:
-        raise AppError("no management tenant yet: run `tenantry bootstrap` first")
-    return Routed(principal=Principal.operator(), tenant=management, role="ADMIN")
+        return await platform.gate.operator(tx)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -144,7 +141,7 @@ def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
         async with transaction(platform.db.app) as tx:
             if args.parent != MANAGEMENT_TENANT_ID:
                 parent = await managed_tenant(platform, tx, routed, args.parent)
-                routed = Routed(principal=routed.principal, tenant=parent, role="ADMIN")
+                routed = await platform.gate.operator(tx, parent.id)
             record = await create_subtenant(platform, tx, routed, NewTenant(
                 domain=args.domain, company=args.company, admin_email=args.admin_email, kind=args.kind,
                 admin_password=args.admin_password, template=args.template,

@@ -58,3 +58,10 @@ class RateLimited(AppError):
 
 class QueryTooComplex(AppError):
     code = "QUERY_TOO_COMPLEX"
+
+
+class Unavailable(AppError):
+    """The database cannot serve this request now (unreachable, out of connections, recovering):
+    HTTP 503 with Retry-After. Retrying later is safe; nothing was done."""
+
+    code = "UNAVAILABLE"

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from app.errors import AppError
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GraphQLEndpoint
@@ -42,6 +43,18 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
+        # Operator-only: the per-tenant series name every tenant, whose existence is never
+        # disclosed to outsiders. A management-tenant token (user or API token) with metrics:read.
+        access = live.gate.request(authorization=request.headers.get("authorization"), tenant_header=None,
+                                   request_id=request.state.request_id)
+        try:
+            await access.require_operator()
+        except AppError as exc:
+            status = {"UNAUTHENTICATED": 401, "UNAVAILABLE": 503, "RATE_LIMITED": 429}.get(exc.code, 403)
+            return JSONResponse({"errors": [{"message": exc.message, "extensions": {"code": exc.code}}]},
+                                status_code=status, headers={"www-authenticate": "Bearer"} if status == 401 else None)
+        finally:
+            await access.finish(commit=False)
         return PlainTextResponse(live.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def readyz(request: Request) -> Response:

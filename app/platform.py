@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from app.access.admission import InFlight, RateLimiter
+from app.access.credentials import LastUsed
+from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
-from app.services.api_tokens import LastUsed
-from app.services.limits import RateLimiter
 from app.services.metering import Meter
 from app.services.metrics import RequestMetrics
 from app.services.throttle import LoginThrottle
@@ -35,6 +36,14 @@ class Platform:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # Background work started by requests (copy jobs): referenced here so it is not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    gate: AccessGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = AccessGate(
+            engine=self.db.app, registry=self.registry, access_tokens=self.access_tokens,
+            rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
+            in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds),
+        )
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:

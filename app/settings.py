@@ -28,6 +28,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -53,6 +63,11 @@ class Settings:
     max_query_tokens: int = 4000
     page_size_cap: int = 500
     pool_size: int = 10
+    # Longest wait for a pooled connection or an in-flight slot before UNAVAILABLE (503).
+    pool_wait_seconds: float = 2.0
+    # Requests of one process doing database work at once; 0 → the pool's size + overflow - 2,
+    # so the pool always has room for a request's rare second connection and background jobs.
+    max_in_flight_setting: int = 0
     owner_pool_size: int = 2
     app_role: str = "tenantry_app"
     # Citus connects to workers as the current role, so there tenant roles must be LOGIN.
@@ -69,6 +84,8 @@ class Settings:
     signup_parent: str | None = None
     # The server's public base URL (OIDC redirect URI); unset → taken from each request.
     public_url: str | None = None
+    # Identity-provider issuers tenants may configure; empty → any http(s) issuer.
+    oidc_allowed_issuers: tuple[str, ...] = ()
     # Spare tenant schemas kept ready (provisioning renames one instead of running the DDL).
     spare_schemas: int = 5
     # Copies estimated above this many rows run as background jobs.
@@ -108,6 +125,10 @@ class Settings:
             max_body_bytes=_int(env, "TENANTRY_MAX_BODY_BYTES", 1024 * 1024),
             page_size_cap=_int(env, "TENANTRY_PAGE_SIZE_CAP", 500),
             pool_size=_int(env, "TENANTRY_POOL_SIZE", 10),
+            pool_wait_seconds=_float(env, "TENANTRY_POOL_WAIT", 2.0),
+            max_in_flight_setting=_int(env, "TENANTRY_MAX_IN_FLIGHT", 0),
+            oidc_allowed_issuers=tuple(i.strip().rstrip("/") for i in
+                                       env.get("TENANTRY_OIDC_ALLOWED_ISSUERS", "").split(",") if i.strip()),
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
             tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
             retention_interval_seconds=_int(env, "TENANTRY_RETENTION_INTERVAL", 3600),
@@ -121,6 +142,14 @@ class Settings:
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,
         )
+
+    @property
+    def pool_overflow(self) -> int:
+        return self.pool_size // 2
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_in_flight_setting or max(1, self.pool_size + self.pool_overflow - 2)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

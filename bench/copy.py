@@ -15,9 +15,9 @@ import time
 
 from sqlalchemy import text
 
+from app.access.scope import Scope
 from app.services import copying
 from app.services.audit import SYSTEM
-from app.services.scope import Scope
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median
 
 

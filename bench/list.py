@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.db.transaction import tenant_transaction
+from app.access.acting import tenant_transaction
+from app.access.scope import UNRESTRICTED
 from app.platform import Platform
 from app.services.devices import list_devices
-from app.services.scope import UNRESTRICTED
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, interleaved, median
 
 QUERY = "{ devices(first: 100) { edges { cursor node { id name type owner fragments createdAt updatedAt } } " \

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.db.transaction import tenant_transaction, transaction
+from app.access.acting import tenant_transaction
+from app.db.transaction import transaction
 from app.models.tenant import devices
 from app.platform import Platform
 from app.services.devices import DEVICE_COLUMNS

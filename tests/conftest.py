@@ -22,9 +22,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from starlette.applications import Starlette
 
+from app.access.acting import tenant_transaction
 from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
-from app.db.transaction import tenant_transaction
 from app.main import create_app
 from app.platform import Platform
 from app.services.bootstrap import bootstrap

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+from app.access.scope import Scope
 from app.db.engines import make_engine
 from app.services import copying
 from app.services.audit import SYSTEM
-from app.services.scope import Scope
 
 
 async def main(url: str, source: str, target: str, device: str, marker: str) -> None:

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.access.scope import Scope
 from app.db.engines import app_database_url, owner_database_url
 from app.main import create_app
 from app.platform import Platform
 from app.services import copying
 from app.services.audit import SYSTEM
-from app.services.scope import Scope
 from tests.conftest import Api, TenantHandle, World, unique
 
 ROOT = Path(__file__).resolve().parents[1]

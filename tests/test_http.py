@@ -131,7 +131,7 @@ def _with_graphiql_off(platform: Platform) -> Platform:
 def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
     platform: Platform, caplog: pytest.LogCaptureFixture
 ) -> None:
-    context = Context(platform=platform, request_id="req-42", authorization=None, tenant_header="t000000001")
+    context = Context.of(platform, request_id="req-42", authorization=None, tenant_header="t000000001")
     error = GraphQLError("boom: password=hunter2", path=["x"], original_error=RuntimeError("boom: password=hunter2"))
     with caplog.at_level(logging.ERROR, logger="tenantry.graphql"):
         formatted = _format_error(error, "req-42", context)

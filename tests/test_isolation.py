@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.access.acting import tenant_transaction
 from app.db.engines import app_database_url, owner_database_url
-from app.db.transaction import tenant_transaction
 from app.models.tenant import devices
 from app.platform import Platform
 from app.settings import Settings

@@ -103,16 +103,30 @@ async def test_pre_checks_report_clashes_and_refuse_over_the_device_limit(api: A
     assert "one-too-many" in await _inventory(api, source)  # nothing moved
 
 
-async def test_only_admins_of_both_or_of_a_common_ancestor_may_migrate(api: Api, world: World) -> None:
+async def test_moving_devices_needs_data_access_on_both_sides_never_ancestry_alone(api: Api, world: World) -> None:
+    """Regression (hole 3): an ADMIN of a common ancestor used to move a child's devices with
+    their whole history — even into the ancestor itself, which then read them."""
     ent = await world.tenant(kind="ENTERPRISE")
     a, b = await world.tenant(ent), await world.tenant(ent)
     device = (await api.gql('mutation { createDevice(input: {name: "d"}) { id } }', token=a.token,
                             tenant=a.id)).data["createDevice"]["id"]
-    denied = await api.gql(MIGRATE, {"d": [device], "t": b.id}, token=a.token, tenant=a.id)
-    assert denied.code == "FORBIDDEN"
-    by_parent = await api.gql(MIGRATE, {"d": [device], "t": b.id, "s": a.id}, token=ent.token, tenant=ent.id)
+    assert (await api.gql(MIGRATE, {"d": [device], "t": b.id}, token=a.token, tenant=a.id)).code == "FORBIDDEN"
+    # The enterprise's own ADMIN (TENANT scope): no way into either child's data, nor into itself.
+    for target in (b.id, ent.id):
+        refused = await api.gql(MIGRATE, {"d": [device], "t": target, "s": a.id}, token=ent.token, tenant=ent.id)
+        assert refused.code == "FORBIDDEN", target
+    assert await _inventory(api, a) == ["d"]
+    # Parent-level (SUBTREE) access is data access only where each child's own admins allow it.
+    support_id, support = await world.member(ent, "ADMIN")
+    await api.gql("mutation($u: ID!) { setMemberScope(userId: $u, scope: SUBTREE) { scope } }", {"u": support_id},
+                  token=ent.token, tenant=ent.id)
+    assert (await api.gql(MIGRATE, {"d": [device], "t": b.id, "s": a.id}, token=support,
+                          tenant=ent.id)).code == "FORBIDDEN"
+    for child in (a, b):
+        await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=child.token, tenant=child.id)
+    by_parent = await api.gql(MIGRATE, {"d": [device], "t": b.id, "s": a.id}, token=support, tenant=ent.id)
     assert [m["name"] for m in by_parent.data["migrateDevices"]["moved"]] == ["d"]
     assert await _inventory(api, b) == ["d"]
     stranger = await world.tenant()
-    assert (await api.gql(MIGRATE, {"d": [device], "t": stranger.id, "s": b.id}, token=ent.token,
+    assert (await api.gql(MIGRATE, {"d": [device], "t": stranger.id, "s": b.id}, token=support,
                           tenant=ent.id)).code == "FORBIDDEN"

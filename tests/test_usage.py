@@ -174,7 +174,7 @@ async def test_usage_export_streams_csv_and_json_lines(http: httpx.AsyncClient, 
         assert (await http.get("/export/usage.csv", params=bad, headers=headers)).status_code == 400
 
 
-async def test_metrics_have_a_label_cap(http: httpx.AsyncClient) -> None:
+async def test_metrics_have_a_label_cap(http: httpx.AsyncClient, operator_token: str) -> None:
     metrics = RequestMetrics(max_tenants=2)
     for tenant in ("t1", "t2", "t3", "t4"):
         metrics.record(tenant, device=tenant == "t1", error_codes=["FORBIDDEN"] if tenant == "t4" else [])
@@ -182,7 +182,7 @@ async def test_metrics_have_a_label_cap(http: httpx.AsyncClient) -> None:
     assert 'tenantry_requests_total{tenant="other"} 2' in text_
     assert 'tenantry_device_requests_total{tenant="t1"} 1' in text_
     assert 'tenantry_errors_total{tenant="other",code="FORBIDDEN"} 1' in text_
-    served = await http.get("/metrics")
+    served = await http.get("/metrics", headers={"authorization": f"Bearer {operator_token}"})
     assert served.status_code == 200
     assert "tenantry_requests_total" in served.text
 

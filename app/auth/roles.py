@@ -16,14 +16,17 @@ MEASUREMENTS_WRITE: Final = "measurements:write"
 EVENTS_WRITE: Final = "events:write"
 ALARMS_WRITE: Final = "alarms:write"
 OPERATIONS_WRITE: Final = "operations:write"
+# Operator endpoints (/metrics): effective only in the management tenant, where the gate asks for it.
+METRICS_READ: Final = "metrics:read"
 
 ALL_PERMISSIONS: Final = frozenset({
     TENANT_ADMIN, DEVICES_READ, DEVICES_WRITE, MEASUREMENTS_WRITE, EVENTS_WRITE, ALARMS_WRITE, OPERATIONS_WRITE,
+    METRICS_READ,
 })
 
 BUILTIN_ROLES: Final[dict[str, frozenset[str]]] = {
     "ADMIN": ALL_PERMISSIONS,
-    "MANAGER": ALL_PERMISSIONS - {TENANT_ADMIN},
+    "MANAGER": ALL_PERMISSIONS - {TENANT_ADMIN, METRICS_READ},
     "OPERATOR": frozenset({DEVICES_READ, EVENTS_WRITE, ALARMS_WRITE, OPERATIONS_WRITE}),
     "READER": frozenset({DEVICES_READ}),
 }

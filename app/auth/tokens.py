@@ -24,6 +24,7 @@ class AccessClaims:
     default_tenant_id: str | None
     token_id: str
     expires_at: int
+    reach: str | None = None  # a single sign-on session's only reach (app.access.principal.Reach)
 
 
 class AccessTokens:
@@ -52,7 +53,7 @@ class AccessTokens:
             jti={"essential": True},
         )
 
-    def issue(self, *, user_id: str, default_tenant_id: str | None) -> str:
+    def issue(self, *, user_id: str, default_tenant_id: str | None, reach: str | None = None) -> str:
         now = int(self._clock())
         claims: dict[str, object] = {
             "iss": self._issuer,
@@ -64,6 +65,8 @@ class AccessTokens:
         }
         if default_tenant_id is not None:
             claims["tid"] = default_tenant_id
+        if reach is not None:
+            claims["rch"] = reach
         return jwt.encode({"alg": "HS256"}, claims, self._key, algorithms=ALGORITHMS)
 
     def verify(self, token: str) -> AccessClaims:
@@ -91,11 +94,13 @@ class AccessTokens:
             raise Unauthenticated("invalid or expired access token") from exc
         claims = decoded.claims
         tid = claims.get("tid")
+        reach = claims.get("rch")
         return AccessClaims(
             user_id=str(claims["sub"]),
             default_tenant_id=tid if isinstance(tid, str) else None,
             token_id=str(claims["jti"]),
             expires_at=int(claims["exp"]),
+            reach=reach if isinstance(reach, str) else None,
         )
 
 

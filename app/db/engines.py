@@ -47,11 +47,14 @@ def app_database_url(settings: Settings, owner_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, pool_size: int, max_overflow: int) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int, max_overflow: int, pool_timeout: float = 30.0) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        # A bounded wait: a request that cannot get a connection soon is refused (UNAVAILABLE),
+        # not left hanging for SQLAlchemy's default 30 s.
+        pool_timeout=pool_timeout,
         # Recycled so the per-connection catalog caches (which grow with every tenant
         # schema a connection touches) are bounded in time.
         pool_recycle=1800,
@@ -74,7 +77,8 @@ class Database:
             app=make_engine(
                 app_database_url(settings, owner_url),
                 pool_size=settings.pool_size,
-                max_overflow=settings.pool_size // 2,
+                max_overflow=settings.pool_overflow,
+                pool_timeout=settings.pool_wait_seconds,
             ),
         )
 

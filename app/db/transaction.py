@@ -1,13 +1,9 @@
 """Explicit transactions on AUTOCOMMIT connections.
 
-A routed tenant transaction starts with one simple-protocol round trip:
-
-    BEGIN; SELECT set_config('search_path', 't_x', true), set_config('role', 't_x', true)
-
-`is_local=true` scopes both settings to this transaction, so nothing leaks into the next
-checkout of the pooled connection (a session-level SET would). The identifiers are inlined
-because simple protocol takes no parameters; they come only from `app.tenancy.naming`,
-which validates them against a strict pattern.
+A transaction is opened by one simple-protocol round trip (`BEGIN` plus whatever prefix the
+caller gives — `app.access.acting` adds the tenant routing statement there), so the
+routing travels with BEGIN. Connections are taken from the pool with a bounded wait: a
+request that cannot get one in time is refused as UNAVAILABLE, never left hanging.
 """
 
 from __future__ import annotations
@@ -17,11 +13,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import Executable
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
+from app.errors import Unavailable
 
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
@@ -32,13 +30,10 @@ class Executor(Protocol):
     async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]: ...
 
 
-def routing_prefix(tenant_id: str) -> str:
-    schema = tenant_schema(tenant_id)
-    role = tenant_role(tenant_id)
-    return f"BEGIN; SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)"
+class BulkExecutor(Executor, Protocol):
+    """An Executor that also takes COPY … FROM STDIN (the bulk measurement path)."""
 
-
-MANAGEMENT_PREFIX = f"BEGIN; SELECT set_config('search_path', '{MANAGEMENT_SCHEMA}', true)"
+    async def copy_text(self, copy_sql: str, data: bytes) -> None: ...
 
 
 class Transaction:
@@ -60,11 +55,11 @@ class Transaction:
         if self._finished:
             raise RuntimeError("transaction already finished")
         if self._conn is None:
-            conn = await self._engine.connect()
+            conn = await connect(self._engine)
             try:
-                await _driver_execute(conn, self._prefix)
+                await driver_execute(conn, self._prefix)
             except BaseException:
-                await _discard(conn)
+                await discard(conn)
                 raise
             self._conn = conn
         return self._conn
@@ -105,24 +100,35 @@ class Transaction:
             if conn is None:
                 return
             if not commit:
-                await _discard(conn)
+                await discard(conn)
                 return
             try:
-                await _driver_execute(conn, "COMMIT")
+                await driver_execute(conn, "COMMIT")
             except BaseException:
-                await _discard(conn)
+                await discard(conn)
                 raise
             await conn.close()
 
 
-async def _driver_execute(conn: AsyncConnection, sql: str) -> None:
+async def connect(engine: AsyncEngine) -> AsyncConnection:
+    """A pooled connection, or UNAVAILABLE when none frees up within the pool's (short)
+    timeout or the database cannot be reached: a clear, retryable refusal instead of a hang."""
+    try:
+        return await engine.connect()
+    except sa_exc.TimeoutError as exc:
+        raise Unavailable("the server is busy: no database connection became free in time", retryAfter=1) from exc
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
+        raise Unavailable("the database cannot be reached", retryAfter=5) from exc
+
+
+async def driver_execute(conn: AsyncConnection, sql: str | bytes) -> None:
     """Run transaction control on the psycopg connection itself: it returns no rows, so
     SQLAlchemy's result machinery (about half the cost of a round trip) buys nothing."""
     raw = await conn.get_raw_connection()
-    await raw.driver_connection.execute(sql.encode())  # type: ignore[union-attr]
+    await raw.driver_connection.execute(sql.encode() if isinstance(sql, str) else sql)  # type: ignore[union-attr]
 
 
-async def _discard(conn: AsyncConnection) -> None:
+async def discard(conn: AsyncConnection) -> None:
     """Roll back whatever is open and release the connection, even when cancelled."""
     try:
         await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
@@ -140,11 +146,3 @@ async def transaction(engine: AsyncEngine, prefix: str = "BEGIN") -> AsyncIterat
         await tx.finish(commit=False)
         raise
     await tx.finish(commit=True)
-
-
-def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> Transaction:
-    return Transaction(engine, routing_prefix(tenant_id))
-
-
-def management_transaction(engine: AsyncEngine) -> Transaction:
-    return Transaction(engine, MANAGEMENT_PREFIX)

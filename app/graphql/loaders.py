@@ -13,12 +13,12 @@ from typing import TypeVar
 
 from strawberry.dataloader import DataLoader
 
-from app.db.transaction import Transaction
+from app.access.scope import Scope
+from app.db.transaction import BulkExecutor
 from app.services import alarms as alarm_service
 from app.services import devices as inventory
 from app.services.alarms import AlarmRecord
 from app.services.devices import DeviceRecord, ExternalId, GroupRecord
-from app.services.scope import Scope
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,7 +43,7 @@ def _many(fetch: Callable[[Sequence[int]], Awaitable[dict[int, list[V]]]]) -> Da
     return DataLoader(load_fn=load)
 
 
-def build_loaders(db: Callable[[], Awaitable[Transaction]], scope: Callable[[], Awaitable[Scope]]) -> Loaders:
+def build_loaders(db: Callable[[], Awaitable[BulkExecutor]], scope: Callable[[], Awaitable[Scope]]) -> Loaders:
     async def groups(ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
         return await inventory.groups_of_devices(await db(), await scope(), ids)
 

@@ -14,12 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import AppError, InvalidInput
-from app.graphql.context import Context
 from app.platform import Platform
 from app.services.usage_export import ExportOptions, export
 
 STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "TENANT_SUSPENDED": 403,
-          "RATE_LIMITED": 429, "INVALID_INPUT": 400}
+          "RATE_LIMITED": 429, "INVALID_INPUT": 400, "UNAVAILABLE": 503}
 
 
 def _date(request: Request, name: str) -> date:
@@ -36,11 +35,11 @@ class UsageExportEndpoint:
 
     async def handle(self, request: Request) -> Response:
         params = request.query_params
-        context = Context(platform=self.platform, request_id=request.state.request_id,
-                          authorization=request.headers.get("authorization"),
-                          tenant_header=request.headers.get("x-tenant-id"))
+        access = self.platform.gate.request(authorization=request.headers.get("authorization"),
+                                            tenant_header=request.headers.get("x-tenant-id"),
+                                            request_id=request.state.request_id)
         try:
-            routed = await context.routed()
+            routed = await access.routed()
             options = ExportOptions(
                 start=_date(request, "from"), end=_date(request, "to"), granularity=params.get("granularity", "day"),
                 fmt=params.get("format", "csv"), separator=params.get("separator", ","),
@@ -54,7 +53,7 @@ class UsageExportEndpoint:
             return Response(orjson.dumps(error), status_code=STATUS.get(exc.code, 400),
                             media_type="application/json", headers=headers)
         finally:
-            await context.finish(commit=False)
+            await access.finish(commit=False)
 
         async def chunks() -> AsyncIterator[bytes]:
             yield first

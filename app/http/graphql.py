@@ -12,8 +12,10 @@ import logging
 from typing import Any
 
 import orjson
+import psycopg
 from graphql import GraphQLError
 from graphql.error import GraphQLSyntaxError
+from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
@@ -21,7 +23,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError
+from app.errors import AppError, Unavailable
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.platform import Platform
@@ -75,13 +77,22 @@ class GraphQLEndpoint:
             return _error_response(exc.status, exc.message, JSON, exc.headers)
         allowed = {OperationType.QUERY} if request.method == "GET" else {
             OperationType.QUERY, OperationType.MUTATION}
-        context = Context(
-            platform=self.platform,
+        context = Context.of(
+            self.platform,
             request_id=request_id,
             authorization=request.headers.get("authorization"),
             tenant_header=request.headers.get("x-tenant-id"),
             client=request.client.host if request.client else None,
         )
+        try:
+            async with self.platform.gate.in_flight.slot():
+                return await self._run(context, query, variables, operation_name, allowed, media_type)
+        except Unavailable as exc:  # no in-flight slot: refused before anything ran
+            return _error_response(503, exc.message, media_type, _retry_after(exc), code=exc.code)
+
+    async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
+                   allowed: set[OperationType], media_type: str) -> Response:
+        request_id = context.request_id
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name,
@@ -119,17 +130,24 @@ class GraphQLEndpoint:
             body["errors"] = formatted
         status = 200
         headers = None
+        codes = {f.get("extensions", {}).get("code") for f in formatted}
         if data is None and errors and all(_is_request_error(e) for e in errors):
             status = 400  # unparsable or invalid document: nothing was executed
         if context.retry_after is not None:
             headers = {"retry-after": str(context.retry_after)}
-            if all(f.get("extensions", {}).get("code") == "RATE_LIMITED" for f in formatted):
+            if codes == {"RATE_LIMITED"}:
                 status = 429  # nothing was done: the client should slow down
+        if "UNAVAILABLE" in codes:
+            # The database could not serve this request: nothing was saved, retry later.
+            status = 503
+            retry = [f["extensions"].get("retryAfter", 1) for f in formatted
+                     if f["extensions"]["code"] == "UNAVAILABLE"]
+            headers = {"retry-after": str(max(retry))}
         return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
 
     def _meter(self, context: Context, committed: bool, errors: list[dict[str, Any]]) -> None:
         """Count the request for its tenant (and its resources, if they were committed)."""
-        routed = context._routed
+        routed = context.access.routed_or_none
         tenant_id = routed.tenant.id if routed else None
         codes = [str(e["extensions"]["code"]) for e in errors if "extensions" in e]
         self.platform.metrics.record(tenant_id, device=context.device_request, error_codes=codes)
@@ -214,6 +232,8 @@ def _format_error(error: GraphQLError, request_id: str, context: Context) -> dic
     if error.path:
         formatted["path"] = error.path
     original = error.original_error
+    if _database_unavailable(original):
+        original = Unavailable("the database connection was lost; nothing was saved, retry later", retryAfter=5)
     if isinstance(original, AppError):
         formatted["message"] = original.message
         formatted["extensions"] = {"code": original.code, **original.extensions}
@@ -222,10 +242,10 @@ def _format_error(error: GraphQLError, request_id: str, context: Context) -> dic
     elif isinstance(original, GraphQLError):  # e.g. variable coercion inside execution
         formatted["extensions"] = {"code": "INVALID_INPUT"}
     else:
-        routed = context._routed
+        routed = context.access.routed_or_none
         log.error(
             "unexpected error [request %s, tenant %s]: %s", request_id,
-            routed.tenant.id if routed else context.tenant_header, error.message,
+            routed.tenant.id if routed else context.access.tenant_header, error.message,
             exc_info=original, extra={"request_id": request_id},
         )
         formatted["message"] = f"internal error (request id {request_id})"
@@ -233,6 +253,20 @@ def _format_error(error: GraphQLError, request_id: str, context: Context) -> dic
     return formatted
 
 
-def _error_response(status: int, message: str, media_type: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"errors": [{"message": message, "extensions": {"code": "INVALID_INPUT" if status < 500 else "INTERNAL"}}]}
+def _database_unavailable(error: BaseException | None) -> bool:
+    """The database went away under a statement (restart, failover, connection killed)."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(error.orig, psycopg.OperationalError)
+    return isinstance(error, psycopg.OperationalError)
+
+
+def _retry_after(exc: AppError) -> dict[str, str] | None:
+    value = exc.extensions.get("retryAfter")
+    return {"retry-after": str(value)} if value is not None else None
+
+
+def _error_response(status: int, message: str, media_type: str, headers: dict[str, str] | None = None,
+                    *, code: str | None = None) -> Response:
+    code = code or ("INVALID_INPUT" if status < 500 else "INTERNAL")
+    body = {"errors": [{"message": message, "extensions": {"code": code}}]}
     return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)

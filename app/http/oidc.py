@@ -13,7 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from app.db.transaction import management_transaction
+from app.access.acting import management_transaction
 from app.errors import AppError, InvalidInput, NotFound
 from app.platform import Platform
 from app.services import sso

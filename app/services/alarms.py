@@ -14,13 +14,13 @@ from datetime import datetime
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import alarms
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
-from app.services.scope import Scope
 from app.services.timeseries import check_text
 
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")

@@ -3,16 +3,16 @@ with at most its creator's permissions — for a parent's automation, scripts an
 
 from __future__ import annotations
 
-import re
 import secrets
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 from sqlalchemy import insert, select, update
 
-from app.auth.principal import Routed
+from app.access.credentials import API_TOKEN_COLUMNS as COLUMNS
+from app.access.credentials import API_TOKEN_PREFIX as PREFIX
+from app.access.credentials import ApiTokenRecord, api_token_record
+from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
 from app.auth.tokens import secret_hash
 from app.db.transaction import Executor
@@ -21,45 +21,13 @@ from app.models.management import api_tokens
 from app.services import audit
 from app.services.roles import check_permissions
 
-PREFIX = "tapi_"
-_TOKEN = re.compile(r"^tapi_(management|t[0-9]{9})_([A-Za-z0-9_-]{32,64})$")
-COLUMNS = (api_tokens.c.id, api_tokens.c.tenant_id, api_tokens.c.name, api_tokens.c.permissions,
-           api_tokens.c.created_by, api_tokens.c.created_at, api_tokens.c.expires_at, api_tokens.c.last_used_at,
-           api_tokens.c.revoked_at)
-LAST_USED_EVERY = 60.0  # seconds: last-used time is kept to the minute, not written per request
-
-
-@dataclass(frozen=True)
-class ApiTokenRecord:
-    id: UUID
-    tenant_id: str
-    name: str
-    permissions: tuple[str, ...]
-    created_by: UUID
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-
-def _record(row: object) -> ApiTokenRecord:
-    values = list(row)  # type: ignore[call-overload]
-    values[3] = tuple(values[3])
-    return ApiTokenRecord(*values)
-
-
-def is_api_token(token: str) -> bool:
-    return token.startswith(PREFIX)
-
-
-def parse(token: str) -> str | None:
-    match = _TOKEN.match(token)
-    return match.group(1) if match else None
-
 
 async def create(db: Executor, routed: Routed, *, name: str, permissions: list[str], expires_at: datetime | None,
                  now: datetime, request_id: str | None = None) -> tuple[str, ApiTokenRecord]:
     routed.require(TENANT_ADMIN)
+    # A parent-level admin minting a token inside a child would leave a credential there that
+    # no member of the child made (dormant until its creator joined): refused.
+    routed.require_own_member("create API tokens")
     if not name.strip() or len(name) > 100:
         raise InvalidInput("name must be 1-100 characters", field="name")
     if not permissions:
@@ -71,7 +39,7 @@ async def create(db: Executor, routed: Routed, *, name: str, permissions: list[s
     row = (await db.execute(insert(api_tokens).values(
         tenant_id=routed.tenant.id, name=name.strip(), token_hash=secret_hash(token), permissions=granted,
         created_by=routed.principal.user_id, expires_at=expires_at).returning(*COLUMNS))).one()
-    record = _record(row)
+    record = api_token_record(row)
     await audit.record(db, tenant_id=routed.tenant.id, actor=routed.actor, action="api_token.created",
                        target=str(record.id), changes=[{"attribute": "permissions", "previous": None,
                                                        "new": list(granted)}], request_id=request_id)
@@ -83,7 +51,7 @@ async def list_tokens(db: Executor, routed: Routed) -> list[ApiTokenRecord]:
     rows = (await db.execute(select(*COLUMNS).where(api_tokens.c.tenant_id == routed.tenant.id,
                                                     api_tokens.c.revoked_at.is_(None))
                              .order_by(api_tokens.c.created_at))).all()
-    return [_record(r) for r in rows]
+    return [api_token_record(r) for r in rows]
 
 
 async def revoke(db: Executor, routed: Routed, token_id: str, *, now: datetime, request_id: str | None = None) -> None:
@@ -99,31 +67,3 @@ async def revoke(db: Executor, routed: Routed, token_id: str, *, now: datetime, 
         raise NotFound(f"API token {token_id} not found")
     await audit.record(db, tenant_id=routed.tenant.id, actor=routed.actor, action="api_token.revoked",
                        target=token_id, request_id=request_id)
-
-
-class LastUsed:
-    """Marks tokens used at most once a minute per process (a write per request would double them)."""
-
-    def __init__(self) -> None:
-        self._marked: dict[UUID, float] = {}
-
-    def due(self, token_id: UUID) -> bool:
-        now = time.monotonic()
-        if now - self._marked.get(token_id, -LAST_USED_EVERY) < LAST_USED_EVERY:
-            return False
-        self._marked[token_id] = now
-        return True
-
-
-async def resolve(db: Executor, token: str, *, now: datetime, last_used: LastUsed) -> ApiTokenRecord | None:
-    """The live token (checked on every request, so a revocation takes effect at once)."""
-    row = (await db.execute(select(*COLUMNS).where(api_tokens.c.token_hash == secret_hash(token),
-                                                   api_tokens.c.revoked_at.is_(None)))).first()
-    if row is None:
-        return None
-    record = _record(row)
-    if record.expires_at is not None and record.expires_at <= now:
-        return None
-    if last_used.due(record.id):
-        await db.execute(update(api_tokens).where(api_tokens.c.id == record.id).values(last_used_at=now))
-    return record

@@ -8,23 +8,11 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from app.access.principal import Actor as Actor
 from app.db.transaction import Executor
 from app.models.management import audit_log, tenants
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did something: a user, an API token, a device, or the operator's shell."""
-
-    type: str
-    id: str | None
-
-    @classmethod
-    def user(cls, user_id: object) -> Actor:
-        return cls("user", str(user_id))
-
 
 SYSTEM = Actor("system", None)
 

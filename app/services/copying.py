@@ -1,7 +1,7 @@
 """copyData: copying inventory and data between tenants, in ONE transaction that switches role.
 
 Every statement runs under exactly one tenant's role: reads under the source's, writes under
-the target's (`SELECT set_config('role', …, true)` between them), so no tenant role is ever
+the target's (`app.access.acting` switches between them), so no tenant role is ever
 widened and the application role still reads nothing by itself. Data travels through this
 process (COPY out under the source role, COPY in under the target role). The transaction is
 REPEATABLE READ, so the source is read as one snapshot; the target sees all of a copy or
@@ -30,15 +30,16 @@ from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.access.acting import act_as_tenant, act_as_tenant_blocking
+from app.access.principal import Actor
+from app.access.scope import Scope
 from app.db.transaction import transaction
 from app.errors import InvalidInput, NotFound
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
 from app.services import data_audit
-from app.services.audit import Actor
 from app.services.devices import group_closure
-from app.services.scope import Scope
-from app.tenancy.naming import tenant_role, tenant_schema
+from app.tenancy.naming import tenant_schema
 
 KINDS = ("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS")
 STALE_AFTER = timedelta(seconds=60)
@@ -105,9 +106,7 @@ class _Session:
         return raw.driver_connection
 
     async def act_as(self, tenant_id: str) -> None:
-        schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
-        await (await self.driver()).execute(
-            f"SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)".encode())
+        await act_as_tenant(await self.driver(), tenant_id)
 
     async def execute(self, stmt: Any, params: Any = None) -> Any:
         return await self.conn.execute(stmt, params)
@@ -354,9 +353,7 @@ async def stream_copy(engine: AsyncEngine, driver: Any, source_tenant: str, out_
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                schema, role = tenant_schema(src), tenant_role(src)
-                conn.execute(f"SELECT set_config('search_path', '{schema}', true), "
-                             f"set_config('role', '{role}', true)".encode())
+                act_as_tenant_blocking(conn, src)
                 buffer = bytearray()
                 with conn.cursor() as cursor, cursor.copy(out_sql) as out:
                     for data in out:

@@ -11,9 +11,10 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from app.access.principal import Actor
 from app.db.transaction import Executor
 from app.models.tenant import audit_log
-from app.services.audit import Actor, AuditRecord
+from app.services.audit import AuditRecord
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 
 

@@ -20,14 +20,14 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth.principal import Routed
+from app.access.acting import act_as_app, act_as_tenant
+from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.management import device_template_shares, device_templates, tenants
 from app.models.tenant import shared_templates
 from app.services import audit
-from app.tenancy.naming import tenant_role, tenant_schema
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,10 @@ class _Sync:
             await self._cm.__aexit__(kind, exc, tb)
 
     async def as_app(self) -> None:
-        await self.driver.execute(
-            b"SELECT set_config('role', 'none', true), set_config('search_path', 'tenantry', true)")
+        await act_as_app(self.driver)
 
     async def as_tenant(self, tenant_id: str) -> None:
-        schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
-        await self.driver.execute(
-            f"SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)".encode())
+        await act_as_tenant(self.driver, tenant_id)
 
     async def execute(self, stmt: Any, params: Any = None) -> Any:
         return await self.conn.execute(stmt, params)

@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.tenant import devices, external_ids, group_devices, groups, measurements
 from app.services.pagination import Page, build_page, contains_pattern, decode_int_cursor, page_size
-from app.services.scope import Scope
 
 DEFAULT_EXTERNAL_ID_TYPE = "serial"
 DEVICE_COLUMNS = (devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,

@@ -8,13 +8,13 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import events
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, page_size
 from app.services.rows import to_record
-from app.services.scope import Scope
 from app.services.timeseries import check_range, check_text, check_time, time_page
 
 COLUMNS = (events.c.id, events.c.device_id, events.c.time, events.c.type, events.c.text, events.c.attributes,

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from sqlalchemy import func, insert, select, update
 
-from app.auth.principal import Principal, Routed
+from app.access.principal import Principal, Routed
 from app.auth.roles import TENANT_ADMIN
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Executor

@@ -7,21 +7,17 @@
   concurrent allocations cannot both take the last of the pool.
 - maxDevices is enforced under a per-tenant advisory lock held to the end of the creating
   transaction: with one slot left, concurrent creates yield exactly one device.
-- requestsPerSecond is a token bucket per tenant in each server process (burst =
-  requestBurst, default one second's worth).
+- requestsPerSecond is enforced by the access gate (`app.access.admission`).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from sqlalchemy import func, select, text
 
 from app.db.transaction import Executor
-from app.errors import LimitExceeded, RateLimited
+from app.errors import LimitExceeded
 from app.models.management import tenants, usage_daily
 from app.models.tenant import devices
 from app.tenancy.registry import TenantRecord
@@ -92,36 +88,3 @@ async def enforce_storage_limit(management: Executor, tenant: TenantRecord) -> N
     if used is not None and used >= tenant.storage_bytes:
         raise LimitExceeded(f"storageBytes reached ({used} of {tenant.storage_bytes})", limit="storageBytes",
                             available=0)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per tenant. In-process: with N worker processes a tenant gets up to N
-    times its rate in the worst case (documented; a shared limiter would cost a round trip)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, tenant: TenantRecord) -> None:
-        rate = tenant.requests_per_second
-        if rate is None:
-            return
-        burst = float(tenant.request_burst or rate)
-        now = self._clock()
-        bucket = self._buckets.get(tenant.id)
-        if bucket is None:
-            bucket = self._buckets[tenant.id] = _Bucket(tokens=burst, updated=now)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return
-        retry_after = max(1, math.ceil((1 - bucket.tokens) / rate)) if rate > 0 else 60
-        raise RateLimited(f"more than {rate} requests per second for this tenant", limit="requestsPerSecond",
-                          retryAfter=retry_after)

@@ -9,12 +9,12 @@ from typing import Any
 
 from sqlalchemy import func, literal_column, select
 
-from app.db.transaction import Transaction
+from app.access.scope import Scope
+from app.db.transaction import BulkExecutor
 from app.errors import Forbidden, InvalidInput
 from app.models.tenant import measurements
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, page_size
-from app.services.scope import Scope
 from app.services.timeseries import (
     check_range,
     check_text,
@@ -67,7 +67,7 @@ def _copy_text(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-async def create_measurements(db: Transaction, scope: Scope, batch: Sequence[NewMeasurement]) -> int:
+async def create_measurements(db: BulkExecutor, scope: Scope, batch: Sequence[NewMeasurement]) -> int:
     """Validate the whole batch, then write it with one COPY in the request's transaction.
 
     Batches repeat the same few devices, types, series and units, so each distinct value is
@@ -104,7 +104,7 @@ async def create_measurements(db: Transaction, scope: Scope, batch: Sequence[New
 
 
 async def list_measurements(
-    db: Transaction, scope: Scope, *, device_id: str, start: datetime | None, end: datetime | None,
+    db: BulkExecutor, scope: Scope, *, device_id: str, start: datetime | None, end: datetime | None,
     type: str | None, series: str | None, first: int | None, after: str | None, cap: int,
 ) -> Page[MeasurementRecord]:
     check_range(start, end)
@@ -120,7 +120,7 @@ async def list_measurements(
 
 
 async def measurement_series(
-    db: Transaction, scope: Scope, *, device_id: str, start: datetime, end: datetime, interval: str,
+    db: BulkExecutor, scope: Scope, *, device_id: str, start: datetime, end: datetime, interval: str,
     type: str | None, series: str | None,
 ) -> list[SeriesBucket]:
     """min/max/avg/count/sum per series and MINUTE/HOUR/DAY bucket, computed by PostgreSQL."""

@@ -12,14 +12,14 @@ from uuid import UUID
 
 from sqlalchemy import func, select, update
 
-from app.auth.principal import Routed
+from app.access.credentials import custom_role_permissions as role_permissions
+from app.access.principal import Routed
 from app.auth.roles import BUILTIN_ROLES, TENANT_ADMIN
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.management import memberships, users
 from app.services import audit
 from app.services.pagination import Page, build_page, decode_cursor, page_size
-from app.services.roles import role_permissions
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.access.acting import act_as_app
+from app.access.principal import Actor
+from app.auth.roles import (
+    ALARMS_WRITE,
+    DEVICES_READ,
+    DEVICES_WRITE,
+    EVENTS_WRITE,
+    MEASUREMENTS_WRITE,
+    OPERATIONS_WRITE,
+)
 from app.errors import InvalidInput, LimitExceeded, NotFound
 from app.models.management import device_token_moves
 from app.models.tenant import (
@@ -34,11 +44,14 @@ from app.models.tenant import (
     operations,
 )
 from app.services import data_audit
-from app.services.audit import Actor
 from app.services.audit import record as management_audit
 from app.services.copying import CopySpec, _Session, stream_copy
 from app.tenancy.naming import tenant_schema
 from app.tenancy.registry import TenantRecord
+
+# What a caller needs in both tenants to move devices with their whole history: everything a
+# data plane holds is read (and deleted) in the source and written in the target.
+PERMISSIONS = frozenset({DEVICES_READ, DEVICES_WRITE, MEASUREMENTS_WRITE, EVENTS_WRITE, ALARMS_WRITE, OPERATIONS_WRITE})
 
 
 @dataclass(frozen=True)
@@ -198,7 +211,7 @@ async def _migrate(engine: AsyncEngine, session: _Session, driver: Any, source: 
     result.counts["devices"] = len(mapping)
 
     # --- the management plane, as the application role, still in the same transaction --------------
-    await driver.execute(b"SELECT set_config('role', 'none', true), set_config('search_path', 'tenantry', true)")
+    await act_as_app(driver)
     for token in moved_tokens:  # credentials follow their device
         stmt = pg_insert(device_token_moves).values(token_hash=token["token_hash"], tenant_id=target.id)
         await session.execute(stmt.on_conflict_do_update(index_elements=[device_token_moves.c.token_hash],

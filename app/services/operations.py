@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import operations
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
-from app.services.scope import Scope
 from app.services.timeseries import check_text
 
 STATUSES = ("PENDING", "EXECUTING", "SUCCESSFUL", "FAILED")

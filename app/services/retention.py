@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, delete, insert, select, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.transaction import Executor, tenant_transaction
+from app.access.acting import tenant_transaction
+from app.db.transaction import Executor
 from app.errors import InvalidInput, NotFound
 from app.models.management import tenants
 from app.models.tenant import alarms, events, measurements, operations, retention_rules

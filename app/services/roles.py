@@ -9,7 +9,7 @@ from uuid import UUID
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.auth.principal import Routed
+from app.access.principal import Routed
 from app.auth.roles import ALL_PERMISSIONS, BUILTIN_ROLES, TENANT_ADMIN
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -24,12 +24,6 @@ class RoleRecord:
     name: str
     permissions: tuple[str, ...]
     builtin: bool
-
-
-async def role_permissions(db: Executor, name: str) -> frozenset[str]:
-    """A custom role's permissions from the tenant schema; none for an unknown role."""
-    row = (await db.execute(select(roles.c.permissions).where(roles.c.name == name))).first()
-    return frozenset(row.permissions) if row else frozenset()
 
 
 async def list_roles(db: Executor) -> list[RoleRecord]:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select, update
 
-from app.auth.principal import Principal
+from app.access.principal import Principal
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Executor, transaction
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound

@@ -23,7 +23,7 @@ from joserfc.jwk import KeySet, OctKey
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.auth.principal import Routed
+from app.access.principal import Routed
 from app.auth.roles import BUILTIN_ROLES, TENANT_ADMIN
 from app.auth.secrets_box import SecretBox
 from app.db.transaction import Executor

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.auth.principal import Routed
+from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
 from app.db.transaction import Executor, transaction
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound

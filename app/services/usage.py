@@ -18,9 +18,10 @@ from sqlalchemy.dialects.postgresql import array, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth.principal import Routed
+from app.access.acting import tenant_transaction
+from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
-from app.db.transaction import Executor, tenant_transaction, transaction
+from app.db.transaction import Executor, transaction
 from app.errors import InvalidInput, NotFound
 from app.models.management import (
     USAGE_COUNTERS,

@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth.principal import Routed
+from app.access.principal import Routed
 from app.db.transaction import transaction
 from app.errors import InvalidInput
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS, tenants

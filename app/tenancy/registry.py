@@ -9,8 +9,9 @@ worker process within the TTL.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -103,17 +104,61 @@ class MembershipInfo:
     scope: str = "TENANT"  # SUBTREE: the same role in every descendant's management plane
 
 
+class _SingleFlight(Generic[K, V]):
+    """Concurrent misses for one key are answered by one lookup: when an entry expires under
+    load, hundreds of requests would otherwise each query (and each hold a connection for) the
+    same row at the same moment."""
+
+    def __init__(self) -> None:
+        self._pending: dict[K, asyncio.Future[V]] = {}
+
+    async def run(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = await load()
+        except BaseException as exc:
+            # Waiters retry with their own lookup rather than inherit this caller's failure
+            # (it may be this caller's cancellation or its own connection's trouble).
+            future.set_exception(_Retry())
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise exc from None
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._pending[key]
+
+
+class _Retry(Exception):
+    pass
+
+
 class Registry:
     """Cached reads of tenants and memberships from the management schema."""
 
     def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._tenants: _TTLCache[str, TenantRecord | None] = _TTLCache(ttl, clock)
         self._roles: _TTLCache[tuple[UUID, str], MembershipInfo | None] = _TTLCache(ttl, clock)
+        self._tenant_flight: _SingleFlight[str, TenantRecord | None] = _SingleFlight()
+        self._role_flight: _SingleFlight[tuple[UUID, str], MembershipInfo | None] = _SingleFlight()
+        self.lookups = 0  # database round trips made (tests check that misses are merged)
 
     async def tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
-        found, record = self._tenants.get(tenant_id)
-        if found:
-            return record
+        while True:
+            found, record = self._tenants.get(tenant_id)
+            if found:
+                return record
+            try:
+                return await self._tenant_flight.run(tenant_id, lambda: self._load_tenant(db, tenant_id))
+            except _Retry:
+                continue
+
+    async def _load_tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
+        self.lookups += 1
         row = (await db.execute(select_tenants().where(tenants.c.id == tenant_id))).first()
         record = TenantRecord.from_row(row) if row is not None else None
         self._tenants.put(tenant_id, record)
@@ -122,9 +167,18 @@ class Registry:
     async def membership(self, db: Executor, user_id: UUID, tenant_id: str) -> MembershipInfo | None:
         """The user's direct membership in the tenant (role and group scope), or None."""
         key = (user_id, tenant_id)
-        found, info = self._roles.get(key)
-        if found:
-            return info
+        while True:
+            found, info = self._roles.get(key)
+            if found:
+                return info
+            try:
+                return await self._role_flight.run(key, lambda: self._load_membership(db, key))
+            except _Retry:
+                continue
+
+    async def _load_membership(self, db: Executor, key: tuple[UUID, str]) -> MembershipInfo | None:
+        self.lookups += 1
+        user_id, tenant_id = key
         stmt = select(memberships.c.role, memberships.c.group_ids, memberships.c.scope).where(
             memberships.c.user_id == user_id, memberships.c.tenant_id == tenant_id
         )

@@ -9,7 +9,7 @@ from typing import cast
 import strawberry
 
 from app.auth.roles import DEVICES_READ, DEVICES_WRITE
-from app.db.transaction import Transaction
+from app.db.transaction import BulkExecutor
 from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
@@ -350,7 +350,7 @@ class DeviceMutations:
         return revoked
 
 
-async def _writable_device(ctx: Context, device_id: str) -> tuple[Transaction, str, int]:
+async def _writable_device(ctx: Context, device_id: str) -> tuple[BulkExecutor, str, int]:
     """(tenant transaction, tenant id, device id) for a device the caller may change."""
     routed = await ctx.authorize(DEVICES_WRITE)
     db = await ctx.tenant_db()

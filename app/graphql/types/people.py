@@ -8,6 +8,7 @@ from uuid import UUID
 
 import strawberry
 
+from app.access.credentials import ApiTokenRecord
 from app.errors import InvalidInput, NotFound
 from app.graphql.connections import Connection
 from app.graphql.context import Context
@@ -70,7 +71,7 @@ class ApiToken:
     last_used_at: datetime | None = strawberry.field(description="To the minute.")
 
     @classmethod
-    def of(cls, r: api_tokens.ApiTokenRecord) -> ApiToken:
+    def of(cls, r: ApiTokenRecord) -> ApiToken:
         return cls(id=strawberry.ID(str(r.id)), name=r.name, permissions=list(r.permissions),
                    created_at=r.created_at, expires_at=r.expires_at, last_used_at=r.last_used_at)
 

@@ -11,15 +11,13 @@ from uuid import UUID
 
 import strawberry
 
-from app.auth.principal import Routed
+from app.access.principal import Routed
 from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRITE, MEASUREMENTS_WRITE
-from app.errors import AppError, Forbidden, NotFound, TenantSuspended
+from app.errors import AppError, NotFound
 from app.graphql.context import Context
 from app.platform import Platform
 from app.services import copying, migration
 from app.services.devices import require_id
-from app.tenancy.naming import is_tenant_id
-from app.tenancy.registry import TenantRecord
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")
@@ -92,11 +90,6 @@ class CopyJob:
                    counts=CopyCounts(**c), error=job.error, created_at=job.created_at, finished_at=job.finished_at)
 
 
-def _check_data_access(routed: Routed) -> None:
-    if routed.via_ancestor is not None and routed.tenant.parent_access != "FULL":
-        raise Forbidden(f"tenant {routed.tenant.id} does not grant parent-level access to its data")
-
-
 async def _run_in_background(platform: Platform, job_id: UUID, spec: copying.CopySpec, source: Routed,
                              request_id: str) -> None:
     await copying.update_job(platform.db.app, job_id, status="RUNNING")
@@ -152,17 +145,9 @@ class SharingMutations:
             include_subgroups=input.include_subgroups, include=tuple(k.value for k in input.include),
             start=input.from_, end=input.to, on_conflict=input.on_conflict.value,
         ).check()
-        source = await ctx.route_to(spec.source_tenant)
-        source.require(DEVICES_READ)
-        _check_data_access(source)
-        target = await ctx.route_to(spec.target_tenant)
-        target.require(DEVICES_WRITE)
-        for kind in spec.include:
-            if kind in WRITE_PERMISSION:
-                target.require(WRITE_PERMISSION[kind])
-        _check_data_access(target)
-        if not target.scope.unrestricted:
-            raise Forbidden("a copy writes into the whole target tenant: a group-limited role cannot receive it")
+        writes = {DEVICES_WRITE, *(WRITE_PERMISSION[k] for k in spec.include if k in WRITE_PERMISSION)}
+        source, _ = await ctx.access.data_move(spec.source_tenant, spec.target_tenant, read={DEVICES_READ},
+                                               write=writes)
 
         platform = ctx.platform
         if await copying.estimate(platform.db.app, spec, source.scope) > platform.settings.copy_inline_rows:
@@ -216,29 +201,6 @@ class DeviceMigration:
     operations: int
 
 
-async def _may_migrate(ctx: Context, source_id: str, target_id: str) -> tuple[TenantRecord, TenantRecord]:
-    """An ADMIN of both tenants, or an ADMIN of a common ancestor (PDQ Connect's parent admin)."""
-    principal = ctx.principal()
-    registry = ctx.platform.registry
-    source = await registry.tenant(ctx.management_db, source_id) if is_tenant_id(source_id) else None
-    target = await registry.tenant(ctx.management_db, target_id) if is_tenant_id(target_id) else None
-    if source is None or target is None or "DELETED" in (source.status, target.status):
-        raise Forbidden("you may not move devices between these tenants")
-    if "SUSPENDED" in (source.status, target.status):
-        raise TenantSuspended("a suspended tenant takes part in no migration")
-
-    async def admin_of(tenant_id: str) -> bool:
-        member = await registry.membership(ctx.management_db, principal.user_id, tenant_id)
-        return member is not None and member.role == "ADMIN"
-
-    if await admin_of(source.id) and await admin_of(target.id):
-        return source, target
-    for ancestor in set(source.path) & set(target.path):
-        if await admin_of(ancestor):
-            return source, target
-    raise Forbidden("moving devices needs an ADMIN of both tenants or of a common ancestor")
-
-
 @strawberry.type
 class MigrationMutations:
     @strawberry.mutation(description="Move devices with their whole history (and child devices, external ids and "
@@ -248,7 +210,9 @@ class MigrationMutations:
                               source_tenant_id: strawberry.ID | None = None) -> DeviceMigration:
         ctx = info.context
         source_id = source_tenant_id or (await ctx.routed()).tenant.id
-        source, target = await _may_migrate(ctx, source_id, target_tenant_id)
+        routed_source, routed_target = await ctx.access.data_move(
+            source_id, target_tenant_id, read=migration.PERMISSIONS, write=migration.PERMISSIONS, whole_source=True)
+        source, target = routed_source.tenant, routed_target.tenant
         result = await migration.migrate(ctx.platform.db.app, source=source, target=target,
                                          device_ids=[require_id(d, "device") for d in device_ids],
                                          actor=ctx.principal().actor, request_id=ctx.request_id)

@@ -1,0 +1,210 @@
+"""Acting as a tenant: the only module that writes role-switch SQL.
+
+Every statement on tenant data runs under exactly one tenant's role with that tenant's schema
+first on the search_path; management-plane statements run as the application role (which
+reads no tenant table) with the management schema on the path. Both settings are
+transaction-local (`set_config(…, true)`), so nothing leaks into the next checkout of a pooled
+connection — a session-level SET would. Identifiers are inlined because the simple protocol
+takes no parameters; they come only from `app.tenancy.naming`, which validates them.
+
+- `RequestTransaction`: one request's single transaction on ONE pooled connection. The
+  management lookups of routing and the tenant's work share it, switching role between them
+  (a request never holds one connection while waiting for a second: with every connection
+  held that way the server once stopped answering under load).
+- `tenant_transaction` / `management_transaction`: stand-alone transactions (jobs, CLI).
+- `act_as_tenant` / `act_as_app`: switches inside a caller's own transaction (copy, migration,
+  template sync: one transaction that reads as one tenant and writes as another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from sqlalchemy import Executable
+from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.transaction import Executor, Params, Transaction, connect, discard, driver_execute
+from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
+
+# The management plane: back to the application role, management schema on the path.
+APP_SWITCH = f"SELECT set_config('role', 'none', true), set_config('search_path', '{MANAGEMENT_SCHEMA}', true)"
+
+
+def tenant_switch(tenant_id: str) -> str:
+    schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
+    return f"SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)"
+
+
+def _switch(plane: str | None) -> str:
+    return APP_SWITCH if plane is None else tenant_switch(plane)
+
+
+def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> Transaction:
+    """A transaction routed to one tenant (its role and schema) from its first round trip."""
+    return Transaction(engine, "BEGIN; " + tenant_switch(tenant_id))
+
+
+def management_transaction(engine: AsyncEngine) -> Transaction:
+    return Transaction(engine, "BEGIN; " + APP_SWITCH)
+
+
+async def act_as_tenant(driver: psycopg.AsyncConnection[Any], tenant_id: str) -> None:
+    """Inside an open transaction on `driver`: from now on, act as this tenant."""
+    await driver.execute(tenant_switch(tenant_id).encode())
+
+
+async def act_as_app(driver: psycopg.AsyncConnection[Any]) -> None:
+    """Inside an open transaction on `driver`: back to the management plane."""
+    await driver.execute(APP_SWITCH.encode())
+
+
+def act_as_tenant_blocking(conn: psycopg.Connection[Any], tenant_id: str) -> None:
+    """The same, on a blocking psycopg connection (a copy's reader thread)."""
+    conn.execute(tenant_switch(tenant_id).encode())
+
+
+AfterHook = Callable[[Executor], Awaitable[None]]
+
+
+class RequestTransaction:
+    """One request's transaction on one pooled connection, shared by the management plane
+    (`plane=None`) and any tenant (`plane=<tenant id>`); the role is switched only when the
+    next statement is for another plane. Resolvers of one GraphQL request run concurrently:
+    a lock serialises their statements (results are buffered, so nothing is left half-read).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._plane: str | None = None
+        self._lock = asyncio.Lock()
+        self._finished = False
+        self.wrote = False  # whether an INSERT/UPDATE/DELETE ran (its rollback loses work)
+        # Management-plane writes kept whatever the request's outcome (the audit of a
+        # parent-level access): run before COMMIT, or after a ROLLBACK in a short transaction
+        # of their own on the same connection.
+        self._always: list[AfterHook] = []
+
+    @property
+    def opened(self) -> bool:
+        return self._conn is not None
+
+    async def _connection(self, plane: str | None) -> AsyncConnection:
+        if self._finished:
+            raise RuntimeError("transaction already finished")
+        if self._conn is None:
+            conn = await connect(self._engine)
+            try:
+                await driver_execute(conn, "BEGIN; " + _switch(plane))
+            except BaseException:
+                await discard(conn)
+                raise
+            self._conn, self._plane = conn, plane
+        elif plane != self._plane:
+            await driver_execute(self._conn, _switch(plane))
+            self._plane = plane
+        return self._conn
+
+    async def execute(self, plane: str | None, statement: Executable, parameters: Params = None) -> Result[Any]:
+        async with self._lock:
+            conn = await self._connection(plane)
+            if getattr(statement, "is_dml", False):
+                self.wrote = True
+            return await conn.execute(statement, parameters)
+
+    async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
+        """COPY … FROM STDIN (text format), the data sent in one write: the bulk path."""
+        async with self._lock:
+            conn = await self._connection(plane)
+            self.wrote = True
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                await copy.write(data)
+
+    async def exec_driver_sql(self, plane: str | None, sql: str) -> None:
+        async with self._lock:
+            conn = await self._connection(plane)
+            await conn.exec_driver_sql(sql)
+
+    def always(self, hook: AfterHook) -> None:
+        self._always.append(hook)
+
+    def plane(self, plane: str | None) -> PlaneView:
+        return PlaneView(self, plane)
+
+    async def finish(self, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK (once) and return the connection to the pool."""
+        async with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            hooks, self._always = self._always, []
+            conn, self._conn = self._conn, None
+            if conn is None and hooks:
+                conn = await connect(self._engine)
+                await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                commit = True
+            elif conn is not None and hooks and self._plane is not None:
+                await driver_execute(conn, APP_SWITCH)
+            if conn is None:
+                return
+            try:
+                if commit:
+                    for hook in hooks:
+                        await hook(_Direct(conn))
+                    await driver_execute(conn, "COMMIT")
+                else:
+                    await driver_execute(conn, "ROLLBACK")
+                    if hooks:
+                        await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                        for hook in hooks:
+                            await hook(_Direct(conn))
+                        await driver_execute(conn, "COMMIT")
+            except BaseException:
+                await discard(conn)
+                raise
+            await conn.close()
+
+
+class _Direct:
+    """An Executor on a connection whose transaction the caller already controls."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]:
+        return await self._conn.execute(statement, parameters)
+
+
+class PlaneView:
+    """The request transaction seen from one plane: what services take as their `db`."""
+
+    def __init__(self, shared: RequestTransaction, plane: str | None) -> None:
+        self._shared = shared
+        self.plane = plane
+
+    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]:
+        return await self._shared.execute(self.plane, statement, parameters)
+
+    async def copy_text(self, copy_sql: str, data: bytes) -> None:
+        await self._shared.copy_text(self.plane, copy_sql, data)
+
+    async def exec_driver_sql(self, sql: str) -> None:
+        await self._shared.exec_driver_sql(self.plane, sql)
+
+    @property
+    def opened(self) -> bool:
+        return self._shared.opened
+
+    @property
+    def wrote(self) -> bool:
+        return self._shared.wrote
+
+    async def finish(self, *, commit: bool) -> None:
+        await self._shared.finish(commit=commit)
