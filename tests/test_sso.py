@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlparse
 
@@ -9,8 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.main import create_app
 from app.platform import Platform
-from tests.conftest import Api, World
+from tests.conftest import ADMIN_EMAIL, Api, World
 from tests.oidc_provider import FakeProvider
 
 CONFIGURE = """mutation($i: SingleSignOnInput!) { configureSingleSignOn(input: $i) {
@@ -38,6 +40,17 @@ async def _sign_in(http: httpx.AsyncClient, tenant_id: str, next_url: str | None
     return await http.get(f"{back.path}?{back.query}")
 
 
+async def _sign_in_path(http: httpx.AsyncClient, path: str) -> httpx.Response:
+    """_sign_in from a given login path (e.g. a link's)."""
+    start = await http.get(path)
+    if start.status_code != 302:
+        return start
+    async with httpx.AsyncClient() as browser:
+        at_provider = await browser.get(start.headers["location"])
+    back = urlparse(at_provider.headers["location"])
+    return await http.get(f"{back.path}?{back.query}")
+
+
 async def _configure(api: Api, tenant_token: str, tenant_id: str, idp: FakeProvider,
                      **extra: object) -> dict[str, object]:
     result = await api.gql(CONFIGURE, {"i": {"issuer": idp.issuer, "clientId": idp.client_id,
@@ -47,36 +60,115 @@ async def _configure(api: Api, tenant_token: str, tenant_id: str, idp: FakeProvi
     return result.data["configureSingleSignOn"]  # type: ignore[no-any-return]
 
 
-async def test_sign_in_through_an_inherited_provider_maps_roles(http: httpx.AsyncClient, api: Api, world: World,
-                                                                provider: FakeProvider, platform: Platform) -> None:
+async def test_an_inherited_provider_gives_parent_level_access_never_a_direct_membership(
+        http: httpx.AsyncClient, api: Api, world: World, provider: FakeProvider, platform: Platform) -> None:
+    """Regression (hole 2): a parent's inherited provider mapping to ADMIN used to create a direct
+    ADMIN membership in the child, so the parent read the child's data although the child's
+    parentAccess was MANAGEMENT_ONLY."""
     ent = await world.tenant(kind="ENTERPRISE")
     child = await world.tenant(ent)
+    await api.gql('mutation { createDevice(input: {name: "child-device"}) { id } }', token=child.token,
+                  tenant=child.id)
     configured = await _configure(api, ent.token, ent.id, provider, inherit=True)
     assert configured["configuredIn"] == ent.id
 
-    provider.user = {"email": "field.tech@customer.test", "email_verified": True, "roles": ["iot-readers"]}
+    provider.user = {"sub": "tech-1", "email": "field.tech@customer.test", "email_verified": True,
+                     "roles": ["iot-admins"]}
     signed_in = await _sign_in(http, child.id)
     assert signed_in.status_code == 200, signed_in.text
     tokens = signed_in.json()
     assert tokens["tenantId"] == child.id
-    member = await api.gql("{ tenant { id } devices { totalCount } }", token=tokens["accessToken"], tenant=child.id)
-    assert member.data["tenant"]["id"] == child.id
-    denied = await api.gql('mutation { createDevice(input: {name: "x"}) { id } }', token=tokens["accessToken"],
+    token = tokens["accessToken"]
+    # The child's management plane, as a parent-level member…
+    assert (await api.gql("{ tenant { id } }", token=token, tenant=child.id)).data["tenant"]["id"] == child.id
+    # …but not its data while the child keeps parentAccess MANAGEMENT_ONLY.
+    assert (await api.gql("{ devices { totalCount } }", token=token, tenant=child.id)).code == "FORBIDDEN"
+    async with platform.db.owner.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT m.tenant_id, m.role, m.scope FROM tenantry.memberships m JOIN tenantry.users u ON u.id = m.user_id "
+            "WHERE u.email = 'field.tech@customer.test'"))).all()
+    assert [tuple(r) for r in rows] == [(ent.id, "ADMIN", "SUBTREE")]  # nothing direct in the child
+
+    opened = await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=child.token,
                            tenant=child.id)
-    assert denied.code == "FORBIDDEN"  # READER, as mapped
+    assert opened.data["setParentAccess"]["parentAccess"] == "FULL"
+    assert (await api.gql("{ devices { totalCount } }", token=token, tenant=child.id)).data["devices"] == {
+        "totalCount": 1}
 
-    provider.user = {**provider.user, "roles": ["iot-admins"]}  # the provider now says admin
+    provider.user = {**provider.user, "roles": ["iot-readers"]}  # the provider now says reader
     again = (await _sign_in(http, child.id)).json()
-    promoted = await api.gql('mutation { createDevice(input: {name: "x"}) { id } }', token=again["accessToken"],
-                             tenant=child.id)
-    assert promoted.data["createDevice"]["id"]
+    demoted = await api.gql('mutation { createDevice(input: {name: "x"}) { id } }', token=again["accessToken"],
+                            tenant=child.id)
+    assert demoted.code == "FORBIDDEN"  # READER, as mapped
 
-    provider.user = {"email": "stranger@customer.test", "roles": ["guests"]}
+    provider.user = {"sub": "stranger", "email": "stranger@customer.test", "roles": ["guests"]}
     assert (await _sign_in(http, child.id)).status_code == 403
     async with platform.db.owner.connect() as conn:
         stored = (await conn.execute(text("SELECT client_secret_encrypted FROM tenantry.identity_providers "
                                           "WHERE tenant_id = :t"), {"t": ent.id})).scalar_one()
     assert provider.client_secret.encode() not in stored
+
+
+async def test_a_provider_claiming_an_existing_email_never_signs_in_to_that_account(
+        http: httpx.AsyncClient, api: Api, world: World, provider: FakeProvider, platform: Platform,
+        operator_token: str) -> None:
+    """Regression (hole 1): any tenant admin could run a provider claiming the management admin's
+    email and get a session as that admin, with all their memberships."""
+    attacker = await world.tenant()
+    await _configure(api, attacker.token, attacker.id, provider, defaultRole="READER")
+    victim = await world.tenant()
+    for email in (ADMIN_EMAIL, victim.admin_email):
+        provider.user = {"sub": f"evil-{email}", "email": email, "email_verified": True, "roles": ["iot-admins"]}
+        refused = await _sign_in(http, attacker.id)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["errors"][0]["extensions"]["code"] == "CONFLICT"
+        assert "accessToken" not in refused.text
+    async with platform.db.owner.connect() as conn:
+        links = (await conn.execute(text("SELECT count(*) FROM tenantry.external_identities WHERE issuer = :i"),
+                                    {"i": provider.issuer})).scalar_one()
+        joined = (await conn.execute(text(
+            "SELECT count(*) FROM tenantry.memberships m JOIN tenantry.users u ON u.id = m.user_id "
+            "WHERE m.tenant_id = :t AND u.email IN (:a, :v)"),
+            {"t": attacker.id, "a": ADMIN_EMAIL, "v": victim.admin_email})).scalar_one()
+    assert (links, joined) == (0, 0)
+
+    # The account's owner may link the identity explicitly, while signed in; the session it then
+    # gives reaches the provider's tenant only, never the owner's other tenants.
+    victim_token = victim.token
+    link = await api.gql("mutation($t: ID!) { startSingleSignOnLink(tenantId: $t) { loginPath } }",
+                         {"t": attacker.id}, token=victim_token, tenant=victim.id)
+    path = link.data["startSingleSignOnLink"]["loginPath"]
+    provider.user = {"sub": "victim-at-idp", "email": victim.admin_email, "roles": ["iot-readers"]}
+    linked = await _sign_in_path(http, path)
+    assert linked.status_code == 200, linked.text
+    session = linked.json()["accessToken"]
+    assert (await api.gql("{ tenant { id } }", token=session, tenant=attacker.id)).data["tenant"]["id"] == attacker.id
+    assert (await api.gql("{ tenant { id } }", token=session, tenant=victim.id)).code == "FORBIDDEN"
+    refreshed = await api.gql("mutation($r: String!) { refreshToken(refreshToken: $r) { accessToken } }",
+                              {"r": linked.json()["refreshToken"]})
+    assert (await api.gql("{ tenant { id } }", token=refreshed.data["refreshToken"]["accessToken"],
+                          tenant=victim.id)).code == "FORBIDDEN"  # the reach survives rotation
+    # The same identity signs in to the same account from now on; another identity cannot take it.
+    provider.user = {"sub": "victim-at-idp", "email": "whatever@else.test", "roles": ["iot-readers"]}
+    again = await _sign_in(http, attacker.id)
+    assert again.json()["user"]["email"] == victim.admin_email
+    tampered_link = path.replace("link=", "link=x")
+    assert (await http.get(tampered_link)).status_code == 401
+
+
+async def test_operators_can_restrict_the_issuers_tenants_configure(
+        api: Api, world: World, provider: FakeProvider, platform: Platform) -> None:
+    t = await world.tenant()
+    restricted = dataclasses.replace(platform, settings=platform.settings.with_(
+        oidc_allowed_issuers=("https://login.example.com",)))
+    transport = httpx.ASGITransport(app=create_app(platform=restricted))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tenantry.test") as client:
+        configure = {"issuer": provider.issuer, "clientId": "c", "clientSecret": "s", "roleMapping": {}}
+        refused = await Api(client).gql(CONFIGURE, {"i": configure}, token=t.token, tenant=t.id)
+        assert refused.code == "FORBIDDEN"
+        allowed = await Api(client).gql(CONFIGURE, {"i": {**configure, "issuer": "https://login.example.com"}},
+                                        token=t.token, tenant=t.id)
+        assert allowed.data["configureSingleSignOn"]["issuer"] == "https://login.example.com"
 
 
 async def test_forged_or_replayed_tokens_are_refused(http: httpx.AsyncClient, api: Api, world: World,

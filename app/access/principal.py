@@ -115,7 +115,9 @@ class Routed:
     @property
     def has_data_access(self) -> bool:
         """Being an ancestor never grants data access by itself: a parent-level caller reaches a
-        tenant's data (and its people) only where that tenant's own admins set parentAccess FULL."""
+        tenant's data, and changes its people, only where that tenant's own admins set
+        parentAccess FULL (the management plane — status, limits, usage, the member list — it
+        reaches either way)."""
         return self.via_ancestor is None or self.tenant.parent_access == "FULL"
 
     def require_data_access(self) -> None:

@@ -8,20 +8,29 @@ which browsers do not send to servers.
 from __future__ import annotations
 
 from urllib.parse import urlencode, urlparse
+from uuid import UUID
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from app.access.acting import management_transaction
-from app.errors import AppError, InvalidInput, NotFound
+from app.errors import AppError, InvalidInput, NotFound, TenantSuspended
 from app.platform import Platform
 from app.services import sso
 from app.services.auth import start_session
 from app.tenancy.naming import is_tenant_id
+from app.tenancy.registry import TenantRecord
 
 STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "INVALID_INPUT": 400,
-          "TENANT_SUSPENDED": 403}
+          "TENANT_SUSPENDED": 403, "CONFLICT": 409, "UNAVAILABLE": 503}
+
+
+def _check_tenant(tenant: TenantRecord | None, tenant_id: str) -> None:
+    if tenant is None or tenant.status == "DELETED":
+        raise NotFound(f"tenant {tenant_id} has no single sign-on")
+    if tenant.status == "SUSPENDED":  # no sign-in changes the memberships of a suspended tenant
+        raise TenantSuspended(f"tenant {tenant_id} is suspended")
 
 
 def _error(exc: AppError) -> Response:
@@ -52,13 +61,16 @@ class OidcEndpoints:
         tx = management_transaction(self.platform.db.app)
         try:
             tenant = await self.platform.registry.tenant(tx, tenant_id) if is_tenant_id(tenant_id) else None
-            if tenant is None or tenant.status != "ACTIVE":
-                raise NotFound(f"tenant {tenant_id} has no single sign-on")
+            _check_tenant(tenant, tenant_id)
+            assert tenant is not None
             provider = await sso.provider_for(tx, tenant, self.box)
+            secret_key = self.platform.settings.resolved_secret_key()
+            ticket = request.query_params.get("link")
+            link_user = sso.read_link_ticket(ticket, tenant.id, secret_key) if ticket else None
             url = await sso.login_url(self.discovery, provider, tenant_id=tenant.id,
                                       redirect_uri=self._callback_url(request),
                                       next_url=self._check_next(request.query_params.get("next")),
-                                      secret_key=self.platform.settings.resolved_secret_key())
+                                      secret_key=secret_key, link_user=link_user)
         except AppError as exc:
             return _error(exc)
         finally:
@@ -74,16 +86,20 @@ class OidcEndpoints:
                 raise InvalidInput(f"the identity provider refused: {params.get('error')}", field="error")
             state = sso.read_state(params.get("state", ""), self.platform.settings.resolved_secret_key())
             tenant = await self.platform.registry.tenant(tx, str(state["tid"]))
-            if tenant is None or tenant.status != "ACTIVE":
-                raise NotFound("this tenant cannot be signed in to")
+            _check_tenant(tenant, str(state["tid"]))
+            assert tenant is not None
             provider = await sso.provider_for(tx, tenant, self.box)
             claims = await sso.exchange(self.discovery, provider, code=params.get("code", ""),
                                         redirect_uri=str(state["ru"]), nonce=str(state["nonce"]))
-            user = await sso.sign_in(tx, tenant, provider, claims, request_id=request.state.request_id)
+            link_user = UUID(str(state["lnk"])) if state.get("lnk") else None
+            user, reach = await sso.sign_in(tx, tenant, provider, claims, link_user=link_user,
+                                            allowed_issuers=self.platform.settings.oidc_allowed_issuers,
+                                            request_id=request.state.request_id)
             await tx.finish(commit=True)
             committed = True
             self.platform.registry.forget_membership(user.id, tenant.id)
-            session = await start_session(self.platform, user, tenant.id)
+            self.platform.registry.forget_membership(user.id, reach.tenant_id)
+            session = await start_session(self.platform, user, tenant.id, reach)
         except AppError as exc:
             return _error(exc)
         finally:

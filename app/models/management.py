@@ -132,6 +132,8 @@ refresh_tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("rotated_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+    # A single sign-on session's only reach ("<tenant>" or "<tenant>/*"); null: unrestricted.
+    Column("reach", Text),
     Index("refresh_tokens_family_idx", "family_id"),
     Index("refresh_tokens_user_idx", "user_id"),
 )
@@ -230,6 +232,17 @@ identity_providers = Table(
     Column("default_role", Text),
     Column("inherit", Boolean, nullable=False, server_default=text("false")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# A provider's (issuer, subject) → the platform user it signs in. Never matched by email.
+external_identities = Table(
+    "external_identities",
+    metadata,
+    Column("issuer", Text, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("external_identities_user_idx", "user_id"),
 )
 
 copy_jobs = Table(

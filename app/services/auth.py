@@ -10,6 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import func, insert, select, update
 
+from app.access.principal import Reach
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Executor, transaction
 from app.errors import Forbidden, Unauthenticated
@@ -62,11 +63,14 @@ async def login(platform: Platform, db: Executor, *, email: str, password: str, 
         return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
 
 
-async def start_session(platform: Platform, user: UserRecord, tenant_id: str | None) -> Session:
-    """A new login session (token family) for a user who just proved who they are otherwise."""
+async def start_session(platform: Platform, user: UserRecord, tenant_id: str | None,
+                        reach: Reach | None = None) -> Session:
+    """A new login session (token family) for a user who just proved who they are otherwise;
+    `reach` limits it (a single sign-on session reaches only its provider's tenant)."""
     async with transaction(platform.db.app) as tx:
         await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
-        return await _issue(platform, tx, user, tenant_id, family_id=uuid.uuid4())
+        return await _issue(platform, tx, user, tenant_id, family_id=uuid.uuid4(),
+                            reach=reach.encode() if reach else None)
 
 
 async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str | None:
@@ -83,7 +87,7 @@ async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str
 
 
 async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: str | None,
-                 *, family_id: UUID) -> Session:
+                 *, family_id: UUID, reach: str | None = None) -> Session:
     secret = new_secret(REFRESH_PREFIX)
     await tx.execute(insert(refresh_tokens).values(
         family_id=family_id,
@@ -91,8 +95,9 @@ async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: 
         tenant_id=tenant_id,
         token_hash=secret_hash(secret),
         expires_at=datetime.now(UTC) + timedelta(seconds=platform.settings.refresh_token_ttl_seconds),
+        reach=reach,
     ))
-    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id)
+    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id, reach=reach)
     return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
 
 
@@ -117,7 +122,7 @@ async def refresh(platform: Platform, *, refresh_token: str) -> Session:
             user = await user_by_id(tx, row.user_id)
             if user is None:  # pragma: no cover - tokens cascade with users
                 raise Unauthenticated("invalid or expired refresh token")
-            return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id)
+            return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
     # Raised after the commit so the family stays revoked.
     raise Unauthenticated("refresh token reuse detected; please log in again", family=str(reused_family))
 

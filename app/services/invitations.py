@@ -17,7 +17,7 @@ from app.access.principal import Principal, Routed
 from app.auth.roles import TENANT_ADMIN
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Executor
-from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound
+from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound, TenantSuspended
 from app.models.management import invitations, memberships, outbox, tenants, users
 from app.services import audit
 from app.services.members import check_delegation
@@ -121,6 +121,8 @@ async def accept(db: Executor, principal: Principal, token: str, *, now: datetim
         raise InvalidInput("this invitation has expired; ask for a new one", field="token")
     if row.status == "DELETED":
         raise NotFound("no such invitation")
+    if row.status == "SUSPENDED":  # a suspended tenant takes no new members, by any door
+        raise TenantSuspended("this tenant is suspended: its invitations cannot be accepted now")
     user = await user_by_id(db, principal.user_id)
     if user is None or user.email.lower() != record.email.lower():
         raise Forbidden("this invitation is for another email address")
@@ -157,6 +159,7 @@ async def list_pending(db: Executor, routed: Routed, *, first: int | None, after
 
 async def _pending(db: Executor, routed: Routed, invitation_id: str) -> InvitationRecord:
     routed.require(TENANT_ADMIN)
+    routed.require_data_access()  # changing a tenant's people is behind its parentAccess, like its data
     try:
         key = UUID(invitation_id)
     except ValueError as exc:

@@ -93,6 +93,7 @@ async def set_member_role(db: Executor, tenant_db: Executor, routed: Routed, *, 
 
 async def remove_member(db: Executor, routed: Routed, *, user_id: UUID, request_id: str | None = None) -> None:
     routed.require(TENANT_ADMIN)
+    routed.require_data_access()  # changing a tenant's people is behind its parentAccess, like its data
     current = (await db.execute(select(memberships.c.role).where(
         memberships.c.tenant_id == routed.tenant.id, memberships.c.user_id == user_id))).scalar_one_or_none()
     if current is None:

@@ -6,6 +6,14 @@ provider with a signed `state` (tenant, nonce, where to return), then the callba
 exchanges the code (Authlib), verifies the id_token against the provider's JWKS (joserfc:
 signature, iss, aud, exp, nonce), maps the claim to a role, keeps the membership in step,
 and issues Tenantry tokens.
+
+Who is signed in is decided by the provider's (issuer, subject) through a stored link, never
+by its `email` claim: a provider — which any tenant admin can run — vouches only for its own
+identities. A new identity gets a new account, unless the email belongs to an existing account,
+whose owner must link the identity while signed in (`startSingleSignOnLink`). The session
+reaches only the provider's tenant; a provider inherited from an ancestor gives parent-level
+access (a SUBTREE membership on the ancestor that configured it), so a descendant's data stays
+behind that descendant's parentAccess.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlparse
+from uuid import UUID
 
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc import jwt
@@ -23,15 +32,15 @@ from joserfc.jwk import KeySet, OctKey
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.access.principal import Routed
+from app.access.principal import Reach, Routed
 from app.auth.roles import BUILTIN_ROLES, TENANT_ADMIN
 from app.auth.secrets_box import SecretBox
 from app.db.transaction import Executor
-from app.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from app.models.management import identity_providers, memberships
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from app.models.management import external_identities, identity_providers, memberships
 from app.services import audit
 from app.services.members import check_delegation
-from app.services.users import UserRecord, create_user, normalise_email, user_by_email
+from app.services.users import UserRecord, create_user, normalise_email, user_by_email, user_by_id
 from app.tenancy.registry import TenantRecord
 
 STATE_TTL = 600
@@ -54,15 +63,22 @@ def secret_box(secret_key: str) -> SecretBox:
     return SecretBox(secret_key, b"tenantry-identity-provider")
 
 
+def check_issuer(issuer: str, allowed: tuple[str, ...]) -> None:
+    """Operators may restrict the providers tenants use (TENANTRY_OIDC_ALLOWED_ISSUERS)."""
+    if allowed and issuer.rstrip("/") not in allowed:
+        raise Forbidden("this identity provider is not among the issuers the operator allows", field="issuer")
+
+
 async def configure(db: Executor, tenant_db: Executor, routed: Routed, *, box: SecretBox, issuer: str,
                     client_id: str, client_secret: str, role_claim: str, role_mapping: dict[str, str],
-                    default_role: str | None, inherit: bool, request_id: str | None = None) -> Provider:
+                    default_role: str | None, inherit: bool, allowed_issuers: tuple[str, ...] = (),
+                    request_id: str | None = None) -> Provider:
     routed.require(TENANT_ADMIN)
-    if routed.via_ancestor is not None:
-        raise Forbidden("only this tenant's own admins configure its sign-in")
+    routed.require_own_member("configure this tenant's sign-in")
     url = urlparse(issuer)
     if url.scheme not in ("https", "http") or not url.netloc:
         raise InvalidInput("issuer must be an http(s) URL", field="issuer")
+    check_issuer(issuer, allowed_issuers)
     if not client_id or not client_secret:
         raise InvalidInput("clientId and clientSecret are required", field="clientId")
     if not isinstance(role_mapping, dict) or not all(isinstance(v, str) for v in role_mapping.values()):
@@ -129,11 +145,14 @@ def _state_key(secret_key: str) -> OctKey:
 
 
 async def login_url(discovery: Discovery, provider: Provider, *, tenant_id: str, redirect_uri: str,
-                    next_url: str | None, secret_key: str) -> str:
+                    next_url: str | None, secret_key: str, link_user: UUID | None = None) -> str:
     meta = await discovery.metadata(provider.issuer)
     nonce = secrets.token_urlsafe(16)
-    state = jwt.encode({"alg": "HS256"}, {"tid": tenant_id, "nonce": nonce, "ru": redirect_uri, "next": next_url,
-                                          "exp": int(time.time()) + STATE_TTL}, _state_key(secret_key))
+    claims = {"tid": tenant_id, "nonce": nonce, "ru": redirect_uri, "next": next_url,
+              "exp": int(time.time()) + STATE_TTL}
+    if link_user is not None:  # signed (like all of the state), so it cannot be swapped in the browser
+        claims["lnk"] = str(link_user)
+    state = jwt.encode({"alg": "HS256"}, claims, _state_key(secret_key))
     query = urlencode({"response_type": "code", "client_id": provider.client_id, "redirect_uri": redirect_uri,
                        "scope": "openid email profile", "state": state, "nonce": nonce})
     return f"{meta['authorization_endpoint']}?{query}"
@@ -185,24 +204,96 @@ def role_for(provider: Provider, claims: dict[str, Any]) -> str:
     raise Forbidden("your identity provider grants you no role in this tenant")
 
 
-async def sign_in(db: Executor, tenant: TenantRecord, provider: Provider, claims: dict[str, Any],
-                  *, request_id: str | None = None) -> UserRecord:
-    """The user for these claims, a member of the tenant with the mapped role (kept in step)."""
+LINK_TTL = 600
+
+
+def _link_key(secret_key: str) -> OctKey:
+    return OctKey.import_key(("oidc-link:" + secret_key).encode())
+
+
+def link_ticket(user_id: UUID, tenant_id: str, secret_key: str) -> tuple[str, int]:
+    """A short-lived ticket with which the signed-in user starts linking an identity of the
+    tenant's provider to their account (a browser navigation carries no Authorization header)."""
+    expires = int(time.time()) + LINK_TTL
+    ticket = jwt.encode({"alg": "HS256"}, {"uid": str(user_id), "tid": tenant_id, "exp": expires},
+                        _link_key(secret_key))
+    return ticket, expires
+
+
+def read_link_ticket(ticket: str, tenant_id: str, secret_key: str) -> UUID:
+    try:
+        token = jwt.decode(ticket, _link_key(secret_key), algorithms=["HS256"])
+        jwt.JWTClaimsRegistry(exp={"essential": True}, uid={"essential": True},
+                              tid={"essential": True, "value": tenant_id}).validate(token.claims)
+        return UUID(str(token.claims["uid"]))
+    except (JoseError, ValueError) as exc:
+        raise Unauthenticated("invalid or expired link ticket; start again") from exc
+
+
+async def _linked_user(db: Executor, issuer: str, subject: str) -> UUID | None:
+    return (await db.execute(select(external_identities.c.user_id).where(
+        external_identities.c.issuer == issuer, external_identities.c.subject == subject))).scalar_one_or_none()
+
+
+async def _account_for(db: Executor, provider: Provider, claims: dict[str, Any], link_user: UUID | None,
+                       tenant_id: str, request_id: str | None) -> UserRecord:
+    """The account this identity signs in: its link, the signed-in user who asked to link it,
+    or a new account — never an existing one found by email."""
+    subject = str(claims.get("sub") or "")
+    if not subject:
+        raise Unauthenticated("the identity provider named no subject")
+    linked = await _linked_user(db, provider.issuer, subject)
+    if link_user is not None:
+        if linked is not None and linked != link_user:
+            raise Conflict("this identity is already linked to another account")
+        user = await user_by_id(db, link_user)
+        if user is None:
+            raise Unauthenticated("the account to link no longer exists")
+        if linked is None:
+            await db.execute(insert(external_identities).values(issuer=provider.issuer, subject=subject,
+                                                                user_id=user.id))
+            await audit.record(db, tenant_id=tenant_id, actor=audit.Actor.user(user.id), action="sso.linked",
+                               target=provider.issuer, request_id=request_id)
+        return user
+    if linked is not None:
+        user = await user_by_id(db, linked)
+        if user is None:  # pragma: no cover - links cascade with users
+            raise Unauthenticated("the linked account no longer exists")
+        return user
     if claims.get("email_verified") is False:
         raise Forbidden("the identity provider has not verified this email address")
     email = normalise_email(str(claims.get("email") or ""))
+    if not email or "@" not in email:
+        raise Forbidden("the identity provider named no email address for a new account")
+    if await user_by_email(db, email) is not None:
+        raise Conflict("an account with this email already exists: sign in to it and link this identity "
+                       "(startSingleSignOnLink)")
+    user = await create_user(db, email=email, password_hash=None)
+    await db.execute(insert(external_identities).values(issuer=provider.issuer, subject=subject, user_id=user.id))
+    return user
+
+
+async def sign_in(db: Executor, tenant: TenantRecord, provider: Provider, claims: dict[str, Any],
+                  *, link_user: UUID | None = None, allowed_issuers: tuple[str, ...] = (),
+                  request_id: str | None = None) -> tuple[UserRecord, Reach]:
+    """The account for these claims, a member with the mapped role (kept in step), and the
+    session's reach: the provider's own tenant, or — inherited — parent-level in its subtree."""
+    check_issuer(provider.issuer, allowed_issuers)
     role = role_for(provider, claims)
     if role not in BUILTIN_ROLES and role != provider.default_role and role not in provider.role_mapping.values():
         raise Forbidden("unknown role")
-    user = await user_by_email(db, email) or await create_user(db, email=email, password_hash=None)
-    current = (await db.execute(select(memberships.c.role).where(
-        memberships.c.tenant_id == tenant.id, memberships.c.user_id == user.id))).scalar_one_or_none()
+    user = await _account_for(db, provider, claims, link_user, tenant.id, request_id)
+    inherited = provider.tenant_id != tenant.id
+    holder, scope = (provider.tenant_id, "SUBTREE") if inherited else (tenant.id, "TENANT")
+    current = (await db.execute(select(memberships.c.role, memberships.c.scope).where(
+        memberships.c.tenant_id == holder, memberships.c.user_id == user.id))).first()
     if current is None:
-        await db.execute(insert(memberships).values(user_id=user.id, tenant_id=tenant.id, role=role))
-    elif current != role:
-        await db.execute(update(memberships).where(memberships.c.tenant_id == tenant.id,
-                                                   memberships.c.user_id == user.id).values(role=role))
+        await db.execute(insert(memberships).values(user_id=user.id, tenant_id=holder, role=role, scope=scope))
+    elif current.role != role or (inherited and current.scope != scope):
+        await db.execute(update(memberships).where(memberships.c.tenant_id == holder,
+                                                   memberships.c.user_id == user.id)
+                         .values(role=role, scope=scope if inherited else current.scope))
     await audit.record(db, tenant_id=tenant.id, actor=audit.Actor.user(user.id), action="login.sso",
-                       target=email, changes=[{"attribute": "role", "previous": current, "new": role}],
-                       request_id=request_id)
-    return user
+                       target=user.email, changes=[{"attribute": "role", "previous": current.role if current else None,
+                                                    "new": role}], request_id=request_id)
+    return user, Reach(provider.tenant_id, subtree=inherited)

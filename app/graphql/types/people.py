@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
+from urllib.parse import urlencode
 from uuid import UUID
 
 import strawberry
@@ -18,6 +19,7 @@ from app.graphql.types.tenants import Tenant
 from app.services import api_tokens, data_audit, invitations, members, sso
 from app.services import audit as audit_service
 from app.services.users import UserRecord
+from app.tenancy.naming import is_tenant_id
 
 Info = strawberry.Info[Context, None]
 
@@ -74,6 +76,12 @@ class ApiToken:
     def of(cls, r: ApiTokenRecord) -> ApiToken:
         return cls(id=strawberry.ID(str(r.id)), name=r.name, permissions=list(r.permissions),
                    created_at=r.created_at, expires_at=r.expires_at, last_used_at=r.last_used_at)
+
+
+@strawberry.type
+class SingleSignOnLink:
+    login_path: str
+    expires_at: datetime
 
 
 @strawberry.type
@@ -301,8 +309,22 @@ class PeopleMutations:
             ctx.management_db, await ctx.tenant_db(), routed,
             box=sso.secret_box(ctx.platform.settings.resolved_secret_key()), issuer=input.issuer,
             client_id=input.client_id, client_secret=input.client_secret, role_claim=input.role_claim,
-            role_mapping=mapping, default_role=input.default_role, inherit=input.inherit, request_id=ctx.request_id)
+            role_mapping=mapping, default_role=input.default_role, inherit=input.inherit,
+            allowed_issuers=ctx.platform.settings.oidc_allowed_issuers, request_id=ctx.request_id)
         return SingleSignOn.of(provider, routed.tenant.id)
+
+    @strawberry.mutation(description="Start linking an identity of a tenant's identity provider to your account: "
+                                     "open loginPath in the browser within 10 minutes. Single sign-on never signs "
+                                     "in to an existing account by email alone.")
+    async def start_single_sign_on_link(self, info: Info, tenant_id: strawberry.ID) -> SingleSignOnLink:
+        ctx = info.context
+        principal = ctx.principal()
+        tenant = str(tenant_id)
+        if not is_tenant_id(tenant):
+            raise InvalidInput("not a tenant id", field="tenantId")
+        ticket, expires = sso.link_ticket(principal.user_id, tenant, ctx.platform.settings.resolved_secret_key())
+        return SingleSignOnLink(login_path=f"/auth/oidc/{tenant}/login?{urlencode({'link': ticket})}",
+                                expires_at=datetime.fromtimestamp(expires, UTC))
 
     @strawberry.mutation(description="An API token for this tenant with at most your permissions, shown once.")
     async def create_api_token(self, info: Info, name: str, permissions: list[str],
