@@ -22,6 +22,7 @@ from app.access.scope import Scope
 from app.errors import Forbidden
 from app.graphql.loaders import Loaders, build_loaders
 from app.platform import Platform
+from app.services.data_plane import Plane
 from app.services.usage import LimitUsage, limit_usage
 
 
@@ -73,6 +74,14 @@ class Context:
 
     async def tenant_db(self) -> PlaneView:
         return await self.access.tenant_db()
+
+    async def data_plane(self, permission: str, *alternatives: str) -> Plane:
+        """The routed tenant's data plane for a caller holding `permission` (or one of the
+        alternatives): what the data-plane use cases in `app.services.data_plane` take."""
+        routed = await (self.authorize_any(permission, *alternatives) if alternatives else self.authorize(permission))
+        return Plane(db=await self.tenant_db(), management=self.management_db, routed=routed,
+                     request_id=self.request_id, usage=self.usage,
+                     warning_ratio=self.platform.settings.limit_warning_ratio)
 
     async def scope(self) -> Scope:
         return (await self.routed()).scope

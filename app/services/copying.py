@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,16 +32,17 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.access.acting import act_as_tenant, act_as_tenant_blocking
-from app.access.principal import Actor
+from app.access.principal import Actor, Routed
 from app.access.scope import Scope
 from app.db.transaction import transaction
-from app.errors import InvalidInput, NotFound
+from app.errors import AppError, InvalidInput, NotFound
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
 from app.services import data_audit
 from app.services.devices import group_closure
 from app.tenancy.naming import tenant_schema
 
+log = logging.getLogger("tenantry.copying")
 KINDS = ("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS")
 STALE_AFTER = timedelta(seconds=60)
 
@@ -446,6 +448,47 @@ class CopyJob:
 
 JOB_COLUMNS = (copy_jobs.c.id, copy_jobs.c.source_tenant, copy_jobs.c.target_tenant, copy_jobs.c.status,
                copy_jobs.c.counts, copy_jobs.c.error, copy_jobs.c.created_at, copy_jobs.c.finished_at)
+
+
+async def start(engine: AsyncEngine, spec: CopySpec, *, source: Routed, requested_by: UUID, request_id: str | None,
+                inline_rows: int, background: set[asyncio.Task[None]]) -> UUID:
+    """Run a checked, authorised copy: small ones inline (the job is recorded SUCCEEDED), larger
+    ones as a background job (QUEUED → RUNNING → SUCCEEDED | FAILED) referenced in `background`
+    until done. Returns the job id either way."""
+    if await estimate(engine, spec, source.scope) > inline_rows:
+        job_id = await create_job(engine, spec, requested_by=requested_by, status="QUEUED")
+        task = asyncio.create_task(_run_job(engine, job_id, spec, source, request_id))
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return job_id
+    counts = await run_copy(engine, spec, source_scope=source.scope, actor=source.actor, request_id=request_id)
+    job_id = await create_job(engine, spec, requested_by=requested_by, status="SUCCEEDED")
+    await update_job(engine, job_id, counts=counts.as_json(), finished_at=datetime.now().astimezone())
+    return job_id
+
+
+async def _run_job(engine: AsyncEngine, job_id: UUID, spec: CopySpec, source: Routed, request_id: str | None) -> None:
+    await update_job(engine, job_id, status="RUNNING")
+
+    async def progress(step: str, counts: CopyCounts) -> None:
+        await update_job(engine, job_id, counts=counts.as_json())
+
+    try:
+        counts = await run_copy(engine, spec, source_scope=source.scope, actor=source.actor, request_id=request_id,
+                                on_step=progress)
+    except AppError as exc:
+        await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
+    except asyncio.CancelledError:
+        await update_job(engine, job_id, status="FAILED", finished_at=datetime.now().astimezone(),
+                         error="the server stopped during the copy; nothing was written")
+        raise
+    except Exception:
+        log.exception("copy job %s failed", job_id)
+        await update_job(engine, job_id, status="FAILED", error="internal error",
+                         finished_at=datetime.now().astimezone())
+    else:
+        await update_job(engine, job_id, status="SUCCEEDED", counts=counts.as_json(),
+                         finished_at=datetime.now().astimezone())
 
 
 async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str) -> UUID:

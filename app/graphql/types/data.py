@@ -22,12 +22,11 @@ from app.graphql.context import Context
 from app.graphql.scalars import JSON
 from app.graphql.types.devices import Alarm, AlarmSeverity, AlarmStatus
 from app.services import alarms as alarm_service
-from app.services import data_audit
+from app.services import data_plane as use_case
 from app.services import events as event_service
 from app.services import measurements as measurement_service
 from app.services import operations as operation_service
 from app.services.events import EventRecord
-from app.services.limits import enforce_storage_limit
 from app.services.measurements import MeasurementRecord, NewMeasurement, SeriesBucket
 from app.services.operations import OperationRecord
 
@@ -246,11 +245,7 @@ class DataQueries:
 
 
 async def _create_measurements(ctx: Context, batch: list[NewMeasurement]) -> int:
-    routed = await ctx.authorize(MEASUREMENTS_WRITE)
-    await enforce_storage_limit(ctx.management_db, routed.tenant)
-    stored = await measurement_service.create_measurements(await ctx.tenant_db(), routed.scope, batch)
-    ctx.count("measurements_created_count", stored)
-    return stored
+    return await use_case.ingest_measurements(await ctx.data_plane(MEASUREMENTS_WRITE), batch)
 
 
 def install_ingest_path(schema: GraphQLSchema) -> None:
@@ -282,71 +277,34 @@ class DataMutations:
 
     @strawberry.mutation
     async def create_event(self, info: Info, input: CreateEventInput) -> Event:
-        ctx = info.context
-        routed = await ctx.authorize(EVENTS_WRITE)
-        scope = routed.scope
-        await enforce_storage_limit(ctx.management_db, routed.tenant)
-        record = await event_service.create_event(await ctx.tenant_db(), scope, device_id=input.device_id,
-                                                  time=input.time, type=input.type, text=input.text,
-                                                  attributes=input.attributes)
-        ctx.count("events_created_count")
-        return Event.of(record)
+        plane = await info.context.data_plane(EVENTS_WRITE)
+        return Event.of(await use_case.record_event(plane, device_id=input.device_id, time=input.time,
+                                                    type=input.type, text=input.text, attributes=input.attributes))
 
     @strawberry.mutation
     async def update_event(self, info: Info, id: strawberry.ID, input: UpdateEventInput) -> Event:
-        ctx = info.context
-        scope = (await ctx.authorize(EVENTS_WRITE)).scope
-        record = await event_service.update_event(await ctx.tenant_db(), scope, id, text=input.text,
-                                                  attributes=input.attributes)
-        ctx.count("events_updated_count")
-        return Event.of(record)
+        plane = await info.context.data_plane(EVENTS_WRITE)
+        return Event.of(await use_case.change_event(plane, id, text=input.text, attributes=input.attributes))
 
     @strawberry.mutation(description="Raise an alarm; an open one of the same device and type counts up instead.")
     async def raise_alarm(self, info: Info, input: RaiseAlarmInput) -> Alarm:
-        ctx = info.context
-        routed = await ctx.authorize(ALARMS_WRITE)
-        db = await ctx.tenant_db()
-        record = await alarm_service.raise_alarm(db, routed.scope, device_id=input.device_id,
-                                                 type=input.type, severity=input.severity.value, text_=input.text)
-        ctx.count("alarms_created_count" if record.count == 1 else "alarms_updated_count")
-        await data_audit.record(db, actor=routed.actor, action="alarm.raised", target=str(record.id),
-                                changes=[{"attribute": "count", "previous": record.count - 1, "new": record.count}],
-                                request_id=ctx.request_id)
-        return Alarm.of(record)
+        plane = await info.context.data_plane(ALARMS_WRITE)
+        return Alarm.of(await use_case.raise_alarm(plane, device_id=input.device_id, type=input.type,
+                                                   severity=input.severity.value, text=input.text))
 
     @strawberry.mutation(description="ACTIVE → ACKNOWLEDGED → CLEARED (or ACTIVE → CLEARED).")
     async def update_alarm_status(self, info: Info, id: strawberry.ID, status: AlarmStatus) -> Alarm:
-        ctx = info.context
-        routed = await ctx.authorize(ALARMS_WRITE)
-        db = await ctx.tenant_db()
-        record = await alarm_service.update_alarm_status(db, routed.scope, id, status.value)
-        ctx.count("alarms_updated_count")
-        await data_audit.record(db, actor=routed.actor, action="alarm.status", target=str(record.id),
-                                changes=[{"attribute": "status", "previous": None, "new": record.status}],
-                                request_id=ctx.request_id)
-        return Alarm.of(record)
+        plane = await info.context.data_plane(ALARMS_WRITE)
+        return Alarm.of(await use_case.change_alarm_status(plane, id, status.value))
 
     @strawberry.mutation
     async def create_operation(self, info: Info, input: CreateOperationInput) -> Operation:
-        ctx = info.context
-        routed = await ctx.authorize(OPERATIONS_WRITE)
-        db = await ctx.tenant_db()
-        record = await operation_service.create_operation(db, routed.scope, device_id=input.device_id,
-                                                          description=input.description, payload=input.payload)
-        ctx.count("operations_created_count")
-        await data_audit.record(db, actor=routed.actor, action="operation.created", target=str(record.id),
-                                request_id=ctx.request_id)
-        return Operation.of(record)
+        plane = await info.context.data_plane(OPERATIONS_WRITE)
+        return Operation.of(await use_case.create_operation(plane, device_id=input.device_id,
+                                                            description=input.description, payload=input.payload))
 
     @strawberry.mutation(description="PENDING → EXECUTING → SUCCESSFUL | FAILED (with failureReason).")
     async def update_operation_status(self, info: Info, id: strawberry.ID, status: OperationStatus,
                                       failure_reason: str | None = None) -> Operation:
-        ctx = info.context
-        routed = await ctx.authorize_any(OPERATIONS_WRITE, OPERATIONS_DEVICE)
-        db = await ctx.tenant_db()
-        record = await operation_service.update_operation_status(db, routed.scope, id, status.value, failure_reason)
-        ctx.count("operations_updated_count")
-        await data_audit.record(db, actor=routed.actor, action="operation.status", target=str(record.id),
-                                changes=[{"attribute": "status", "previous": None, "new": record.status}],
-                                request_id=ctx.request_id)
-        return Operation.of(record)
+        plane = await info.context.data_plane(OPERATIONS_WRITE, OPERATIONS_DEVICE)
+        return Operation.of(await use_case.change_operation_status(plane, id, status.value, failure_reason))

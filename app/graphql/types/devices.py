@@ -9,16 +9,14 @@ from typing import cast
 import strawberry
 
 from app.auth.roles import DEVICES_READ, DEVICES_WRITE
-from app.db.transaction import BulkExecutor
 from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
-from app.services import data_audit, device_templates, device_tokens, limits
+from app.services import data_plane as use_case
 from app.services import devices as service
 from app.services.alarms import AlarmRecord
 from app.services.devices import DeviceRecord, ExternalId, GroupRecord, require_id
-from app.services.usage import check_limit_warnings
 
 Info = strawberry.Info[Context, None]
 ALARM_PAGE_CAP = 100
@@ -246,51 +244,23 @@ class DeviceQueries:
 class DeviceMutations:
     @strawberry.mutation
     async def create_device(self, info: Info, input: CreateDeviceInput) -> Device:
-        ctx = info.context
-        routed = await ctx.authorize(DEVICES_WRITE)
-        db = await ctx.tenant_db()
-        count = await limits.enforce_device_limit(db, routed.tenant)
-        kind, fragments = input.type, cast(object, input.fragments)
-        if input.template_id is not None:
-            template = await device_templates.for_device(ctx.management_db, db, routed.tenant.id, input.template_id)
-            kind = kind or template.type
-            fragments = {**template.fragments, **(fragments if isinstance(fragments, dict) else {})}
-        record = await service.create_device(
-            db, routed.scope, name=input.name, type=kind,
-            owner=str(routed.principal.user_id), external_id=input.external_id, fragments=fragments,
+        plane = await info.context.data_plane(DEVICES_WRITE)
+        return Device.of(await use_case.create_device(
+            plane, name=input.name, type=input.type, external_id=input.external_id,
+            fragments=cast(object, input.fragments), template_id=input.template_id,
             group_id=require_id(input.group_id, "group") if input.group_id is not None else None,
-            parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None,
-        )
-        ctx.count("inventories_created_count")
-        await data_audit.record(db, actor=routed.actor, action="device.created", target=str(record.id),
-                                changes=[{"attribute": "name", "previous": None, "new": record.name}],
-                                request_id=ctx.request_id)
-        if count is not None:  # a limited tenant: warn its admins when this crosses the threshold
-            await check_limit_warnings(ctx.management_db, [{"tenant_id": routed.tenant.id,
-                                                            "device_with_children_count": count + 1}],
-                                       ratio=ctx.platform.settings.limit_warning_ratio)
-        return Device.of(record)
+            parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None))
 
     @strawberry.mutation
     async def update_device(self, info: Info, id: strawberry.ID, input: UpdateDeviceInput) -> Device:
-        ctx = info.context
-        routed = await ctx.authorize(DEVICES_WRITE)
-        db = await ctx.tenant_db()
-        record = await service.update_device(db, routed.scope, id, service.DeviceChanges(
+        plane = await info.context.data_plane(DEVICES_WRITE)
+        return Device.of(await use_case.update_device(plane, id, service.DeviceChanges(
             name=input.name, type=input.type, fragments=input.fragments, clear_parent=input.clear_parent,
-            parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None))
-        ctx.count("inventories_updated_count")
-        await data_audit.record(db, actor=routed.actor, action="device.updated", target=str(record.id),
-                                request_id=ctx.request_id)
-        return Device.of(record)
+            parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None)))
 
     @strawberry.mutation(description="Delete a device, its child devices and all their data.")
     async def delete_device(self, info: Info, id: strawberry.ID) -> bool:
-        ctx = info.context
-        routed = await ctx.authorize(DEVICES_WRITE)
-        db = await ctx.tenant_db()
-        await service.delete_device(db, routed.scope, id)
-        await data_audit.record(db, actor=routed.actor, action="device.deleted", target=id, request_id=ctx.request_id)
+        await use_case.delete_device(await info.context.data_plane(DEVICES_WRITE), id)
         return True
 
     @strawberry.mutation
@@ -304,12 +274,9 @@ class DeviceMutations:
 
     @strawberry.mutation
     async def create_group(self, info: Info, name: str, parent_id: strawberry.ID | None = None) -> Group:
-        ctx = info.context
-        scope = (await ctx.authorize(DEVICES_WRITE)).scope
-        record = await service.create_group(await ctx.tenant_db(), scope, name=name,
-                                            parent_id=require_id(parent_id, "group") if parent_id else None)
-        ctx.count("inventories_created_count")
-        return Group.of(record)
+        plane = await info.context.data_plane(DEVICES_WRITE)
+        return Group.of(await use_case.create_group(
+            plane, name=name, parent_id=require_id(parent_id, "group") if parent_id else None))
 
     @strawberry.mutation(description="Delete a group and its subgroups; the devices stay.")
     async def delete_group(self, info: Info, id: strawberry.ID) -> bool:
@@ -335,25 +302,11 @@ class DeviceMutations:
 
     @strawberry.mutation(description="A credential for one device, shown once.")
     async def create_device_token(self, info: Info, device_id: strawberry.ID) -> CreatedDeviceToken:
-        db, tenant_id, key = await _writable_device(info.context, device_id)
-        token = await device_tokens.create(db, tenant_id=tenant_id, device_id=key)
-        await data_audit.record(db, actor=(await info.context.routed()).actor, action="device_token.created",
-                                target=str(key), request_id=info.context.request_id)
+        plane = await info.context.data_plane(DEVICES_WRITE)
+        token = await use_case.issue_device_token(plane, require_id(device_id, "device"))
         return CreatedDeviceToken(token=token, device_id=device_id)
 
     @strawberry.mutation(description="Revoke every credential of a device; returns how many.")
     async def revoke_device_tokens(self, info: Info, device_id: strawberry.ID) -> int:
-        db, _, key = await _writable_device(info.context, device_id)
-        revoked = await device_tokens.revoke_all(db, device_id=key)
-        await data_audit.record(db, actor=(await info.context.routed()).actor, action="device_token.revoked",
-                                target=str(key), request_id=info.context.request_id)
-        return revoked
-
-
-async def _writable_device(ctx: Context, device_id: str) -> tuple[BulkExecutor, str, int]:
-    """(tenant transaction, tenant id, device id) for a device the caller may change."""
-    routed = await ctx.authorize(DEVICES_WRITE)
-    db = await ctx.tenant_db()
-    key = require_id(device_id, "device")
-    await service.require_devices(db, routed.scope, [key])
-    return db, routed.tenant.id, key
+        plane = await info.context.data_plane(DEVICES_WRITE)
+        return await use_case.revoke_device_tokens(plane, require_id(device_id, "device"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import datetime
 from enum import Enum
 from typing import Annotated
@@ -11,17 +9,14 @@ from uuid import UUID
 
 import strawberry
 
-from app.access.principal import Routed
 from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRITE, MEASUREMENTS_WRITE
-from app.errors import AppError, NotFound
+from app.errors import NotFound
 from app.graphql.context import Context
-from app.platform import Platform
 from app.services import copying, migration
 from app.services.devices import require_id
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")
-log = logging.getLogger("tenantry.copying")
 WRITE_PERMISSION = {"MEASUREMENTS": MEASUREMENTS_WRITE, "EVENTS": EVENTS_WRITE, "ALARMS": ALARMS_WRITE}
 
 
@@ -90,33 +85,6 @@ class CopyJob:
                    counts=CopyCounts(**c), error=job.error, created_at=job.created_at, finished_at=job.finished_at)
 
 
-async def _run_in_background(platform: Platform, job_id: UUID, spec: copying.CopySpec, source: Routed,
-                             request_id: str) -> None:
-    await copying.update_job(platform.db.app, job_id, status="RUNNING")
-
-    async def progress(step: str, counts: copying.CopyCounts) -> None:
-        await copying.update_job(platform.db.app, job_id, counts=counts.as_json())
-
-    try:
-        counts = await copying.run_copy(platform.db.app, spec, source_scope=source.scope, actor=source.actor,
-                                        request_id=request_id, on_step=progress)
-    except AppError as exc:
-        await copying.update_job(platform.db.app, job_id, status="FAILED", error=exc.message,
-                                 finished_at=datetime.now().astimezone())
-    except asyncio.CancelledError:
-        await copying.update_job(platform.db.app, job_id, status="FAILED",
-                                 error="the server stopped during the copy; nothing was written",
-                                 finished_at=datetime.now().astimezone())
-        raise
-    except Exception:
-        log.exception("copy job %s failed", job_id)
-        await copying.update_job(platform.db.app, job_id, status="FAILED", error="internal error",
-                                 finished_at=datetime.now().astimezone())
-    else:
-        await copying.update_job(platform.db.app, job_id, status="SUCCEEDED", counts=counts.as_json(),
-                                 finished_at=datetime.now().astimezone())
-
-
 @strawberry.type
 class SharingQueries:
     @strawberry.field(description="A copy job you asked for (its status and progress).")
@@ -150,18 +118,9 @@ class SharingMutations:
                                                write=writes)
 
         platform = ctx.platform
-        if await copying.estimate(platform.db.app, spec, source.scope) > platform.settings.copy_inline_rows:
-            job_id = await copying.create_job(platform.db.app, spec, requested_by=principal.user_id, status="QUEUED")
-            task = asyncio.create_task(_run_in_background(platform, job_id, spec, source, ctx.request_id))
-            platform.background.add(task)
-            task.add_done_callback(platform.background.discard)
-        else:
-            counts = await copying.run_copy(platform.db.app, spec, source_scope=source.scope, actor=source.actor,
-                                            request_id=ctx.request_id)
-            job_id = await copying.create_job(platform.db.app, spec, requested_by=principal.user_id,
-                                              status="SUCCEEDED")
-            await copying.update_job(platform.db.app, job_id, counts=counts.as_json(),
-                                     finished_at=datetime.now().astimezone())
+        job_id = await copying.start(platform.db.app, spec, source=source, requested_by=principal.user_id,
+                                     request_id=ctx.request_id, inline_rows=platform.settings.copy_inline_rows,
+                                     background=platform.background)
         job = await copying.job_by_id(ctx.management_db, job_id, requested_by=principal.user_id)
         if job is None:  # pragma: no cover - just written
             raise NotFound("copy job vanished")
