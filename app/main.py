@@ -23,9 +23,9 @@ from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
 from app.platform import Platform
 from app.services import copying, outbox, retention, usage
+from app.services.provisioning import keep_spares
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
-from app.tenancy.provisioning import keep_spares
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Starlette:

@@ -15,9 +15,9 @@ import asyncio
 import sys
 
 from app.db.transaction import transaction
+from app.services.provisioning import _grants_sql, fill_spares
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.naming import new_tenant_id, tenant_schema
-from app.tenancy.provisioning import _grants_sql, fill_spares
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct, timed
 
 CREATE = """mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) { id } }"""

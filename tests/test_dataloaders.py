@@ -20,7 +20,10 @@ def counting(platform: Platform) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        # The tenant's own statements only: registry lookups (management schema, when the 1 s
+        # cache expired just then) and role switches are per request, not per device.
+        if "tenantry." not in statement and "set_config" not in statement:
+            statements.append(statement)
 
     engine = platform.db.app.sync_engine
     event.listen(engine, "before_cursor_execute", record)
@@ -49,7 +52,6 @@ async def test_statement_count_is_independent_of_the_number_of_devices(api: Api,
     await _populate(api, many.token, many.id, 30)
     counts = []
     for t, n in ((few, 3), (many, 30)):
-        await api.gql(QUERY, token=t.token, tenant=t.id)  # warm the registry cache
         with counting(platform) as statements:
             result = await api.gql(QUERY, token=t.token, tenant=t.id)
         edges = result.data["devices"]["edges"]

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from app.errors import Conflict
 from app.platform import Platform
 from app.services.audit import SYSTEM
-from app.tenancy.provisioning import TenantSpec, provision_tenant
+from app.services.provisioning import TenantSpec, provision_tenant
 from tests.conftest import Api, World
 
 SUSPEND = "mutation($id: ID!) { suspendTenant(id: $id) { id status } }"

@@ -11,8 +11,8 @@ from sqlalchemy import text
 from app.errors import Conflict
 from app.platform import Platform
 from app.services.audit import SYSTEM
+from app.services.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.naming import spare_schema
-from app.tenancy.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.registry import TenantRecord
 from tests.conftest import Api, World, assert_denied, unique
 

@@ -12,9 +12,9 @@ from app.db.transaction import transaction
 from app.models.management import memberships
 from app.platform import Platform
 from app.services.audit import SYSTEM
+from app.services.provisioning import TenantSpec, provision_tenant
 from app.services.users import create_user, normalise_email, user_by_email
 from app.tenancy.naming import MANAGEMENT_TENANT_ID
-from app.tenancy.provisioning import TenantSpec, provision_tenant
 
 DEFAULT_ADMIN_EMAIL = "admin@tenantry.local"
 

@@ -24,9 +24,9 @@ from app.models.management import outbox, signups
 from app.platform import Platform
 from app.services import invitations
 from app.services.audit import SYSTEM
+from app.services.provisioning import TenantSpec, provision_tenant
 from app.services.tenants import check_company
 from app.services.users import create_user, normalise_email, user_by_email
-from app.tenancy.provisioning import TenantSpec, provision_tenant
 from app.tenancy.registry import TenantRecord
 
 PREFIX = "tsup_"

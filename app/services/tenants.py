@@ -29,9 +29,9 @@ from app.platform import Platform
 from app.services import audit
 from app.services.limits import check_allocation, check_own_allocations
 from app.services.pagination import Page, build_page, contains_pattern, decode_cursor, page_size
+from app.services.provisioning import TenantSpec, drop_tenant_schema, provision_tenant
 from app.services.users import normalise_email, user_by_email
 from app.tenancy.naming import is_tenant_id
-from app.tenancy.provisioning import TenantSpec, drop_tenant_schema, provision_tenant
 from app.tenancy.registry import TenantRecord, select_tenants
 
 DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$")
