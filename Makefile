@@ -40,6 +40,7 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.provision
 	$(BIN)/python -m bench.routing
+	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.list
 	$(BIN)/python -m bench.usage

@@ -64,10 +64,13 @@ class InFlight:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
-        except TimeoutError as exc:
-            raise Unavailable("the server is busy: too many requests in flight", retryAfter=1) from exc
+        if self._slots.locked():  # only a saturated process pays for the timed wait (a task)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
+            except TimeoutError as exc:
+                raise Unavailable("the server is busy: too many requests in flight", retryAfter=1) from exc
+        else:
+            await self._slots.acquire()
         try:
             yield
         finally:
