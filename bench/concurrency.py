@@ -130,7 +130,9 @@ async def main(seconds: float) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
                                                access_log=False))
         serving = asyncio.create_task(server.serve())
-        while not server.started:
+        for _ in range(1000):  # bounded: uvicorn sets `started` once it listens
+            if server.started:
+                break
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         results = {}
