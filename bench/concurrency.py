@@ -73,7 +73,10 @@ def _lua_string(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
-def _script(requests: list[tuple[str, str, dict[str, str], str | None]]) -> str:
+Request = tuple[str, str, dict[str, str], str | None]  # method, path, headers, body
+
+
+def _script(requests: list[Request]) -> str:
     lines = []
     for method, path, headers, body in requests:
         header_table = "{" + ", ".join(f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()) + "}"
@@ -112,7 +115,8 @@ async def main(seconds: float) -> None:
         sys.exit("bench.concurrency needs wrk (apt-get install wrk)")
     async with bench_platform(plain_routes) as b:
         token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
-        graphql, plain = [], []
+        graphql: list[Request] = []
+        plain: list[Request] = []
         for i in range(4):
             created = await b.gql(f'mutation {{ createSubtenant(input: {{domain: "load{i}", company: "L", '
                                   f'adminEmail: "{ADMIN_EMAIL}"}}) {{ id }} }}', token=token, tenant="management")
@@ -120,7 +124,7 @@ async def main(seconds: float) -> None:
             tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant)
             device = (await b.gql('mutation { createDevice(input: {name: "bench", type: "t", fragments: {a: 1}}) '
                                   "{ id } }", token=tenant_token, tenant=tenant))["createDevice"]["id"]
-            headers = {"Authorization": f"Bearer {tenant_token}", "X-Tenant-ID": tenant,
+            headers: dict[str, str] = {"Authorization": f"Bearer {tenant_token}", "X-Tenant-ID": tenant,
                        "Content-Type": "application/json", "Accept": "application/graphql-response+json"}
             body = orjson.dumps({"query": DEVICE, "variables": {"id": device}}).decode()
             graphql.append(("POST", "/graphql", headers, body))
