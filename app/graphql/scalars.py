@@ -12,6 +12,8 @@ from strawberry.exceptions import StrawberryInputCoercionError
 from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
 
+from app.inputs import InputRejected, check_datetime
+
 __all__ = ["JSON", "SCALAR_MAP", "Long"]
 
 Long = NewType("Long", int)
@@ -32,14 +34,16 @@ def _parse_datetime(value: object) -> datetime:
     if not isinstance(value, str):
         raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}". Expected a string.')
     try:
-        return datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
-        pass
+        try:
+            parsed = dateutil.parser.isoparse(value)
+        except (ValueError, OverflowError):
+            raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}".') from None
     try:
-        parsed: datetime = dateutil.parser.isoparse(value)
-    except ValueError:
-        raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}".') from None
-    return parsed
+        return check_datetime(parsed)  # within years 1-9999 in UTC, where it is stored
+    except InputRejected as exc:
+        raise StrawberryInputCoercionError(f'Value cannot represent a DateTime: "{value}": {exc}.') from None
 
 
 SCALAR_MAP: dict[object, ScalarDefinition] = {

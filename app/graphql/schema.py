@@ -22,7 +22,7 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from app.graphql import execution
+from app.graphql import boundary, execution
 from app.graphql.execution import AttributeResolver, TenantryExecutor
 from app.graphql.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
@@ -86,6 +86,7 @@ def build_schema(settings: Settings | None = None) -> TenantrySchema:
         extensions=[lambda: FastPath(max_tokens=s.max_query_tokens, extra_rules=rules)],
         execution_context_class=TenantryExecutor,
     )
+    boundary.install(schema._schema)  # before any coercion is compiled (execution.install)
     _direct_attribute_resolvers(schema)
     install_ingest_path(schema._schema)
     execution.install()

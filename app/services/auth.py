@@ -49,8 +49,11 @@ async def login(platform: Platform, db: Executor, *, email: str, password: str, 
     # The same error, and the same argon2 work, whether the email or the password is wrong.
     if not await platform.passwords.verify(user.password_hash if user else None, password) or user is None:
         platform.login_throttle.failed(email, address)
+        # Audited in the tenant asked for only if it exists (else in the management tenant's).
+        known = tenant_id if tenant_id and is_tenant_id(tenant_id) and await platform.registry.tenant(
+            db, tenant_id) is not None else "management"
         async with transaction(platform.db.app) as tx:  # committed although the request fails
-            await audit.record(tx, tenant_id=tenant_id if tenant_id and is_tenant_id(tenant_id) else "management",
+            await audit.record(tx, tenant_id=known,
                                actor=audit.Actor("anonymous", address), action="login.failed", target=email[:200],
                                request_id=request_id)
         raise Unauthenticated(BAD_CREDENTIALS)

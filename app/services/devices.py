@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app import inputs
 from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -81,13 +82,8 @@ class DeviceChanges:
 
 
 def parse_id(value: str | int | None, what: str = "id") -> int | None:
-    """Ids are positive 64-bit integers; anything else can name nothing."""
-    if value is None:
-        return None
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        return None
-    return int(text)
+    """Ids are positive 64-bit integers in ASCII digits; anything else can name nothing."""
+    return inputs.parse_id(value)
 
 
 def require_id(value: str | int, what: str) -> int:

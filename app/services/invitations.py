@@ -21,7 +21,7 @@ from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFoun
 from app.models.management import invitations, memberships, outbox, tenants, users
 from app.services import audit
 from app.services.members import check_delegation
-from app.services.pagination import Page, build_page, decode_cursor, page_size
+from app.services.pagination import Page, build_page, decode_uuid_cursor, page_size
 from app.services.users import normalise_email, user_by_id
 
 PREFIX = "tinv_"
@@ -150,9 +150,9 @@ async def list_pending(db: Executor, routed: Routed, *, first: int | None, after
     size = page_size(first, cap)
     stmt = select(*COLUMNS).where(invitations.c.tenant_id == routed.tenant.id, invitations.c.accepted_at.is_(None),
                                   invitations.c.revoked_at.is_(None))
-    cursor = decode_cursor(after)
+    cursor = decode_uuid_cursor(after)
     if cursor is not None:
-        stmt = stmt.where(invitations.c.id > UUID(cursor))
+        stmt = stmt.where(invitations.c.id > cursor)
     rows = (await db.execute(stmt.order_by(invitations.c.id).limit(size + 1))).all()
     return build_page([_record(r) for r in rows], size, lambda i: str(i.id))
 

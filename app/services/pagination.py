@@ -7,8 +7,10 @@ import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from uuid import UUID
 
 from app.errors import InvalidInput
+from app.inputs import parse_id
 
 T = TypeVar("T")
 
@@ -36,19 +38,29 @@ def decode_cursor(cursor: str | None) -> str | None:
         raw = base64.urlsafe_b64decode(cursor.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("malformed cursor", field="after") from exc
-    if not raw.startswith("k:"):
+    if not raw.startswith("k:") or "\x00" in raw:
         raise InvalidInput("malformed cursor", field="after")
     return raw[2:]
+
+
+def decode_uuid_cursor(cursor: str | None) -> UUID | None:
+    key = decode_cursor(cursor)
+    if key is None:
+        return None
+    try:
+        return UUID(key)
+    except ValueError as exc:
+        raise InvalidInput("malformed cursor", field="after") from exc
 
 
 def decode_int_cursor(cursor: str | None) -> int | None:
     key = decode_cursor(cursor)
     if key is None:
         return None
-    try:
-        return int(key)
-    except ValueError as exc:
-        raise InvalidInput("malformed cursor", field="after") from exc
+    number = parse_id(key)
+    if number is None:
+        raise InvalidInput("malformed cursor", field="after")
+    return number
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ from sqlalchemy import Select, Table, tuple_
 
 from app.db.transaction import Executor
 from app.errors import InvalidInput
+from app.inputs import InputRejected, check_datetime, check_number, parse_id
 from app.services.pagination import Page
 from app.services.rows import to_record
 
@@ -40,9 +40,10 @@ def check_text(value: str, field: str, max_len: int = 100) -> str:
 
 
 def check_value(value: float) -> float:
-    if not math.isfinite(value):
-        raise InvalidInput("value must be a finite number", field="value")
-    return value
+    try:
+        return check_number(value)
+    except InputRejected as exc:
+        raise InvalidInput(f"value: {exc}", field="value") from None
 
 
 def encode_time_cursor(time: datetime, row_id: int) -> str:
@@ -57,8 +58,12 @@ def decode_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         if not raw.startswith("t:"):
             raise ValueError(raw)
         stamp, _, row_id = raw[2:].rpartition("|")
-        return datetime.fromisoformat(stamp), int(row_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        key = parse_id(row_id)
+        time = check_datetime(datetime.fromisoformat(stamp))
+        if key is None or time.tzinfo is None:
+            raise ValueError(raw)
+        return time, key
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:  # InputRejected is a ValueError
         raise InvalidInput("malformed cursor", field="after") from exc
 
 
