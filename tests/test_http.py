@@ -31,22 +31,40 @@ async def test_graphql_response_json_is_answered_in_kind(http: httpx.AsyncClient
     assert refused.status_code == 406
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    (b"{not json", 400),
-    (b"[1, 2]", 400),
-    (b'{"query": 5}', 400),
-    (b'{"query": "{ __typename }", "variables": [1]}', 400),
-    (b'{"query": "{ nope"}', 400),
-    (b'{"query": "{ noSuchField }"}', 400),
-    (b'{"query": "query($x: Int!) { __typename }", "variables": {"x": "str"}}', 400),
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", b'{"query": 5}', b'{"query": "{ __typename }", "variables": [1]}',
+    b'{"query": "{ __typename }", "extensions": [1]}', b'{"query": "{ __typename }", "extensions": "x"},',
 ])
-async def test_unparsable_or_invalid_documents_get_4xx(http: httpx.AsyncClient, body: bytes, status: int) -> None:
-    response = await http.post("/graphql", content=body,
-                               headers={"content-type": "application/json", "accept": GQL_RESPONSE})
-    assert response.status_code == status, response.text
-    errors = response.json()["errors"]
-    assert errors
-    assert errors[0]["extensions"]["code"] == "INVALID_INPUT"
+async def test_malformed_http_requests_get_400_whatever_the_media_type(http: httpx.AsyncClient, body: bytes) -> None:
+    for accept in (GQL_RESPONSE, "application/json"):
+        response = await http.post("/graphql", content=body, headers={"content-type": "application/json",
+                                                                      "accept": accept})
+        assert response.status_code == 400, response.text
+        assert response.json()["errors"][0]["extensions"]["code"] == "INVALID_INPUT"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"query": "{ nope"}',
+    b'{"query": "{ noSuchField }"}',
+    b'{"query": "query($x: Int!) { __typename }", "variables": {"x": "str"}}',
+    b'{"query": "query($x: Int!) { __typename }"}',
+])
+async def test_request_errors_follow_graphql_over_http(http: httpx.AsyncClient, body: bytes) -> None:
+    """Documents that fail to parse or validate, and variables that fail to coerce: nothing runs,
+    so no `data` key; 400 with application/graphql-response+json, 200 with application/json."""
+    for accept, status in ((GQL_RESPONSE, 400), ("application/json", 200)):
+        response = await http.post("/graphql", content=body, headers={"content-type": "application/json",
+                                                                      "accept": accept})
+        assert response.status_code == status, (accept, response.text)
+        payload = response.json()
+        assert "data" not in payload, payload
+        assert payload["errors"][0]["extensions"]["code"] == "INVALID_INPUT"
+
+
+async def test_extensions_must_be_an_object(http: httpx.AsyncClient) -> None:
+    ok = await http.post("/graphql", json={"query": "{ __typename }", "extensions": {"x": 1}})
+    assert ok.status_code == 200
+    assert (await http.get("/graphql", params={"query": "{ __typename }", "extensions": "[1]"})).status_code == 400
 
 
 async def test_wrong_content_type_and_oversized_bodies_are_refused(http: httpx.AsyncClient, platform: Platform) -> None:

@@ -125,14 +125,18 @@ class GraphQLEndpoint:
             data = None
         formatted = [_format_error(e, request_id, context) for e in errors]
         self._meter(context, committed, formatted)
-        body: dict[str, Any] = {"data": data}
-        if formatted:
-            body["errors"] = formatted
         status = 200
         headers = None
         codes = {f.get("extensions", {}).get("code") for f in formatted}
-        if data is None and errors and all(_is_request_error(e) for e in errors):
-            status = 400  # unparsable or invalid document: nothing was executed
+        # A request error (unparsable or invalid document, variables that do not coerce): nothing
+        # ran, so the body has no `data` (GraphQL spec). GraphQL-over-HTTP: 4xx for the
+        # graphql-response+json media type, 200 for legacy application/json clients.
+        request_error = data is None and bool(errors) and all(_is_request_error(e) for e in errors)
+        body: dict[str, Any] = {} if request_error else {"data": data}
+        if formatted:
+            body["errors"] = formatted
+        if request_error and media_type == GRAPHQL_RESPONSE:
+            status = 400
         if context.retry_after is not None:
             headers = {"retry-after": str(context.retry_after)}
             if codes == {"RATE_LIMITED"}:
@@ -170,8 +174,13 @@ class GraphQLEndpoint:
                 parsed_variables = orjson.loads(variables) if variables else None
             except orjson.JSONDecodeError as exc:
                 raise RequestError(400, "variables must be JSON") from exc
+            extensions = params.get("extensions")
+            try:
+                parsed_extensions = orjson.loads(extensions) if extensions else None
+            except orjson.JSONDecodeError as exc:
+                raise RequestError(400, "extensions must be JSON") from exc
             return {"query": params.get("query"), "variables": parsed_variables,
-                    "operationName": params.get("operationName")}
+                    "operationName": params.get("operationName"), "extensions": parsed_extensions}
         if request.method != "POST":
             raise RequestError(405, "GraphQL accepts GET and POST", {"Allow": "GET, POST"})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -205,6 +214,9 @@ def _unpack(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | 
     query = payload.get("query")
     variables = payload.get("variables")
     operation_name = payload.get("operationName")
+    extensions = payload.get("extensions")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestError(400, "'extensions' must be a JSON object")
     if not isinstance(query, str) or not query.strip():
         raise RequestError(400, "'query' must be a non-empty string")
     if variables is not None and not isinstance(variables, dict):
