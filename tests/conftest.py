@@ -183,8 +183,9 @@ class World:
         email = f"admin@{domain}.test"
         token = parent.token if parent else self.operator_token
         parent_id = parent.id if parent else "management"
-        result = await self.api.create_subtenant(token, parent_id, domain=domain, company=f"Co {domain}",
-                                                 kind=kind, adminEmail=email, adminPassword=PASSWORD, **fields)
+        fields = {"company": f"Co {domain}", **fields}
+        result = await self.api.create_subtenant(token, parent_id, domain=domain, kind=kind, adminEmail=email,
+                                                 adminPassword=PASSWORD, **fields)
         tenant_id = result.data["createSubtenant"]["id"]
         return TenantHandle(tenant_id, domain, email, await self.api.token(email, PASSWORD, tenant_id))
 

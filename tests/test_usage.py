@@ -151,7 +151,9 @@ async def test_usage_export_streams_csv_and_json_lines(http: httpx.AsyncClient, 
     assert daily.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(daily.text), delimiter=";"))
     mine = [r for r in rows if r["tenantId"] == child.id]
-    assert [(r["period"], r["requestCount"]) for r in mine] == [("2026-10-30", "3"), ("2026-11-02", "4")]
+    assert len(mine) == 46  # every day of the range, zeros where nothing was used
+    assert [(r["period"], r["requestCount"]) for r in mine if r["requestCount"] != "0"] == [
+        ("2026-10-30", "3"), ("2026-11-02", "4")]
     assert mine[0]["custom.costCenter"] == "CC-7"
     assert mine[0]["parentTenantId"] == ent.id
     monthly = await http.get("/export/usage.csv", params={**params, "granularity": "month"}, headers=headers)
@@ -172,6 +174,29 @@ async def test_usage_export_streams_csv_and_json_lines(http: httpx.AsyncClient, 
     assert forbidden.status_code == 403
     for bad in ({**params, "from": "yesterday"}, {**params, "granularity": "week"}, {**params, "separator": "ab"}):
         assert (await http.get("/export/usage.csv", params=bad, headers=headers)).status_code == 400
+
+
+async def test_usage_export_lists_idle_tenants_and_neutralises_formulas(
+        http: httpx.AsyncClient, world: World) -> None:
+    """Regression: a tenant without usage rows vanished from the export while subtenantUsage
+    listed it with zeros, and a company like =HYPERLINK(...) became a live spreadsheet formula."""
+    ent = await world.tenant(kind="ENTERPRISE")
+    idle = await world.tenant(ent, company='=HYPERLINK("http://evil.example","click")',
+                              customProperties={"note": "+1 call me", "cost": "-5"})
+    headers = {"authorization": f"Bearer {ent.token}", "x-tenant-id": ent.id}
+    for granularity, periods in (("day", 3), ("month", 2), ("total", 1)):
+        params = {"from": "2026-01-30", "to": "2026-02-01", "granularity": granularity}
+        rows = [r for r in csv.DictReader(io.StringIO((await http.get("/export/usage.csv", params=params,
+                                                                      headers=headers)).text))
+                if r["tenantId"] == idle.id]
+        assert len(rows) == periods, granularity
+        assert {r["requestCount"] for r in rows} == {"0"}
+        assert rows[0]["tenantCompany"] == "'=HYPERLINK(\"http://evil.example\",\"click\")"
+        assert (rows[0]["custom.note"], rows[0]["custom.cost"]) == ("'+1 call me", "'-5")
+    lines = (await http.get("/export/usage.csv", params={"from": "2026-01-30", "to": "2026-02-01", "format": "json"},
+                            headers=headers)).text.splitlines()
+    raw = [orjson.loads(line) for line in lines if idle.id in line]
+    assert raw[0]["tenantCompany"].startswith("=HYPERLINK")  # JSON lines keep raw values
 
 
 async def test_metrics_have_a_label_cap(http: httpx.AsyncClient, operator_token: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, and_, cast, func, literal_column, select, text
+from sqlalchemy import BigInteger, Date, and_, cast, func, literal, literal_column, select, text, true
 from sqlalchemy.dialects.postgresql import array, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -168,32 +168,37 @@ async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: 
     check_range(start, end)
     if granularity not in ("day", "month", "total"):
         raise InvalidInput("granularity must be day, month or total", field="granularity")
-    if granularity == "total":
-        period: Any = cast(literal_column(f"'{start.isoformat()}'"), Date)
-    else:
-        period = cast(func.date_trunc(literal_column(f"'{granularity}'"), usage_daily.c.day), Date)
-    period = period.label("period")
+    # Every tenant of the subtree for every period of the range, like subtenantUsage: a tenant
+    # with no usage rows (idle, or not yet created) is listed with zeros, not left out of an invoice.
     tenant_columns = (tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
                       tenants.c.created_at, tenants.c.custom_properties)
+    step = "1 month" if granularity == "month" else "1 day"
+    first = func.date_trunc("month", start) if granularity == "month" else literal(start)
+    series = func.generate_series(first, end, literal_column(f"interval '{step}'"))
+    periods = (select(cast(series, Date).label("period")) if granularity != "total"
+               else select(literal(start, Date).label("period"))).subquery("periods")
+    in_range = usage_daily.c.day.between(start, end)
     if granularity == "day":  # one row per day already: no grouping (the bulk of a long export)
+        on = and_(usage_daily.c.tenant_id == tenants.c.id, usage_daily.c.day == periods.c.period, in_range)
         stmt: Any = (
-            select(*tenant_columns, usage_daily.c.day.label("period"),
-                   *(usage_daily.c[c] for c in USAGE_COUNTERS + USAGE_SNAPSHOTS),
-                   usage_daily.c.device_count.label("peak_device_count"),
-                   usage_daily.c.storage_size.label("peak_storage_size"))
-            .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
-                                                        usage_daily.c.day.between(start, end))))
+            select(*tenant_columns, periods.c.period,
+                   *(func.coalesce(usage_daily.c[c], 0).label(c) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS),
+                   func.coalesce(usage_daily.c.device_count, 0).label("peak_device_count"),
+                   func.coalesce(usage_daily.c.storage_size, 0).label("peak_storage_size"))
+            .select_from(tenants.join(periods, true()).outerjoin(usage_daily, on))
             .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
-            .order_by(tenants.c.id, usage_daily.c.day)
+            .order_by(tenants.c.id, periods.c.period)
         )
     else:
+        in_period = (cast(func.date_trunc("month", usage_daily.c.day), Date) == periods.c.period
+                     if granularity == "month" else true())
+        on = and_(usage_daily.c.tenant_id == tenants.c.id, in_range, in_period)
         stmt = (
-            select(*tenant_columns, period, *_summary_columns(usage_daily.c.day))
-            .select_from(tenants.join(usage_daily, and_(usage_daily.c.tenant_id == tenants.c.id,
-                                                        usage_daily.c.day.between(start, end))))
+            select(*tenant_columns, periods.c.period, *_summary_columns(usage_daily.c.day))
+            .select_from(tenants.join(periods, true()).outerjoin(usage_daily, on))
             .where(subtree_filter(routed, include_descendants=True, include_deleted=True))
-            .group_by(tenants.c.id, text("period"))
-            .order_by(tenants.c.id, text("period"))
+            .group_by(tenants.c.id, periods.c.period)
+            .order_by(tenants.c.id, periods.c.period)
         )
     async with engine.connect() as conn:
         # A server-side cursor needs a transaction; REPEATABLE READ also gives the whole

@@ -77,7 +77,7 @@ async def export(engine: AsyncEngine, routed: Routed, options: ExportOptions) ->
     async for row in rows:
         props = row[6] or {}
         writer.writerow([
-            row[0], row[1], row[2], row[3] or "", row[4], row[5].isoformat(), row[7].isoformat(),
+            row[0], _text(row[1]), _text(row[2]), row[3] or "", row[4], row[5].isoformat(), row[7].isoformat(),
             *row[8:counters_end], sum(row[i] for i in totals_at), *row[counters_end:],
             *(_cell(props.get(k), options.decimal) for k in keys)])
         count += 1
@@ -88,14 +88,25 @@ async def export(engine: AsyncEngine, routed: Routed, options: ExportOptions) ->
     yield buffer.getvalue().encode()
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str) -> str:
+    """A text cell a spreadsheet will not run: OWASP's CSV-injection rule prefixes cells that
+    begin like a formula with a single quote (self sign-up lets outsiders choose company names)."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
 def _cell(value: object, decimal: str) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value).replace(".", decimal)
     if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
-    return str(value)
+        return _text(orjson.dumps(value).decode())
+    if isinstance(value, int):
+        return str(value)
+    return _text(str(value))
 
 
 async def _json_lines(rows: AsyncIterator[object]) -> AsyncIterator[bytes]:
