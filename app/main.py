@@ -22,7 +22,7 @@ from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
 from app.platform import Platform
-from app.services import copying, outbox, retention, usage
+from app.services import housekeeping, outbox, retention, usage
 from app.services.provisioning import keep_spares
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
@@ -68,8 +68,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
-        await copying.fail_interrupted(live.db.app)  # jobs of a process that died: FAILED, target untouched
         background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
+                      # At once and every 30 s: copy jobs of a process that died become FAILED
+                      # (their target untouched), expired idempotency keys go.
+                      asyncio.create_task(housekeeping.periodic(live.db.app, 30.0, live.clock)),
                       asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
                                                           sender=settings.mail_from))]
         if settings.spare_schemas > 0:

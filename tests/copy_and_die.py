@@ -14,17 +14,21 @@ from app.services.audit import SYSTEM
 
 
 async def main(url: str, source: str, target: str, device: str, marker: str) -> None:
-    engine = make_engine(url, pool_size=2, max_overflow=0)
+    engine = make_engine(url, pool_size=4, max_overflow=0)  # the lease, the copy, progress updates
     spec = copying.CopySpec(source_tenant=source, target_tenant=target, device_ids=(int(device),),
                             include=("INVENTORY", "MEASUREMENTS"))
-    job = await copying.create_job(engine, spec, requested_by=UUID(int=0), status="RUNNING")
+    job: list[UUID] = []
 
     async def hang(step: str, counts: copying.CopyCounts) -> None:
         if step == "measurements":  # the target rows are written, not committed
-            await asyncio.to_thread(Path(marker).write_text, str(job))
+            await asyncio.to_thread(Path(marker).write_text, str(job[0]))
             await asyncio.sleep(3600)
 
-    await copying.run_copy(engine, spec, source_scope=Scope(), actor=SYSTEM, on_step=hang)
+    # The server's own job path: a lease, a QUEUED row, the task that runs it.
+    job_id, task = await copying.start_job(engine, spec, source_scope=Scope(), actor=SYSTEM,
+                                           requested_by=UUID(int=0), request_id=None, on_step=hang)
+    job.append(job_id)
+    await task
 
 
 if __name__ == "__main__":

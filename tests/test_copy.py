@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import tempfile
-from datetime import timedelta
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,19 @@ async def test_a_killed_copy_leaves_the_target_untouched_and_its_job_failed(
         await process.wait()
     assert await _target_state(api, target) == {"devices": [], "measurements": 0, "events": [], "alarms": 0}
     job_id = marker.read_text()
-    assert await copying.fail_interrupted(platform.db.app, stale_after=timedelta(0)) >= 1
+    # Found at once (a restart right after the kill): the dead process's lease is gone. A live
+    # job of this process, holding its lease, is left alone.
+    live = await copying.JobLease.take(platform.db.app, uuid.uuid4())
+    try:
+        await copying.create_job(platform.db.app, copying.CopySpec(source.id, target.id, (1,)),
+                                 requested_by=uuid.UUID(int=0), status="RUNNING", job_id=live.job_id)
+        assert await copying.fail_interrupted(platform.db.app) >= 1
+        async with platform.db.owner.connect() as conn:
+            alive = (await conn.execute(text("SELECT status FROM tenantry.copy_jobs WHERE id = :j"),
+                                        {"j": live.job_id})).scalar_one()
+        assert alive == "RUNNING"
+    finally:
+        await live.release()
     async with platform.db.owner.connect() as conn:
         status = (await conn.execute(text("SELECT status, error FROM tenantry.copy_jobs WHERE id = :j"),
                                      {"j": job_id})).one()

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 import psycopg
-from graphql import GraphQLError
+from graphql import GraphQLError, get_operation_ast, parse
+from graphql import OperationType as AstOperationType
 from graphql.error import GraphQLSyntaxError
 from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
@@ -27,6 +28,7 @@ from app.errors import AppError, Unavailable
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.platform import Platform
+from app.services import idempotency
 
 log = logging.getLogger("tenantry.graphql")
 
@@ -84,15 +86,29 @@ class GraphQLEndpoint:
             tenant_header=request.headers.get("x-tenant-id"),
             client=request.client.host if request.client else None,
         )
+        key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
             async with self.platform.gate.in_flight.slot():
-                return await self._run(context, query, variables, operation_name, allowed, media_type)
+                return await self._run(context, query, variables, operation_name, allowed, media_type, key)
         except Unavailable as exc:  # no in-flight slot: refused before anything ran
             return _error_response(503, exc.message, media_type, _retry_after(exc), code=exc.code)
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
-                   allowed: set[OperationType], media_type: str) -> Response:
+                   allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
         request_id = context.request_id
+        claim = None
+        if idempotency_key is not None:
+            try:
+                claim = await self._claim(context, idempotency_key, query, variables, operation_name)
+                stored = await idempotency.claim(context.management_db, claim, now=self.platform.clock()) \
+                    if claim else None
+            except AppError as exc:
+                await context.finish(commit=False)
+                status = {"INVALID_INPUT": 400, "CONFLICT": 409, "UNAVAILABLE": 503}.get(exc.code, 400)
+                return _error_response(status, exc.message, media_type, _retry_after(exc), code=exc.code)
+            if stored is not None:  # a retry: the first answer, nothing run again
+                await context.finish(commit=False)
+                return Response(stored, media_type=media_type, headers={"idempotent-replayed": "true"})
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name,
@@ -115,6 +131,9 @@ class GraphQLEndpoint:
         errors = result.errors or []
         committed = not errors
         try:
+            if claim is not None and committed:  # kept exactly when the mutation's writes are
+                await idempotency.remember(context.management_db, claim, orjson.dumps({"data": data}),
+                                           now=self.platform.clock())
             await context.finish(commit=committed)
         except Exception:
             log.exception("commit failed", extra={"request_id": request_id})
@@ -148,6 +167,25 @@ class GraphQLEndpoint:
                      if f["extensions"]["code"] == "UNAVAILABLE"]
             headers = {"retry-after": str(max(retry))}
         return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
+
+    async def _claim(self, context: Context, key: str, query: str, variables: dict[str, Any] | None,
+                     operation_name: str | None) -> idempotency.Claim | None:
+        """The idempotency claim of a mutation request, or None (not a mutation, or a request that
+        cannot run: execution then reports why)."""
+        idempotency.check_key(key)
+        try:
+            operation = get_operation_ast(parse(query), operation_name)
+        except GraphQLError:
+            return None
+        if operation is None or operation.operation != AstOperationType.MUTATION:
+            return None
+        try:
+            routed = await context.access.routed()
+        except AppError:
+            return None
+        actor = routed.actor
+        return idempotency.Claim(tenant_id=routed.tenant.id, caller=f"{actor.type}:{actor.id}", key=key,
+                                 request_hash=idempotency.request_hash(query, variables, operation_name))
 
     def _meter(self, context: Context, committed: bool, errors: list[dict[str, Any]]) -> None:
         """Count the request for its tenant (and its resources, if they were committed)."""

@@ -245,6 +245,19 @@ external_identities = Table(
     Index("external_identities_user_idx", "user_id"),
 )
 
+# The first answer to a mutation sent with an Idempotency-Key, per tenant and caller (24 h).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("caller", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("idempotency_keys_created_idx", "created_at"),
+)
+
 copy_jobs = Table(
     "copy_jobs",
     metadata,

@@ -22,19 +22,19 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy import Text, and_, cast, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.access.acting import act_as_tenant, act_as_tenant_blocking
 from app.access.principal import Actor, Routed
 from app.access.scope import Scope
-from app.db.transaction import transaction
+from app.db.transaction import connect, transaction
 from app.errors import AppError, InvalidInput, NotFound
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
@@ -44,7 +44,6 @@ from app.tenancy.naming import tenant_schema
 
 log = logging.getLogger("tenantry.copying")
 KINDS = ("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS")
-STALE_AFTER = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -456,8 +455,8 @@ async def start(engine: AsyncEngine, spec: CopySpec, *, source: Routed, requeste
     ones as a background job (QUEUED → RUNNING → SUCCEEDED | FAILED) referenced in `background`
     until done. Returns the job id either way."""
     if await estimate(engine, spec, source.scope) > inline_rows:
-        job_id = await create_job(engine, spec, requested_by=requested_by, status="QUEUED")
-        task = asyncio.create_task(_run_job(engine, job_id, spec, source, request_id))
+        job_id, task = await start_job(engine, spec, source_scope=source.scope, actor=source.actor,
+                                       requested_by=requested_by, request_id=request_id)
         background.add(task)
         task.add_done_callback(background.discard)
         return job_id
@@ -467,14 +466,65 @@ async def start(engine: AsyncEngine, spec: CopySpec, *, source: Routed, requeste
     return job_id
 
 
-async def _run_job(engine: AsyncEngine, job_id: UUID, spec: CopySpec, source: Routed, request_id: str | None) -> None:
-    await update_job(engine, job_id, status="RUNNING")
+def _lease_key(job_id: UUID) -> str:
+    return f"copy-job:{job_id}"  # the same text as 'copy-job:' || id::text in fail_interrupted
 
-    async def progress(step: str, counts: CopyCounts) -> None:
-        await update_job(engine, job_id, counts=counts.as_json())
 
+class JobLease:
+    """A background job's proof of life: a session advisory lock on a connection of its own,
+    taken before the job row exists and released when the job is done. A process that dies
+    drops its connections and so its leases; `fail_interrupted` fails exactly the jobs whose
+    lease nobody holds — at once after a restart, and never another worker's live job."""
+
+    def __init__(self, conn: AsyncConnection, job_id: UUID) -> None:
+        self._conn = conn
+        self.job_id = job_id
+
+    @classmethod
+    async def take(cls, engine: AsyncEngine, job_id: UUID) -> JobLease:
+        conn = await connect(engine)
+        try:
+            await conn.execute(text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": _lease_key(job_id)})
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, job_id)
+
+    async def release(self) -> None:
+        try:
+            await asyncio.shield(self._conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"),
+                                                    {"k": _lease_key(self.job_id)}))
+        finally:
+            await asyncio.shield(self._conn.close())
+
+
+async def start_job(engine: AsyncEngine, spec: CopySpec, *, source_scope: Scope, actor: Actor, requested_by: UUID,
+                    request_id: str | None, on_step: Callable[[str, CopyCounts], Any] | None = None,
+                    ) -> tuple[UUID, asyncio.Task[None]]:
+    """A QUEUED job row under a lease, and the task that runs it."""
+    job_id = uuid.uuid4()
+    lease = await JobLease.take(engine, job_id)
     try:
-        counts = await run_copy(engine, spec, source_scope=source.scope, actor=source.actor, request_id=request_id,
+        await create_job(engine, spec, requested_by=requested_by, status="QUEUED", job_id=job_id)
+    except BaseException:
+        await lease.release()
+        raise
+    task = asyncio.create_task(_run_job(engine, lease, spec, source_scope, actor, request_id, on_step))
+    return job_id, task
+
+
+async def _run_job(engine: AsyncEngine, lease: JobLease, spec: CopySpec, source_scope: Scope, actor: Actor,
+                   request_id: str | None, on_step: Callable[[str, CopyCounts], Any] | None) -> None:
+    job_id = lease.job_id
+    try:
+        await update_job(engine, job_id, status="RUNNING")
+
+        async def progress(step: str, counts: CopyCounts) -> None:
+            await update_job(engine, job_id, counts=counts.as_json())
+            if on_step is not None:
+                await on_step(step, counts)
+
+        counts = await run_copy(engine, spec, source_scope=source_scope, actor=actor, request_id=request_id,
                                 on_step=progress)
     except AppError as exc:
         await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
@@ -489,10 +539,13 @@ async def _run_job(engine: AsyncEngine, job_id: UUID, spec: CopySpec, source: Ro
     else:
         await update_job(engine, job_id, status="SUCCEEDED", counts=counts.as_json(),
                          finished_at=datetime.now().astimezone())
+    finally:
+        await lease.release()
 
 
-async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str) -> UUID:
-    job_id = uuid.uuid4()
+async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str,
+                     job_id: UUID | None = None) -> UUID:
+    job_id = job_id or uuid.uuid4()
     async with transaction(engine) as tx:
         await tx.execute(insert(copy_jobs).values(
             id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant,
@@ -512,13 +565,14 @@ async def job_by_id(db: Any, job_id: UUID, *, requested_by: UUID) -> CopyJob | N
     return CopyJob(*row) if row else None
 
 
-async def fail_interrupted(engine: AsyncEngine, *, stale_after: timedelta = STALE_AFTER) -> int:
-    """Jobs whose process died (no heartbeat for a while) are marked FAILED; their target was
-    never touched, since the copy's transaction never committed."""
+async def fail_interrupted(engine: AsyncEngine) -> int:
+    """Jobs whose process died (their lease is free) are marked FAILED; their target was never
+    touched, since the copy's transaction never committed. Run at start and periodically."""
     async with transaction(engine) as tx:
         result = await tx.execute(update(copy_jobs).where(
             copy_jobs.c.status.in_(["QUEUED", "RUNNING"]),
-            func.coalesce(copy_jobs.c.heartbeat_at, copy_jobs.c.created_at) < func.now() - stale_after,
+            func.pg_try_advisory_xact_lock(func.hashtextextended(literal("copy-job:") + cast(copy_jobs.c.id, Text),
+                                                                 0)),
         ).values(status="FAILED", error="interrupted: the server stopped during the copy; nothing was written",
                  finished_at=func.now()))
         return int(result.rowcount)  # type: ignore[attr-defined]
