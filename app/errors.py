@@ -65,3 +65,14 @@ class Unavailable(AppError):
     HTTP 503 with Retry-After. Retrying later is safe; nothing was done."""
 
     code = "UNAVAILABLE"
+
+
+class CommitOutcomeUnknown(Unavailable):
+    """The connection was lost while COMMIT was under way: the changes may or may not have been
+    saved, and the server cannot tell. Retry with the same Idempotency-Key (safe either way),
+    or look before retrying without one."""
+
+    def __init__(self) -> None:
+        super().__init__("the database connection was lost while saving: the changes may or may not have been "
+                         "saved. Retry with the same Idempotency-Key, or check before retrying.",
+                         retryAfter=1, commitOutcome="UNKNOWN")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from sqlalchemy import text
+import psycopg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -58,11 +58,15 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         return PlainTextResponse(live.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def readyz(request: Request) -> Response:
+        # A fresh connection, not a pooled one: a server whose PostgreSQL refuses new connections
+        # (slots used up, in recovery, down) is not ready, even while its pool still holds some.
+        url = live.db.app.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            async with live.db.app.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+            async with await psycopg.AsyncConnection.connect(url, connect_timeout=2, autocommit=True) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503,
+                                headers={"retry-after": "5"})
         return JSONResponse({"status": "ready"})
 
     @contextlib.asynccontextmanager

@@ -24,10 +24,12 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Executable
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.transaction import Executor, Params, Transaction, connect, discard, driver_execute
+from app.errors import CommitOutcomeUnknown
 from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 
 # The management plane: back to the application role, management schema on the path.
@@ -158,7 +160,11 @@ class RequestTransaction:
                 if commit:
                     for hook in hooks:
                         await hook(_Direct(conn))
-                    await driver_execute(conn, "COMMIT")
+                    try:
+                        await driver_execute(conn, "COMMIT")
+                    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
+                        raise CommitOutcomeUnknown() from exc
                 else:
                     await driver_execute(conn, "ROLLBACK")
                     if hooks:

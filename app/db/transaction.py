@@ -129,9 +129,13 @@ async def driver_execute(conn: AsyncConnection, sql: str | bytes) -> None:
 
 
 async def discard(conn: AsyncConnection) -> None:
-    """Roll back whatever is open and release the connection, even when cancelled."""
+    """Roll back whatever is open and release the connection, even when cancelled. A broken
+    connection (the server went away) is dropped from the pool instead; the error that broke
+    it is the caller's to report, not this cleanup's."""
     try:
         await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
+    except (sa_exc.DBAPIError, psycopg.Error):
+        await asyncio.shield(conn.invalidate())
     finally:
         await asyncio.shield(conn.close())
 

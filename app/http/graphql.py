@@ -24,7 +24,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, Unavailable
+from app.errors import AppError, CommitOutcomeUnknown, Unavailable
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.platform import Platform
@@ -135,6 +135,10 @@ class GraphQLEndpoint:
                 await idempotency.remember(context.management_db, claim, orjson.dumps({"data": data}),
                                            now=self.platform.clock())
             await context.finish(commit=committed)
+        except CommitOutcomeUnknown as exc:
+            log.warning("connection lost during COMMIT [request %s]: outcome unknown", request_id)
+            committed = False
+            data, errors = None, [GraphQLError(exc.message, original_error=exc)]
         except Exception:
             log.exception("commit failed", extra={"request_id": request_id})
             committed = False
