@@ -59,7 +59,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
                     proxy_headers=True)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, proxy_headers=True)
+        from app.entry import stop_requested
+
+        uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
+                    proxy_headers=True)
     return 0
 
 

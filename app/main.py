@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 from starlette.applications import Starlette
@@ -27,8 +29,11 @@ from app.services.provisioning import keep_spares
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 
+SHUTDOWN_WAIT = 4.0  # seconds for background tasks, then for the last usage flush
 
-def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Starlette:
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None,
+               stop_requested: Callable[[], bool] | None = None) -> Starlette:
     """Build the app. A given `platform` is shared and left open (tests); otherwise one is made."""
     if settings is None and platform is None:  # a uvicorn worker process: configure like the CLI does
         settings = Settings.from_env()
@@ -87,11 +92,24 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         if settings.usage_snapshot_seconds > 0:
             background.append(asyncio.create_task(usage.periodic_snapshots(
                 live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))
+        if stop_requested is not None and stop_requested():
+            # A stop arrived before uvicorn listened for signals (app.entry): hand it over now.
+            signal.raise_signal(signal.SIGTERM)
         yield
-        for task in [*background, *live.background]:
+        tasks = [*background, *live.background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*background, *live.background, return_exceptions=True)
-        await live.meter.flush()  # graceful shutdown: nothing counted is lost
+        # Bounded: a stop completes within seconds whatever a background task is doing (a copy
+        # job marks itself FAILED on cancellation; one that does not finish in time is left to
+        # the next start's housekeeping, which finds its lease free).
+        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT) if tasks else (set(), set())
+        if stuck:
+            logging.getLogger("tenantry").warning("%d background task(s) did not stop in %.0f s", len(stuck),
+                                                  SHUTDOWN_WAIT)
+        try:
+            await asyncio.wait_for(live.meter.flush(), timeout=SHUTDOWN_WAIT)  # nothing counted is lost
+        except (TimeoutError, Exception):
+            logging.getLogger("tenantry").exception("could not flush the usage counters at shutdown")
         if owned:
             await live.close()
 

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 _servers: dict[Path, Any] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _forget_dead_handles(pgserver: Any, pgdata: Path) -> None:
+    """pgserver stops the server when the last process in its handle file exits; a process
+    killed with SIGKILL never leaves it, so every later process would wait for a dead one and
+    the server would run forever. Drop dead pids first, under pgserver's own lock (pgserver is
+    pinned in pyproject; tests/test_stops.py checks this)."""
+    handles = pgdata / ".handle_pids.json"
+    with pgserver.postgres_server.PostgresServer._lock:
+        if not handles.exists():
+            return
+        pids = json.loads(handles.read_text() or "[]")
+        alive = [pid for pid in pids if _alive(int(pid))]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -24,6 +51,7 @@ def embedded_database_url(data_dir: Path) -> str:
     server = _servers.get(pgdata)
     if server is None:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(pgserver, pgdata)
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
         _servers[pgdata] = server
     uri: str = server.get_uri()

@@ -134,7 +134,8 @@ async def discard(conn: AsyncConnection) -> None:
     it is the caller's to report, not this cleanup's."""
     try:
         await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
-    except (sa_exc.DBAPIError, psycopg.Error):
+    except (sa_exc.DBAPIError, sa_exc.InvalidRequestError, psycopg.Error):
+        # Also SQLAlchemy's PendingRollbackError: a statement was cancelled half-way (shutdown).
         await asyncio.shield(conn.invalidate())
     finally:
         await asyncio.shield(conn.close())

@@ -6,7 +6,6 @@ database restarting, say) is logged and tried again next time, never ends the lo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -14,6 +13,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.services import copying, idempotency
+from app.services.periodic import every
 
 log = logging.getLogger("tenantry.housekeeping")
 
@@ -26,11 +26,4 @@ async def run_once(engine: AsyncEngine, *, now: datetime) -> None:
 
 
 async def periodic(engine: AsyncEngine, interval: float, clock: Callable[[], datetime]) -> None:
-    while True:
-        try:
-            await run_once(engine, now=clock())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("housekeeping failed; trying again in %.0f s", interval)
-        await asyncio.sleep(interval)
+    await every(interval, lambda: run_once(engine, now=clock()), log=log, what="housekeeping")

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.transaction import transaction
 from app.models.management import USAGE_COUNTERS, usage_daily
+from app.services.periodic import every
 
 log = logging.getLogger("tenantry.metering")
 
@@ -71,11 +72,5 @@ class Meter:
             return len(rows)
 
     async def run(self, interval_seconds: float) -> None:
-        while True:
-            await asyncio.sleep(interval_seconds)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("usage flush failed; the counts are kept for the next one")
+        await every(interval_seconds, self.flush, log=log, what="usage flush (the counts are kept for the next one)",
+                    first_after=interval_seconds)

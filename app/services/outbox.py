@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.transaction import transaction
 from app.models.management import outbox
+from app.services.periodic import every
 
 log = logging.getLogger("tenantry.outbox")
 
@@ -56,11 +57,5 @@ async def deliver(engine: AsyncEngine, *, smtp_url: str | None, sender: str, bat
 
 
 async def periodic(engine: AsyncEngine, interval_seconds: float, *, smtp_url: str | None, sender: str) -> None:
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            await deliver(engine, smtp_url=smtp_url, sender=sender)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("outbox delivery failed")
+    await every(interval_seconds, lambda: deliver(engine, smtp_url=smtp_url, sender=sender), log=log,
+                what="outbox delivery", first_after=interval_seconds)

@@ -10,7 +10,6 @@ included), so there is never a schema without a registry row or the other way ro
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from app.services import audit
 from app.services.invitations import PREFIX as INVITATION_PREFIX
 from app.services.invitations import queue_invitation_mail
 from app.services.limits import check_allocation
+from app.services.periodic import every
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.naming import checked_identifier, new_spare_id, new_tenant_id, spare_schema, tenant_role, tenant_schema
@@ -131,15 +131,9 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
 async def keep_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_roles_login: bool,
                       interval_seconds: float = 2.0) -> None:
     """The server's pool keeper: refills a few seconds after spares are taken."""
-    log = logging.getLogger("tenantry.provisioning")
-    while True:
-        try:
-            await fill_spares(owner, count=count, app_role=app_role, tenant_roles_login=tenant_roles_login)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("could not refill the spare schema pool")
-        await asyncio.sleep(interval_seconds)
+    await every(interval_seconds, lambda: fill_spares(owner, count=count, app_role=app_role,
+                                                      tenant_roles_login=tenant_roles_login),
+                log=logging.getLogger("tenantry.provisioning"), what="refilling the spare schema pool")
 
 
 async def provision_tenant(

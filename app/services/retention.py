@@ -10,14 +10,13 @@ builds huge transactions, and it runs under the tenant's role like any request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, insert, select, text, true
+from sqlalchemy import ColumnElement, Table, delete, insert, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.acting import tenant_transaction
@@ -26,6 +25,7 @@ from app.errors import InvalidInput, NotFound
 from app.models.management import tenants
 from app.models.tenant import alarms, events, measurements, operations, retention_rules
 from app.services.devices import require_id
+from app.services.periodic import every, exclusively
 from app.services.rows import to_record
 
 DATA_TYPES = ("MEASUREMENT", "EVENT", "ALARM", "OPERATION", "*")
@@ -132,19 +132,9 @@ async def apply_to_all(engine: AsyncEngine, *, batch_size: int = 5000, now: date
 async def periodic(engine: AsyncEngine, interval_seconds: float) -> None:
     """The server's retention loop. An advisory lock lets one worker process run it at a time."""
     log = logging.getLogger("tenantry.retention")
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            async with engine.connect() as conn:
-                got = (await conn.execute(text("SELECT pg_try_advisory_lock(hashtext('tenantry.retention'))"))).scalar()
-                if not got:
-                    continue
-                try:
-                    totals = await apply_to_all(engine)
-                    log.info("retention applied: %s", totals)
-                finally:
-                    await conn.execute(text("SELECT pg_advisory_unlock(hashtext('tenantry.retention'))"))
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # logged; the next round tries again
-            log.exception("retention run failed")
+
+    async def run() -> None:
+        log.info("retention applied: %s", await apply_to_all(engine))
+
+    await every(interval_seconds, lambda: exclusively(engine, "tenantry.retention", run), log=log,
+                what="retention run", first_after=interval_seconds)

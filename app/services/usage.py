@@ -6,7 +6,6 @@ count devices inside each tenant under that tenant's own role, and store only th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from app.models.management import (
 )
 from app.models.tenant import devices
 from app.services import audit
+from app.services.periodic import every, exclusively
 from app.tenancy.naming import is_tenant_id, tenant_schema
 from app.tenancy.registry import Registry, TenantRecord
 
@@ -297,22 +297,13 @@ async def check_limit_warnings(tx: Executor, usage_rows: Sequence[dict[str, Any]
 async def periodic_snapshots(engine: AsyncEngine, interval_seconds: float, *, warning_ratio: float) -> None:
     """The server's snapshot loop; an advisory lock lets one worker process take them at a time."""
     log = logging.getLogger("tenantry.usage")
-    while True:
-        try:
-            async with engine.connect() as conn:
-                got = (await conn.execute(text("SELECT pg_try_advisory_lock(hashtext('tenantry.snapshots'))"))).scalar()
-                if got:
-                    try:
-                        taken = await take_snapshots(engine, today=utc_today_date(),
-                                                     warning_ratio=warning_ratio)
-                        log.info("usage snapshots taken for %d tenants", taken)
-                    finally:
-                        await conn.execute(text("SELECT pg_advisory_unlock(hashtext('tenantry.snapshots'))"))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("usage snapshot failed")
-        await asyncio.sleep(interval_seconds)
+
+    async def take() -> None:
+        taken = await take_snapshots(engine, today=utc_today_date(), warning_ratio=warning_ratio)
+        log.info("usage snapshots taken for %d tenants", taken)
+
+    await every(interval_seconds, lambda: exclusively(engine, "tenantry.snapshots", take), log=log,
+                what="usage snapshot")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,12 @@ so a second run resumes where the first stopped and one tenant's failure stops n
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -101,7 +106,8 @@ async def migrate_tenants(
     url = owner.url.render_as_string(hide_password=False)
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")  # no fork of a process with a running event loop
-    with ProcessPoolExecutor(max_workers=max(1, min(parallel, len(pending))), mp_context=spawn) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, min(parallel, len(pending))), mp_context=spawn,
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
 
         async def one(tenant_id: str) -> None:
             error = await loop.run_in_executor(pool, migrate_one, url, tenant_id, app_role, lock_timeout_ms)
@@ -113,6 +119,25 @@ async def migrate_tenants(
 
         await asyncio.gather(*(one(tenant_id) for tenant_id in pending))
     return report
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end when the `tenantry migrate` process that started us ends, even by
+    SIGKILL (a spawned worker holds both ends of the pool's queue, so it never sees EOF). Linux
+    delivers SIGTERM at the parent's death; a watcher thread covers other systems and the race
+    in which the parent died before that was set."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 @cache

@@ -1,0 +1,188 @@
+"""Clean stops: `tenantry serve` stops within 10 s whenever SIGINT/SIGTERM arrives, the embedded
+PostgreSQL stops with the last process using it (also after a kill -9 left a stale handle), and
+`tenantry migrate`'s workers end with their parent. Real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.platform import Platform
+from app.settings import Settings
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANTRY = [sys.executable, "-c", "import sys; from app.entry import main; sys.exit(main())"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    assert settings.database_url is not None
+    assert settings.secret_key is not None
+    return {**env, "PYTHONPATH": str(ROOT), "TENANTRY_DATABASE_URL": settings.database_url,
+            "TENANTRY_SECRET_KEY": settings.secret_key, "TENANTRY_SPARE_SCHEMAS": "3", **extra}
+
+
+async def _wait_exit(process: asyncio.subprocess.Process, seconds: float) -> float:
+    started = time.monotonic()
+    await asyncio.wait_for(process.wait(), timeout=seconds)
+    return time.monotonic() - started
+
+
+async def _serve(settings: Settings, port: int, log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(*TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
+                                                    env=_env(settings, TENANTRY_PORT=str(port)))
+
+
+async def _until_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(300):
+        if process.returncode is not None:
+            raise AssertionError("the server exited early")
+        try:
+            async with httpx.AsyncClient() as client:
+                if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+        except httpx.TransportError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the server never listened")
+
+
+@pytest.mark.parametrize("moment", ["while importing", "right after start (spare pool filling)", "under load"])
+async def test_serve_stops_within_10_seconds_whenever_the_signal_comes(settings: Settings, platform: Platform,
+                                                                      moment: str) -> None:
+    port = _free_port()  # `platform`: the shared database is migrated and bootstrapped
+    log = Path(tempfile.mkdtemp(prefix="tnt-stop-")) / "serve.log"
+    process = await _serve(settings, port, log)
+    load: list[asyncio.Task[None]] = []
+    try:
+        if moment == "while importing":
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGINT)
+        elif moment.startswith("right after start"):
+            await _until_listening(port, process)
+            process.send_signal(signal.SIGINT)
+        else:
+            await _until_listening(port, process)
+            async with httpx.AsyncClient() as client:
+                login = await client.post(f"http://127.0.0.1:{port}/graphql", json={
+                    "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p, "
+                             "tenantId: \"management\") { accessToken } }",
+                    "variables": {"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}})
+            token = login.json()["data"]["login"]["accessToken"]
+
+            async def hammer() -> None:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    while True:
+                        try:
+                            await client.post(f"http://127.0.0.1:{port}/graphql", json={"query": "{ tenant { id } }"},
+                                              headers={"authorization": f"Bearer {token}"})
+                        except httpx.TransportError:
+                            return  # the server went away, as asked
+
+            load = [asyncio.create_task(hammer()) for _ in range(8)]
+            await asyncio.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+        took = await _wait_exit(process, 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for task in load:
+            task.cancel()
+        await asyncio.gather(*load, return_exceptions=True)
+    text = log.read_text()
+    assert took < 10, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+async def _run(*args: str, env: dict[str, str]) -> int:
+    process = await asyncio.create_subprocess_exec(*TENANTRY, *args, cwd=ROOT, env=env,
+                                                   stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(process.wait(), timeout=120)
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_the_embedded_database_stops_with_its_last_user_even_after_a_kill_9() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tnt-emb-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    env |= {"PYTHONPATH": str(ROOT), "TENANTRY_DATA_DIR": str(data_dir), "TENANTRY_ADMIN_PASSWORD": "stop-pass-123"}
+    pgdata = data_dir / "pg"
+    assert await _run("migrate", env=env) == 0
+    assert not _postmaster_running(pgdata)  # the last (only) user exited: stopped
+    # A process killed with SIGKILL leaves its pid in pgserver's handle file.
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+    assert await _run("bootstrap", env=env) == 0
+    assert not _postmaster_running(pgdata), "a stale handle kept the embedded PostgreSQL running"
+
+
+async def test_migrate_workers_end_with_their_parent(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    script = (
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing\n"
+        "from app.tenancy.migrate import die_with_parent\n"
+        "def work(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=die_with_parent, initargs=(os.getpid(),))\n"
+        f"    pool.submit(work, {str(marker)!r})\n"
+        "    time.sleep(600)\n"
+    )
+    path = tmp_path / "pool_and_die.py"  # a file: spawned workers import `work` from it
+    path.write_text(script)
+    parent = await asyncio.create_subprocess_exec(sys.executable, str(path), cwd=ROOT,
+                                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for _ in range(400):
+            if marker.exists() and marker.read_text():
+                break
+            await asyncio.sleep(0.05)
+        child = int(marker.read_text())
+        parent.kill()  # SIGKILL: no cleanup of its own
+        await parent.wait()
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return
+            await asyncio.sleep(0.05)
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the worker outlived its killed parent")
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
