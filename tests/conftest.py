@@ -30,6 +30,7 @@ from app.platform import Platform
 from app.services.bootstrap import bootstrap
 from app.settings import Settings
 from app.tenancy.migrate import migrate_management
+from tests.oidc_provider import FakeProvider
 
 ADMIN_EMAIL = "root@tenantry.test"
 ADMIN_PASSWORD = "operator-pass-1"
@@ -213,3 +214,12 @@ async def operator_token(api: Api) -> str:
 @pytest.fixture
 def world(api: Api, operator_token: str, platform: Platform) -> World:
     return World(api, operator_token, platform)
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[FakeProvider]:
+    """A real OpenID provider on loopback (tests/oidc_provider.py) for single sign-on tests."""
+    idp = FakeProvider()
+    await idp.start()
+    yield idp
+    await idp.stop()

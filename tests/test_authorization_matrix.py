@@ -8,12 +8,11 @@ the whole table, not as one assertion deep in a test.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from app.platform import Platform
@@ -60,14 +59,6 @@ class Tree:
     t: TenantHandle
     s: TenantHandle
     policy: str
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[FakeProvider]:
-    idp = FakeProvider()
-    await idp.start()
-    yield idp
-    await idp.stop()
 
 
 async def _tree(api: Api, world: World, policy: str) -> Tree:

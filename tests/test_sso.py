@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlparse
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from app.main import create_app
@@ -17,14 +15,6 @@ from tests.oidc_provider import FakeProvider
 
 CONFIGURE = """mutation($i: SingleSignOnInput!) { configureSingleSignOn(input: $i) {
   issuer configuredIn inherit loginPath } }"""
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[FakeProvider]:
-    idp = FakeProvider()
-    await idp.start()
-    yield idp
-    await idp.stop()
 
 
 async def _sign_in(http: httpx.AsyncClient, tenant_id: str, next_url: str | None = None) -> httpx.Response:

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.transaction import Executor, Params, Transaction, connect, discard, driver_execute
+from app.db.transaction import Executor, Params, Transaction, connect, copy_in, discard, driver_execute
 from app.errors import CommitOutcomeUnknown
 from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 
@@ -123,11 +123,7 @@ class RequestTransaction:
         async with self._lock:
             conn = await self._connection(plane)
             self.wrote = True
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                await copy.write(data)
+            await copy_in(conn, copy_sql, data)
 
     async def exec_driver_sql(self, plane: str | None, sql: str) -> None:
         async with self._lock:

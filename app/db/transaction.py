@@ -81,11 +81,7 @@ class Transaction:
         async with self._lock:
             conn = await self._connection()
             self.wrote = True
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                await copy.write(data)
+            await copy_in(conn, copy_sql, data)
 
     async def exec_driver_sql(self, sql: str) -> None:
         async with self._lock:
@@ -108,6 +104,15 @@ class Transaction:
                 await discard(conn)
                 raise
             await conn.close()
+
+
+async def copy_in(conn: AsyncConnection, copy_sql: str, data: bytes) -> None:
+    """COPY … FROM STDIN on the psycopg connection, the data sent in one write."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
+        await copy.write(data)
 
 
 async def connect(engine: AsyncEngine) -> AsyncConnection:
