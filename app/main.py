@@ -102,7 +102,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         # Bounded: a stop completes within seconds whatever a background task is doing (a copy
         # job marks itself FAILED on cancellation; one that does not finish in time is left to
         # the next start's housekeeping, which finds its lease free).
-        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT) if tasks else (set(), set())
+        done, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT) if tasks else (set(), set())
+        for task in done:  # collected: a step cut short by the stop is expected, not "never retrieved"
+            if not task.cancelled():
+                task.exception()
         if stuck:
             logging.getLogger("tenantry").warning("%d background task(s) did not stop in %.0f s", len(stuck),
                                                   SHUTDOWN_WAIT)

@@ -30,6 +30,7 @@ from app.graphql.types.access import AccessMutations, AccessQueries
 from app.graphql.types.auth import AuthMutations, AuthQueries, SignUpMutations
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
+from app.graphql.types.options import OptionMutations, OptionQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
 from app.graphql.types.sharing import MigrationMutations, SharingMutations, SharingQueries
 from app.graphql.types.templates import TemplateMutations, TemplateQueries
@@ -38,10 +39,10 @@ from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
-                              PeopleQueries, SharingQueries, TemplateQueries))
+                              PeopleQueries, SharingQueries, TemplateQueries, OptionQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
                                     AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
-                                    TemplateMutations))
+                                    TemplateMutations, OptionMutations))
 
 
 class TenantrySchema(strawberry.Schema):

@@ -258,6 +258,31 @@ idempotency_keys = Table(
     Index("idempotency_keys_created_idx", "created_at"),
 )
 
+# Each move of a tenant to another parent: the export names the parent of each period.
+tenant_moves = Table(
+    "tenant_moves",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("old_parent", Text, nullable=False),
+    Column("new_parent", Text, nullable=False),
+    Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("tenant_moves_tenant_idx", "tenant_id", "moved_at"),
+)
+
+# Tenant options (category + key → value); keys under "credentials." are sealed secrets.
+tenant_options = Table(
+    "tenant_options",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), primary_key=True),
+    Column("category", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text),
+    Column("sealed", LargeBinary),
+    Column("inheritable", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 copy_jobs = Table(
     "copy_jobs",
     metadata,

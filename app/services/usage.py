@@ -35,6 +35,7 @@ from app.models.management import (
 from app.models.tenant import devices
 from app.services import audit
 from app.services.periodic import every, exclusively
+from app.services.tenant_lifecycle import parent_at_period
 from app.tenancy.naming import is_tenant_id, tenant_schema
 from app.tenancy.registry import Registry, TenantRecord
 
@@ -170,14 +171,16 @@ async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: 
         raise InvalidInput("granularity must be day, month or total", field="granularity")
     # Every tenant of the subtree for every period of the range, like subtenantUsage: a tenant
     # with no usage rows (idle, or not yet created) is listed with zeros, not left out of an invoice.
-    tenant_columns = (tenants.c.id, tenants.c.domain, tenants.c.company, tenants.c.parent_id, tenants.c.status,
-                      tenants.c.created_at, tenants.c.custom_properties)
     step = "1 month" if granularity == "month" else "1 day"
     first = func.date_trunc("month", start) if granularity == "month" else literal(start)
     series = func.generate_series(first, end, literal_column(f"interval '{step}'"))
     periods = (select(cast(series, Date).label("period")) if granularity != "total"
                else select(literal(start, Date).label("period"))).subquery("periods")
     in_range = usage_daily.c.day.between(start, end)
+    # The parent of each period (a moved tenant's invoice rows name the parent it had then).
+    tenant_columns = (tenants.c.id, tenants.c.domain, tenants.c.company,
+                      parent_at_period(periods.c.period).label("parent_id"), tenants.c.status, tenants.c.created_at,
+                      tenants.c.custom_properties)
     if granularity == "day":  # one row per day already: no grouping (the bulk of a long export)
         on = and_(usage_daily.c.tenant_id == tenants.c.id, usage_daily.c.day == periods.c.period, in_range)
         stmt: Any = (

@@ -11,6 +11,7 @@ from strawberry import UNSET
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON, Long
+from app.services import tenant_lifecycle as lifecycle
 from app.services import tenants as service
 from app.tenancy.registry import TenantRecord
 
@@ -226,6 +227,24 @@ class TenantMutations:
             request_id=ctx.request_id,
         )
         return Tenant.of(record)
+
+    @strawberry.mutation(description="Move a subtenant (and its subtree) under another parent; for an ADMIN of a "
+                                     "common ancestor of both parents. Refuses cycles, depth beyond the tree's limit, "
+                                     "a parent that may not have subtenants and limits it cannot allocate.")
+    async def move_tenant(self, info: Info, id: strawberry.ID, new_parent_id: strawberry.ID) -> Tenant:
+        ctx = info.context
+        moved = await lifecycle.move_tenant(
+            ctx.management_db, await ctx.routed(), id, new_parent_id, tenant_plane=ctx.access.tx.plane,
+            max_depth=ctx.platform.settings.max_tenant_depth, request_id=ctx.request_id)
+        ctx.platform.registry.forget_tenants(moved.subtree)  # the gate sees the new tree at once
+        return Tenant.of(moved.tenant)
+
+    @strawberry.mutation(description="Promote a STANDARD tenant to ENTERPRISE, or demote an ENTERPRISE tenant without "
+                                     "live subtenants to STANDARD; by an ADMIN of an ancestor.")
+    async def set_tenant_kind(self, info: Info, id: strawberry.ID, kind: TenantKind) -> Tenant:
+        ctx = info.context
+        return Tenant.of(await lifecycle.set_tenant_kind(ctx.management_db, await ctx.routed(), ctx.platform.registry,
+                                                         id, kind.value, request_id=ctx.request_id))
 
     @strawberry.mutation(description="Suspend a tenant and its whole subtree.")
     async def suspend_tenant(self, info: Info, id: strawberry.ID) -> Tenant:
