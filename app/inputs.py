@@ -61,7 +61,7 @@ def check_number(value: float) -> float:
 
 def check_datetime(value: datetime) -> datetime:
     """Zone-aware times must stay within years 1-9999 in UTC (where they are stored and read)."""
-    if value.tzinfo is not None:
+    if value.tzinfo is not None and not MIN_YEAR < value.year < MAX_YEAR:  # a zone moves a time by < 1 day
         try:
             utc = value.astimezone(UTC)
         except OverflowError:

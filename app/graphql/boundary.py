@@ -18,7 +18,7 @@ from typing import Any
 
 from graphql import GraphQLError, GraphQLScalarType, GraphQLSchema
 
-from app.inputs import InputRejected, check_json, check_number, check_string
+from app.inputs import MAX_MAGNITUDE, InputRejected, check_json, check_number, check_string
 
 _MARK = "_tenantry_boundary"
 CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -31,6 +31,15 @@ def install(schema: GraphQLSchema) -> None:
         type_ = schema.type_map.get(name)
         if isinstance(type_, GraphQLScalarType) and not getattr(type_, _MARK, False):
             _guard(type_, check)
+
+
+# Values that need no further look, by exact type (the hot path: a batch of 1,000 measurements
+# coerces some 6,000 values). Anything else goes through graphql-core's coercion and the check.
+FAST: dict[str, Callable[[Any], bool]] = {
+    "String": lambda v: type(v) is str and "\x00" not in v,
+    "ID": lambda v: type(v) is str and "\x00" not in v,
+    "Float": lambda v: type(v) is float and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE,  # NaN fails both
+}
 
 
 def _guard(type_: GraphQLScalarType, check: Callable[[Any], Any]) -> None:
@@ -48,6 +57,14 @@ def _guard(type_: GraphQLScalarType, check: Callable[[Any], Any]) -> None:
 
     literal = type_.coerce_input_literal or type_.parse_literal  # None: graphql-core's default
     value_coercer = checked(type_.coerce_input_value)
+    fast = FAST.get(type_.name)
+    if fast is not None:
+        slow = value_coercer
+
+        def value_coercer(value: Any) -> Any:
+            # graphql-core returns such values unchanged: the same result, one call instead of three
+            return value if fast(value) else slow(value)
+
     literal_coercer = checked(literal)
     type_.coerce_input_value = type_.parse_value = value_coercer  # type: ignore[method-assign]
     type_.coerce_input_literal = type_.parse_literal = literal_coercer  # type: ignore[method-assign]
