@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -172,6 +174,73 @@ def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
     return command
 
 
+def cmd_tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.tenants import delete_tenant
+
+    async def work(platform: Platform) -> int:
+        routed = await _operator(platform)
+        async with transaction(platform.db.app) as tx:
+            await delete_tenant(platform, tx, routed, args.tenant_id)
+        console.print(f"tenant {args.tenant_id}: deleted (schema and role dropped; usage history kept)")
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.accounts import list_users
+
+    async def work(platform: Platform) -> int:
+        async with transaction(platform.db.app) as tx:
+            found = await list_users(tx)
+        if args.json:
+            for u in found:
+                sys.stdout.write(orjson.dumps({"id": str(u.id), "email": u.email, "createdAt": u.created_at,
+                                               "lastLoginAt": u.last_login_at, "disabled": u.disabled,
+                                               "memberships": u.memberships}).decode() + "\n")
+            return 0
+        table = Table("id", "email", "memberships", "last login", "disabled")
+        for u in found:
+            table.add_row(str(u.id), u.email, str(u.memberships),
+                          u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "-",
+                          "yes" if u.disabled else "")
+        console.print(table)
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_users_reset_password(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services.accounts import operator_set_password
+
+    password = args.password or secrets.token_urlsafe(12)
+
+    async def work(platform: Platform) -> int:
+        async with transaction(platform.db.app) as tx:
+            user = await operator_set_password(platform, tx, email=args.email, password=password)
+        console.print(f"{user.email}: password set; every session of this user ended")
+        if not args.password:
+            console.print(f"generated password (shown once): {password}")
+        return 0
+
+    return _run(settings, work)
+
+
+def _users_disabled(disabled: bool) -> Callable[[Settings, argparse.Namespace], int]:
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        from app.services.accounts import set_disabled
+
+        async def work(platform: Platform) -> int:
+            async with transaction(platform.db.app) as tx:
+                user = await set_disabled(platform, tx, email=args.email, disabled=disabled)
+            console.print(f"{user.email}: {'disabled (sessions ended, API tokens stopped)' if disabled else 'enabled'}")
+            return 0
+
+        return _run(settings, work)
+
+    return command
+
+
 def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
     from app.services.retention import apply_to_all
 
@@ -263,8 +332,26 @@ def parser() -> argparse.ArgumentParser:
     create.set_defaults(fn=cmd_tenants_create)
     for action in ("suspend", "activate"):
         cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
-        cmd.add_argument("tenant_id")
+        cmd.add_argument("tenant_id", help="the tenant's id (t + nine digits)")
         cmd.set_defaults(fn=_lifecycle(action))
+    delete = tenants.add_parser("delete", help="drop a leaf tenant's schema and role (its usage history stays)")
+    delete.add_argument("tenant_id", help="the tenant's id (t + nine digits)")
+    delete.set_defaults(fn=cmd_tenants_delete)
+
+    users = sub.add_parser("users", help="manage user accounts as the operator").add_subparsers(
+        dest="users_command", required=True)
+    users_list = users.add_parser("list", help="every user, with memberships and last login")
+    users_list.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    users_list.set_defaults(fn=cmd_users_list)
+    reset = users.add_parser("reset-password", help="set a user's password (ends their sessions)")
+    reset.add_argument("email", help="the user's email")
+    reset.add_argument("--password", help="the new password (default: generated and printed once)")
+    reset.set_defaults(fn=cmd_users_reset_password)
+    for name, disabled in (("disable", True), ("enable", False)):
+        cmd = users.add_parser(name, help=f"{name} a user (disable: no sign-in anywhere, sessions and API "
+                                          "tokens stop)" if disabled else f"{name} a disabled user")
+        cmd.add_argument("email", help="the user's email")
+        cmd.set_defaults(fn=_users_disabled(disabled))
     retention = sub.add_parser("retention", help="data retention").add_subparsers(dest="retention_command",
                                                                                     required=True)
     run_retention = retention.add_parser("run", help="apply every tenant's retention rules now")

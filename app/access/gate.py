@@ -96,7 +96,8 @@ class RequestAccess:
                 raise Forbidden("this needs a user's access token, not a device or API token")
             claims = self.gate.access_tokens.verify(token)
             self._principal = Principal(user_id=UUID(claims.user_id), default_tenant_id=claims.default_tenant_id,
-                                        token_id=claims.token_id, reach=Reach.decode(claims.reach))
+                                        token_id=claims.token_id, reach=Reach.decode(claims.reach),
+                                        session_family=UUID(claims.family) if claims.family else None)
         return self._principal
 
     @property
@@ -189,6 +190,8 @@ class RequestAccess:
         tenant_id = requested or principal.default_tenant_id
         if not tenant_id:
             raise InvalidInput("no tenant selected: send the X-Tenant-ID header or log in with a tenantId")
+        if await registry.user_disabled(db, principal.user_id):
+            raise Unauthenticated("this account is disabled")
         record = await registry.tenant(db, tenant_id) if is_tenant_id(tenant_id) else None
         member = await registry.membership(db, principal.user_id, tenant_id) if record is not None else None
         via = None
@@ -248,8 +251,8 @@ class RequestAccess:
         # A token acts for its creator and is never more than the creator is now: it stops when
         # the creator leaves, and shrinks with the creator's role and group scope.
         creator = await registry.membership(db, found.created_by, tenant_id)
-        if creator is None:
-            raise Unauthenticated("the API token's creator is no longer a member of this tenant")
+        if creator is None or await registry.user_disabled(db, found.created_by):
+            raise Unauthenticated("the API token's creator is no longer a member of this tenant, or is disabled")
         if record.status == "SUSPENDED":
             raise TenantSuspended(f"tenant {tenant_id} is suspended")
         effective = frozenset(found.permissions) & await self._role_permissions(tenant_id, creator)

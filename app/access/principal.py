@@ -65,6 +65,7 @@ class Principal:
     device_id: int | None = None
     api_token_id: UUID | None = None  # set when acting through an API token (its creator is user_id)
     reach: Reach | None = None  # None: wherever the user's memberships lead
+    session_family: UUID | None = None  # the login session (refresh-token family) of the access token
 
     @property
     def is_device(self) -> bool:

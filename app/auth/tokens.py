@@ -25,6 +25,7 @@ class AccessClaims:
     token_id: str
     expires_at: int
     reach: str | None = None  # a single sign-on session's only reach (app.access.principal.Reach)
+    family: str | None = None  # the refresh-token family (login session) the token was issued in
 
 
 class AccessTokens:
@@ -53,7 +54,8 @@ class AccessTokens:
             jti={"essential": True},
         )
 
-    def issue(self, *, user_id: str, default_tenant_id: str | None, reach: str | None = None) -> str:
+    def issue(self, *, user_id: str, default_tenant_id: str | None, reach: str | None = None,
+              family: str | None = None) -> str:
         now = int(self._clock())
         claims: dict[str, object] = {
             "iss": self._issuer,
@@ -67,6 +69,8 @@ class AccessTokens:
             claims["tid"] = default_tenant_id
         if reach is not None:
             claims["rch"] = reach
+        if family is not None:
+            claims["fam"] = family
         return jwt.encode({"alg": "HS256"}, claims, self._key, algorithms=ALGORITHMS)
 
     def verify(self, token: str) -> AccessClaims:
@@ -95,12 +99,14 @@ class AccessTokens:
         claims = decoded.claims
         tid = claims.get("tid")
         reach = claims.get("rch")
+        family = claims.get("fam")
         return AccessClaims(
             user_id=str(claims["sub"]),
             default_tenant_id=tid if isinstance(tid, str) else None,
             token_id=str(claims["jti"]),
             expires_at=int(claims["exp"]),
             reach=reach if isinstance(reach, str) else None,
+            family=family if isinstance(family, str) else None,
         )
 
 

@@ -84,7 +84,20 @@ users = Table(
     Column("display_name", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_login_at", DateTime(timezone=True)),
+    Column("disabled_at", DateTime(timezone=True)),  # a disabled user signs in nowhere; tokens stop
     Index("users_email_key", func.lower(text("email")), unique=True),
+)
+
+# Single-use password reset tokens (stored hashed), mailed through the outbox, valid one hour.
+password_resets = Table(
+    "password_resets",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", LargeBinary, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
 )
 
 memberships = Table(

@@ -58,6 +58,8 @@ async def login(platform: Platform, db: Executor, *, email: str, password: str, 
                                request_id=request_id)
         raise Unauthenticated(BAD_CREDENTIALS)
     platform.login_throttle.succeeded(email)
+    if user.disabled:  # said only after the right password: nobody else learns the account's state
+        raise Unauthenticated("this account is disabled")
     default_tenant = await _default_tenant(db, user.id, tenant_id)
     async with transaction(platform.db.app) as tx:
         await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
@@ -100,7 +102,8 @@ async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: 
         expires_at=datetime.now(UTC) + timedelta(seconds=platform.settings.refresh_token_ttl_seconds),
         reach=reach,
     ))
-    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id, reach=reach)
+    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id, reach=reach,
+                                          family=str(family_id))
     return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
 
 
@@ -123,7 +126,7 @@ async def refresh(platform: Platform, *, refresh_token: str) -> Session:
             await tx.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id)
                              .values(rotated_at=func.now()))
             user = await user_by_id(tx, row.user_id)
-            if user is None:  # pragma: no cover - tokens cascade with users
+            if user is None or user.disabled:  # (disabling revokes the families too)
                 raise Unauthenticated("invalid or expired refresh token")
             return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
     # Raised after the commit so the family stays revoked.

@@ -21,6 +21,14 @@ class UserRecord:
     id: UUID
     email: str
     password_hash: str | None
+    disabled: bool = False
+
+
+_COLUMNS = (users.c.id, users.c.email, users.c.password_hash, users.c.disabled_at)
+
+
+def _record(row: Any) -> UserRecord:
+    return UserRecord(row.id, row.email, row.password_hash, row.disabled_at is not None)
 
 
 def normalise_email(email: str, *, field: str = "email") -> str:
@@ -31,17 +39,14 @@ def normalise_email(email: str, *, field: str = "email") -> str:
 
 
 async def user_by_email(db: Executor, email: str) -> UserRecord | None:
-    stmt = select(users.c.id, users.c.email, users.c.password_hash).where(
-        func.lower(users.c.email) == email.lower()
-    )
+    stmt = select(*_COLUMNS).where(func.lower(users.c.email) == email.lower())
     row = (await db.execute(stmt)).first()
-    return UserRecord(row.id, row.email, row.password_hash) if row else None
+    return _record(row) if row else None
 
 
 async def user_by_id(db: Executor, user_id: UUID) -> UserRecord | None:
-    stmt = select(users.c.id, users.c.email, users.c.password_hash).where(users.c.id == user_id)
-    row = (await db.execute(stmt)).first()
-    return UserRecord(row.id, row.email, row.password_hash) if row else None
+    row = (await db.execute(select(*_COLUMNS).where(users.c.id == user_id))).first()
+    return _record(row) if row else None
 
 
 async def create_user(db: Executor, *, email: str, password_hash: str | None) -> UserRecord:

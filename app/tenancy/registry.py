@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Row
 
 from app.db.transaction import Executor
-from app.models.management import memberships, tenants
+from app.models.management import memberships, tenants, users
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,8 @@ class Registry:
         self._roles: _TTLCache[tuple[UUID, str], MembershipInfo | None] = _TTLCache(ttl, clock)
         self._tenant_flight: _SingleFlight[str, TenantRecord | None] = _SingleFlight()
         self._role_flight: _SingleFlight[tuple[UUID, str], MembershipInfo | None] = _SingleFlight()
+        self._disabled: _TTLCache[UUID, bool] = _TTLCache(ttl, clock)
+        self._disabled_flight: _SingleFlight[UUID, bool] = _SingleFlight()
         self.lookups = 0  # database round trips made (tests check that misses are merged)
 
     async def tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
@@ -188,6 +190,28 @@ class Registry:
         self._roles.put(key, info)
         return info
 
+    async def user_disabled(self, db: Executor, user_id: UUID) -> bool:
+        """Whether the user is disabled (cached like memberships: a disable is seen here at once,
+        in other processes within the TTL)."""
+        while True:
+            found, disabled = self._disabled.get(user_id)
+            if found:
+                return bool(disabled)
+            try:
+                return await self._disabled_flight.run(user_id, lambda: self._load_disabled(db, user_id))
+            except _Retry:
+                continue
+
+    async def _load_disabled(self, db: Executor, user_id: UUID) -> bool:
+        self.lookups += 1
+        row = (await db.execute(select(users.c.disabled_at).where(users.c.id == user_id))).first()
+        disabled = row is not None and row.disabled_at is not None
+        self._disabled.put(user_id, disabled)
+        return disabled
+
+    def forget_user(self, user_id: UUID) -> None:
+        self._disabled.drop([user_id])
+
     def forget_tenants(self, ids: Iterable[str]) -> None:
         self._tenants.drop(ids)
 
@@ -197,3 +221,4 @@ class Registry:
     def clear(self) -> None:
         self._tenants.clear()
         self._roles.clear()
+        self._disabled.clear()

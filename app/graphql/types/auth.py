@@ -7,8 +7,8 @@ import strawberry
 from app.errors import Unauthenticated
 from app.graphql.context import Context
 from app.graphql.types.tenants import Tenant
+from app.services import accounts, signup
 from app.services import auth as service
-from app.services import signup
 from app.services.users import UserRecord, user_by_email, user_by_id
 
 Info = strawberry.Info[Context, None]
@@ -64,8 +64,8 @@ class AuthQueries:
         ctx = info.context
         principal = ctx.principal()
         user = await user_by_id(ctx.management_db, principal.user_id)
-        if user is None:
-            raise Unauthenticated("the user of this token no longer exists")
+        if user is None or user.disabled:
+            raise Unauthenticated("the user of this token no longer exists or is disabled")
         rows = await service.memberships_of(ctx.management_db, principal.user_id)
         me = User.of(user)
         return Me(user=me, memberships=[Membership(tenant=Tenant.of(m.tenant), role=m.role, scope=m.scope, user=me)
@@ -89,6 +89,28 @@ class AuthMutations:
     @strawberry.mutation(description="Revoke the refresh token's family (every token rotated from one login).")
     async def logout(self, info: Info, refresh_token: str) -> bool:
         return await service.logout(info.context.platform, refresh_token=refresh_token)
+
+    @strawberry.mutation(description="Change your password (the current one is required); ends your other sessions.")
+    async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
+        ctx = info.context
+        await accounts.change_password(ctx.platform, ctx.management_db, ctx.principal(), current=current_password,
+                                       new=new_password, address=ctx.client, request_id=ctx.request_id)
+        return True
+
+    @strawberry.mutation(description="Mail a single-use reset token (valid 1 h) if the email has an account. Always "
+                                     "true: the answer says nothing about which emails have accounts.")
+    async def request_password_reset(self, info: Info, email: str) -> bool:
+        ctx = info.context
+        await accounts.request_reset(ctx.platform, ctx.management_db, email=email, now=ctx.platform.clock(),
+                                     address=ctx.client, request_id=ctx.request_id)
+        return True
+
+    @strawberry.mutation(description="Set a new password with a mailed reset token; ends every session of the user.")
+    async def reset_password(self, info: Info, token: str, new_password: str) -> bool:
+        ctx = info.context
+        await accounts.reset_password(ctx.platform, ctx.management_db, token=token, new=new_password,
+                                      now=ctx.platform.clock(), request_id=ctx.request_id)
+        return True
 
 
 @strawberry.type
