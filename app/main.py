@@ -14,12 +14,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from app.errors import AppError
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
-from app.http.graphql import GraphQLEndpoint
+from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
@@ -126,8 +127,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             expose_headers=["x-request-id", "retry-after"],
             max_age=600,
         ))
+    static = [Mount("/graphiql", StaticFiles(directory=GRAPHIQL_DIR), name="graphiql")] if settings.graphiql else []
     app = Starlette(
-        routes=[
+        routes=[*static,
             Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -50,6 +50,8 @@ class Settings:
     admin_password: str | None = None
     cors_origins: tuple[str, ...] = ()
     log_format: str = "console"
+    # production: GraphiQL off, no introspection for anonymous callers, TENANTRY_PUBLIC_URL required.
+    env: str = "development"
     graphiql: bool = True
     # Levels of the tenant tree, management included (management=0 … max_tenant_depth-1).
     max_tenant_depth: int = 4
@@ -107,7 +109,15 @@ class Settings:
         log_format = env.get("TENANTRY_LOG_FORMAT", "console")
         if log_format not in {"console", "json"}:
             raise SystemExit("TENANTRY_LOG_FORMAT must be 'console' or 'json'")
+        environment = env.get("TENANTRY_ENV", "development")
+        if environment not in {"development", "production"}:
+            raise SystemExit("TENANTRY_ENV must be 'development' or 'production'")
+        public_url = env.get("TENANTRY_PUBLIC_URL") or None
+        if environment == "production" and public_url is None:
+            # Without it the OIDC redirect URI would come from each request's Host header.
+            raise SystemExit("TENANTRY_ENV=production needs TENANTRY_PUBLIC_URL (the server's public base URL)")
         return cls(
+            env=environment,
             database_url=env.get("TENANTRY_DATABASE_URL") or None,
             data_dir=Path(env.get("TENANTRY_DATA_DIR", ".tenantry")),
             host=env.get("TENANTRY_HOST", "127.0.0.1"),
@@ -118,7 +128,7 @@ class Settings:
             admin_password=env.get("TENANTRY_ADMIN_PASSWORD") or None,
             cors_origins=origins,
             log_format=log_format,
-            graphiql=_bool(env.get("TENANTRY_GRAPHIQL"), True),
+            graphiql=_bool(env.get("TENANTRY_GRAPHIQL"), True) and environment != "production",
             max_tenant_depth=_int(env, "TENANTRY_MAX_TENANT_DEPTH", 4),
             access_token_ttl_seconds=_int(env, "TENANTRY_ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl_seconds=_int(env, "TENANTRY_REFRESH_TOKEN_TTL", 30 * 24 * 3600),
@@ -135,13 +145,21 @@ class Settings:
             smtp_url=env.get("TENANTRY_SMTP_URL") or None,
             mail_from=env.get("TENANTRY_MAIL_FROM", "Tenantry <noreply@tenantry.local>"),
             signup_parent=env.get("TENANTRY_SIGNUP_PARENT") or None,
-            public_url=env.get("TENANTRY_PUBLIC_URL") or None,
+            public_url=public_url,
             copy_inline_rows=_int(env, "TENANTRY_COPY_INLINE_ROWS", 50_000),
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,
         )
+
+    def __post_init__(self) -> None:
+        if self.env == "production":  # GraphiQL is never served in production, however it is configured
+            object.__setattr__(self, "graphiql", False)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
     @property
     def pool_overflow(self) -> int:

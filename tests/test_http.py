@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ from app.graphql.fast_path import cache_info
 from app.http.graphql import _format_error
 from app.main import create_app
 from app.platform import Platform
-from tests.conftest import Api
+from app.settings import Settings
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api
 
 GQL_RESPONSE = "application/graphql-response+json"
 
@@ -162,3 +164,51 @@ async def test_user_errors_never_answer_500(api: Api, app: Starlette) -> None:
     result = await api.gql('{ device(id: "1") { id } }', token="garbage")
     assert result.status == 200
     assert result.code == "UNAUTHENTICATED"
+
+
+async def test_graphiql_is_served_from_our_own_files_with_no_external_host(http: httpx.AsyncClient) -> None:
+    """It loads offline and under a strict CSP: every script and stylesheet is the server's own
+    (vendored build, app/http/static/graphiql), nothing inline runs, nothing comes from a CDN."""
+    page = await http.get("/graphql", headers={"accept": "text/html"})
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources
+    assert all(s.startswith("/graphiql/") for s in sources), sources
+    assert not re.search(r"<script>(?!\s*</script>)", page.text)  # no inline script
+    for source in sources:
+        asset = await http.get(source)
+        assert asset.status_code == 200, source
+        assert asset.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript",
+                                                               "text/css"), source
+    init = (await http.get("/graphiql/init.js")).text
+    assert "X-Tenant-ID" in init  # the headers editor starts with the headers every request needs
+
+
+async def test_production_turns_graphiql_off_and_refuses_anonymous_introspection(platform: Platform) -> None:
+    settings = platform.settings.with_(env="production", public_url="https://api.example.com")
+    assert settings.graphiql is False
+    production = dataclasses.replace(platform, settings=settings)
+    transport = httpx.ASGITransport(app=create_app(platform=production))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tenantry.test") as client:
+        assert (await client.get("/graphql", headers={"accept": "text/html"})).status_code == 404
+        assert (await client.get("/graphiql/graphiql.min.js")).status_code == 404
+        for query in ("{ __schema { types { name } } }", '{ __type(name: "Tenant") { name } }'):
+            refused = await client.post("/graphql", json={"query": query})
+            assert refused.status_code == 401
+            assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        assert (await client.post("/graphql", json={"query": "{ __typename }"})).status_code == 200
+        login = await client.post("/graphql", json={
+            "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
+            "variables": {"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}})
+        token = login.json()["data"]["login"]["accessToken"]
+        allowed = await client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"},
+                                    headers={"authorization": f"Bearer {token}"})
+        assert allowed.json()["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+def test_production_needs_a_public_url() -> None:
+    with pytest.raises(SystemExit, match="TENANTRY_PUBLIC_URL"):
+        Settings.from_env({"TENANTRY_ENV": "production"})
+    with pytest.raises(SystemExit, match="TENANTRY_ENV"):
+        Settings.from_env({"TENANTRY_ENV": "staging"})
+    assert Settings.from_env({"TENANTRY_ENV": "production", "TENANTRY_PUBLIC_URL": "https://x.example"}).production

@@ -9,18 +9,18 @@ one place that classifies, masks and logs errors.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
-from graphql import GraphQLError, get_operation_ast, parse
+from graphql import GraphQLError, NoSchemaIntrospectionCustomRule, get_operation_ast, parse, validate
 from graphql import OperationType as AstOperationType
 from graphql.error import GraphQLSyntaxError
 from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
-from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
@@ -31,6 +31,7 @@ from app.platform import Platform
 from app.services import idempotency
 
 log = logging.getLogger("tenantry.graphql")
+GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
@@ -63,7 +64,8 @@ class GraphQLEndpoint:
     def __init__(self, schema: TenantrySchema, platform: Platform) -> None:
         self.schema = schema
         self.platform = platform
-        self._ide_html = get_graphql_ide_html(graphql_ide="graphiql")
+        # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
+        self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
     async def handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
@@ -96,6 +98,11 @@ class GraphQLEndpoint:
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
         request_id = context.request_id
+        if self.platform.settings.production and context.access.authorization is None and _introspects(
+                self.schema, query):
+            await context.finish(commit=False)
+            return _error_response(401, "introspection needs authentication in production", media_type,
+                                   {"www-authenticate": "Bearer"}, code="UNAUTHENTICATED")
         claim = None
         if idempotency_key is not None:
             try:
@@ -305,6 +312,15 @@ def _format_error(error: GraphQLError, request_id: str, context: Context) -> dic
         formatted["message"] = f"internal error (request id {request_id})"
         formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
     return formatted
+
+
+def _introspects(schema: TenantrySchema, query: str) -> bool:
+    """Whether a document asks for __schema or __type (graphql-core's own rule decides)."""
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return False  # execution reports the syntax error
+    return bool(validate(schema._schema, document, [NoSchemaIntrospectionCustomRule]))
 
 
 def _database_unavailable(error: BaseException | None) -> bool:
