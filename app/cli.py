@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.metadata
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
 from pathlib import Path
 
 import orjson
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from app.access.principal import Routed
@@ -96,7 +98,8 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     from app.services.bootstrap import bootstrap
 
     async def work(platform: Platform) -> int:
-        result = await bootstrap(platform)
+        with _working("bootstrapping the management tenant"):
+            result = await bootstrap(platform)
         state = "created" if result.created_tenant else "already present"
         console.print(f"management tenant: {state}; admin: {result.admin_email}")
         if result.generated_password:
@@ -132,7 +135,14 @@ def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
                 if not page.has_next_page:
                     break
                 after = page.cursors[-1]
-        console.print(_tenant_table(records))
+        if args.json:
+            for r in records:
+                sys.stdout.write(orjson.dumps({"id": r.id, "domain": r.domain, "company": r.company, "kind": r.kind,
+                                               "status": r.status, "parentId": r.parent_id, "depth": r.depth,
+                                               "schemaVersion": r.schema_version,
+                                               "createdAt": r.created_at}).decode() + "\n")
+        else:
+            console.print(_tenant_table(records))
         return 0
 
     return _run(settings, work)
@@ -251,7 +261,12 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
             if any(deleted.values()):
                 table.add_row(tenant_id, *(str(deleted[k]) for k in ("MEASUREMENT", "EVENT", "ALARM", "OPERATION")))
 
-        totals = await apply_to_all(platform.db.app, batch_size=args.batch_size, progress=row)
+        with _working("applying retention rules: tenants done") as tick:
+            def progress(tenant_id: str, deleted: dict[str, int]) -> None:
+                row(tenant_id, deleted)
+                tick(1)
+
+            totals = await apply_to_all(platform.db.app, batch_size=args.batch_size, progress=progress)
         console.print(table)
         console.print(f"deleted: {totals}")
         return 0
@@ -263,8 +278,9 @@ def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
     from app.services.usage import take_snapshots, utc_today_date
 
     async def work(platform: Platform) -> int:
-        taken = await take_snapshots(platform.db.app, today=utc_today_date(),
-                                     warning_ratio=settings.limit_warning_ratio)
+        with _working("taking usage snapshots"):
+            taken = await take_snapshots(platform.db.app, today=utc_today_date(),
+                                         warning_ratio=settings.limit_warning_ratio)
         console.print(f"usage snapshots taken for {taken} tenants")
         return 0
 
@@ -279,8 +295,10 @@ def cmd_usage_export(settings: Settings, args: argparse.Namespace) -> int:
         options = ExportOptions(start=args.start, end=args.end, granularity=args.granularity, fmt=args.format,
                                 separator=args.separator, decimal=args.decimal)
         out = sys.stdout.buffer
-        async for chunk in export(platform.db.app, routed, options):
-            out.write(chunk)
+        with _working("exporting usage: bytes written") as tick:
+            async for chunk in export(platform.db.app, routed, options):
+                out.write(chunk)
+                tick(len(chunk))
         out.flush()
         return 0
 
@@ -299,12 +317,31 @@ def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _working(what: str) -> Iterator[Callable[[int], None]]:
+    """A spinner on standard error (standard output stays clean for exports and --json) with a
+    running count, for commands that may take more than a second."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f}"),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda n: progress.advance(task, n)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tenantry")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tenantry", description="Tenantry: multi-tenant GraphQL backend for IoT")
+    p = argparse.ArgumentParser(prog="tenantry", description="Tenantry: multi-tenant GraphQL backend for IoT. "
+                                "Configuration comes from TENANTRY_* environment variables (see README).")
+    p.add_argument("--version", action="version", version=f"tenantry {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve GraphQL on TENANTRY_HOST:TENANTRY_PORT")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default TENANTRY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default TENANTRY_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default TENANTRY_WORKERS or 1)")
     serve.set_defaults(fn=cmd_serve)
     migrate = sub.add_parser("migrate", help="migrate the management schema, then every tenant schema")
@@ -313,22 +350,24 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("bootstrap", help="create the management tenant and its first admin").set_defaults(
         fn=cmd_bootstrap)
     export = sub.add_parser("export-schema", help="print or write the GraphQL SDL")
-    export.add_argument("--output", "-o", default="-")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
     export.set_defaults(fn=cmd_export_schema)
 
     tenants = sub.add_parser("tenants", help="manage tenants as the operator").add_subparsers(
         dest="tenants_command", required=True)
     listing = tenants.add_parser("list", help="every tenant in a table")
-    listing.add_argument("--status", choices=["ACTIVE", "SUSPENDED", "DELETED"])
+    listing.add_argument("--status", choices=["ACTIVE", "SUSPENDED", "DELETED"], help="only tenants in this state")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     listing.set_defaults(fn=cmd_tenants_list)
     create = tenants.add_parser("create", help="provision a tenant")
-    create.add_argument("--domain", required=True)
-    create.add_argument("--company", required=True)
-    create.add_argument("--admin-email", required=True)
-    create.add_argument("--admin-password")
-    create.add_argument("--kind", choices=["ENTERPRISE", "STANDARD"], default="STANDARD")
+    create.add_argument("--domain", required=True, help="unique domain, [a-z0-9-]{2,63}")
+    create.add_argument("--company", required=True, help="the company's name")
+    create.add_argument("--admin-email", required=True, help="first admin (an existing user, or a new one)")
+    create.add_argument("--admin-password", help="password of a new admin (without it: a mailed invitation)")
+    create.add_argument("--kind", choices=["ENTERPRISE", "STANDARD"], default="STANDARD",
+                        help="ENTERPRISE tenants may create subtenants (default STANDARD)")
     create.add_argument("--parent", default=MANAGEMENT_TENANT_ID, help="parent tenant id")
-    create.add_argument("--template")
+    create.add_argument("--template", help="tenant template (tenant_templates/*.json; default: by kind)")
     create.set_defaults(fn=cmd_tenants_create)
     for action in ("suspend", "activate"):
         cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
@@ -360,12 +399,15 @@ def parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="usage metering").add_subparsers(dest="usage_command", required=True)
     usage.add_parser("snapshot", help="take today's usage snapshots now").set_defaults(fn=cmd_usage_snapshot)
     usage_export = usage.add_parser("export", help="every tenant's usage as CSV or JSON lines on stdout")
-    usage_export.add_argument("--from", dest="start", type=date.fromisoformat, required=True)
-    usage_export.add_argument("--to", dest="end", type=date.fromisoformat, required=True)
-    usage_export.add_argument("--granularity", choices=["day", "month", "total"], default="day")
-    usage_export.add_argument("--format", choices=["csv", "json"], default="csv")
-    usage_export.add_argument("--separator", default=",")
-    usage_export.add_argument("--decimal", choices=[".", ","], default=".")
+    usage_export.add_argument("--from", dest="start", type=date.fromisoformat, required=True,
+                              help="first day, YYYY-MM-DD")
+    usage_export.add_argument("--to", dest="end", type=date.fromisoformat, required=True,
+                              help="last day (inclusive), YYYY-MM-DD")
+    usage_export.add_argument("--granularity", choices=["day", "month", "total"], default="day",
+                              help="one row per tenant and day, month, or the whole range")
+    usage_export.add_argument("--format", choices=["csv", "json"], default="csv", help="CSV or JSON lines")
+    usage_export.add_argument("--separator", default=",", help="CSV field separator (one character)")
+    usage_export.add_argument("--decimal", choices=[".", ","], default=".", help="decimal mark in CSV")
     usage_export.set_defaults(fn=cmd_usage_export)
     return p
 

@@ -72,3 +72,30 @@ def test_retention_run_from_the_shell(run) -> None:  # type: ignore[no-untyped-d
     result = run("retention", "run", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     assert "deleted:" in result.stdout
+
+
+def test_version_json_and_help_for_every_option(run) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from app.cli import parser
+
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("tenantry ")
+    listed = run("tenants", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert any(r["id"] == "management" and r["kind"] == "MANAGEMENT" for r in rows)
+
+    def missing(p: object, path: str) -> list[str]:  # every option of every command has help text
+        out = []
+        for action in p._actions:  # type: ignore[attr-defined]
+            if action.option_strings and action.help is None:
+                out.append(f"{path} {action.option_strings[0]}")
+            choices = getattr(action, "choices", None)
+            for name, sub in (choices.items() if isinstance(choices, dict) else []):
+                if hasattr(sub, "_actions"):
+                    out += missing(sub, f"{path} {name}")
+        return out
+
+    assert missing(parser(), "tenantry") == []
