@@ -6,15 +6,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from app.db.transaction import transaction
+from app.errors import AppError
 from app.models.management import memberships
 from app.platform import Platform
 from app.services.audit import SYSTEM
 from app.services.provisioning import TenantSpec, provision_tenant
 from app.services.users import create_user, normalise_email, user_by_email
-from app.tenancy.naming import MANAGEMENT_TENANT_ID
+from app.tenancy.naming import MANAGEMENT_TENANT_ID, tenant_role
 
 DEFAULT_ADMIN_EMAIL = "admin@tenantry.local"
 
@@ -24,6 +25,17 @@ class BootstrapResult:
     created_tenant: bool
     admin_email: str
     generated_password: str | None  # shown once, never stored in clear
+
+
+async def _check_no_other_installation(platform: Platform) -> None:
+    """The management tenant's role has a fixed name, and roles are cluster-wide: if it exists
+    before this database has a management tenant, another installation owns it."""
+    role = tenant_role(MANAGEMENT_TENANT_ID)
+    async with transaction(platform.db.owner) as tx:
+        found = (await tx.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})).first()
+    if found is not None:
+        raise AppError(f"role {role} already exists in this PostgreSQL cluster: another Tenantry installation uses "
+                       "it (roles are cluster-wide). Give each installation its own cluster.")
 
 
 async def bootstrap(platform: Platform) -> BootstrapResult:
@@ -39,6 +51,7 @@ async def bootstrap(platform: Platform) -> BootstrapResult:
     password_hash = await platform.passwords.hash(password) if user is None and password else None
 
     if existing_tenant is None:
+        await _check_no_other_installation(platform)
         await provision_tenant(
             platform.db.owner,
             TenantSpec(

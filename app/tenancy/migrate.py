@@ -21,8 +21,10 @@ from functools import cache
 
 from alembic import command
 from sqlalchemy import Connection, Engine, NullPool, create_engine, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.errors import AppError
 from app.models.management import tenants
 from app.settings import Settings
 from app.tenancy.alembic_chains import alembic_config, head_revision
@@ -46,9 +48,34 @@ async def migrate_management(owner: AsyncEngine, settings: Settings, app_passwor
 
         await conn.run_sync(upgrade)
         await conn.commit()
+        await _claim_role(conn, checked_identifier(settings.app_role), "TENANTRY_APP_ROLE")
         for statement in app_role_sql(settings.app_role, app_password):
-            await conn.exec_driver_sql(statement)
+            try:
+                await conn.exec_driver_sql(statement)
+            except DBAPIError as exc:
+                # Never the statement itself: one of them carries the app role's password.
+                raise AppError(f"could not set up the application role {settings.app_role}: "
+                               f"{str(exc.orig).strip().splitlines()[0]}") from None
         await conn.commit()
+
+
+async def _claim_role(conn: AsyncConnection, role: str, setting: str) -> None:
+    """Roles are cluster-wide, databases are not: a role marks which database's Tenantry owns it
+    (a role comment), and a second installation on the same cluster stops with one clear line
+    instead of taking the first one's role over."""
+    database = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+    owner = (await conn.execute(text("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = :r"),
+                                {"r": role})).scalar_one_or_none()
+    mark = f"tenantry:{database}"
+    if owner is not None and owner.startswith("tenantry:") and owner != mark:
+        raise AppError(f"role {role} belongs to the Tenantry installation in database {owner.split(':', 1)[1]!r} of "
+                       f"this PostgreSQL cluster (roles are cluster-wide): set {setting} to another name, or use "
+                       "another cluster")
+    exists = owner is not None or (await conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
+                                                      {"r": role})).first() is not None
+    if not exists:
+        await conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN NOINHERIT")
+    await conn.exec_driver_sql(f"COMMENT ON ROLE {role} IS '{mark}'")
 
 
 def app_role_sql(app_role: str, password: str) -> list[str]:
@@ -62,7 +89,9 @@ def app_role_sql(app_role: str, password: str) -> list[str]:
                 CREATE ROLE {role} LOGIN NOINHERIT;
               END IF;
             END $$""",
-        f"ALTER ROLE {role} LOGIN NOINHERIT NOCREATEROLE NOCREATEDB PASSWORD '{quoted_password}'",
+        # (A new role has neither CREATEROLE nor CREATEDB; naming them here would need the owner to
+        # hold CREATEDB itself on PostgreSQL 16.)
+        f"ALTER ROLE {role} LOGIN NOINHERIT PASSWORD '{quoted_password}'",
         "REVOKE ALL ON SCHEMA public FROM PUBLIC",
         f"GRANT USAGE ON SCHEMA {s} TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}",
