@@ -36,7 +36,8 @@ def test_every_dependency_is_locked() -> None:
 
     root = Path(__file__).resolve().parent.parent
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    extras = project["optional-dependencies"]
+    wanted = [Requirement(r) for r in [*project["dependencies"], *extras["embedded"], *extras["dev"]]]
     locked = {canonicalize_name(m.group(1)): m.group(2) for m in
               re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)$", (root / "requirements.lock").read_text(), re.M)}
     for requirement in wanted:

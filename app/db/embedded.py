@@ -45,7 +45,11 @@ def embedded_database_url(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; pgserver does not need it.
         warnings.simplefilter("ignore")
-        import pgserver  # imported lazily: only the embedded mode needs it
+        try:
+            import pgserver  # imported lazily: only the embedded mode needs it
+        except ImportError:
+            raise SystemExit("the embedded PostgreSQL is not installed: pip install 'tenantry[embedded]', "
+                             "or set TENANTRY_DATABASE_URL to an external PostgreSQL") from None
 
     pgdata = (data_dir / "pg").resolve()
     server = _servers.get(pgdata)
