@@ -61,12 +61,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes build their own app from the environment; the registry cache's
         # one-second TTL keeps them in step (a suspension reaches every worker within it).
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
-                    proxy_headers=True)
+                    proxy_headers=True, access_log=False)
     else:
         from app.entry import stop_requested
 
+        # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
         uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
-                    proxy_headers=True)
+                    proxy_headers=True, access_log=False)
     return 0
 
 
@@ -415,7 +416,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings.from_env()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     try:
         code: int = args.fn(settings, args)
     except AppError as exc:

@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 
 import orjson
 
+FIELDS = ("request_id", "method", "path", "status", "duration_ms", "tenant", "operation", "code")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -17,15 +20,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None)
-        if request_id:
-            entry["request_id"] = request_id
+        for name in FIELDS:  # structured fields given with `extra=` (the access log's, the request id)
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

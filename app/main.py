@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     """Build the app. A given `platform` is shared and left open (tests); otherwise one is made."""
     if settings is None and platform is None:  # a uvicorn worker process: configure like the CLI does
         settings = Settings.from_env()
-        configure_logging(settings.log_format)
+        configure_logging(settings.log_format, settings.log_level)
     settings = settings or (platform.settings if platform else Settings.from_env())
     owned = platform is None
     live = platform or Platform.create(settings)

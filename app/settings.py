@@ -50,6 +50,7 @@ class Settings:
     admin_password: str | None = None
     cors_origins: tuple[str, ...] = ()
     log_format: str = "console"
+    log_level: str = "INFO"
     # production: GraphiQL off, no introspection for anonymous callers, TENANTRY_PUBLIC_URL required.
     env: str = "development"
     graphiql: bool = True
@@ -109,6 +110,9 @@ class Settings:
         log_format = env.get("TENANTRY_LOG_FORMAT", "console")
         if log_format not in {"console", "json"}:
             raise SystemExit("TENANTRY_LOG_FORMAT must be 'console' or 'json'")
+        log_level = env.get("TENANTRY_LOG_LEVEL", "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SystemExit("TENANTRY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         environment = env.get("TENANTRY_ENV", "development")
         if environment not in {"development", "production"}:
             raise SystemExit("TENANTRY_ENV must be 'development' or 'production'")
@@ -128,6 +132,7 @@ class Settings:
             admin_password=env.get("TENANTRY_ADMIN_PASSWORD") or None,
             cors_origins=origins,
             log_format=log_format,
+            log_level=log_level,
             graphiql=_bool(env.get("TENANTRY_GRAPHIQL"), True) and environment != "production",
             max_tenant_depth=_int(env, "TENANTRY_MAX_TENANT_DEPTH", 4),
             access_token_ttl_seconds=_int(env, "TENANTRY_ACCESS_TOKEN_TTL", 900),

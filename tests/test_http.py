@@ -7,6 +7,7 @@ import logging
 import re
 
 import httpx
+import orjson
 import pytest
 from graphql import GraphQLError
 from starlette.applications import Starlette
@@ -212,3 +213,32 @@ def test_production_needs_a_public_url() -> None:
     with pytest.raises(SystemExit, match="TENANTRY_ENV"):
         Settings.from_env({"TENANTRY_ENV": "staging"})
     assert Settings.from_env({"TENANTRY_ENV": "production", "TENANTRY_PUBLIC_URL": "https://x.example"}).production
+
+
+async def test_one_structured_access_log_line_per_request(api: Api, world: object,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from app.logs import JsonFormatter
+    from tests.conftest import World
+
+    assert isinstance(world, World)
+    t = await world.tenant()
+    with caplog.at_level(logging.INFO, logger="tenantry.access"):
+        await api.gql("query Devices { devices { totalCount } }", token=t.token, tenant=t.id)
+        await api.gql("{ nope }", token=t.token, tenant=t.id)
+    records = [r for r in caplog.records if r.name == "tenantry.access"]
+    assert len(records) == 2
+    ok, bad = (orjson.loads(JsonFormatter().format(r)) for r in records)
+    assert ok["tenant"] == t.id
+    assert ok["operation"] == "Devices"
+    assert ok["status"] == 200
+    assert ok["duration_ms"] >= 0
+    assert ok["request_id"]
+    assert "code" not in ok
+    assert (bad["status"], bad["code"]) == (400, "INVALID_INPUT")
+    assert f"tenant={t.id}" in records[0].getMessage()
+
+
+def test_log_level_is_configurable() -> None:
+    assert Settings.from_env({"TENANTRY_LOG_LEVEL": "warning"}).log_level == "WARNING"
+    with pytest.raises(SystemExit, match="TENANTRY_LOG_LEVEL"):
+        Settings.from_env({"TENANTRY_LOG_LEVEL": "loud"})

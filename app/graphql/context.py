@@ -36,6 +36,7 @@ class Context:
     usage: Counter[str] = field(default_factory=Counter)
     _loaders: Loaders | None = None
     _limit_usage: DataLoader[str, LimitUsage] | None = None
+    log_fields: dict[str, str | None] | None = None  # tenant, operation and error code for the access log
 
     @classmethod
     def of(cls, platform: Platform, *, request_id: str, authorization: str | None, tenant_header: str | None,

@@ -9,6 +9,8 @@ one place that classifies, masks and logs errors.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,12 @@ class GraphQLEndpoint:
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response = await self._handle(request)
+        _access_log(request, response, started)
+        return response
+
+    async def _handle(self, request: Request) -> Response:
         request_id: str = request.state.request_id
         try:
             if request.method == "GET" and self._wants_ide(request):
@@ -88,6 +96,7 @@ class GraphQLEndpoint:
             tenant_header=request.headers.get("x-tenant-id"),
             client=request.client.host if request.client else None,
         )
+        request.state.context = context
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
             async with self.platform.gate.in_flight.slot():
@@ -171,6 +180,10 @@ class GraphQLEndpoint:
             headers = {"retry-after": str(context.retry_after)}
             if codes == {"RATE_LIMITED"}:
                 status = 429  # nothing was done: the client should slow down
+        routed = context.access.routed_or_none
+        context.log_fields = {"tenant": routed.tenant.id if routed else None,
+                              "operation": operation_name or _first_operation_name(query),
+                              "code": next((str(c) for c in codes if c), None)}
         if "UNAVAILABLE" in codes:
             # The database could not serve this request: nothing was saved, retry later.
             status = 503
@@ -312,6 +325,31 @@ def _format_error(error: GraphQLError, request_id: str, context: Context) -> dic
         formatted["message"] = f"internal error (request id {request_id})"
         formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
     return formatted
+
+
+access_log = logging.getLogger("tenantry.access")
+_OPERATION = re.compile(r"^\s*(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Za-z]*)")
+
+
+def _first_operation_name(query: str) -> str | None:
+    """The document's (first) operation name, for the log, without parsing again."""
+    match = _OPERATION.match(query)
+    return match.group(1) if match else None
+
+
+def _access_log(request: Request, response: Response, started: float) -> None:
+    """One structured line per GraphQL request: request id, tenant, operation, status, error code,
+    duration (JSON fields with TENANTRY_LOG_FORMAT=json)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    context = getattr(request.state, "context", None)
+    fields = dict(getattr(context, "log_fields", None) or {})
+    duration = round((time.perf_counter() - started) * 1000, 2)
+    extra = {"request_id": request.state.request_id, "method": request.method, "path": request.url.path,
+             "status": response.status_code, "duration_ms": duration, **fields}
+    access_log.info("%s %s %d %.1fms tenant=%s op=%s code=%s", request.method, request.url.path,
+                    response.status_code, duration, fields.get("tenant") or "-", fields.get("operation") or "-",
+                    fields.get("code") or "-", extra=extra)
 
 
 def _introspects(schema: TenantrySchema, query: str) -> bool:
