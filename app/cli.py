@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import os
 import secrets
+import shutil
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
@@ -58,6 +60,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
     if workers > 1:
+        # Every worker writes its metrics here and a scrape adds them all up (prometheus_client's
+        # multiprocess mode); emptied at each start so a counter never carries a dead run's values.
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         # Worker processes build their own app from the environment; the registry cache's
         # one-second TTL keeps them in step (a suspension reaches every worker within it).
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 
 import psycopg
+from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app.db.transaction import Executor
 from app.errors import AppError
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
@@ -24,8 +28,10 @@ from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
 from app.logs import configure_logging
+from app.models.management import copy_jobs, spare_schemas
 from app.platform import Platform
 from app.services import housekeeping, outbox, retention, usage
+from app.services.metrics import MULTIPROCESS_DIR
 from app.services.provisioning import keep_spares
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
@@ -55,13 +61,24 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
                                    request_id=request.state.request_id)
         try:
             await access.require_operator()
+            await _database_gauges(access.management_db)
         except AppError as exc:
             status = {"UNAUTHENTICATED": 401, "UNAVAILABLE": 503, "RATE_LIMITED": 429}.get(exc.code, 403)
             return JSONResponse({"errors": [{"message": exc.message, "extensions": {"code": exc.code}}]},
                                 status_code=status, headers={"www-authenticate": "Bearer"} if status == 401 else None)
         finally:
             await access.finish(commit=False)
-        return PlainTextResponse(live.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(live.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _database_gauges(db: Executor) -> None:
+        """State kept in the database, read at scrape time: spare schemas, copy jobs by status."""
+        live.metrics.spare_schemas.set((await db.execute(select(func.count()).select_from(spare_schemas)))
+                                       .scalar_one())
+        rows = (await db.execute(select(copy_jobs.c.status, func.count().label("n"))
+                                 .group_by(copy_jobs.c.status))).all()
+        by_status: dict[str, int] = {row.status: row.n for row in rows}
+        for status in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED"):
+            live.metrics.copy_jobs.labels(status).set(by_status.get(status, 0))
 
     async def readyz(request: Request) -> Response:
         # A fresh connection, not a pooled one: a server whose PostgreSQL refuses new connections
@@ -114,6 +131,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             await asyncio.wait_for(live.meter.flush(), timeout=SHUTDOWN_WAIT)  # nothing counted is lost
         except (TimeoutError, Exception):
             logging.getLogger("tenantry").exception("could not flush the usage counters at shutdown")
+        if os.environ.get(MULTIPROCESS_DIR):  # this worker's live gauges leave the sums
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         if owned:
             await live.close()
 

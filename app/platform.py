@@ -48,11 +48,12 @@ class Platform:
     @classmethod
     def create(cls, settings: Settings) -> Platform:
         db = Database.connect(settings)
+        metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
         return cls(
             settings=settings,
             db=db,
-            meter=Meter(db.app),
-            metrics=RequestMetrics(max_tenants=settings.metrics_max_tenants),
+            meter=Meter(db.app, flushed=lambda outcome: metrics.usage_flushes.labels(outcome).inc()),
+            metrics=metrics,
             rate_limiter=RateLimiter(),
             api_token_use=LastUsed(),
             login_throttle=LoginThrottle(),

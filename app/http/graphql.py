@@ -71,7 +71,19 @@ class GraphQLEndpoint:
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        response = await self._handle(request)
+        metrics = self.platform.metrics
+        metrics.in_flight.inc()
+        try:
+            response = await self._handle(request)
+        finally:
+            metrics.in_flight.dec()
+        fields = getattr(getattr(request.state, "context", None), "log_fields", None) or {}
+        metrics.observe(fields.get("operation"), fields.get("code") or ("ok" if response.status_code < 400 else
+                                                                        str(response.status_code)),
+                        time.perf_counter() - started)
+        pool = self.platform.db.app.pool
+        metrics.pool_checked_out.set(pool.checkedout())  # type: ignore[attr-defined]
+        metrics.pool_capacity.set(pool.size() + self.platform.settings.pool_overflow)  # type: ignore[attr-defined]
         _access_log(request, response, started)
         return response
 
@@ -153,6 +165,7 @@ class GraphQLEndpoint:
             await context.finish(commit=committed)
         except CommitOutcomeUnknown as exc:
             log.warning("connection lost during COMMIT [request %s]: outcome unknown", request_id)
+            self.platform.metrics.database_errors.labels("commit_unknown").inc()
             committed = False
             data, errors = None, [GraphQLError(exc.message, original_error=exc)]
         except Exception:

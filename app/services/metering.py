@@ -29,9 +29,11 @@ def utc_today() -> date:
 
 
 class Meter:
-    def __init__(self, engine: AsyncEngine, *, today: Callable[[], date] = utc_today) -> None:
+    def __init__(self, engine: AsyncEngine, *, today: Callable[[], date] = utc_today,
+                 flushed: Callable[[str], None] = lambda outcome: None) -> None:
         self._engine = engine
         self._today = today
+        self._flushed = flushed  # told "ok" or "failed" after each flush that had something to write
         self._pending: dict[tuple[str, date], Counter[str]] = {}
         self._flush_lock = asyncio.Lock()
 
@@ -68,7 +70,9 @@ class Meter:
             except BaseException:
                 for (tenant_id, day), counts in taken.items():  # keep them: nothing is lost
                     self._pending.setdefault((tenant_id, day), Counter()).update(counts)
+                self._flushed("failed")
                 raise
+            self._flushed("ok")
             return len(rows)
 
     async def run(self, interval_seconds: float) -> None:

@@ -1,49 +1,92 @@
-"""Prometheus metrics per tenant, with a cap on label cardinality.
+"""Prometheus metrics on prometheus_client, in multiprocess mode when several workers serve.
 
-The first `max_tenants` tenants seen get their own label; the rest are counted as
-tenant="other", so a platform with a million tenants cannot blow up the scraper.
+With `tenantry serve --workers N` every worker writes its samples to PROMETHEUS_MULTIPROC_DIR
+(set by the serve command) and a scrape of any worker adds them all up, so counters never
+appear to go backwards. Label cardinality is capped: the first `max_tenants` tenants and
+`max_operations` operation names get their own label, the rest count as "other".
+
+Series (all prefixed tenantry_):
+- requests_total{tenant}, device_requests_total{tenant}, errors_total{tenant,code}
+- request_duration_seconds{operation,outcome} (histogram; outcome = ok or the first error code)
+- requests_in_flight, db_pool_checked_out, db_pool_capacity (summed over workers)
+- database_errors_total{kind} (unavailable, commit_unknown), usage_flushes_total{outcome}
+- spare_schemas, copy_jobs{status} (read from the database at scrape time)
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_OPERATION = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
+
+
+class _Capped:
+    """The first `limit` values keep their own label; later ones become "other"."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return "other"
 
 
 class RequestMetrics:
-    def __init__(self, *, max_tenants: int) -> None:
-        self._max = max_tenants
-        self._labels: set[str] = set()
-        self.requests: Counter[str] = Counter()
-        self.device_requests: Counter[str] = Counter()
-        self.errors: Counter[tuple[str, str]] = Counter()
-
-    def _label(self, tenant_id: str | None) -> str:
-        if tenant_id is None:
-            return "none"
-        if tenant_id in self._labels:
-            return tenant_id
-        if len(self._labels) < self._max:
-            self._labels.add(tenant_id)
-            return tenant_id
-        return "other"
+    def __init__(self, *, max_tenants: int, max_operations: int = 200) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._tenant = _Capped(max_tenants)
+        self._operation = _Capped(max_operations)
+        self.requests = Counter("tenantry_requests", "GraphQL requests by tenant.", ["tenant"], registry=r)
+        self.device_requests = Counter("tenantry_device_requests", "Requests made with device tokens, by tenant.",
+                                       ["tenant"], registry=r)
+        self.errors = Counter("tenantry_errors", "GraphQL errors by tenant and extensions.code.", ["tenant", "code"],
+                              registry=r)
+        self.latency = Histogram("tenantry_request_duration_seconds", "GraphQL request latency by operation name "
+                                 "and outcome.", ["operation", "outcome"], buckets=BUCKETS, registry=r)
+        self.in_flight = Gauge("tenantry_requests_in_flight", "GraphQL requests being served.", registry=r,
+                               multiprocess_mode="livesum")
+        self.pool_checked_out = Gauge("tenantry_db_pool_checked_out", "Application pool connections in use.",
+                                      registry=r, multiprocess_mode="livesum")
+        self.pool_capacity = Gauge("tenantry_db_pool_capacity", "Application pool size plus overflow.", registry=r,
+                                   multiprocess_mode="livesum")
+        self.database_errors = Counter("tenantry_database_errors", "Requests the database could not serve.",
+                                       ["kind"], registry=r)
+        self.usage_flushes = Counter("tenantry_usage_flushes", "Usage counter flushes by outcome.", ["outcome"],
+                                     registry=r)
+        self.spare_schemas = Gauge("tenantry_spare_schemas", "Spare tenant schemas ready for provisioning.",
+                                   registry=r, multiprocess_mode="mostrecent")
+        self.copy_jobs = Gauge("tenantry_copy_jobs", "Copy jobs by status.", ["status"], registry=r,
+                               multiprocess_mode="mostrecent")
 
     def record(self, tenant_id: str | None, *, device: bool, error_codes: list[str]) -> None:
-        label = self._label(tenant_id)
-        self.requests[label] += 1
+        label = self._tenant(tenant_id) if tenant_id is not None else "none"
+        self.requests.labels(label).inc()
         if device:
-            self.device_requests[label] += 1
+            self.device_requests.labels(label).inc()
         for code in error_codes:
-            self.errors[(label, code)] += 1
+            self.errors.labels(label, code).inc()
+            if code == "UNAVAILABLE":
+                self.database_errors.labels("unavailable").inc()
 
-    def render(self) -> str:
-        lines = ["# HELP tenantry_requests_total GraphQL requests by tenant.",
-                 "# TYPE tenantry_requests_total counter"]
-        lines += [f'tenantry_requests_total{{tenant="{t}"}} {n}' for t, n in sorted(self.requests.items())]
-        lines += ["# HELP tenantry_device_requests_total Requests made with device tokens, by tenant.",
-                  "# TYPE tenantry_device_requests_total counter"]
-        lines += [f'tenantry_device_requests_total{{tenant="{t}"}} {n}'
-                  for t, n in sorted(self.device_requests.items())]
-        lines += ["# HELP tenantry_errors_total GraphQL errors by tenant and extensions.code.",
-                  "# TYPE tenantry_errors_total counter"]
-        lines += [f'tenantry_errors_total{{tenant="{t}",code="{c}"}} {n}' for (t, c), n in sorted(self.errors.items())]
-        return "\n".join(lines) + "\n"
+    def observe(self, operation: str | None, outcome: str, seconds: float) -> None:
+        name = self._operation(operation) if operation and _OPERATION.fullmatch(operation) else "-"
+        self.latency.labels(name, outcome).observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition: every worker's samples in multiprocess mode, else this process's."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
