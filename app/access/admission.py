@@ -61,14 +61,18 @@ class InFlight:
         self.limit = max(1, limit)
         self._slots = asyncio.Semaphore(self.limit)
         self._wait = wait
+        self.waiting = 0  # requests waiting for a slot (and so for a connection): a metrics gauge
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked():  # only a saturated process pays for the timed wait (a task)
+            self.waiting += 1
             try:
                 await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
             except TimeoutError as exc:
                 raise Unavailable("the server is busy: too many requests in flight", retryAfter=1) from exc
+            finally:
+                self.waiting -= 1
         else:
             await self._slots.acquire()
         try:

@@ -83,6 +83,7 @@ class GraphQLEndpoint:
                         time.perf_counter() - started)
         pool = self.platform.db.app.pool
         metrics.pool_checked_out.set(pool.checkedout())  # type: ignore[attr-defined]
+        metrics.waiting.set(self.platform.gate.in_flight.waiting)
         metrics.pool_capacity.set(pool.size() + self.platform.settings.pool_overflow)  # type: ignore[attr-defined]
         _access_log(request, response, started)
         return response

@@ -8,7 +8,7 @@ appear to go backwards. Label cardinality is capped: the first `max_tenants` ten
 Series (all prefixed tenantry_):
 - requests_total{tenant}, device_requests_total{tenant}, errors_total{tenant,code}
 - request_duration_seconds{operation,outcome} (histogram; outcome = ok or the first error code)
-- requests_in_flight, db_pool_checked_out, db_pool_capacity (summed over workers)
+- requests_in_flight, requests_waiting, db_pool_checked_out, db_pool_capacity (summed over workers)
 - database_errors_total{kind} (unavailable, commit_unknown), usage_flushes_total{outcome}
 - spare_schemas, copy_jobs{status} (read from the database at scrape time)
 """
@@ -58,6 +58,8 @@ class RequestMetrics:
                                multiprocess_mode="livesum")
         self.pool_checked_out = Gauge("tenantry_db_pool_checked_out", "Application pool connections in use.",
                                       registry=r, multiprocess_mode="livesum")
+        self.waiting = Gauge("tenantry_requests_waiting", "Requests waiting for an in-flight slot (a connection).",
+                             registry=r, multiprocess_mode="livesum")
         self.pool_capacity = Gauge("tenantry_db_pool_capacity", "Application pool size plus overflow.", registry=r,
                                    multiprocess_mode="livesum")
         self.database_errors = Counter("tenantry_database_errors", "Requests the database could not serve.",
