@@ -34,7 +34,8 @@ async def test_the_exposition_parses_with_latency_pool_and_job_series(http: http
     samples = _samples(scraped.text)
     names = {name for name, _ in samples}
     for expected in ("tenantry_requests_total", "tenantry_request_duration_seconds_bucket",
-                     "tenantry_requests_in_flight", "tenantry_requests_waiting", "tenantry_db_pool_checked_out", "tenantry_db_pool_capacity",
+                     "tenantry_requests_in_flight", "tenantry_requests_waiting", "tenantry_db_pool_checked_out",
+                     "tenantry_db_pool_capacity",
                      "tenantry_spare_schemas", "tenantry_copy_jobs"):
         assert expected in names, expected
     assert samples[("tenantry_request_duration_seconds_count", (("operation", "ListDevices"), ("outcome", "ok")))] >= 1
