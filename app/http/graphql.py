@@ -78,13 +78,15 @@ class GraphQLEndpoint:
         finally:
             metrics.in_flight.dec()
         fields = getattr(getattr(request.state, "context", None), "log_fields", None) or {}
+        finished = time.perf_counter()
         metrics.observe(fields.get("operation"), fields.get("code") or ("ok" if response.status_code < 400 else
                                                                         str(response.status_code)),
-                        time.perf_counter() - started)
-        pool = self.platform.db.app.pool
-        metrics.pool_checked_out.set(pool.checkedout())  # type: ignore[attr-defined]
-        metrics.waiting.set(self.platform.gate.in_flight.waiting)
-        metrics.pool_capacity.set(pool.size() + self.platform.settings.pool_overflow)  # type: ignore[attr-defined]
+                        finished - started)
+        if metrics.pool_due(finished):
+            pool = self.platform.db.app.pool
+            metrics.pool_checked_out.set(pool.checkedout())  # type: ignore[attr-defined]
+            metrics.waiting.set(self.platform.gate.in_flight.waiting)
+            metrics.pool_capacity.set(pool.size() + self.platform.settings.pool_overflow)  # type: ignore[attr-defined]
         _access_log(request, response, started)
         return response
 

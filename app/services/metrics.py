@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -47,6 +48,9 @@ class RequestMetrics:
         r = self.registry
         self._tenant = _Capped(max_tenants)
         self._operation = _Capped(max_operations)
+        self._request_children: dict[str, Any] = {}
+        self._latency_children: dict[tuple[str | None, str], Any] = {}
+        self._pool_refreshed = 0.0
         self.requests = Counter("tenantry_requests", "GraphQL requests by tenant.", ["tenant"], registry=r)
         self.device_requests = Counter("tenantry_device_requests", "Requests made with device tokens, by tenant.",
                                        ["tenant"], registry=r)
@@ -73,7 +77,10 @@ class RequestMetrics:
 
     def record(self, tenant_id: str | None, *, device: bool, error_codes: list[str]) -> None:
         label = self._tenant(tenant_id) if tenant_id is not None else "none"
-        self.requests.labels(label).inc()
+        child = self._request_children.get(label)
+        if child is None:  # labels() takes a lock and builds a key each call: done once per label
+            child = self._request_children[label] = self.requests.labels(label)
+        child.inc()
         if device:
             self.device_requests.labels(label).inc()
         for code in error_codes:
@@ -82,8 +89,21 @@ class RequestMetrics:
                 self.database_errors.labels("unavailable").inc()
 
     def observe(self, operation: str | None, outcome: str, seconds: float) -> None:
-        name = self._operation(operation) if operation and _OPERATION.fullmatch(operation) else "-"
-        self.latency.labels(name, outcome).observe(seconds)
+        key = (operation, outcome)
+        child = self._latency_children.get(key)
+        if child is None:
+            name = self._operation(operation) if operation and _OPERATION.fullmatch(operation) else "-"
+            child = self.latency.labels(name, outcome)
+            if len(self._latency_children) < 10_000:
+                self._latency_children[key] = child
+        child.observe(seconds)
+
+    def pool_due(self, now: float) -> bool:
+        """Whether to refresh the pool gauges (at most every 100 ms: they are read, not counted)."""
+        if now - self._pool_refreshed < 0.1:
+            return False
+        self._pool_refreshed = now
+        return True
 
     def render(self) -> bytes:
         """The text exposition: every worker's samples in multiprocess mode, else this process's."""
