@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
@@ -27,6 +28,7 @@ from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint
 from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
+from app.http.tracing import configure_tracing
 from app.logs import configure_logging
 from app.models.management import copy_jobs, spare_schemas
 from app.platform import Platform
@@ -40,7 +42,7 @@ SHUTDOWN_WAIT = 4.0  # seconds for background tasks, then for the last usage flu
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> Starlette:
+               stop_requested: Callable[[], bool] | None = None, tracer: Any | None = None) -> Starlette:
     """Build the app. A given `platform` is shared and left open (tests); otherwise one is made."""
     if settings is None and platform is None:  # a uvicorn worker process: configure like the CLI does
         settings = Settings.from_env()
@@ -48,7 +50,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     settings = settings or (platform.settings if platform else Settings.from_env())
     owned = platform is None
     live = platform or Platform.create(settings)
-    endpoint = GraphQLEndpoint(build_schema(settings), live)
+    endpoint = GraphQLEndpoint(build_schema(settings), live, tracer if tracer is not None else configure_tracing())
     oidc = OidcEndpoints(live)
 
     async def healthz(request: Request) -> Response:

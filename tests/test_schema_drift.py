@@ -37,7 +37,8 @@ def test_every_dependency_is_locked() -> None:
     root = Path(__file__).resolve().parent.parent
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = [Requirement(r) for r in [*project["dependencies"], *extras["embedded"], *extras["dev"]]]
+    wanted = [Requirement(r) for r in [*project["dependencies"], *extras["embedded"], *extras["otel"],
+                                       *extras["dev"]]]
     locked = {canonicalize_name(m.group(1)): m.group(2) for m in
               re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)$", (root / "requirements.lock").read_text(), re.M)}
     for requirement in wanted:

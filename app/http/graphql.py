@@ -29,6 +29,7 @@ from strawberry.types.graphql import OperationType
 from app.errors import AppError, CommitOutcomeUnknown, Unavailable
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
+from app.http.tracing import annotate
 from app.platform import Platform
 from app.services import idempotency
 
@@ -63,13 +64,28 @@ def _negotiate(accept: str) -> str:
 
 
 class GraphQLEndpoint:
-    def __init__(self, schema: TenantrySchema, platform: Platform) -> None:
+    def __init__(self, schema: TenantrySchema, platform: Platform, tracer: Any | None = None) -> None:
         self.schema = schema
         self.platform = platform
+        self.tracer = tracer  # OpenTelemetry (app.http.tracing), or None: no spans, no cost
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
     async def handle(self, request: Request) -> Response:
+        if self.tracer is None:
+            return await self._measured(request)
+        from opentelemetry.trace import SpanKind  # present whenever a tracer is: the otel extra
+
+        with self.tracer.start_as_current_span("graphql", kind=SpanKind.SERVER) as span:
+            response = await self._measured(request)
+            fields = getattr(getattr(request.state, "context", None), "log_fields", None) or {}
+            annotate(span, {"http.request.method": request.method, "http.response.status_code":
+                            response.status_code, "tenantry.request_id": request.state.request_id,
+                            "tenantry.tenant": fields.get("tenant"), "graphql.operation.name": fields.get("operation"),
+                            "tenantry.error_code": fields.get("code")})
+            return response
+
+    async def _measured(self, request: Request) -> Response:
         started = time.perf_counter()
         metrics = self.platform.metrics
         metrics.in_flight.inc()
