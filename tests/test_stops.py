@@ -165,6 +165,38 @@ async def test_data_made_by_an_older_embedded_postgresql_keeps_working() -> None
     assert not _postmaster_running(pgdata)
 
 
+USER = ("import sys, time, psycopg\nfrom pathlib import Path\nfrom app.db.embedded import embedded_database_url\n"
+        "url = embedded_database_url(Path(sys.argv[1])).replace('postgresql+psycopg', 'postgresql')\n"
+        "with psycopg.connect(url) as c: print(c.execute('select 1').fetchone()[0], flush=True)\n"
+        "time.sleep(600) if sys.argv[2] == 'hold' else None\n")
+
+
+async def test_the_embedded_database_comes_back_after_its_postmaster_is_killed() -> None:
+    """SIGKILL of the postmaster (left a zombie where nothing reaps it, as here): the next user
+    starts it again, PostgreSQL recovers, and it still stops with its last user."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tnt-rec-", dir="/tmp"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", USER, str(data_dir), "hold", cwd=ROOT,
+                                                  env=env, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), timeout=120)).strip() == b"1"
+        postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+    finally:
+        holder.kill()
+        await holder.wait()
+    again = await asyncio.create_subprocess_exec(sys.executable, "-c", USER, str(data_dir), "once", cwd=ROOT,
+                                                 env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(again.communicate(), timeout=120)
+    assert (again.returncode, out.strip()) == (0, b"1")
+    for _ in range(100):
+        if not _postmaster_running(data_dir / "pg"):
+            break
+        await asyncio.sleep(0.05)
+    assert not _postmaster_running(data_dir / "pg")
+
+
 async def test_migrate_workers_end_with_their_parent(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
     script = (

@@ -6,10 +6,13 @@ PostgreSQL 18; a directory made earlier keeps the PostgreSQL it was made with (t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 _servers: dict[Path, Any] = {}
 
@@ -31,12 +34,36 @@ def _forget_dead_handles(pgserver: Any, pgdata: Path) -> None:
     pinned in pyproject; tests/test_stops.py checks this)."""
     handles = pgdata / ".handle_pids.json"
     with pgserver.postgres_server.PostgresServer._lock:
+        _forget_dead_postmaster(pgdata)
         if not handles.exists():
             return
         pids = json.loads(handles.read_text() or "[]")
         alive = [pid for pid in pids if _alive(int(pid))]
         if alive != pids:
             handles.write_text(json.dumps(alive))
+
+
+def _forget_dead_postmaster(pgdata: Path) -> None:
+    """A postmaster killed with SIGKILL leaves postmaster.pid behind, and where nothing reaps it
+    (a container whose PID 1 is not an init) it stays a zombie, which the package (psutil) and
+    PostgreSQL itself take for a running server: the server would never come back. Such a pid
+    file (and its socket's lock file) is removed, so PostgreSQL starts and runs its own crash recovery."""
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        dead = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        dead = True
+    except (ValueError, IndexError, OSError):
+        return  # being written, or unreadable: leave it to the package
+    if dead:
+        logging.getLogger("tenantry.embedded").warning("the embedded PostgreSQL (pid %s) died; starting it again", pid)
+        for lock in pgdata.glob(".s.PGSQL.*.lock"):  # its socket's lock file names it too
+            if lock.read_text().split()[:1] == [str(pid)]:
+                lock.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
 
 
 def embedded_database_url(data_dir: Path) -> str:
