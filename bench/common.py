@@ -59,13 +59,15 @@ class Bench:
 
 
 @asynccontextmanager
-async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = None) -> AsyncIterator[Bench]:
+async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = None,
+                         **overrides: Any) -> AsyncIterator[Bench]:
+    """A throwaway platform with the real app; `overrides` are Settings fields (pool_size=32)."""
     configure_logging("console")
     data_dir = Path(tempfile.mkdtemp(prefix="tnb-", dir="/tmp"))
     try:
         settings = Settings(database_url=embedded_database_url(data_dir), data_dir=data_dir,
                             secret_key="bench-secret-key-bench-secret-key-0123",
-                            admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD)
+                            admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, **overrides)
         platform = Platform.create(settings)
         await migrate_management(platform.db.owner, settings, app_role_password(settings))
         await bootstrap(platform)

@@ -38,7 +38,7 @@ local requests, n = {}, 0
 %(requests)s
 local counters = {}
 function setup(thread) table.insert(counters, thread) end
-function init(args) internal = 0; failed = 0 end
+function init(args) internal = 0; failed = 0; errors = 0 end
 request = function()
   n = n + 1
   local r = requests[(n %% #requests) + 1]
@@ -47,11 +47,12 @@ end
 response = function(status, headers, body)
   if status ~= 200 then failed = failed + 1 end
   if string.find(body, '"INTERNAL"', 1, true) then internal = internal + 1 end
+  if string.find(body, '"errors"', 1, true) then errors = errors + 1 end
 end
 done = function(summary, latency, requests)
-  local i, f = 0, 0
-  for _, t in ipairs(counters) do i = i + t:get("internal"); f = f + t:get("failed") end
-  io.write(string.format("TENANTRY internal=%%d failed=%%d\\n", i, f))
+  local i, f, e = 0, 0, 0
+  for _, t in ipairs(counters) do i = i + t:get("internal"); f = f + t:get("failed"); e = e + t:get("errors") end
+  io.write(string.format("TENANTRY internal=%%d failed=%%d errors=%%d\\n", i, f, e))
 end
 """
 

@@ -61,6 +61,9 @@ def make_engine(url: str, *, pool_size: int, max_overflow: int, pool_timeout: fl
         isolation_level="AUTOCOMMIT",
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
+        # Timestamps come back in UTC whatever the server's default zone, so a DateTime reads
+        # the same from every server and on both read paths (app.graphql.compiled formats UTC).
+        connect_args={"options": "-c TimeZone=UTC"},
     )
 
 

@@ -42,7 +42,7 @@ from graphql import (
     is_leaf_type,
 )
 from graphql.execution import executor as graphql_executor
-from graphql.execution.get_variable_signature import get_variable_signature
+from graphql.execution.get_variable_signature import GraphQLVariableSignature, get_variable_signature
 from graphql.execution.values import VariableValues, VariableValuesOrErrors, VariableValueSource
 from graphql.language import VariableDefinitionNode
 from graphql.language.parser import MAX_NESTING_DEPTH
@@ -84,13 +84,29 @@ def get_variable_values(
 def _compiled_variable_values(schema: GraphQLSchema, var_def_nodes: Any,
                               inputs: dict[str, Any]) -> VariableValues | None:
     """All variables provided and valid → their values; otherwise None (the stock path decides)."""
-    sources: dict[str, VariableValueSource] = {}
-    coerced: dict[str, Any] = {}
+    signatures = variable_signatures(schema, var_def_nodes)
+    return None if signatures is None else coerce_variables(schema, signatures, inputs)
+
+
+def variable_signatures(schema: GraphQLSchema, var_def_nodes: Any) -> list[GraphQLVariableSignature] | None:
+    """The operation's variable signatures (None where one is invalid), which a caller running
+    the same document many times can keep (app.graphql.compiled)."""
+    signatures = []
     node: VariableDefinitionNode
     for node in var_def_nodes:
         signature = get_variable_signature(schema, node)
         if isinstance(signature, GraphQLError):
             return None
+        signatures.append(signature)
+    return signatures
+
+
+def coerce_variables(schema: GraphQLSchema, signatures: list[GraphQLVariableSignature],
+                     inputs: dict[str, Any]) -> VariableValues | None:
+    """The compiled coercion of all variables, or None (then `get_variable_values` decides)."""
+    sources: dict[str, VariableValueSource] = {}
+    coerced: dict[str, Any] = {}
+    for signature in signatures:
         value = inputs.get(signature.name, Undefined)
         if value is Undefined:
             return None

@@ -13,6 +13,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError, GraphQLObjectType
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
     MaxAliasesLimiter,
     QueryDepthLimiter,
@@ -46,6 +47,8 @@ Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutati
 
 
 class TenantrySchema(strawberry.Schema):
+    extra_validation_rules: tuple[type[ASTValidationRule], ...] = ()  # beyond graphql's specified rules
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Errors are classified and logged (with request id) by the HTTP endpoint, once."""
 
@@ -87,6 +90,7 @@ def build_schema(settings: Settings | None = None) -> TenantrySchema:
         extensions=[lambda: FastPath(max_tokens=s.max_query_tokens, extra_rules=rules)],
         execution_context_class=TenantryExecutor,
     )
+    schema.extra_validation_rules = tuple(rules)
     boundary.install(schema._schema)  # before any coercion is compiled (execution.install)
     _direct_attribute_resolvers(schema)
     install_ingest_path(schema._schema)

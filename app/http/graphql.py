@@ -27,6 +27,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.graphql import OperationType
 
 from app.errors import AppError, CommitOutcomeUnknown, Unavailable
+from app.graphql import compiled
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.http.tracing import annotate
@@ -38,6 +39,8 @@ GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
+# Which path answered (README, "Compiled reads"): the generic one sends no header.
+_COMPILED = {"tenantry-read-path": "compiled"}
 _COMPLEXITY_MARKERS = ("exceeds maximum operation depth", "aliases found", "tokens. Parsing aborted")
 
 
@@ -68,6 +71,9 @@ class GraphQLEndpoint:
         self.schema = schema
         self.platform = platform
         self.tracer = tracer  # OpenTelemetry (app.http.tracing), or None: no spans, no cost
+        settings = platform.settings
+        self.planner = compiled.Planner(schema._schema, max_tokens=settings.max_query_tokens,
+                                        extra_rules=schema.extra_validation_rules) if settings.compiled_reads else None
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
@@ -156,6 +162,10 @@ class GraphQLEndpoint:
             if stored is not None:  # a retry: the first answer, nothing run again
                 await context.finish(commit=False)
                 return Response(stored, media_type=media_type, headers={"idempotent-replayed": "true"})
+        if self.planner is not None and claim is None:
+            answered = await self._compiled(context, query, variables, operation_name, media_type)
+            if answered is not None:
+                return answered
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name,
@@ -194,6 +204,33 @@ class GraphQLEndpoint:
         if errors and data is not None and context.wrote_tenant_data:
             # The request's data-plane writes were rolled back together: report none of them.
             data = None
+        return self._answer(context, data, errors, committed, media_type, query, operation_name)
+
+    async def _compiled(self, context: Context, query: str, variables: dict[str, Any] | None,
+                        operation_name: str | None, media_type: str) -> Response | None:
+        """The answer by the compiled read path, or None when this request takes the generic one."""
+        assert self.planner is not None
+        plan = self.planner.plan(query, operation_name)
+        if plan is None:
+            return None
+        try:
+            data = await compiled.run(self.planner, plan, context, variables)
+        except compiled.Fallback:
+            return None
+        except Exception as exc:  # the statement failed: reported as any resolver's failure would be
+            await context.finish(commit=False)
+            return self._answer(context, None, [GraphQLError(str(exc), original_error=exc)], False, media_type,
+                                query, operation_name)
+        await context.finish(commit=True)  # already committed with the statement, unless an audit waits
+        self._meter(context, True, [])
+        routed = context.access.routed_or_none
+        context.log_fields = {"tenant": routed.tenant.id if routed else None,
+                              "operation": operation_name or _first_operation_name(query), "code": None}
+        return Response(b'{"data":' + data.encode() + b"}", media_type=media_type, headers=_COMPILED)
+
+    def _answer(self, context: Context, data: Any, errors: list[GraphQLError], committed: bool, media_type: str,
+                query: str, operation_name: str | None) -> Response:
+        request_id = context.request_id
         formatted = [_format_error(e, request_id, context) for e in errors]
         self._meter(context, committed, formatted)
         status = 200
@@ -377,9 +414,9 @@ def _access_log(request: Request, response: Response, started: float) -> None:
     context = getattr(request.state, "context", None)
     fields = dict(getattr(context, "log_fields", None) or {})
     duration = round((time.perf_counter() - started) * 1000, 2)
-    extra = {"request_id": request.state.request_id, "method": request.method, "path": request.url.path,
+    extra = {"request_id": request.state.request_id, "method": request.method, "path": request.scope["path"],
              "status": response.status_code, "duration_ms": duration, **fields}
-    access_log.info("%s %s %d %.1fms tenant=%s op=%s code=%s", request.method, request.url.path,
+    access_log.info("%s %s %d %.1fms tenant=%s op=%s code=%s", request.method, extra["path"],
                     response.status_code, duration, fields.get("tenant") or "-", fields.get("operation") or "-",
                     fields.get("code") or "-", extra=extra)
 

@@ -182,7 +182,7 @@ async def device_by_external_id(db: Executor, scope: Scope, *, type: str, value:
     return _device(row) if row is not None else None
 
 
-def _filtered(stmt: Select[Any], scope: Scope, f: DeviceFilter | None) -> Select[Any]:
+def filtered(stmt: Select[Any], scope: Scope, f: DeviceFilter | None) -> Select[Any]:
     if not scope.unrestricted:
         stmt = stmt.where(scope.devices(devices.c.id))
     if f is None:
@@ -210,7 +210,7 @@ async def list_devices(
     db: Executor, scope: Scope, *, first: int | None, after: str | None, cap: int, filter: DeviceFilter | None = None,
 ) -> Page[DeviceRecord]:
     size = page_size(first, cap)
-    stmt = _filtered(select(*DEVICE_COLUMNS), scope, filter)
+    stmt = filtered(select(*DEVICE_COLUMNS), scope, filter)
     cursor = decode_int_cursor(after)
     if cursor is not None:
         stmt = stmt.where(devices.c.id > cursor)
@@ -219,7 +219,7 @@ async def list_devices(
 
 
 async def count_devices(db: Executor, scope: Scope, filter: DeviceFilter | None = None) -> int:
-    stmt = _filtered(select(func.count()).select_from(devices), scope, filter)
+    stmt = filtered(select(func.count()).select_from(devices), scope, filter)
     return int((await db.execute(stmt)).scalar_one())
 
 

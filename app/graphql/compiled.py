@@ -1,0 +1,517 @@
+"""Compiled reads: a query answered by ONE SQL statement whose result is the response's JSON.
+
+For the read queries that carry volume, GraphQL execution in Python (a resolver, a record
+and a value completion per field, per row) costs several times what PostgreSQL spends
+building the same JSON (issue 15's measurements). The planner here decides once per
+(document, operation) whether every field the operation can select has a SQL translation;
+if so, each request walks the selection (fragments, aliases and @skip/@include resolved with
+its variables, by graphql-core's own `collect_fields`) into one statement —
+`json_build_object` per object, `json_agg` over a keyset page per connection, correlated
+subqueries for nested lists and to-one relations — and writes PostgreSQL's text into the
+response as it comes (`{"data":` + it + `}`), with BEGIN, the role switch and COMMIT in the
+same round trip (`RequestTransaction.read_value`).
+
+Same rules as the generic path, by construction:
+- routing, permissions and the data gate are the access gate's (`Context.authorize`,
+  `Context.tenant_db`), asked in the same order the resolvers ask;
+- the group/device scope predicate is `Scope.devices` / `Scope.groups` compiled to SQL;
+- filters are the inventory service's own (`app.services.devices.filtered`);
+- page sizes and cursors go through `app.services.pagination`.
+Whenever the answer would be anything but plain data — a refused caller, a rate limit, an
+argument or cursor the generic path rejects, variables that do not coerce — nothing has been
+sent to the database yet, and the request simply runs the generic way, which reports it
+exactly as before. tests/test_compiled_reads.py runs a generated corpus on both paths under
+several callers and compares the results.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    specified_rules,
+)
+from graphql.execution.collect_fields import FieldDetails, FragmentDetails, collect_fields, collect_subfields
+from graphql.execution.get_variable_signature import GraphQLVariableSignature
+from graphql.execution.values import VariableValues, get_argument_values
+from graphql.validation import ASTValidationRule
+from sqlalchemy import column as sql_column
+from sqlalchemy import select, table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import ClauseElement
+from strawberry.utils.str_converters import to_snake_case
+
+from app.access.scope import Scope
+from app.auth.roles import DEVICES_READ
+from app.errors import AppError
+from app.graphql import execution, fast_path
+from app.inputs import parse_id
+from app.models.tenant import devices as devices_table
+from app.services import devices as inventory
+from app.services.pagination import decode_int_cursor, page_size
+
+if TYPE_CHECKING:
+    from app.graphql.context import Context
+
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+_MAX_KEYS = 50  # json_build_object takes at most 100 arguments
+_ISO = ("to_char({c} AT TIME ZONE 'UTC', CASE WHEN mod(extract(microseconds FROM {c} AT TIME ZONE 'UTC')::bigint, "
+        "1000000) = 0 THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"' ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"' END)")
+# encode_cursor: urlsafe base64 of "k:<key>" (PostgreSQL wraps base64 at 76 characters).
+_CURSOR = "replace(translate(encode(convert_to('k:' || {c}::text, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
+
+
+class Fallback(Exception):
+    """This request takes the generic path; nothing was sent to the database for it."""
+
+
+# --- the SQL being built ----------------------------------------------------------------------------
+
+
+class _Statement:
+    def __init__(self, schema: GraphQLSchema, operation: OperationDefinitionNode,
+                 fragments: dict[str, FragmentDetails], variables: VariableValues, scope: Scope, cap: int) -> None:
+        self.schema = schema
+        self.operation = operation
+        self.fragments = fragments
+        self.variables = variables
+        self.scope = scope
+        self.cap = cap
+        self.params: dict[str, Any] = {}
+        self._aliases = 0
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"%({name})s"
+
+    def alias(self, stem: str) -> str:
+        self._aliases += 1
+        return f"{stem}{self._aliases}"
+
+    def clause(self, element: ClauseElement) -> str:
+        """A SQLAlchemy condition from the services, in psycopg's format, its parameters renamed."""
+        compiled = element.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+        text = compiled.string
+        processors: dict[str, Any] = dict(compiled._bind_processors)  # type: ignore[attr-defined]  # sent as SQLAlchemy would
+        for name, value in compiled.params.items():
+            process = processors.get(name)
+            text = text.replace(f"%({name})s", self.bind(process(value) if process else value))
+        return text
+
+    def subfields(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> dict[str, list[FieldDetails]]:
+        return collect_subfields(self.schema, self.fragments, self.variables, self.operation, type_,
+                                 details).grouped_field_set
+
+    def arguments(self, field: GraphQLField, details: list[FieldDetails]) -> dict[str, Any]:
+        try:
+            return get_argument_values(field, details[0].node, self.variables)
+        except GraphQLError as exc:
+            raise Fallback from exc
+
+    def object(self, type_: GraphQLObjectType, details: list[FieldDetails], row: str) -> str:
+        """json_build_object of the selection on `type_`, reading the row aliased `row`."""
+        fields = self.subfields(type_, details)
+        if len(fields) > _MAX_KEYS:
+            raise Fallback
+        resolvers = _FIELDS[type_.name]
+        parts = []
+        for response_name, field_details in fields.items():
+            name = field_details[0].node.name.value
+            if name == "__typename":
+                expr = f"'{type_.name}'"
+            else:
+                expr = resolvers[name](self, type_.fields[name], field_details, row)
+            parts.append(f"'{response_name}', {expr}")
+        return f"json_build_object({', '.join(parts)})"
+
+
+@lru_cache(maxsize=4096)
+def _scope_sql(scope: Scope, kind: str, column: str) -> str:
+    """Scope's own predicate (devices or groups) on `row.column`, as SQL with its ids inlined
+    (they are integers), cached per scope."""
+    row, name = column.split(".")
+    target = table(row, sql_column(name)).c[name]
+    predicate = scope.devices(target) if kind == "devices" else scope.groups(target)
+    return str(predicate.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
+
+
+def _named(field: GraphQLField) -> GraphQLObjectType:
+    type_ = field.type
+    while isinstance(type_, GraphQLNonNull | GraphQLList):
+        type_ = type_.of_type
+    assert isinstance(type_, GraphQLObjectType)
+    return type_
+
+
+# --- field translations -----------------------------------------------------------------------------
+
+Resolve = Callable[[_Statement, GraphQLField, list[FieldDetails], str], str]
+
+
+def _column(name: str, fmt: str = "{c}") -> Resolve:
+    def resolve(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+        return fmt.format(c=f"{row}.{name}")
+
+    return resolve
+
+
+def _device_parent(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    p = q.alias("p")
+    return (f"(SELECT {q.object(_named(field), details, p)} FROM devices {p} "
+            f"WHERE {p}.id = {row}.parent_id AND {_scope_sql(q.scope, 'devices', f'{p}.id')})")
+
+
+def _device_children(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    c = q.alias("c")
+    return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, c)} ORDER BY {c}.id) FROM devices {c} "
+            f"WHERE {c}.parent_id = {row}.id AND {_scope_sql(q.scope, 'devices', f'{c}.id')}), '[]'::json)")
+
+
+def _device_groups(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    g, m = q.alias("g"), q.alias("m")
+    return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, g)} ORDER BY {g}.id) FROM groups {g} "
+            f"JOIN group_devices {m} ON {m}.group_id = {g}.id WHERE {m}.device_id = {row}.id "
+            f"AND {_scope_sql(q.scope, 'groups', f'{g}.id')}), '[]'::json)")
+
+
+def _device_external_ids(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    x = q.alias("x")
+    return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, x)} ORDER BY {x}.type, {x}.value) "
+            f"FROM external_ids {x} WHERE {x}.device_id = {row}.id), '[]'::json)")
+
+
+_ID = _column("id", "{c}::text")
+_OPTIONAL_ID = _column("parent_id", "{c}::text")
+
+_FIELDS: dict[str, dict[str, Resolve]] = {
+    "Device": {"id": _ID, "name": _column("name"), "type": _column("type"), "owner": _column("owner"),
+               "fragments": _column("fragments"), "createdAt": _column("created_at", _ISO),
+               "updatedAt": _column("updated_at", _ISO), "parentId": _OPTIONAL_ID, "parent": _device_parent,
+               "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids},
+    "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
+    "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
+}
+
+
+Condition = Callable[[str], str]  # a condition on the row alias given
+
+
+@dataclass(frozen=True)
+class _Page:
+    table: str
+    where: list[Condition]  # which rows (totalCount counts them)
+    after: int | None  # the cursor: rows with a greater id
+    size: int
+    counted: bool  # whether totalCount is answered (else null, as the generic path)
+
+
+def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails], page: _Page) -> str:
+    """A keyset page as the generic path's Connection: LIMIT size + 1 rows by id, the extra
+    one only telling hasNextPage."""
+    connection_type = _named(field)
+    e = q.alias("e")
+    size = q.bind(page.size)
+    where = " AND ".join(w(e) for w in page.where) or "true"
+    paged = where if page.after is None else f"{where} AND {e}.id > {q.bind(page.after)}"
+    fields = q.subfields(connection_type, details)
+    parts = []
+    for response_name, field_details in fields.items():
+        name = field_details[0].node.name.value
+        if name == "__typename":
+            expr = f"'{connection_type.name}'"
+        elif name == "edges":
+            edge_type = _named(connection_type.fields["edges"])
+            node_type = _named(edge_type.fields["node"])
+            edge_parts = []
+            for edge_name, edge_details in q.subfields(edge_type, field_details).items():
+                what = edge_details[0].node.name.value
+                if what == "__typename":
+                    edge_parts.append(f"'{edge_name}', '{edge_type.name}'")
+                elif what == "cursor":
+                    edge_parts.append(f"'{edge_name}', {_CURSOR.format(c=f'{e}.id')}")
+                else:
+                    edge_parts.append(f"'{edge_name}', {q.object(node_type, edge_details, e)}")
+            expr = (f"COALESCE(json_agg(json_build_object({', '.join(edge_parts)}) ORDER BY {e}.id) "
+                    f"FILTER (WHERE {e}._n <= {size}), '[]'::json)")
+        elif name == "pageInfo":
+            info_parts = []
+            for info_name, info_details in q.subfields(_named(connection_type.fields["pageInfo"]),
+                                                        field_details).items():
+                what = info_details[0].node.name.value
+                if what == "__typename":
+                    info_parts.append(f"'{info_name}', 'PageInfo'")
+                elif what == "hasNextPage":
+                    info_parts.append(f"'{info_name}', count(*) > {size}")
+                else:
+                    last = f"max({e}.id) FILTER (WHERE {e}._n <= {size})"
+                    info_parts.append(f"'{info_name}', {_CURSOR.format(c=last)}")
+            expr = f"json_build_object({', '.join(info_parts)})"
+        else:  # totalCount
+            expr = (f"(SELECT count(*) FROM {page.table} {e} WHERE {where})" if page.counted else "NULL::int")
+        parts.append(f"'{response_name}', {expr}")
+    if len(parts) > _MAX_KEYS:
+        raise Fallback
+    # GROUP BY (): one row, also when the selection aggregates nothing (pageInfo { __typename }).
+    return (f"(SELECT json_build_object({', '.join(parts)}) FROM (SELECT {e}.*, row_number() OVER (ORDER BY {e}.id) "
+            f"AS _n FROM {page.table} {e} WHERE {paged} ORDER BY {e}.id LIMIT {size} + 1) {e} GROUP BY ())")
+
+
+def _paging(args: dict[str, Any], cap: int) -> tuple[int, int | None]:
+    try:
+        return page_size(args.get("first"), cap), decode_int_cursor(args.get("after"))
+    except AppError as exc:
+        raise Fallback from exc
+
+
+def _root_devices(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    from app.graphql.types.devices import DeviceFilter, _filter  # the resolver's own conversion (and errors)
+
+    args = q.arguments(field, details)
+    size, cursor = _paging(args, q.cap)
+    given = args.get("filter")
+    try:
+        f = _filter(DeviceFilter(**{to_snake_case(k): v for k, v in given.items()}) if given is not None else None)
+    except AppError as exc:
+        raise Fallback from exc
+    scope = q.scope
+    where: list[Condition] = [lambda r: _scope_sql(scope, "devices", f"{r}.id")]
+    if f is not None:
+        matching = q.clause(inventory.filtered(select(devices_table.c.id), Scope(), f))
+        where.append(lambda r: f"{r}.id IN ({matching})")
+    return _connection(q, field, details, _Page("devices", where, cursor, size, counted=True))
+
+
+def _root_device(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    key = parse_id(q.arguments(field, details)["id"])
+    if key is None:
+        return "NULL::json"
+    d = q.alias("d")
+    return (f"(SELECT {q.object(_named(field), details, d)} FROM devices {d} WHERE {d}.id = {q.bind(key)} "
+            f"AND {_scope_sql(q.scope, 'devices', f'{d}.id')})")
+
+
+def _root_groups(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    size, cursor = _paging(args, q.cap)
+    scope = q.scope
+    where: list[Condition] = [lambda r: _scope_sql(scope, "groups", f"{r}.id")]
+    parent = args.get("parentId")
+    if parent is not None:
+        key = parse_id(parent)
+        if key is None:
+            raise Fallback  # the generic path answers NOT_FOUND
+        bound = q.bind(key)
+        where.append(lambda r: f"{r}.parent_id = {bound}")
+    elif scope.unrestricted:
+        where.append(lambda r: f"{r}.parent_id IS NULL")
+    return _connection(q, field, details, _Page("groups", where, cursor, size, counted=False))
+
+
+def _root_group(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    key = parse_id(q.arguments(field, details)["id"])
+    if key is None:
+        return "NULL::json"
+    g = q.alias("g")
+    return (f"(SELECT {q.object(_named(field), details, g)} FROM groups {g} WHERE {g}.id = {q.bind(key)} "
+            f"AND {_scope_sql(q.scope, 'groups', f'{g}.id')})")
+
+
+# Root fields: their translation, and the permission their resolver asks for first.
+_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], str], str]] = {
+    "device": (_root_device, DEVICES_READ),
+    "devices": (_root_devices, DEVICES_READ),
+    "group": (_root_group, DEVICES_READ),
+    "groups": (_root_groups, DEVICES_READ),
+}
+# Connection types answered by `_connection`, with the fields it knows.
+_CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
+_EDGE_FIELDS = {"cursor", "node"}
+_PAGE_INFO_FIELDS = {"hasNextPage", "endCursor"}
+
+
+# --- planning (once per document and operation) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    operation: OperationDefinitionNode
+    fragments: dict[str, FragmentDetails]
+    permissions: tuple[str, ...]  # asked of the gate in this order, as the resolvers would
+    variables: list[GraphQLVariableSignature] | None  # kept: building them costs more than coercing
+
+
+class Planner:
+    def __init__(self, schema: GraphQLSchema, *, max_tokens: int,
+                 extra_rules: tuple[type[ASTValidationRule], ...]) -> None:
+        self.schema = schema
+        self.max_tokens = max_tokens
+        self.rules = tuple(specified_rules) + extra_rules
+        self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
+
+    def plan(self, query: str, operation_name: str | None) -> Plan | None:
+        key = (query, operation_name)
+        plans = self._plans
+        if key in plans:
+            plans.move_to_end(key)
+            return plans[key]
+        found = self._plan(query, operation_name)
+        plans[key] = found
+        if len(plans) > 1024:
+            plans.popitem(last=False)
+        return found
+
+    def _plan(self, query: str, operation_name: str | None) -> Plan | None:
+        try:
+            document = fast_path._parse(query, self.max_tokens)
+        except GraphQLError:
+            return None
+        if fast_path._validate(self.schema, document, self.rules):
+            return None
+        operation = _operation(document, operation_name)
+        if operation is None or operation.operation != OperationType.QUERY:
+            return None
+        fragments: dict[str, FragmentDetails] = {}
+        for definition in document.definitions:
+            if isinstance(definition, FragmentDefinitionNode):
+                if definition.variable_definitions:
+                    return None
+                fragments[definition.name.value] = FragmentDetails(definition, None)
+        query_type = self.schema.query_type
+        assert query_type is not None
+        roots: list[str] = []
+        for node in _fields(operation.selection_set, fragments):
+            name = node.name.value
+            if name == "__typename":
+                continue
+            if name not in _ROOTS or not _supported(query_type.fields[name], node, fragments):
+                return None
+            roots.append(name)
+        if not roots:
+            return None
+        return Plan(operation, fragments, tuple(dict.fromkeys(_ROOTS[r][1] for r in roots)),
+                    execution.variable_signatures(self.schema, operation.variable_definitions or ()))
+
+
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name is not None and o.name.value == name), None)
+
+
+def _fields(selection_set: SelectionSetNode | None, fragments: dict[str, FragmentDetails]) -> Iterator[FieldNode]:
+    """Every field a selection set can select, whatever its directives say."""
+    if selection_set is None:
+        return
+    for selection in selection_set.selections:
+        if any(d.name.value not in {"skip", "include"} for d in selection.directives or ()):
+            raise _Unsupported
+        if isinstance(selection, FieldNode):
+            yield selection
+        elif isinstance(selection, InlineFragmentNode):
+            yield from _fields(selection.selection_set, fragments)
+        elif isinstance(selection, FragmentSpreadNode):
+            yield from _fields(fragments[selection.name.value].definition.selection_set, fragments)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _supported(field: GraphQLField, node: FieldNode, fragments: dict[str, FragmentDetails]) -> bool:
+    try:
+        return _check(_named(field), node, fragments)
+    except _Unsupported:
+        return False
+
+
+def _check(type_: GraphQLObjectType, node: FieldNode, fragments: dict[str, FragmentDetails]) -> bool:
+    name = type_.name
+    for child in _fields(node.selection_set, fragments):
+        field_name = child.name.value
+        if field_name == "__typename":
+            continue
+        if name.endswith("Connection"):
+            if field_name not in _CONNECTION_FIELDS:
+                return False
+            if field_name == "totalCount":
+                continue
+        elif name.endswith("Edge"):
+            if field_name not in _EDGE_FIELDS:
+                return False
+            if field_name == "cursor":
+                continue
+        elif name == "PageInfo":
+            if field_name not in _PAGE_INFO_FIELDS:
+                return False
+            continue
+        elif field_name not in _FIELDS.get(name, {}):
+            return False
+        child_type = type_.fields[field_name]
+        if child.selection_set is not None and not _check(_named(child_type), child, fragments):
+            return False
+    return True
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+_SAFE_NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
+
+
+async def run(planner: Planner, plan: Plan, context: Context, variables: dict[str, Any] | None) -> str:
+    """The response's `data` as JSON text, or Fallback (before anything reached the database)."""
+    schema = planner.schema
+    coerced = execution.coerce_variables(schema, plan.variables, variables or {}) if plan.variables is not None \
+        else None
+    if coerced is None:  # defaults, omissions, errors: graphql-core's own coercion decides
+        stock = execution.get_variable_values(schema, plan.operation.variable_definitions or (), variables or {})
+        if isinstance(stock, list):
+            raise Fallback  # the generic path reports the variable errors
+        coerced = stock
+    try:
+        routed = None
+        for permission in plan.permissions:
+            routed = await context.authorize(permission)
+        db = await context.tenant_db()
+    except AppError as exc:
+        raise Fallback from exc
+    assert routed is not None
+    query_type = schema.query_type
+    assert query_type is not None
+    q = _Statement(schema, plan.operation, plan.fragments, coerced, routed.scope, context.cap)
+    roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
+    if len(roots) > _MAX_KEYS:
+        raise Fallback
+    parts = []
+    for response_name, details in roots.items():
+        name = details[0].node.name.value
+        assert _SAFE_NAME.match(response_name)
+        if name == "__typename":
+            parts.append(f"'{response_name}', 'Query'")
+            continue
+        translate, _ = _ROOTS[name]
+        parts.append(f"'{response_name}', {translate(q, query_type.fields[name], details)}")
+    sql = f"SELECT json_build_object({', '.join(parts)})::text"
+    text: str = await db.read_value(sql, q.params, last=True)
+    return text
