@@ -316,3 +316,38 @@ def test_the_compiled_path_is_switched_off_by_the_setting(app: Starlette) -> Non
     object.__setattr__(platform, "settings", dataclasses.replace(endpoint.platform.settings, compiled_reads=False))
     assert GraphQLEndpoint(endpoint.schema, platform).planner is None
     assert endpoint.planner is not None
+
+
+USAGE_FIELDS = ["tenantId", "tenantDomain", "tenantCompany", "parentTenantId", "status", "creationTime",
+                "deletionTime", "customProperties", "requestCount", "deviceRequestCount", "measurementsCreatedCount",
+                "alarmsUpdatedCount", "totalResourceCreateAndUpdateCount", "deviceCount", "deviceWithChildrenCount",
+                "storageSize", "userCount", "subtenantCount", "peakDeviceCount", "peakStorageSize", "__typename"]
+
+
+async def test_subtenant_usage_answers_alike_on_both_paths(api: Api, world: World, http: httpx.AsyncClient,
+                                                           app: Starlette, platform: Platform) -> None:
+    ent = await world.tenant(kind="ENTERPRISE", customProperties={"plan": "gold", "n": 1.5})
+    children = [await world.tenant(ent) for _ in range(3)]
+    grandchild = await world.tenant(await world.tenant(ent, kind="ENTERPRISE"))
+    await api.gql("mutation($t: ID!) { deleteTenant(id: $t) }", {"t": children[2].id}, token=ent.token, tenant=ent.id)
+    async with platform.db.owner.begin() as conn:
+        for n, tenant in enumerate([*children, grandchild]):
+            await conn.execute(text(
+                "INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, measurements_created_count, "
+                "alarms_updated_count, device_count, storage_size) SELECT :t, DATE '2026-03-01' + d, 10 * d + :n, "
+                "5000000000, d, 3 + d % 4 + :n, 1048576 * d FROM generate_series(0, 40) d "
+                "ON CONFLICT DO NOTHING"), {"t": tenant.id, "n": n})
+    _, reader = await world.member(ent, "READER")
+    rng = random.Random(16)
+    answered = 0
+    for _ in range(30):
+        fields = " ".join(rng.sample(USAGE_FIELDS, rng.randint(1, 8)))
+        start, end = rng.choice([("2026-03-01", "2026-03-31"), ("2026-03-10", "2026-04-20"),
+                                 ("2026-05-01", "2026-05-02"), ("2026-03-31", "2026-03-01")])
+        flags = rng.sample(["includeDescendants: false", "includeDeleted: false"], rng.randint(0, 2))
+        query = f'{{ subtenantUsage(from: "{start}", to: "{end}"{", " if flags else ""}{", ".join(flags)}) ' \
+                f"{{ {fields} }} }}"
+        for token in (ent.token, reader, children[0].token):
+            answered += await both(http, app, token, ent.id if token != children[0].token else children[0].id,
+                                   query, {})
+    assert answered >= 30, answered

@@ -19,7 +19,7 @@ takes no parameters; they come only from `app.tenancy.naming`, which validates t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -118,10 +118,12 @@ class RequestTransaction:
                 self.wrote = True
             return await conn.execute(statement, parameters)
 
-    async def read_value(self, plane: str | None, sql: str, params: Mapping[str, Any], *, last: bool) -> Any:
+    async def read_value(self, plane: str | None, sql: str, params: Mapping[str, Any], *, setup: Sequence[str] = (),
+                         last: bool) -> Any:
         """The single value of one read statement (psycopg's format, `%(name)s` parameters), with
         BEGIN and the role switch before it, and COMMIT after it when this is the request's
-        `last` statement and nothing must run before COMMIT, all in ONE simple-protocol round
+        `last` statement and nothing must run before COMMIT (and any `setup` statements, such as
+        transaction-local settings, before it), all in ONE simple-protocol round
         trip: the compiled read path. The parameters are bound client-side by psycopg's own
         quoting (`AsyncClientCursor`, as psycopg2 always did), since the simple protocol takes
         none; a pipeline of four extended-protocol statements cost a third more CPU here. On
@@ -137,6 +139,7 @@ class RequestTransaction:
             elif plane != self._plane:
                 steps = [_switch(plane)]
                 self._plane = plane
+            steps += setup
             commit = last and not self._always
             raw = await self._conn.get_raw_connection()
             driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
@@ -230,8 +233,9 @@ class PlaneView:
     async def copy_text(self, copy_sql: str, data: bytes) -> None:
         await self._shared.copy_text(self.plane, copy_sql, data)
 
-    async def read_value(self, sql: str, params: Mapping[str, Any], *, last: bool = False) -> Any:
-        return await self._shared.read_value(self.plane, sql, params, last=last)
+    async def read_value(self, sql: str, params: Mapping[str, Any], *, setup: Sequence[str] = (),
+                         last: bool = False) -> Any:
+        return await self._shared.read_value(self.plane, sql, params, setup=setup, last=last)
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)

@@ -58,15 +58,18 @@ from sqlalchemy import column as sql_column
 from sqlalchemy import select, table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ClauseElement
-from strawberry.utils.str_converters import to_snake_case
+from strawberry.utils.str_converters import to_camel_case, to_snake_case
 
 from app.access.scope import Scope
-from app.auth.roles import DEVICES_READ
+from app.access.principal import Routed
+from app.auth.roles import DEVICES_READ, TENANT_ADMIN
 from app.errors import AppError
 from app.graphql import execution, fast_path
 from app.inputs import parse_id
+from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.models.tenant import devices as devices_table
 from app.services import devices as inventory
+from app.services import usage as usage_service
 from app.services.pagination import decode_int_cursor, page_size
 
 if TYPE_CHECKING:
@@ -89,14 +92,16 @@ class Fallback(Exception):
 
 class _Statement:
     def __init__(self, schema: GraphQLSchema, operation: OperationDefinitionNode,
-                 fragments: dict[str, FragmentDetails], variables: VariableValues, scope: Scope, cap: int) -> None:
+                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed, cap: int) -> None:
         self.schema = schema
+        self.routed = routed
         self.operation = operation
         self.fragments = fragments
         self.variables = variables
-        self.scope = scope
+        self.scope = routed.scope
         self.cap = cap
         self.params: dict[str, Any] = {}
+        self.setup: list[str] = []  # statements of the same transaction to run first (settings)
         self._aliases = 0
 
     def bind(self, value: Any) -> str:
@@ -210,6 +215,16 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
                "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids},
     "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
+    "TenantUsageSummary": {
+        "tenantId": _column("id"), "tenantDomain": _column("domain"), "tenantCompany": _column("company"),
+        "parentTenantId": _column("parent_id"), "status": _column("status"),
+        "creationTime": _column("created_at", _ISO), "deletionTime": _column("deleted_at", _ISO),
+        "customProperties": _column("custom_properties"),
+        **{to_camel_case(c): _column(c) for c in (*USAGE_COUNTERS, *USAGE_SNAPSHOTS, "peak_device_count",
+                                                  "peak_storage_size")},
+        "totalResourceCreateAndUpdateCount": lambda q, field, details, row: "(" + " + ".join(
+            f"{row}.{c}" for c in usage_service.CREATE_UPDATE) + ")",
+    },
 }
 
 
@@ -336,12 +351,29 @@ def _root_group(q: _Statement, field: GraphQLField, details: list[FieldDetails])
             f"AND {_scope_sql(q.scope, 'groups', f'{g}.id')})")
 
 
-# Root fields: their translation, and the permission their resolver asks for first.
-_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], str], str]] = {
-    "device": (_root_device, DEVICES_READ),
-    "devices": (_root_devices, DEVICES_READ),
-    "group": (_root_group, DEVICES_READ),
-    "groups": (_root_groups, DEVICES_READ),
+def _root_subtenant_usage(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    try:
+        stmt = usage_service.summary_statement(q.routed, start=args["from"], end=args["to"],
+                                               include_descendants=args["includeDescendants"],
+                                               include_deleted=args["includeDeleted"])
+    except AppError as exc:
+        raise Fallback from exc
+    u = q.alias("u")
+    q.setup.append(usage_service.SUMMARY_SETUP)
+    return (f"(SELECT COALESCE(json_agg({q.object(_named(field), details, u)} ORDER BY {u}.id), '[]'::json) "
+            f"FROM ({q.clause(stmt)}) {u})")
+
+
+TENANT, MANAGEMENT = "tenant", "management"
+# Root fields: their translation, the permission their resolver asks for first, and the plane
+# they read (a tenant's data through the data gate, or the management schema).
+_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], str], str, str]] = {
+    "device": (_root_device, DEVICES_READ, TENANT),
+    "devices": (_root_devices, DEVICES_READ, TENANT),
+    "group": (_root_group, DEVICES_READ, TENANT),
+    "groups": (_root_groups, DEVICES_READ, TENANT),
+    "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
 }
 # Connection types answered by `_connection`, with the fields it knows.
 _CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
@@ -357,6 +389,7 @@ class Plan:
     operation: OperationDefinitionNode
     fragments: dict[str, FragmentDetails]
     permissions: tuple[str, ...]  # asked of the gate in this order, as the resolvers would
+    plane: str  # TENANT or MANAGEMENT: one plane per compiled operation
     variables: list[GraphQLVariableSignature] | None  # kept: building them costs more than coercing
 
 
@@ -406,9 +439,10 @@ class Planner:
             if name not in _ROOTS or not _supported(query_type.fields[name], node, fragments):
                 return None
             roots.append(name)
-        if not roots:
+        planes = {_ROOTS[r][2] for r in roots}
+        if len(planes) != 1:
             return None
-        return Plan(operation, fragments, tuple(dict.fromkeys(_ROOTS[r][1] for r in roots)),
+        return Plan(operation, fragments, tuple(dict.fromkeys(_ROOTS[r][1] for r in roots)), planes.pop(),
                     execution.variable_signatures(self.schema, operation.variable_definitions or ()))
 
 
@@ -493,13 +527,13 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         routed = None
         for permission in plan.permissions:
             routed = await context.authorize(permission)
-        db = await context.tenant_db()
+        db = await context.tenant_db() if plan.plane == TENANT else context.management_db
     except AppError as exc:
         raise Fallback from exc
     assert routed is not None
     query_type = schema.query_type
     assert query_type is not None
-    q = _Statement(schema, plan.operation, plan.fragments, coerced, routed.scope, context.cap)
+    q = _Statement(schema, plan.operation, plan.fragments, coerced, routed, context.cap)
     roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
     if len(roots) > _MAX_KEYS:
         raise Fallback
@@ -510,8 +544,8 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         if name == "__typename":
             parts.append(f"'{response_name}', 'Query'")
             continue
-        translate, _ = _ROOTS[name]
+        translate = _ROOTS[name][0]
         parts.append(f"'{response_name}', {translate(q, query_type.fields[name], details)}")
     sql = f"SELECT json_build_object({', '.join(parts)})::text"
-    text: str = await db.read_value(sql, q.params, last=True)
+    text: str = await db.read_value(sql, q.params, setup=list(dict.fromkeys(q.setup)), last=True)
     return text
