@@ -60,8 +60,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ClauseElement
 from strawberry.utils.str_converters import to_camel_case, to_snake_case
 
-from app.access.scope import Scope
 from app.access.principal import Routed
+from app.access.scope import Scope
 from app.auth.roles import DEVICES_READ, TENANT_ADMIN
 from app.errors import AppError
 from app.graphql import execution, fast_path
