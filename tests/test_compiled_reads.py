@@ -73,6 +73,8 @@ async def both(http: httpx.AsyncClient, app: Starlette, token: str, tenant: str,
 
 # --- the corpus -------------------------------------------------------------------------------------
 
+# GraphQL string contents: a quote, an escaped backslash and LIKE's wildcards go in as literals.
+NAME_PARTS = ["d-", "EAST", "%", "_", "zz", "it's", "\\\\", "%%"]
 DEVICE_LEAVES = ["id", "name", "type", "owner", "fragments", "createdAt", "updatedAt", "parentId", "__typename"]
 GROUP_LEAVES = ["id", "name", "parentId", "createdAt", "__typename"]
 
@@ -189,7 +191,7 @@ class Generator:
     def filter(self) -> str:
         rng = self.rng
         options = [f'type: "{rng.choice(["sensor", "gateway", "none"])}"',
-                   f'nameContains: "{rng.choice(["d-", "EAST", "%", "_", "zz"])}"',
+                   f'nameContains: "{rng.choice(NAME_PARTS)}"',
                    f'groupId: "{rng.choice([self.ids["east"], self.ids["west"], self.ids["east-a"], "abc"])}"',
                    "includeSubgroups: true",
                    f'parentId: "{self.ids["gw"]}"',
@@ -236,6 +238,7 @@ async def _setup(api: Api, world: World) -> tuple[TenantHandle, TenantHandle, di
         ("d-east-a", {"type": "sensor", "groupId": ids["east-a"], "parent": "gw"}),
         ("d-west", {"groupId": ids["west"], "fragments": {"fw": {"version": "1"}, "list": [1, 2.5, "x"]}}),
         ("d-none", {"type": "sensor", "externalId": "SN-2"}),
+        ("it's \\ 50%_off", {"type": "it's"}),  # quotes, a backslash and LIKE's wildcards, as literals
     ]
     for name, fields in devices:
         parent_name = fields.pop("parent", None)
@@ -351,3 +354,18 @@ async def test_subtenant_usage_answers_alike_on_both_paths(api: Api, world: Worl
             answered += await both(http, app, token, ent.id if token != children[0].token else children[0].id,
                                    query, {})
     assert answered >= 30, answered
+
+
+async def test_values_reach_the_compiled_statement_as_literals(api: Api, world: World,
+                                                               http: httpx.AsyncClient) -> None:
+    t = await world.tenant()
+    await api.gql('mutation { createDevice(input: {name: "it\'s \\\\ 50%_off"}) { id } }', token=t.token, tenant=t.id)
+    await api.gql('mutation { createDevice(input: {name: "plain"}) { id } }', token=t.token, tenant=t.id)
+    query = "query($c: String!) { devices(filter: {nameContains: $c}) { totalCount edges { node { name } } } }"
+    for needle, found in (("'s \\ 50%", ["it's \\ 50%_off"]), ("%_", ["it's \\ 50%_off"]), ("x%", []),
+                          ("') OR true --", []), ("' OR '1'='1", []), ("\\'", []), ("", ["it's \\ 50%_off", "plain"])):
+        answer = await post(http, t.token, t.id, query, {"c": needle})
+        assert answer.headers[READ_PATH] == "compiled"
+        devices = orjson.loads(answer.content)["data"]["devices"]
+        assert [e["node"]["name"] for e in devices["edges"]] == found, needle
+        assert devices["totalCount"] == len(found)

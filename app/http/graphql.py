@@ -226,7 +226,7 @@ class GraphQLEndpoint:
         routed = context.access.routed_or_none
         context.log_fields = {"tenant": routed.tenant.id if routed else None,
                               "operation": operation_name or _first_operation_name(query), "code": None}
-        return Response(b'{"data":' + data.encode() + b"}", media_type=media_type, headers=_COMPILED)
+        return Response(b'{"data":' + data + b"}", media_type=media_type, headers=_COMPILED)
 
     def _answer(self, context: Context, data: Any, errors: list[GraphQLError], committed: bool, media_type: str,
                 query: str, operation_name: str | None) -> Response:
