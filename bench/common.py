@@ -10,8 +10,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,17 @@ class Bench:
         data = await self.gql("mutation($e: String!, $p: String!, $t: ID) { login(email: $e, password: $p, "
                               "tenantId: $t) { accessToken } }", {"e": email, "p": password, "t": tenant})
         return str(data["login"]["accessToken"])
+
+
+@contextmanager
+def generic_path(app: Starlette) -> Iterator[None]:
+    """The same app with the compiled read path off (what TENANTRY_COMPILED_READS=0 serves)."""
+    endpoint = app.state.graphql
+    planner, endpoint.planner = endpoint.planner, None
+    try:
+        yield
+    finally:
+        endpoint.planner = planner
 
 
 @asynccontextmanager
