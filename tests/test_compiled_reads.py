@@ -16,6 +16,7 @@ import dataclasses
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from starlette.applications import Starlette
 from app.http.graphql import GraphQLEndpoint
 from app.platform import Platform
 from app.services.pagination import encode_cursor
+from app.services.timeseries import encode_time_cursor
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
 
@@ -171,7 +173,8 @@ class Generator:
 
     def root(self) -> str:
         rng = self.rng
-        kind = rng.choice(["device", "device", "devices", "devices", "devices", "group", "groups"])
+        kind = rng.choice(["device", "device", "devices", "devices", "devices", "group", "groups", "alarms",
+                           "events", "operations"])
         if kind == "device":
             self.variables["id"] = rng.choice([*self.ids.values(), "999999", "abc", "-1", "0"])
             self.definitions["id"] = "ID!"
@@ -180,6 +183,8 @@ class Generator:
             return f'{self.name("group")}(id: "{rng.choice([self.ids["east"], self.ids["west"], "77777"])}") ' \
                    f"{{ {self.group()} }}"
         args = self.paging()
+        if kind in ("alarms", "events", "operations"):
+            return self.data(kind, args)
         if kind == "groups":
             if rng.random() < 0.3:
                 args.append(f'parentId: "{rng.choice([self.ids["east"], self.ids["east"], "x"])}"')
@@ -187,6 +192,31 @@ class Generator:
         if rng.random() < 0.5:
             args.append(f"filter: {self.filter()}")
         return f"{self.name('devices')}{self._args(args)} {{ {self.connection(self.device())} }}"
+
+    def data(self, kind: str, args: list[str]) -> str:
+        rng = self.rng
+        device = rng.choice([self.ids["gw"], self.ids["d-west"], self.ids["d-east"], "abc", "999999"])
+        if kind == "events" and "after" in self.variables and rng.random() < 0.7:
+            self.variables["after"] = rng.choice([encode_time_cursor(datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC), 3),
+                                                  encode_time_cursor(datetime(2026, 1, 1, 0, 0, 5, 5, UTC), 1)])
+        if kind == "alarms":
+            options = [f'deviceId: "{device}"', f"status: [{rng.choice(['ACTIVE', 'CLEARED', 'ACKNOWLEDGED'])}]",
+                       f"severity: {rng.choice(['MAJOR', '[MINOR, CRITICAL]', '[]'])}", f'type: "{rng.choice("xyz")}"']
+            args.append("filter: {" + ", ".join(rng.sample(options, rng.randint(0, 3))) + "}")
+            fields = ["id", "deviceId", "type", "severity", "status", "text", "count", "firstRaisedAt", "lastRaisedAt",
+                      "updatedAt", "__typename"]
+        elif kind == "events":
+            options = [f'deviceId: "{device}"', f'type: "{rng.choice(["e", "f"])}"',
+                       f'from: "{rng.choice(["2026-01-01T00:00:01Z", "2026-01-01T00:00:00.000005+00:00"])}"',
+                       f'to: "{rng.choice(["2026-01-01T00:00:04Z", "2027-01-01T00:00:00Z", "2025-01-01T00:00:00Z"])}"']
+            args += rng.sample(options, rng.randint(0, 3))
+            fields = ["id", "deviceId", "time", "type", "text", "attributes", "createdAt", "updatedAt", "__typename"]
+        else:
+            options = [f'deviceId: "{device}"', f"status: {rng.choice(['PENDING', 'FAILED', 'SUCCESSFUL'])}"]
+            args += rng.sample(options, rng.randint(0, 2))
+            fields = ["id", "deviceId", "status", "description", "payload", "failureReason", "createdAt",
+                      "updatedAt", "__typename"]
+        return f"{self.name(kind)}{self._args(args)} {{ {self.connection(' '.join(self.leaves(fields)))} }}"
 
     def filter(self) -> str:
         rng = self.rng
@@ -249,6 +279,22 @@ async def _setup(api: Api, world: World) -> tuple[TenantHandle, TenantHandle, di
         ids[name] = result.data["createDevice"]["id"]
     await api.gql('mutation($d: ID!) { addExternalId(deviceId: $d, type: "imei", value: "35-1") { value } }',
                   {"d": ids["gw"]}, token=t.token, tenant=t.id)
+    for n, name in enumerate(("gw", "d-east", "d-west", "d-none", "gw")):
+        d = ids[name]
+        made = await api.gql("""mutation($d: ID!, $t: DateTime!, $s: AlarmSeverity!, $y: String!) {
+            raiseAlarm(input: {deviceId: $d, type: $y, severity: $s, text: "it's hot"}) { id }
+            createEvent(input: {deviceId: $d, time: $t, type: "e", text: "t", attributes: {k: [1, {z: null}]}}) { id }
+            other: createEvent(input: {deviceId: $d, time: $t, type: "f", text: "u"}) { id }
+            createOperation(input: {deviceId: $d, description: "op", payload: {cmd: "reboot"}}) { id } }""",
+                             {"d": d, "t": f"2026-01-01T00:00:0{n}.{n * 5:06d}Z", "s": ["MAJOR", "MINOR"][n % 2],
+                              "y": "xyz"[n % 3]}, token=t.token, tenant=t.id)
+        if n % 2:
+            await api.gql('mutation($a: ID!) { updateAlarmStatus(id: $a, status: CLEARED) { id } }',
+                          {"a": made.data["raiseAlarm"]["id"]}, token=t.token, tenant=t.id)
+            await api.gql('mutation($o: ID!) { updateOperationStatus(id: $o, status: EXECUTING) { id } }',
+                          {"o": made.data["createOperation"]["id"]}, token=t.token, tenant=t.id)
+            await api.gql('mutation($o: ID!) { updateOperationStatus(id: $o, status: FAILED, failureReason: "no") '
+                          "{ id } }", {"o": made.data["createOperation"]["id"]}, token=t.token, tenant=t.id)
     return parent, t, ids
 
 
@@ -369,3 +415,20 @@ async def test_values_reach_the_compiled_statement_as_literals(api: Api, world: 
         devices = orjson.loads(answer.content)["data"]["devices"]
         assert [e["node"]["name"] for e in devices["edges"]] == found, needle
         assert devices["totalCount"] == len(found)
+
+
+async def test_a_failing_field_cancelling_its_siblings_is_not_internal(api: Api, world: World, app: Starlette,
+                                                                      http: httpx.AsyncClient) -> None:
+    """Found by the differential test: when a non-null root field fails, graphql-core cancels the
+    sibling resolvers, one of them mid-statement; finishing that request's transaction then
+    failed (INTERNAL) instead of answering the field's own error."""
+    t = await world.tenant()
+    query = '{ group(id: "77777") { id } devices(after: "azow") { totalCount } a: group(id: "1") { id } }'
+    with generic_path(app):
+        for _ in range(30):
+            answer = await post(http, t.token, t.id, query, {})
+            body = orjson.loads(answer.content)
+            assert [e["extensions"]["code"] for e in body["errors"]] == ["INVALID_INPUT"], body
+    # The connections went back to the pool usable: the next requests are answered.
+    listed = await post(http, t.token, t.id, "{ devices { totalCount } }", {})
+    assert orjson.loads(listed.content) == {"data": {"devices": {"totalCount": 0}}}

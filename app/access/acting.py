@@ -188,6 +188,14 @@ class RequestTransaction:
             self._finished = True
             hooks, self._always = self._always, []
             conn, self._conn = self._conn, None
+            if conn is not None and not await _usable(conn):
+                # A statement was interrupted (graphql-core cancels the other resolvers of a request
+                # once a non-null field fails): nothing of this transaction can be kept. The
+                # connection is dropped; the always-hooks (audit) still run on a fresh one.
+                await discard(conn)
+                conn = None
+                if commit:
+                    raise RuntimeError("the request's transaction was interrupted: nothing was saved")
             if conn is None and hooks:
                 conn = await connect(self._engine)
                 await driver_execute(conn, "BEGIN; " + APP_SWITCH)
@@ -216,6 +224,22 @@ class RequestTransaction:
                 await discard(conn)
                 raise
             await conn.close()
+
+
+async def _usable(conn: AsyncConnection) -> bool:
+    """Whether the connection can still run this transaction's COMMIT/ROLLBACK and hooks: no
+    statement of it was interrupted half-way (SQLAlchemy then refuses it until rolled back, and
+    psycopg may still be reading the interrupted statement's results)."""
+    transaction = conn.get_transaction()
+    if transaction is not None and not transaction.is_active:
+        return False
+    try:
+        raw = await conn.get_raw_connection()
+    except sa_exc.SQLAlchemyError:
+        return False
+    driver = raw.driver_connection
+    return driver is not None and driver.info.transaction_status in (
+        psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 class _Direct:

@@ -57,22 +57,24 @@ from graphql.execution.values import VariableValues, get_argument_values
 from graphql.validation import ASTValidationRule
 from psycopg import sql
 from sqlalchemy import column as sql_column
-from sqlalchemy import select, table
+from sqlalchemy import table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import LRUCache
 from strawberry.utils.str_converters import to_camel_case, to_snake_case
 
 from app.access.principal import Routed
 from app.access.scope import Scope
-from app.auth.roles import DEVICES_READ, TENANT_ADMIN
+from app.auth.roles import DEVICES_READ, OPERATIONS_DEVICE, TENANT_ADMIN
 from app.errors import AppError
 from app.graphql import execution, fast_path
 from app.inputs import parse_id
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
-from app.models.tenant import devices as devices_table
+from app.services import alarms as alarm_service
 from app.services import devices as inventory
+from app.services import events as event_service
+from app.services import operations as operation_service
 from app.services import usage as usage_service
-from app.services.pagination import decode_int_cursor, page_size
 
 if TYPE_CHECKING:
     from app.graphql.context import Context
@@ -83,6 +85,10 @@ _ISO = ("to_char({c} AT TIME ZONE 'UTC', CASE WHEN mod(extract(microseconds FROM
         "1000000) = 0 THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"' ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"' END)")
 # encode_cursor: urlsafe base64 of "k:<key>" (PostgreSQL wraps base64 at 76 characters).
 _CURSOR = "replace(translate(encode(convert_to('k:' || {c}::text, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|__\[POSTCOMPILE_(\w+)\]|%%")
+_COMPILED: Any = LRUCache(1000)  # statement shape → SQLAlchemy's compiled form (its own cache, as in execution)
 
 
 class Fallback(Exception):
@@ -122,14 +128,32 @@ class _Statement:
         return f"{stem}{self._aliases}"
 
     def clause(self, element: ClauseElement) -> str:
-        """A SQLAlchemy statement or condition from the services, its parameters as literals."""
-        compiled = element.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
-        text = compiled.string.replace("%%", "%")  # pyformat's escape, pointless without parameters
-        processors: dict[str, Any] = dict(compiled._bind_processors)  # type: ignore[attr-defined]  # sent as SQLAlchemy would
-        for name, value in compiled.params.items():
+        """A SQLAlchemy statement or condition from the services, its parameters as literals.
+
+        Compiled once per statement shape (SQLAlchemy's own cache key, which leaves the values
+        out); each request only renders its values into the cached text."""
+        compiled: Any
+        compiled, extracted, _, _ = element._compile_w_cache(
+            _DIALECT, compiled_cache=_COMPILED, column_keys=[])
+        values = compiled.construct_params(extracted_parameters=extracted)
+        expanding = (compiled.bind_names[b] for b in compiled.post_compile_params)
+        if any(not values.get(name, True) for name in expanding):
+            # An empty IN list: SQLAlchemy renders its own always-false form (rare; not cached).
+            compiled = element.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+            values = compiled.params
+        processors: dict[str, Any] = compiled._bind_processors  # as SQLAlchemy sends them (JSON serialised)
+
+        def literal(match: re.Match[str]) -> str:
+            if match.group(0) == "%%":  # pyformat's escape, pointless without parameters
+                return "%"
+            name = match.group(1) or match.group(2)
+            value = values[name]
+            if match.group(2) is not None:  # an expanding IN list
+                return ", ".join(self.bind(v) for v in value)
             process = processors.get(name)
-            text = text.replace(f"%({name})s", self.bind(process(value) if process else value))
-        return text
+            return self.bind(process(value) if process is not None else value)
+
+        return _PLACEHOLDER.sub(literal, compiled.string)
 
     def subfields(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> dict[str, list[FieldDetails]]:
         return collect_subfields(self.schema, self.fragments, self.variables, self.operation, type_,
@@ -223,6 +247,17 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
                "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids},
     "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
+    "Alarm": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "type": _column("type"),
+              "severity": _column("severity"), "status": _column("status"), "text": _column("text"),
+              "count": _column("count"), "firstRaisedAt": _column("first_raised_at", _ISO),
+              "lastRaisedAt": _column("last_raised_at", _ISO), "updatedAt": _column("updated_at", _ISO)},
+    "Event": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
+              "type": _column("type"), "text": _column("text"), "attributes": _column("attributes"),
+              "createdAt": _column("created_at", _ISO), "updatedAt": _column("updated_at", _ISO)},
+    "Operation": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "status": _column("status"),
+                  "description": _column("description"), "payload": _column("payload"),
+                  "failureReason": _column("failure_reason"), "createdAt": _column("created_at", _ISO),
+                  "updatedAt": _column("updated_at", _ISO)},
     "TenantUsageSummary": {
         "tenantId": _column("id"), "tenantDomain": _column("domain"), "tenantCompany": _column("company"),
         "parentTenantId": _column("parent_id"), "status": _column("status"),
@@ -236,26 +271,33 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
 }
 
 
-Condition = Callable[[str], str]  # a condition on the row alias given
+def _int_cursor(row: str) -> str:
+    return _CURSOR.format(c=f"{row}.id")
+
+
+def _time_cursor(row: str) -> str:
+    """encode_time_cursor: urlsafe base64 of "t:<time.isoformat()>|<id>"."""
+    key = f"'t:' || {_ISO.format(c=f'{row}.time')} || '|' || {row}.id::text"
+    return f"replace(translate(encode(convert_to({key}, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
 
 
 @dataclass(frozen=True)
 class _Page:
-    table: str
-    where: list[Condition]  # which rows (totalCount counts them)
-    after: int | None  # the cursor: rows with a greater id
+    """A service's page: its statement's rows (size + 1, in key order) as SQL."""
+
+    rows: str
     size: int
-    counted: bool  # whether totalCount is answered (else null, as the generic path)
+    key: tuple[str, ...]  # the columns of the order: ("id",) or ("time", "id")
+    cursor: Callable[[str], str]  # a row's cursor, as SQL on the row alias given
+    count: str | None = None  # totalCount as SQL (None: null, as the generic path answers)
 
 
 def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails], page: _Page) -> str:
-    """A keyset page as the generic path's Connection: LIMIT size + 1 rows by id, the extra
-    one only telling hasNextPage."""
+    """The generic path's Connection over a service's page: edges of the first `size` rows,
+    hasNextPage from the extra row, endCursor the last edge's cursor."""
     connection_type = _named(field)
-    e = q.alias("e")
-    size = q.bind(page.size)
-    where = " AND ".join(w(e) for w in page.where) or "true"
-    paged = where if page.after is None else f"{where} AND {e}.id > {q.bind(page.after)}"
+    e, s = q.alias("e"), q.alias("s")
+    size = str(page.size)
     fields = q.subfields(connection_type, details)
     parts = []
     for response_name, field_details in fields.items():
@@ -271,10 +313,10 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
                 if what == "__typename":
                     edge_parts.append(f"'{edge_name}', '{edge_type.name}'")
                 elif what == "cursor":
-                    edge_parts.append(f"'{edge_name}', {_CURSOR.format(c=f'{e}.id')}")
+                    edge_parts.append(f"'{edge_name}', {page.cursor(e)}")
                 else:
                     edge_parts.append(f"'{edge_name}', {q.object(node_type, edge_details, e)}")
-            expr = (f"COALESCE(json_agg(json_build_object({', '.join(edge_parts)}) ORDER BY {e}.id) "
+            expr = (f"COALESCE(json_agg(json_build_object({', '.join(edge_parts)}) ORDER BY {e}._n) "
                     f"FILTER (WHERE {e}._n <= {size}), '[]'::json)")
         elif name == "pageInfo":
             info_parts = []
@@ -286,42 +328,44 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
                 elif what == "hasNextPage":
                     info_parts.append(f"'{info_name}', count(*) > {size}")
                 else:
-                    last = f"max({e}.id) FILTER (WHERE {e}._n <= {size})"
-                    info_parts.append(f"'{info_name}', {_CURSOR.format(c=last)}")
+                    info_parts.append(f"'{info_name}', (array_agg({page.cursor(e)} ORDER BY {e}._n DESC) "
+                                      f"FILTER (WHERE {e}._n <= {size}))[1]")
             expr = f"json_build_object({', '.join(info_parts)})"
         else:  # totalCount
-            expr = (f"(SELECT count(*) FROM {page.table} {e} WHERE {where})" if page.counted else "NULL::int")
+            expr = f"({page.count})" if page.count is not None else "NULL::int"
         parts.append(f"'{response_name}', {expr}")
     if len(parts) > _MAX_KEYS:
         raise Fallback
+    order = ", ".join(f"{s}.{k}" for k in page.key)
     # GROUP BY (): one row, also when the selection aggregates nothing (pageInfo { __typename }).
-    return (f"(SELECT json_build_object({', '.join(parts)}) FROM (SELECT {e}.*, row_number() OVER (ORDER BY {e}.id) "
-            f"AS _n FROM {page.table} {e} WHERE {paged} ORDER BY {e}.id LIMIT {size} + 1) {e} GROUP BY ())")
+    return (f"(SELECT json_build_object({', '.join(parts)}) FROM (SELECT {s}.*, row_number() OVER (ORDER BY {order}) "
+            f"AS _n FROM ({page.rows}) {s}) {e} GROUP BY ())")
 
 
-def _paging(args: dict[str, Any], cap: int) -> tuple[int, int | None]:
+def _checked(build: Callable[[], Any]) -> Any:
+    """A service's checks as the generic path runs them: a refusal takes the generic path."""
     try:
-        return page_size(args.get("first"), cap), decode_int_cursor(args.get("after"))
+        return build()
     except AppError as exc:
         raise Fallback from exc
+
+
+def _counted(field: GraphQLField, details: list[FieldDetails], q: _Statement) -> bool:
+    """Whether the selection asks for totalCount (the count runs only then, as in the generic path)."""
+    return any(d[0].node.name.value == "totalCount" for d in q.subfields(_named(field), details).values())
 
 
 def _root_devices(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     from app.graphql.types.devices import DeviceFilter, _filter  # the resolver's own conversion (and errors)
 
     args = q.arguments(field, details)
-    size, cursor = _paging(args, q.cap)
     given = args.get("filter")
-    try:
-        f = _filter(DeviceFilter(**{to_snake_case(k): v for k, v in given.items()}) if given is not None else None)
-    except AppError as exc:
-        raise Fallback from exc
-    scope = q.scope
-    where: list[Condition] = [lambda r: _scope_sql(scope, "devices", f"{r}.id")]
-    if f is not None:
-        matching = q.clause(inventory.filtered(select(devices_table.c.id), Scope(), f))
-        where.append(lambda r: f"{r}.id IN ({matching})")
-    return _connection(q, field, details, _Page("devices", where, cursor, size, counted=True))
+    f = _checked(lambda: _filter(DeviceFilter(**{to_snake_case(k): v for k, v in given.items()})
+                                 if given is not None else None))
+    stmt, size = _checked(lambda: inventory.device_page(q.scope, filter=f, first=args.get("first"),
+                                                        after=args.get("after"), cap=q.cap))
+    count = q.clause(inventory.count_statement(q.scope, f)) if _counted(field, details, q) else None
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor, count))
 
 
 def _root_device(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -335,19 +379,41 @@ def _root_device(q: _Statement, field: GraphQLField, details: list[FieldDetails]
 
 def _root_groups(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     args = q.arguments(field, details)
-    size, cursor = _paging(args, q.cap)
-    scope = q.scope
-    where: list[Condition] = [lambda r: _scope_sql(scope, "groups", f"{r}.id")]
     parent = args.get("parentId")
-    if parent is not None:
-        key = parse_id(parent)
-        if key is None:
-            raise Fallback  # the generic path answers NOT_FOUND
-        bound = q.bind(key)
-        where.append(lambda r: f"{r}.parent_id = {bound}")
-    elif scope.unrestricted:
-        where.append(lambda r: f"{r}.parent_id IS NULL")
-    return _connection(q, field, details, _Page("groups", where, cursor, size, counted=False))
+    stmt, size = _checked(lambda: inventory.group_page(
+        q.scope, first=args.get("first"), after=args.get("after"), cap=q.cap,
+        parent_id=inventory.require_id(parent, "group") if parent is not None else None,
+        roots_only=parent is None and q.scope.unrestricted))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor))
+
+
+def _root_alarms(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    from app.graphql.types.data import AlarmFilter, alarm_filter  # the resolver's own conversion
+
+    args = q.arguments(field, details)
+    given = args.get("filter")
+    f = alarm_filter(AlarmFilter(**{to_snake_case(k): v for k, v in given.items()})
+                     if given is not None else None)
+    stmt, size = _checked(lambda: alarm_service.alarm_page(q.scope, filter=f, first=args.get("first"),
+                                                           after=args.get("after"), cap=q.cap))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor))
+
+
+def _root_operations(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    status = args.get("status")
+    stmt, size = _checked(lambda: operation_service.operation_page(
+        q.scope, device_id=args.get("deviceId"), status=status.value if status else None, first=args.get("first"),
+        after=args.get("after"), cap=q.cap))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor))
+
+
+def _root_events(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    stmt, size = _checked(lambda: event_service.event_page(
+        q.scope, device_id=args.get("deviceId"), type=args.get("type"), start=args.get("from"), end=args.get("to"),
+        first=args.get("first"), after=args.get("after"), cap=q.cap))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("time", "id"), _time_cursor))
 
 
 def _root_group(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -374,13 +440,17 @@ def _root_subtenant_usage(q: _Statement, field: GraphQLField, details: list[Fiel
 
 
 TENANT, MANAGEMENT = "tenant", "management"
-# Root fields: their translation, the permission their resolver asks for first, and the plane
+# Root fields: their translation, the permission their resolver asks for first ("a|b": either),
+# and the plane
 # they read (a tenant's data through the data gate, or the management schema).
 _ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], str], str, str]] = {
     "device": (_root_device, DEVICES_READ, TENANT),
     "devices": (_root_devices, DEVICES_READ, TENANT),
     "group": (_root_group, DEVICES_READ, TENANT),
     "groups": (_root_groups, DEVICES_READ, TENANT),
+    "alarms": (_root_alarms, DEVICES_READ, TENANT),
+    "events": (_root_events, DEVICES_READ, TENANT),
+    "operations": (_root_operations, f"{DEVICES_READ}|{OPERATIONS_DEVICE}", TENANT),
     "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
 }
 # Connection types answered by `_connection`, with the fields it knows.
@@ -534,7 +604,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     try:
         routed = None
         for permission in plan.permissions:
-            routed = await context.authorize(permission)
+            routed = await context.authorize_any(*permission.split("|"))
         db = await context.tenant_db() if plan.plane == TENANT else context.management_db
     except AppError as exc:
         raise Fallback from exc

@@ -10,8 +10,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.access.scope import Scope
@@ -106,13 +107,21 @@ def _filtered(scope: Scope, f: AlarmFilter | None):  # type: ignore[no-untyped-d
 
 async def list_alarms(db: Executor, scope: Scope, *, filter: AlarmFilter | None, first: int | None,
                       after: str | None, cap: int) -> Page[AlarmRecord]:
+    stmt, size = alarm_page(scope, filter=filter, first=first, after=after, cap=cap)
+    rows = (await db.execute(stmt)).all()
+    return build_page([to_record(AlarmRecord, r) for r in rows], size, lambda a: a.id)
+
+
+def alarm_page(scope: Scope, *, filter: AlarmFilter | None, first: int | None, after: str | None,
+               cap: int) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows by id) and the page size: listed here, or
+    compiled into a read's JSON (app.graphql.compiled)."""
     size = page_size(first, cap)
     stmt = _filtered(scope, filter)
     cursor = decode_int_cursor(after)
     if cursor is not None:
         stmt = stmt.where(alarms.c.id > cursor)
-    rows = (await db.execute(stmt.order_by(alarms.c.id).limit(size + 1))).all()
-    return build_page([to_record(AlarmRecord, r) for r in rows], size, lambda a: a.id)
+    return stmt.order_by(alarms.c.id).limit(size + 1), size
 
 
 async def alarms_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int], *, status: tuple[str, ...],

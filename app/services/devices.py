@@ -209,18 +209,29 @@ def filtered(stmt: Select[Any], scope: Scope, f: DeviceFilter | None) -> Select[
 async def list_devices(
     db: Executor, scope: Scope, *, first: int | None, after: str | None, cap: int, filter: DeviceFilter | None = None,
 ) -> Page[DeviceRecord]:
+    stmt, size = device_page(scope, filter=filter, first=first, after=after, cap=cap)
+    rows = (await db.execute(stmt)).all()
+    return build_page([_device(r) for r in rows], size, lambda d: d.id)
+
+
+def device_page(scope: Scope, *, filter: DeviceFilter | None, first: int | None, after: str | None,
+                cap: int) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows by id) and the page size: listed here, or
+    compiled into a read's JSON (app.graphql.compiled)."""
     size = page_size(first, cap)
     stmt = filtered(select(*DEVICE_COLUMNS), scope, filter)
     cursor = decode_int_cursor(after)
     if cursor is not None:
         stmt = stmt.where(devices.c.id > cursor)
-    rows = (await db.execute(stmt.order_by(devices.c.id).limit(size + 1))).all()
-    return build_page([_device(r) for r in rows], size, lambda d: d.id)
+    return stmt.order_by(devices.c.id).limit(size + 1), size
+
+
+def count_statement(scope: Scope, filter: DeviceFilter | None = None) -> Select[Any]:
+    return filtered(select(func.count()).select_from(devices), scope, filter)
 
 
 async def count_devices(db: Executor, scope: Scope, filter: DeviceFilter | None = None) -> int:
-    stmt = filtered(select(func.count()).select_from(devices), scope, filter)
-    return int((await db.execute(stmt)).scalar_one())
+    return int((await db.execute(count_statement(scope, filter))).scalar_one())
 
 
 async def update_device(db: Executor, scope: Scope, device_id: str, changes: DeviceChanges) -> DeviceRecord:
@@ -328,6 +339,15 @@ async def list_groups(
     db: Executor, scope: Scope, *, first: int | None, after: str | None, cap: int, parent_id: int | None = None,
     roots_only: bool = False,
 ) -> Page[GroupRecord]:
+    stmt, size = group_page(scope, first=first, after=after, cap=cap, parent_id=parent_id, roots_only=roots_only)
+    rows = (await db.execute(stmt)).all()
+    return build_page([_group(r) for r in rows], size, lambda g: g.id)
+
+
+def group_page(scope: Scope, *, first: int | None, after: str | None, cap: int, parent_id: int | None = None,
+               roots_only: bool = False) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows by id) and the page size: listed here, or
+    compiled into a read's JSON (app.graphql.compiled)."""
     size = page_size(first, cap)
     stmt = select(*GROUP_COLUMNS).where(scope.groups(groups.c.id))
     if parent_id is not None:
@@ -337,8 +357,7 @@ async def list_groups(
     cursor = decode_int_cursor(after)
     if cursor is not None:
         stmt = stmt.where(groups.c.id > cursor)
-    rows = (await db.execute(stmt.order_by(groups.c.id).limit(size + 1))).all()
-    return build_page([_group(r) for r in rows], size, lambda g: g.id)
+    return stmt.order_by(groups.c.id).limit(size + 1), size
 
 
 async def set_group_devices(db: Executor, scope: Scope, *, group_id: str, device_ids: Sequence[str],

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, func, insert, select, update
 
 from app.access.scope import Scope
 from app.db.transaction import Executor
@@ -15,7 +15,7 @@ from app.models.tenant import events
 from app.services.devices import require_devices, require_id
 from app.services.pagination import Page, page_size
 from app.services.rows import to_record
-from app.services.timeseries import check_range, check_text, check_time, time_page
+from app.services.timeseries import check_range, check_text, check_time, time_page_statement, time_rows_page
 
 COLUMNS = (events.c.id, events.c.device_id, events.c.time, events.c.type, events.c.text, events.c.attributes,
            events.c.created_at, events.c.updated_at)
@@ -72,6 +72,15 @@ async def list_events(
     db: Executor, scope: Scope, *, device_id: str | None, type: str | None, start: datetime | None,
     end: datetime | None, first: int | None, after: str | None, cap: int,
 ) -> Page[EventRecord]:
+    stmt, size = event_page(scope, device_id=device_id, type=type, start=start, end=end, first=first, after=after,
+                            cap=cap)
+    return time_rows_page((await db.execute(stmt)).all(), EventRecord, size)
+
+
+def event_page(scope: Scope, *, device_id: str | None, type: str | None, start: datetime | None,
+               end: datetime | None, first: int | None, after: str | None, cap: int) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows) and the page size: listed here, or compiled
+    into a read's JSON (app.graphql.compiled)."""
     check_range(start, end)
     size = page_size(first, cap)
     stmt = select(*COLUMNS).where(scope.devices(events.c.device_id))
@@ -79,4 +88,4 @@ async def list_events(
         stmt = stmt.where(events.c.device_id == require_id(device_id, "device"))
     if type is not None:
         stmt = stmt.where(events.c.type == type)
-    return await time_page(db, stmt, events, EventRecord, start=start, end=end, after=after, size=size)
+    return time_page_statement(stmt, events, start=start, end=end, after=after, size=size), size

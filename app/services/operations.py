@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, func, insert, select, update
 
 from app.access.scope import Scope
 from app.db.transaction import Executor
@@ -72,6 +72,15 @@ async def update_operation_status(db: Executor, scope: Scope, operation_id: str,
 
 async def list_operations(db: Executor, scope: Scope, *, device_id: str | None, status: str | None,
                           first: int | None, after: str | None, cap: int) -> Page[OperationRecord]:
+    stmt, size = operation_page(scope, device_id=device_id, status=status, first=first, after=after, cap=cap)
+    rows = (await db.execute(stmt)).all()
+    return build_page([to_record(OperationRecord, r) for r in rows], size, lambda o: o.id)
+
+
+def operation_page(scope: Scope, *, device_id: str | None, status: str | None, first: int | None,
+                   after: str | None, cap: int) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows by id) and the page size: listed here, or
+    compiled into a read's JSON (app.graphql.compiled)."""
     size = page_size(first, cap)
     stmt = select(*COLUMNS).where(scope.devices(operations.c.device_id))
     if device_id is not None:
@@ -81,5 +90,4 @@ async def list_operations(db: Executor, scope: Scope, *, device_id: str | None, 
     cursor = decode_int_cursor(after)
     if cursor is not None:
         stmt = stmt.where(operations.c.id > cursor)
-    rows = (await db.execute(stmt.order_by(operations.c.id).limit(size + 1))).all()
-    return build_page([to_record(OperationRecord, r) for r in rows], size, lambda o: o.id)
+    return stmt.order_by(operations.c.id).limit(size + 1), size

@@ -67,9 +67,10 @@ def decode_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         raise InvalidInput("malformed cursor", field="after") from exc
 
 
-async def time_page(db: Executor, stmt: Select[Any], table: Table, record: type[R], *, start: datetime | None,
-                    end: datetime | None, after: str | None, size: int) -> Page[R]:
-    """One keyset page of time-stamped rows: from inclusive, to exclusive, ordered by (time, id)."""
+def time_page_statement(stmt: Select[Any], table: Table, *, start: datetime | None, end: datetime | None,
+                        after: str | None, size: int) -> Select[Any]:
+    """One keyset page of time-stamped rows: from inclusive, to exclusive, ordered by (time, id),
+    with one row more than the page (it only tells that there is a next page)."""
     time, row_id = table.c.time, table.c.id
     if start is not None:
         stmt = stmt.where(time >= start)
@@ -78,7 +79,16 @@ async def time_page(db: Executor, stmt: Select[Any], table: Table, record: type[
     cursor = decode_time_cursor(after)
     if cursor is not None:
         stmt = stmt.where(tuple_(time, row_id) > tuple_(*cursor))
-    rows = (await db.execute(stmt.order_by(time, row_id).limit(size + 1))).all()
+    return stmt.order_by(time, row_id).limit(size + 1)
+
+
+async def time_page(db: Executor, stmt: Select[Any], table: Table, record: type[R], *, start: datetime | None,
+                    end: datetime | None, after: str | None, size: int) -> Page[R]:
+    rows = (await db.execute(time_page_statement(stmt, table, start=start, end=end, after=after, size=size))).all()
+    return time_rows_page(rows, record, size)
+
+
+def time_rows_page(rows: Any, record: type[R], size: int) -> Page[R]:
     items = [to_record(record, r) for r in rows[:size]]
     cursors = [encode_time_cursor(getattr(i, "time"), getattr(i, "id")) for i in items]  # noqa: B009
     return Page(items=items, cursors=cursors, has_next_page=len(rows) > size)

@@ -145,6 +145,15 @@ class AlarmFilter:
     type: str | None = None
 
 
+def alarm_filter(filter: AlarmFilter | None) -> alarm_service.AlarmFilter | None:
+    """The service's filter (also what the compiled read path builds: app.graphql.compiled)."""
+    return alarm_service.AlarmFilter(
+        device_id=filter.device_id, type=filter.type,
+        status=[s.value for s in filter.status] if filter.status else None,
+        severity=[s.value for s in filter.severity] if filter.severity else None,
+    ) if filter else None
+
+
 @strawberry.enum
 class OperationStatus(Enum):
     PENDING = "PENDING"
@@ -223,11 +232,7 @@ class DataQueries:
                      after: str | None = None) -> Connection[Alarm]:
         ctx = info.context
         scope = (await ctx.authorize(DEVICES_READ)).scope
-        f = alarm_service.AlarmFilter(
-            device_id=filter.device_id, type=filter.type,
-            status=[s.value for s in filter.status] if filter.status else None,
-            severity=[s.value for s in filter.severity] if filter.severity else None,
-        ) if filter else None
+        f = alarm_filter(filter)
         page = await alarm_service.list_alarms(await ctx.tenant_db(), scope, filter=f, first=first, after=after,
                                                cap=ctx.cap)
         return Connection.of(page, Alarm.of)
