@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -36,10 +37,14 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     (a system call per request) cost more than the rest of the line. Errors go through the
     ordinary handler at once."""
 
-    def __init__(self, stream: object, *, capacity: int = 256, interval: float = 0.25) -> None:
+    def __init__(self, stream: object, *, capacity: int = 256, interval: float = 0.25,
+                 json_lines: bool = False) -> None:
         super().__init__(stream)
         self.capacity = capacity
+        self.json_lines = json_lines
         self._pending: list[str] = []
+        self._second = -1
+        self._second_text = ""
         self._stopped = threading.Event()
         flusher = threading.Thread(target=self._flush_every, args=(interval,), name="log-flush", daemon=True)
         flusher.start()
@@ -52,6 +57,25 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         if len(self._pending) >= self.capacity:
             self.flush()
+
+    def write_line(self, logger: str, message: str, fields: dict[str, object]) -> None:
+        """An INFO line formatted as the configured formatter would (console or json), without a
+        LogRecord: the access log's hot path (a record and its formatting cost ~60 µs)."""
+        now = time.time()
+        if self.json_lines:
+            entry: dict[str, object] = {"time": datetime.fromtimestamp(now, UTC).isoformat(), "level": "info",
+                                        "logger": logger, "message": message}
+            entry.update((k, fields[k]) for k in FIELDS if fields.get(k) is not None)
+            line = orjson.dumps(entry).decode()
+        else:
+            second = int(now)
+            if second != self._second:  # logging's default asctime, its strftime done once a second
+                self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            line = f"{self._second_text},{int((now - second) * 1000):03d} INFO    {logger}: {message}"
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            if len(self._pending) >= self.capacity:
+                self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -84,7 +108,7 @@ def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
     access = logging.getLogger("tenantry.access")  # one line per request: written in batches
     for old in access.handlers:
         old.close()
-    batched = BufferedLineHandler(sys.stderr)
+    batched = BufferedLineHandler(sys.stderr, json_lines=log_format == "json")
     batched.setFormatter(formatter)
     access.handlers[:] = [batched]
     access.propagate = False

@@ -238,6 +238,46 @@ async def test_one_structured_access_log_line_per_request(api: Api, world: objec
     assert f"tenant={t.id}" in records[0].getMessage()
 
 
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_the_access_log_written_in_batches_reads_as_the_formatter_writes(
+        api: Api, world: object, capsys: pytest.CaptureFixture[str], log_format: str) -> None:
+    """configure_logging gives the access log a batched handler, whose lines are formatted
+    without a LogRecord: they must read as the configured formatter writes any other line."""
+    from app.logs import BufferedLineHandler, configure_logging
+    from tests.conftest import World
+
+    assert isinstance(world, World)
+    t = await world.tenant()
+    root, access = logging.getLogger(), logging.getLogger("tenantry.access")
+    saved = (root.handlers[:], root.level, access.handlers[:], access.propagate)
+    try:
+        configure_logging(log_format)
+        await api.gql("query Devices { devices { totalCount } }", token=t.token, tenant=t.id)
+        logging.getLogger("tenantry.other").info("an ordinary line")
+        handler = access.handlers[0]
+        assert isinstance(handler, BufferedLineHandler)
+        handler.flush()
+    finally:
+        for added in access.handlers:
+            added.close()
+        root.handlers[:], access.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        access.propagate = saved[3]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tenantry." in line]
+    line, other = (next(x for x in lines if name in x) for name in ("tenantry.access", "tenantry.other"))
+    if log_format == "json":
+        entry, ordinary = orjson.loads(line), orjson.loads(other)
+        assert list(entry)[:4] == list(ordinary)[:4] == ["time", "level", "logger", "message"]
+        assert entry["level"] == ordinary["level"] == "info"
+        assert (entry["tenant"], entry["operation"], entry["status"]) == (t.id, "Devices", 200)
+        assert entry["message"].startswith("POST /graphql 200 ")
+    else:
+        pattern = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    tenantry\.(access|other): "
+        assert re.match(pattern, line), line
+        assert re.match(pattern, other), other
+        assert f"tenant={t.id} op=Devices code=-" in line
+
+
 def test_log_level_is_configurable() -> None:
     assert Settings.from_env({"TENANTRY_LOG_LEVEL": "warning"}).log_level == "WARNING"
     with pytest.raises(SystemExit, match="TENANTRY_LOG_LEVEL"):

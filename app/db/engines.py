@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
+import psycopg
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -48,7 +51,7 @@ def app_database_url(settings: Settings, owner_url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int, max_overflow: int, pool_timeout: float = 30.0) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -64,7 +67,23 @@ def make_engine(url: str, *, pool_size: int, max_overflow: int, pool_timeout: fl
         # Timestamps come back in UTC whatever the server's default zone, so a DateTime reads
         # the same from every server and on both read paths (app.graphql.compiled formats UTC).
         connect_args={"options": "-c TimeZone=UTC"},
+        # Rolled back on return only when a transaction is still open (below): every transaction
+        # here ends with an explicit COMMIT or ROLLBACK, and an unconditional rollback per
+        # checkin cost a greenlet round into psycopg on every request.
+        pool_reset_on_return=None,
     )
+    event.listen(engine.sync_engine.pool, "reset", _rollback_if_open)
+    return engine
+
+
+def _rollback_if_open(dbapi_connection: Any, record: Any, state: Any) -> None:
+    """The pool's reset: whatever is still open on a returned connection is rolled back, so no
+    transaction (and no transaction-local role or search_path) reaches the next checkout."""
+    if state.terminate_only or not state.asyncio_safe or dbapi_connection is None:
+        return
+    driver = dbapi_connection.driver_connection
+    if driver is None or driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        dbapi_connection.rollback()
 
 
 @dataclass

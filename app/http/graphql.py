@@ -31,6 +31,7 @@ from app.graphql import compiled
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.http.tracing import annotate
+from app.logs import BufferedLineHandler
 from app.platform import Platform
 from app.services import idempotency
 
@@ -416,6 +417,12 @@ def _access_log(request: Request, response: Response, started: float) -> None:
     duration = round((time.perf_counter() - started) * 1000, 2)
     extra = {"request_id": request.state.request_id, "method": request.method, "path": request.scope["path"],
              "status": response.status_code, "duration_ms": duration, **fields}
+    handlers = access_log.handlers
+    if not access_log.propagate and len(handlers) == 1 and isinstance(handlers[0], BufferedLineHandler):
+        handlers[0].write_line(access_log.name, f"{request.method} {extra['path']} {response.status_code} "
+                               f"{duration:.1f}ms tenant={fields.get('tenant') or '-'} "
+                               f"op={fields.get('operation') or '-'} code={fields.get('code') or '-'}", extra)
+        return
     access_log.info("%s %s %d %.1fms tenant=%s op=%s code=%s", request.method, extra["path"],
                     response.status_code, duration, fields.get("tenant") or "-", fields.get("operation") or "-",
                     fields.get("code") or "-", extra=extra)
