@@ -327,6 +327,9 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
                     info_parts.append(f"'{info_name}', 'PageInfo'")
                 elif what == "hasNextPage":
                     info_parts.append(f"'{info_name}', count(*) > {size}")
+                elif page.key == ("id",):  # ascending ids: the last edge's is the largest (no sort)
+                    last = f"max({e}.id) FILTER (WHERE {e}._n <= {size})"
+                    info_parts.append(f"'{info_name}', {_CURSOR.format(c=last)}")
                 else:
                     info_parts.append(f"'{info_name}', (array_agg({page.cursor(e)} ORDER BY {e}._n DESC) "
                                       f"FILTER (WHERE {e}._n <= {size}))[1]")
