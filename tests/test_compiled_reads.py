@@ -77,6 +77,13 @@ async def both(http: httpx.AsyncClient, app: Starlette, token: str, tenant: str,
 
 # GraphQL string contents: a quote, an escaped backslash and LIKE's wildcards go in as literals.
 NAME_PARTS = ["d-", "EAST", "%", "_", "zz", "it's", "\\\\", "%%"]
+ALARM_FIELDS = ["id", "deviceId", "type", "severity", "status", "text", "count", "firstRaisedAt", "lastRaisedAt",
+                "updatedAt", "__typename"]
+TENANT_FIELDS = ["id", "domain", "company", "kind", "status", "parentId", "depth", "allowCreateTenants",
+                 "contactName", "contactEmail", "customProperties", "template", "createdAt", "updatedAt",
+                 "schemaVersion", "parentAccess", "__typename"]
+USAGE_DAY_FIELDS = ["day", "tenantId", "requestCount", "measurementsCreatedCount", "deviceCount", "storageSize",
+                    "totalResourceCreateAndUpdateCount", "__typename"]
 DEVICE_LEAVES = ["id", "name", "type", "owner", "fragments", "createdAt", "updatedAt", "parentId", "__typename"]
 GROUP_LEAVES = ["id", "name", "parentId", "createdAt", "__typename"]
 
@@ -132,8 +139,12 @@ class Generator:
         if rng.random() < 0.15:
             self.fragments["DeviceBits"] = "fragment DeviceBits on Device { id name createdAt }"
             parts.append("...DeviceBits")
+        if rng.random() < 0.2:
+            first = rng.choice(["", "(first: 1)", "(first: 0)", "(status: [ACTIVE])", "(status: [], first: 2)",
+                                "(first: 101)"])
+            parts.append(f"{self.name('alarms')}{first} {{ {' '.join(self.leaves(ALARM_FIELDS))} }}")
         if rng.random() < 0.03:  # not compiled: the whole operation takes the generic path
-            parts.append("alarms { id }")
+            parts.append("tenantTemplate: __typename")
         rng.shuffle(parts)
         return " ".join(parts)
 
@@ -174,7 +185,12 @@ class Generator:
     def root(self) -> str:
         rng = self.rng
         kind = rng.choice(["device", "device", "devices", "devices", "devices", "group", "groups", "alarms",
-                           "events", "operations"])
+                           "events", "operations", "tenant", "usage"])
+        if kind == "tenant":
+            return f"{self.name('tenant')} {{ {' '.join(self.leaves(TENANT_FIELDS))} }}"
+        if kind == "usage":
+            span = rng.choice(['from: "2026-03-01", to: "2026-03-04"', 'from: "2026-03-04", to: "2026-03-01"'])
+            return f"{self.name('usage')}({span}) {{ {' '.join(self.leaves(USAGE_DAY_FIELDS))} }}"
         if kind == "device":
             self.variables["id"] = rng.choice([*self.ids.values(), "999999", "abc", "-1", "0"])
             self.definitions["id"] = "ID!"
@@ -314,6 +330,10 @@ async def test_compiled_and_generic_paths_answer_alike(api: Api, world: World, h
         await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role, scope) "
                                 "VALUES (:u, :t, 'ADMIN', 'SUBTREE')"), {"u": user_id, "t": parent.id})
     parent_level = await api.token(email, PASSWORD, parent.id)
+    async with platform.db.owner.begin() as conn:  # usage on two of the days `usage` asks for
+        await conn.execute(text("INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, device_count, "
+                                "storage_size, events_updated_count) VALUES (:t, '2026-03-02', 7, 3, 8192, 2), "
+                                "(:t, '2026-03-04', 5000000000, 4, 0, 1)"), {"t": t.id})
     callers = {"ADMIN": t.token, "READER": reader, "group-scoped": scoped, "parent-level FULL": parent_level,
                "device token": device_token}
     rng = random.Random(15)

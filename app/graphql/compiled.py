@@ -26,13 +26,16 @@ several callers and compares the results.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 from graphql import (
     DocumentNode,
@@ -109,6 +112,9 @@ class _Statement:
         self.scope = routed.scope
         self.cap = cap
         self.setup: list[str] = []  # statements of the same transaction to run first (settings)
+        self.management: Any = None  # the request's management plane (lookups a root makes first)
+        self.registry: Any = None
+        self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
         self._aliases = 0
 
     @staticmethod
@@ -231,6 +237,23 @@ def _device_groups(q: _Statement, field: GraphQLField, details: list[FieldDetail
             f"AND {_scope_sql(q.scope, 'groups', f'{g}.id')}), '[]'::json)")
 
 
+def _device_alarms(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    """Device.alarms: the newest `first` (0-100) alarms of the device, as alarms_of_devices."""
+    from app.graphql.types.devices import ALARM_PAGE_CAP
+
+    args = q.arguments(field, details)
+    first = args["first"]
+    if not 0 <= first <= ALARM_PAGE_CAP:
+        raise Fallback  # the generic path answers INVALID_INPUT
+    statuses = sorted({s.value for s in args.get("status") or ()})
+    a = q.alias("a")
+    status = f" AND {a}.status IN ({', '.join(q.bind(s) for s in statuses)})" if statuses else ""
+    return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, a)} ORDER BY {a}.id DESC) FROM "
+            f"(SELECT * FROM alarms {a} WHERE {a}.device_id = {row}.id AND "
+            f"{_scope_sql(q.scope, 'devices', f'{a}.device_id')}{status} ORDER BY {a}.id DESC LIMIT {first}) {a}), "
+            f"'[]'::json)")
+
+
 def _device_external_ids(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
     x = q.alias("x")
     return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, x)} ORDER BY {x}.type, {x}.value) "
@@ -244,7 +267,8 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
     "Device": {"id": _ID, "name": _column("name"), "type": _column("type"), "owner": _column("owner"),
                "fragments": _column("fragments"), "createdAt": _column("created_at", _ISO),
                "updatedAt": _column("updated_at", _ISO), "parentId": _OPTIONAL_ID, "parent": _device_parent,
-               "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids},
+               "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids,
+               "alarms": _device_alarms},
     "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
     "Alarm": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "type": _column("type"),
@@ -258,6 +282,13 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
                   "description": _column("description"), "payload": _column("payload"),
                   "failureReason": _column("failure_reason"), "createdAt": _column("created_at", _ISO),
                   "updatedAt": _column("updated_at", _ISO)},
+    "UsageDay": {
+        "day": _column("day", "to_char({c}, 'YYYY-MM-DD')"),
+        "tenantId": lambda q, field, details, row: q.bind(q.tenant_of_rows),
+        **{to_camel_case(c): _column(c) for c in (*USAGE_COUNTERS, *USAGE_SNAPSHOTS)},
+        "totalResourceCreateAndUpdateCount": lambda q, field, details, row: "(" + " + ".join(
+            f"{row}.{c}" for c in usage_service.CREATE_UPDATE) + ")",
+    },
     "TenantUsageSummary": {
         "tenantId": _column("id"), "tenantDomain": _column("domain"), "tenantCompany": _column("company"),
         "parentTenantId": _column("parent_id"), "status": _column("status"),
@@ -442,11 +473,46 @@ def _root_subtenant_usage(q: _Statement, field: GraphQLField, details: list[Fiel
             f"FROM ({q.clause(stmt)}) {u})")
 
 
-TENANT, MANAGEMENT = "tenant", "management"
+def _root_tenant(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    """`tenant`: the routed tenant's record as the gate holds it (the generic resolver reads no
+    table either), written as a JSON literal."""
+    record = q.routed.tenant
+    values: dict[str, Any] = {}
+    for response_name, field_details in q.subfields(_named(field), details).items():
+        name = field_details[0].node.name.value
+        if name == "__typename":
+            values[response_name] = "Tenant"
+            continue
+        value = getattr(record, _TENANT_FIELDS[name])
+        values[response_name] = value.isoformat() if isinstance(value, datetime) else value
+    return q.bind(orjson.dumps(values).decode()) + "::json"
+
+
+_TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
+                  "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
+                  "contactName": "contact_name", "contactEmail": "contact_email",
+                  "customProperties": "custom_properties", "template": "template", "createdAt": "created_at",
+                  "updatedAt": "updated_at", "schemaVersion": "schema_version", "parentAccess": "parent_access"}
+
+
+async def _root_usage(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    try:
+        record = await usage_service.readable_tenant(q.management, q.routed, args.get("tenantId"), q.registry)
+        stmt = usage_service.daily_statement(tenant_id=record.id, start=args["from"], end=args["to"])
+    except AppError as exc:
+        raise Fallback from exc
+    u = q.alias("u")
+    q.tenant_of_rows = record.id
+    return (f"(SELECT COALESCE(json_agg({q.object(_named(field), details, u)} ORDER BY {u}.day), '[]'::json) "
+            f"FROM ({q.clause(stmt)}) {u})")
+
+
+TENANT, MANAGEMENT, ANY = "tenant", "management", "any"
 # Root fields: their translation, the permission their resolver asks for first ("a|b": either),
 # and the plane
 # they read (a tenant's data through the data gate, or the management schema).
-_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], str], str, str]] = {
+_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], Any], str, str]] = {
     "device": (_root_device, DEVICES_READ, TENANT),
     "devices": (_root_devices, DEVICES_READ, TENANT),
     "group": (_root_group, DEVICES_READ, TENANT),
@@ -455,6 +521,8 @@ _ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]],
     "events": (_root_events, DEVICES_READ, TENANT),
     "operations": (_root_operations, f"{DEVICES_READ}|{OPERATIONS_DEVICE}", TENANT),
     "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
+    "usage": (_root_usage, "", MANAGEMENT),
+    "tenant": (_root_tenant, "", ANY),
 }
 # Connection types answered by `_connection`, with the fields it knows.
 _CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
@@ -520,10 +588,11 @@ class Planner:
             if name not in _ROOTS or not _supported(query_type.fields[name], node, fragments):
                 return None
             roots.append(name)
-        planes = {_ROOTS[r][2] for r in roots}
-        if len(planes) != 1:
+        planes = {_ROOTS[r][2] for r in roots} - {ANY}
+        if len(planes) > 1:
             return None
-        return Plan(operation, fragments, tuple(dict.fromkeys(_ROOTS[r][1] for r in roots)), planes.pop(),
+        permissions = tuple(dict.fromkeys(p for p in (_ROOTS[r][1] for r in roots) if p))
+        return Plan(operation, fragments, permissions, planes.pop() if planes else ANY,
                     execution.variable_signatures(self.schema, operation.variable_definitions or ()))
 
 
@@ -580,7 +649,7 @@ def _check(type_: GraphQLObjectType, node: FieldNode, fragments: dict[str, Fragm
             if field_name not in _PAGE_INFO_FIELDS:
                 return False
             continue
-        elif field_name not in _FIELDS.get(name, {}):
+        elif field_name not in (_TENANT_FIELDS if name == "Tenant" else _FIELDS.get(name, {})):
             return False
         child_type = type_.fields[field_name]
         if child.selection_set is not None and not _check(_named(child_type), child, fragments):
@@ -605,7 +674,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
             raise Fallback  # the generic path reports the variable errors
         coerced = stock
     try:
-        routed = None
+        routed = await context.routed()
         for permission in plan.permissions:
             routed = await context.authorize_any(*permission.split("|"))
         db = await context.tenant_db() if plan.plane == TENANT else context.management_db
@@ -615,6 +684,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     query_type = schema.query_type
     assert query_type is not None
     q = _Statement(schema, plan.operation, plan.fragments, coerced, routed, context.cap)
+    q.management, q.registry = context.management_db, context.platform.registry
     roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
     if len(roots) > _MAX_KEYS:
         raise Fallback
@@ -625,8 +695,10 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         if name == "__typename":
             parts.append(f"'{response_name}', 'Query'")
             continue
-        translate = _ROOTS[name][0]
-        parts.append(f"'{response_name}', {translate(q, query_type.fields[name], details)}")
+        expr = _ROOTS[name][0](q, query_type.fields[name], details)
+        if inspect.isawaitable(expr):
+            expr = await expr
+        parts.append(f"'{response_name}', {expr}")
     statement = f"SELECT json_build_object({', '.join(parts)})::text"
     data = await db.read_value(statement, setup=list(dict.fromkeys(q.setup)), last=True)
     assert data is not None  # json_build_object of a row is never null

@@ -97,16 +97,20 @@ async def readable_tenant(db: Executor, routed: Routed, tenant_id: str | None, r
 
 async def daily(db: Executor, *, tenant_id: str, start: date, end: date) -> list[UsageRow]:
     """One row per day of the range; days without usage (e.g. before creation) are zeros."""
+    rows = (await db.execute(daily_statement(tenant_id=tenant_id, start=start, end=end))).all()
+    return [UsageRow(tenant_id, r.day, {c: int(r._mapping[c]) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS})
+            for r in rows]
+
+
+def daily_statement(*, tenant_id: str, start: date, end: date) -> Select[Any]:
+    """The checked statement of `daily` (also compiled into a read's JSON: app.graphql.compiled)."""
     check_range(start, end)
     days = select(func.generate_series(start, end, timedelta(days=1)).cast(Date).label("day")).subquery()
     columns = [func.coalesce(usage_daily.c[c], 0).label(c) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS]
-    stmt = (select(days.c.day, *columns)
+    return (select(days.c.day, *columns)
             .select_from(days.outerjoin(usage_daily, and_(usage_daily.c.day == days.c.day,
                                                           usage_daily.c.tenant_id == tenant_id)))
             .order_by(days.c.day))
-    rows = (await db.execute(stmt)).all()
-    return [UsageRow(tenant_id, r.day, {c: int(r._mapping[c]) for c in USAGE_COUNTERS + USAGE_SNAPSHOTS})
-            for r in rows]
 
 
 def _summary_columns(day_column: Any) -> list[Any]:
