@@ -371,8 +371,14 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
     if len(parts) > _MAX_KEYS:
         raise Fallback
     order = ", ".join(f"{s}.{k}" for k in page.key)
+    # Only the columns the selection reads pass the window (PostgreSQL then leaves the others
+    # out of the service's statement too): a page of 100 devices asked for three fields
+    # otherwise carried every device's fragments through.
+    built = ", ".join(parts)
+    used = sorted((set(re.findall(rf"\b{e}\.(\w+)", built)) | set(page.key)) - {"_n"})
+    columns = ", ".join(f"{s}.{c}" for c in used)
     # GROUP BY (): one row, also when the selection aggregates nothing (pageInfo { __typename }).
-    return (f"(SELECT json_build_object({', '.join(parts)}) FROM (SELECT {s}.*, row_number() OVER (ORDER BY {order}) "
+    return (f"(SELECT json_build_object({built}) FROM (SELECT {columns}, row_number() OVER (ORDER BY {order}) "
             f"AS _n FROM ({page.rows}) {s}) {e} GROUP BY ())")
 
 
