@@ -452,3 +452,40 @@ async def test_a_failing_field_cancelling_its_siblings_is_not_internal(api: Api,
     # The connections went back to the pool usable: the next requests are answered.
     listed = await post(http, t.token, t.id, "{ devices { totalCount } }", {})
     assert orjson.loads(listed.content) == {"data": {"devices": {"totalCount": 0}}}
+
+
+async def test_compiled_reads_are_metered_and_parent_level_ones_audited(api: Api, world: World, platform: Platform,
+                                                                        http: httpx.AsyncClient) -> None:
+    parent = await world.tenant(kind="ENTERPRISE")
+    t = await world.tenant(parent)
+    await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=t.token, tenant=t.id)
+    email = f"{unique('support')}@compiled.test"
+    async with platform.db.owner.begin() as conn:
+        user_id = (await conn.execute(text("INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h) "
+                                           "RETURNING id"), {"e": email, "h": await platform.passwords.hash(PASSWORD)})
+                   ).scalar_one()
+        await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role, scope) "
+                                "VALUES (:u, :t, 'ADMIN', 'SUBTREE')"), {"u": user_id, "t": parent.id})
+    support = await api.token(email, PASSWORD, parent.id)
+    await platform.meter.flush()
+    before = platform.meter.pending
+    for token in (t.token, support, support):
+        answer = await post(http, token, t.id, "{ devices { totalCount } }", {})
+        assert answer.headers[READ_PATH] == "compiled"
+        assert orjson.loads(answer.content) == {"data": {"devices": {"totalCount": 0}}}
+    assert platform.meter.pending - before == 3  # request_count, as on the generic path
+    async with platform.db.owner.connect() as conn:
+        audited = (await conn.execute(text("SELECT count(*) FROM tenantry.audit_log WHERE tenant_id = :t AND "
+                                           "action = 'parent_access' AND actor_id = :u"),
+                                      {"t": t.id, "u": str(user_id)})).scalar_one()
+    assert audited == 2  # each parent-level read, kept with the read's own transaction
+
+
+def test_an_integer_cursor_needs_no_urlsafe_translation() -> None:
+    """The compiled path writes encode_cursor(id) as plain base64 (app.graphql.compiled._CURSOR):
+    exact only because "k:<digits>" never yields "+" or "/" and stays below a line's length."""
+    import base64
+
+    rng = random.Random(7)
+    for key in [0, 9, 10, 2**63 - 1, *range(20_000), *(rng.randrange(2**63) for _ in range(20_000))]:
+        assert base64.b64encode(f"k:{key}".encode()).decode() == encode_cursor(key)
