@@ -229,3 +229,24 @@ async def test_counts_are_flushed_on_graceful_shutdown(world: World, platform: P
         after = (await conn.execute(query, {"t": t.id})).scalar_one()
     assert after - before == 7
     assert platform.meter.pending == 0
+
+
+async def test_the_meter_flushes_more_tenants_than_one_statement_takes(platform: Platform) -> None:
+    """One INSERT for every pending tenant passed PostgreSQL's 65,535 parameters above ~5,000
+    tenants; the failed flush kept its rows, so every later flush failed as well."""
+    from app.services.metering import Meter
+
+    meter = Meter(platform.db.owner)  # its own meter: the shared one is flushed by other tests
+    ids = [f"tflush{n:06d}" for n in range(6_000)]
+    for tenant_id in ids:
+        meter.add(tenant_id, {"request_count": 2, "events_created_count": 1})
+    try:
+        assert await meter.flush() == 6_000
+        assert meter.pending == 0
+        async with platform.db.owner.connect() as conn:
+            total = (await conn.execute(text("SELECT sum(request_count), sum(events_created_count) FROM "
+                                             "tenantry.usage_daily WHERE tenant_id LIKE 'tflush%'"))).one()
+        assert tuple(total) == (12_000, 6_000)
+    finally:
+        async with platform.db.owner.begin() as conn:
+            await conn.execute(text("DELETE FROM tenantry.usage_daily WHERE tenant_id LIKE 'tflush%'"))

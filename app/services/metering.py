@@ -28,6 +28,9 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+FLUSH_BATCH_ROWS = 2000  # x 13 parameters a row: well inside PostgreSQL's 65,535
+
+
 class Meter:
     def __init__(self, engine: AsyncEngine, *, today: Callable[[], date] = utc_today,
                  flushed: Callable[[str], None] = lambda outcome: None) -> None:
@@ -59,14 +62,16 @@ class Meter:
                 return 0
             rows = [{"tenant_id": tenant_id, "day": day, **{c: counts.get(c, 0) for c in USAGE_COUNTERS}}
                     for (tenant_id, day), counts in taken.items()]
-            stmt = pg_insert(usage_daily).values(rows)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[usage_daily.c.tenant_id, usage_daily.c.day],
-                set_={c: usage_daily.c[c] + stmt.excluded[c] for c in USAGE_COUNTERS},
-            )
             try:
+                # In bounded statements (one INSERT of every pending tenant passed PostgreSQL's
+                # 65,535 parameters above ~5,000 tenants, and then every later flush failed too),
+                # all in one transaction: a failure keeps every count for the next flush, none twice.
                 async with transaction(self._engine) as tx:
-                    await tx.execute(stmt)
+                    for start in range(0, len(rows), FLUSH_BATCH_ROWS):
+                        stmt = pg_insert(usage_daily).values(rows[start:start + FLUSH_BATCH_ROWS])
+                        await tx.execute(stmt.on_conflict_do_update(
+                            index_elements=[usage_daily.c.tenant_id, usage_daily.c.day],
+                            set_={c: usage_daily.c[c] + stmt.excluded[c] for c in USAGE_COUNTERS}))
             except BaseException:
                 for (tenant_id, day), counts in taken.items():  # keep them: nothing is lost
                     self._pending.setdefault((tenant_id, day), Counter()).update(counts)
