@@ -420,6 +420,25 @@ async def test_subtenant_usage_answers_alike_on_both_paths(api: Api, world: Worl
             answered += await both(http, app, token, ent.id if token != children[0].token else children[0].id,
                                    query, {})
     assert answered >= 30, answered
+    # tenants: the subtree as a connection, with its filter, cursors and count
+    tenant_fields = ["id", "domain", "company", "kind", "status", "parentId", "depth", "allowCreateTenants",
+                     "customProperties", "createdAt", "updatedAt", "schemaVersion", "parentAccess", "__typename"]
+    answered = 0
+    for _ in range(30):
+        node = " ".join(rng.sample(tenant_fields, rng.randint(1, 6)))
+        args = rng.sample([f"first: {rng.choice([0, 1, 2, 50, 501])}",
+                           f'after: "{rng.choice([encode_cursor(children[0].id), encode_cursor("zz"), "%%"])}"',
+                           f"filter: {{status: {rng.choice(['ACTIVE', 'DELETED', 'SUSPENDED'])}}}",
+                           f'filter: {{search: "{rng.choice(["co", "CO", "%", "x"])}", kind: STANDARD}}',
+                           f'filter: {{parentId: "{ent.id}"}}'], rng.randint(0, 2))
+        if sum(a.startswith("filter") for a in args) > 1:
+            args = args[:1]
+        extra = rng.sample(["totalCount", "pageInfo { hasNextPage endCursor }", "__typename"], rng.randint(0, 2))
+        query = f"{{ tenants{'(' + ', '.join(args) + ')' if args else ''} {{ edges {{ cursor node {{ {node} }} }} " \
+                f"{' '.join(extra)} }} }}"
+        for token in (ent.token, reader):
+            answered += await both(http, app, token, ent.id, query, {})
+    assert answered >= 15, answered
 
 
 async def test_values_reach_the_compiled_statement_as_literals(api: Api, world: World,

@@ -77,6 +77,7 @@ from app.services import alarms as alarm_service
 from app.services import devices as inventory
 from app.services import events as event_service
 from app.services import operations as operation_service
+from app.services import tenants as tenant_service
 from app.services import usage as usage_service
 
 if TYPE_CHECKING:
@@ -265,6 +266,12 @@ def _device_external_ids(q: _Statement, field: GraphQLField, details: list[Field
 _ID = _column("id", "{c}::text")
 _OPTIONAL_ID = _column("parent_id", "{c}::text")
 
+_TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
+                  "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
+                  "contactName": "contact_name", "contactEmail": "contact_email",
+                  "customProperties": "custom_properties", "template": "template", "createdAt": "created_at",
+                  "updatedAt": "updated_at", "schemaVersion": "schema_version", "parentAccess": "parent_access"}
+
 _FIELDS: dict[str, dict[str, Resolve]] = {
     "Device": {"id": _ID, "name": _column("name"), "type": _column("type"), "owner": _column("owner"),
                "fragments": _column("fragments"), "createdAt": _column("created_at", _ISO),
@@ -273,6 +280,8 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
                "alarms": _device_alarms},
     "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
+    "Tenant": {name: _column(column, _ISO if column in ("created_at", "updated_at") else "{c}")
+               for name, column in _TENANT_FIELDS.items()},
     "Alarm": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "type": _column("type"),
               "severity": _column("severity"), "status": _column("status"), "text": _column("text"),
               "count": _column("count"), "firstRaisedAt": _column("first_raised_at", _ISO),
@@ -360,7 +369,7 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
                     info_parts.append(f"'{info_name}', 'PageInfo'")
                 elif what == "hasNextPage":
                     info_parts.append(f"'{info_name}', count(*) > {size}")
-                elif page.key == ("id",):  # ascending ids: the last edge's is the largest (no sort)
+                elif page.cursor is _int_cursor:  # ascending ids: the last edge's is the largest (no sort)
                     last = f"max({e}.id) FILTER (WHERE {e}._n <= {size})"
                     info_parts.append(f"'{info_name}', {_CURSOR.format(c=last)}")
                 else:
@@ -481,6 +490,26 @@ def _root_subtenant_usage(q: _Statement, field: GraphQLField, details: list[Fiel
             f"FROM ({q.clause(stmt)}) {u})")
 
 
+_CURSOR_TEXT = "replace(translate(encode(convert_to('k:' || {c}, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
+
+
+def _text_cursor(row: str) -> str:
+    """encode_cursor of a text key (tenant ids), exactly as base64.urlsafe_b64encode writes it."""
+    return _CURSOR_TEXT.format(c=f"{row}.id")
+
+
+def _root_tenants(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    from app.graphql.types.tenants import TenantFilter, tenant_filter  # the resolver's own conversion
+
+    args = q.arguments(field, details)
+    given = args.get("filter")
+    f = tenant_filter(TenantFilter(**{to_snake_case(k): v for k, v in given.items()}) if given is not None else None)
+    stmt, size = _checked(lambda: tenant_service.subtree_page(q.routed, first=args.get("first"),
+                                                              after=args.get("after"), cap=q.cap, filter=f))
+    count = q.clause(tenant_service.count_subtree_statement(q.routed)) if _counted(field, details, q) else None
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _text_cursor, count))
+
+
 def _root_tenant(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     """`tenant`: the routed tenant's record as the gate holds it (the generic resolver reads no
     table either), written as a JSON literal."""
@@ -494,13 +523,6 @@ def _root_tenant(q: _Statement, field: GraphQLField, details: list[FieldDetails]
         value = getattr(record, _TENANT_FIELDS[name])
         values[response_name] = value.isoformat() if isinstance(value, datetime) else value
     return q.bind(orjson.dumps(values).decode()) + "::json"
-
-
-_TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
-                  "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
-                  "contactName": "contact_name", "contactEmail": "contact_email",
-                  "customProperties": "custom_properties", "template": "template", "createdAt": "created_at",
-                  "updatedAt": "updated_at", "schemaVersion": "schema_version", "parentAccess": "parent_access"}
 
 
 async def _root_usage(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -531,6 +553,7 @@ _ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]],
     "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
     "usage": (_root_usage, "", MANAGEMENT),
     "tenant": (_root_tenant, "", ANY),
+    "tenants": (_root_tenants, "", MANAGEMENT),
 }
 # Connection types answered by `_connection`, with the fields it knows.
 _CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
@@ -657,7 +680,7 @@ def _check(type_: GraphQLObjectType, node: FieldNode, fragments: dict[str, Fragm
             if field_name not in _PAGE_INFO_FIELDS:
                 return False
             continue
-        elif field_name not in (_TENANT_FIELDS if name == "Tenant" else _FIELDS.get(name, {})):
+        elif field_name not in _FIELDS.get(name, {}):
             return False
         child_type = type_.fields[field_name]
         if child.selection_set is not None and not _check(_named(child_type), child, fragments):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.access.principal import Routed
@@ -154,6 +154,15 @@ async def list_subtree(
     filter: TenantFilter | None = None, parent_id: str | None = None,
 ) -> Page[TenantRecord]:
     """The caller's visible subtree (not its own tenant), ordered by id."""
+    stmt, size = subtree_page(routed, first=first, after=after, cap=cap, filter=filter, parent_id=parent_id)
+    rows = (await db.execute(stmt)).all()
+    return build_page([TenantRecord.from_row(r) for r in rows], size, lambda t: t.id)
+
+
+def subtree_page(routed: Routed, *, first: int | None, after: str | None, cap: int,
+                 filter: TenantFilter | None = None, parent_id: str | None = None) -> tuple[Select[Any], int]:
+    """The checked page statement (size + 1 rows by id) and the page size: listed here, or
+    compiled into a read's JSON (app.graphql.compiled)."""
     _require_admin(routed)
     size = page_size(first, cap)
     stmt = select_tenants().where(
@@ -174,18 +183,21 @@ async def list_subtree(
     cursor = decode_cursor(after)
     if cursor is not None:
         stmt = stmt.where(tenants.c.id > cursor)
-    rows = (await db.execute(stmt.order_by(tenants.c.id).limit(size + 1))).all()
-    return build_page([TenantRecord.from_row(r) for r in rows], size, lambda t: t.id)
+    return stmt.order_by(tenants.c.id).limit(size + 1), size
 
 
 async def count_subtree(db: Executor, routed: Routed, parent_id: str | None = None) -> int:
+    return int((await db.execute(count_subtree_statement(routed, parent_id))).scalar_one())
+
+
+def count_subtree_statement(routed: Routed, parent_id: str | None = None) -> Select[Any]:
     stmt = select(func.count()).select_from(tenants).where(
         tenants.c.path.contains([routed.tenant.id]), tenants.c.id != routed.tenant.id,
         tenants.c.status != "DELETED",
     )
     if parent_id is not None:
         stmt = stmt.where(tenants.c.parent_id == parent_id)
-    return int((await db.execute(stmt)).scalar_one())
+    return stmt
 
 
 # --- writes --------------------------------------------------------------------------------------

@@ -167,6 +167,16 @@ class TenantFilter:
     search: str | None = strawberry.field(default=None, description="Substring of domain or company.")
 
 
+def tenant_filter(filter: TenantFilter | None) -> service.TenantFilter:
+    """The service's filter (also what the compiled read path builds: app.graphql.compiled)."""
+    return service.TenantFilter(
+        status=filter.status.value if filter and filter.status else None,
+        kind=filter.kind.value if filter and filter.kind else None,
+        parent_id=filter.parent_id if filter else None,
+        search=filter.search if filter else None,
+    )
+
+
 @strawberry.type
 class TenantQueries:
     @strawberry.field(description="The tenant this request is routed to.")
@@ -179,12 +189,7 @@ class TenantQueries:
     ) -> Connection[Tenant]:
         ctx = info.context
         routed = await ctx.routed()
-        f = service.TenantFilter(
-            status=filter.status.value if filter and filter.status else None,
-            kind=filter.kind.value if filter and filter.kind else None,
-            parent_id=filter.parent_id if filter else None,
-            search=filter.search if filter else None,
-        )
+        f = tenant_filter(filter)
         page = await service.list_subtree(ctx.management_db, routed, first=first, after=after, cap=ctx.cap, filter=f)
         return Connection.of(page, Tenant.of, lambda: service.count_subtree(ctx.management_db, routed))
 
