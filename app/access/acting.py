@@ -121,9 +121,9 @@ class RequestTransaction:
                 self.wrote = True
             return await conn.execute(statement, parameters)
 
-    async def read_value(self, plane: str | None, sql: str, *, setup: Sequence[str] = (),
-                         last: bool) -> bytes | None:
-        """The single value (its text, as bytes) of one read statement — complete SQL, its values
+    async def read_row(self, plane: str | None, sql: str, *, setup: Sequence[str] = (),
+                       last: bool) -> tuple[bytes | None, ...]:
+        """The single row (each value's text, as bytes) of one read statement — complete SQL, its values
         quoted as literals by the caller — with BEGIN and the role switch before it, any `setup`
         statements (transaction-local settings), and COMMIT after it when this is the request's
         `last` statement and nothing must run before COMMIT, all in ONE simple-protocol round trip
@@ -153,14 +153,14 @@ class RequestTransaction:
                 if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
                     raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
             answer = results[len(steps)]
-            value = answer.get_value(0, 0) if answer.ntuples else None
-            if value is not None and driver.info.encoding != "utf-8":  # a non-UTF-8 database: recode
-                value = value.decode(driver.info.encoding).encode()
+            values = tuple(answer.get_value(0, n) for n in range(answer.nfields)) if answer.ntuples else (None,)
+            if driver.info.encoding != "utf-8":  # a non-UTF-8 database: recode
+                values = tuple(v.decode(driver.info.encoding).encode() if v is not None else None for v in values)
             if commit:
                 self._finished = True
                 conn, self._conn = self._conn, None
                 await conn.close()
-            return value
+            return values
 
     async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
         """COPY … FROM STDIN (text format), the data sent in one write: the bulk path."""
@@ -265,8 +265,8 @@ class PlaneView:
     async def copy_text(self, copy_sql: str, data: bytes) -> None:
         await self._shared.copy_text(self.plane, copy_sql, data)
 
-    async def read_value(self, sql: str, *, setup: Sequence[str] = (), last: bool = False) -> bytes | None:
-        return await self._shared.read_value(self.plane, sql, setup=setup, last=last)
+    async def read_row(self, sql: str, *, setup: Sequence[str] = (), last: bool = False) -> tuple[bytes | None, ...]:
+        return await self._shared.read_row(self.plane, sql, setup=setup, last=last)
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)

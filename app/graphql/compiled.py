@@ -9,7 +9,7 @@ its variables, by graphql-core's own `collect_fields`) into one statement —
 `json_build_object` per object, `json_agg` over a keyset page per connection, correlated
 subqueries for nested lists and to-one relations — and writes PostgreSQL's text into the
 response as it comes (`{"data":` + it + `}`), with BEGIN, the role switch and COMMIT in the
-same round trip (`RequestTransaction.read_value`).
+same round trip (`RequestTransaction.read_row`).
 
 Same rules as the generic path, by construction:
 - routing, permissions and the data gate are the access gate's (`Context.authorize`,
@@ -76,6 +76,7 @@ from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.services import alarms as alarm_service
 from app.services import devices as inventory
 from app.services import events as event_service
+from app.services import measurements as measurement_service
 from app.services import operations as operation_service
 from app.services import tenants as tenant_service
 from app.services import usage as usage_service
@@ -118,6 +119,9 @@ class _Statement:
         self.management: Any = None  # the request's management plane (lookups a root makes first)
         self.registry: Any = None
         self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
+        # Conditions the generic path checks first (a device in scope): if one fails, the
+        # request takes the generic path, in the same (read-only) transaction, for its error.
+        self.guards: list[str] = []
         self._aliases = 0
 
     @staticmethod
@@ -289,6 +293,9 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
     "Event": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
               "type": _column("type"), "text": _column("text"), "attributes": _column("attributes"),
               "createdAt": _column("created_at", _ISO), "updatedAt": _column("updated_at", _ISO)},
+    "Measurement": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
+                    "type": _column("type"), "series": _column("series"), "value": _column("value"),
+                    "unit": _column("unit")},
     "Operation": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "status": _column("status"),
                   "description": _column("description"), "payload": _column("payload"),
                   "failureReason": _column("failure_reason"), "createdAt": _column("created_at", _ISO),
@@ -498,6 +505,17 @@ def _text_cursor(row: str) -> str:
     return _CURSOR_TEXT.format(c=f"{row}.id")
 
 
+def _root_measurements(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    size, key = _checked(lambda: measurement_service.measurement_checks(
+        device_id=args["deviceId"], start=args.get("from"), end=args.get("to"), first=args.get("first"), cap=q.cap))
+    stmt = _checked(lambda: measurement_service.measurement_page(
+        key, start=args.get("from"), end=args.get("to"), type=args.get("type"), series=args.get("series"),
+        after=args.get("after"), size=size))
+    q.guards.append(f"EXISTS ({q.clause(inventory.devices_in_scope(q.scope, [key]))})")
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("time", "id"), _time_cursor))
+
+
 def _root_tenants(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     from app.graphql.types.tenants import TenantFilter, tenant_filter  # the resolver's own conversion
 
@@ -549,6 +567,7 @@ _ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]],
     "groups": (_root_groups, DEVICES_READ, TENANT),
     "alarms": (_root_alarms, DEVICES_READ, TENANT),
     "events": (_root_events, DEVICES_READ, TENANT),
+    "measurements": (_root_measurements, DEVICES_READ, TENANT),
     "operations": (_root_operations, f"{DEVICES_READ}|{OPERATIONS_DEVICE}", TENANT),
     "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
     "usage": (_root_usage, "", MANAGEMENT),
@@ -731,6 +750,12 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
             expr = await expr
         parts.append(f"'{response_name}', {expr}")
     statement = f"SELECT json_build_object({', '.join(parts)})::text"
-    data = await db.read_value(statement, setup=list(dict.fromkeys(q.setup)), last=True)
+    if q.guards:
+        statement += f", {' AND '.join(q.guards)}"
+    # With guards, COMMIT waits: the generic path may still have to run in this transaction.
+    row = await db.read_row(statement, setup=list(dict.fromkeys(q.setup)), last=not q.guards)
+    if q.guards and row[1] != b"t":
+        raise Fallback
+    data = row[0]
     assert data is not None  # json_build_object of a row is never null
     return data

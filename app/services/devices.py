@@ -121,13 +121,18 @@ def _check_fragments(fragments: object) -> dict[str, Any]:
 # --- devices -------------------------------------------------------------------------------------
 
 
+def devices_in_scope(scope: Scope, ids: Sequence[int]) -> Select[Any]:
+    """The ids among `ids` that name devices in scope."""
+    return select(devices.c.id).where(devices.c.id.in_(set(ids)), scope.devices(devices.c.id))
+
+
 async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, lock: bool = False) -> None:
     """NOT_FOUND unless every id names a device in scope (one query for a whole batch).
 
     `lock` takes FOR KEY SHARE on them until the transaction ends, as a foreign key check
     would: a concurrent delete of one of these devices waits, then sees the new rows."""
     wanted = set(ids)
-    stmt = select(devices.c.id).where(devices.c.id.in_(wanted), scope.devices(devices.c.id))
+    stmt = devices_in_scope(scope, ids)
     if lock:
         stmt = stmt.with_for_update(read=True, key_share=True)
     found = set((await db.execute(stmt)).scalars())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Select, func, literal_column, select
 
 from app.access.scope import Scope
 from app.db.transaction import BulkExecutor
@@ -20,7 +20,8 @@ from app.services.timeseries import (
     check_text,
     check_time,
     check_value,
-    time_page,
+    time_page_statement,
+    time_rows_page,
 )
 
 MAX_BATCH = 5000
@@ -107,16 +108,28 @@ async def list_measurements(
     db: BulkExecutor, scope: Scope, *, device_id: str, start: datetime | None, end: datetime | None,
     type: str | None, series: str | None, first: int | None, after: str | None, cap: int,
 ) -> Page[MeasurementRecord]:
-    check_range(start, end)
-    size = page_size(first, cap)
-    key = require_id(device_id, "device")
+    size, key = measurement_checks(device_id=device_id, start=start, end=end, first=first, cap=cap)
     await require_devices(db, scope, [key])
-    stmt = select(*COLUMNS).where(measurements.c.device_id == key)
+    stmt = measurement_page(key, start=start, end=end, type=type, series=series, after=after, size=size)
+    return time_rows_page((await db.execute(stmt)).all(), MeasurementRecord, size)
+
+
+def measurement_checks(*, device_id: str, start: datetime | None, end: datetime | None, first: int | None,
+                       cap: int) -> tuple[int, int]:
+    """The page size and the device (which must then be in scope: `require_devices`, or
+    `devices_in_scope` inside a compiled read, app.graphql.compiled)."""
+    check_range(start, end)
+    return page_size(first, cap), require_id(device_id, "device")
+
+
+def measurement_page(device_id: int, *, start: datetime | None, end: datetime | None, type: str | None,
+                     series: str | None, after: str | None, size: int) -> Select[Any]:
+    stmt = select(*COLUMNS).where(measurements.c.device_id == device_id)
     if type is not None:
         stmt = stmt.where(measurements.c.type == type)
     if series is not None:
         stmt = stmt.where(measurements.c.series == series)
-    return await time_page(db, stmt, measurements, MeasurementRecord, start=start, end=end, after=after, size=size)
+    return time_page_statement(stmt, measurements, start=start, end=end, after=after, size=size)
 
 
 async def measurement_series(
