@@ -533,3 +533,16 @@ def test_an_integer_cursor_needs_no_urlsafe_translation() -> None:
     rng = random.Random(7)
     for key in [0, 9, 10, 2**63 - 1, *range(20_000), *(rng.randrange(2**63) for _ in range(20_000))]:
         assert base64.b64encode(f"k:{key}".encode()).decode() == encode_cursor(key)
+
+
+async def test_a_get_request_is_compiled_too(api: Api, world: World, http: httpx.AsyncClient) -> None:
+    t = await world.tenant()
+    await api.gql('mutation { createDevice(input: {name: "g"}) { id } }', token=t.token, tenant=t.id)
+    answer = await http.get("/graphql", params={"query": "query Q($n: Int) { devices(first: $n) { edges { node "
+                                                         "{ name } } } }", "variables": '{"n": 5}'},
+                            headers={"authorization": f"Bearer {t.token}", "x-tenant-id": t.id,
+                                     "accept": "application/graphql-response+json"})
+    assert answer.status_code == 200
+    assert answer.headers[READ_PATH] == "compiled"
+    assert answer.headers["content-type"].startswith("application/graphql-response+json")
+    assert orjson.loads(answer.content) == {"data": {"devices": {"edges": [{"node": {"name": "g"}}]}}}
