@@ -13,6 +13,7 @@ from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
+from app.db.transaction import keep_connections, release_kept
 from app.services.metering import Meter
 from app.services.metrics import RequestMetrics
 from app.services.throttle import LoginThrottle
@@ -48,6 +49,8 @@ class Platform:
     @classmethod
     def create(cls, settings: Settings) -> Platform:
         db = Database.connect(settings)
+        # Requests keep a few clean connections between them (app.db.transaction._Kept).
+        keep_connections(db.app, limit=max(1, settings.pool_size // 2))
         metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
         return cls(
             settings=settings,
@@ -68,4 +71,5 @@ class Platform:
         )
 
     async def close(self) -> None:
+        await release_kept(self.db.app)
         await self.db.dispose()

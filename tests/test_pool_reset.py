@@ -27,3 +27,37 @@ async def test_an_open_transaction_is_rolled_back_when_its_connection_returns(pl
             assert status.name == "IDLE"
     finally:
         await engine.dispose()
+
+
+async def test_kept_connections_are_clean_reused_and_given_back(platform: Platform) -> None:
+    from app.db.transaction import _Kept, connect, keep_connections, release, release_kept
+
+    engine = make_engine(platform.db.owner.url.render_as_string(hide_password=False), pool_size=2, max_overflow=0)
+    keep_connections(engine, limit=1)
+    try:
+        conn = await connect(engine)
+        await driver_execute(conn, "BEGIN; SELECT set_config('search_path', 'nowhere', true); COMMIT")
+        await release(engine, conn)
+        again = await connect(engine)
+        assert again is conn  # kept, not checked in and out of the pool
+        raw = await again.get_raw_connection()
+        assert raw.driver_connection is not None
+        assert (await (await raw.driver_connection.execute("SHOW search_path")).fetchone()) != ("nowhere",)
+        # Still inside a transaction: never kept, the pool's reset rolls it back.
+        await driver_execute(again, "BEGIN")
+        await release(engine, again)
+        third = await connect(engine)
+        assert third is not again
+        raw = await third.get_raw_connection()
+        assert raw.driver_connection is not None
+        assert raw.driver_connection.info.transaction_status.name == "IDLE"
+        # Given back to the pool (as at shutdown, or after IDLE_SECONDS unused).
+        await release(engine, third)
+        await release_kept(engine)
+        fourth = await connect(engine)
+        assert fourth is not third
+        await fourth.close()
+    finally:
+        await release_kept(engine)
+        await engine.dispose()
+    assert _Kept.IDLE_SECONDS <= _Kept.LEASE_SECONDS

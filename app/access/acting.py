@@ -31,7 +31,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.transaction import Executor, Params, Transaction, connect, copy_in, discard, driver_execute
+from app.db.transaction import (
+    Executor,
+    Params,
+    Transaction,
+    connect,
+    copy_in,
+    discard,
+    driver_execute,
+    release,
+)
 from app.errors import CommitOutcomeUnknown
 from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 
@@ -159,7 +168,7 @@ class RequestTransaction:
             if commit:
                 self._finished = True
                 conn, self._conn = self._conn, None
-                await conn.close()
+                await release(self._engine, conn)
             return values
 
     async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
@@ -223,7 +232,9 @@ class RequestTransaction:
             except BaseException:
                 await discard(conn)
                 raise
-            await conn.close()
+            if conn.in_transaction():  # SQLAlchemy's bookkeeping only: the database's transaction ended above
+                await conn.rollback()
+            await release(self._engine, conn)
 
 
 async def _usable(conn: AsyncConnection) -> bool:
