@@ -152,8 +152,7 @@ class RequestTransaction:
                 self._plane = plane
             steps += setup
             commit = last and not self._always
-            raw = await self._conn.get_raw_connection()
-            driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+            driver = await _driver(self._conn)
             query = "; ".join([*steps, sql, *(["COMMIT"] if commit else [])])
             pgconn = driver.pgconn
             pgconn.send_query(query.encode())
@@ -235,6 +234,18 @@ class RequestTransaction:
             if conn.in_transaction():  # SQLAlchemy's bookkeeping only: the database's transaction ended above
                 await conn.rollback()
             await release(self._engine, conn)
+
+
+async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under `conn`: read directly when SQLAlchemy holds it (no greenlet
+    hop), else through get_raw_connection (which also revalidates)."""
+    sync = conn.sync_connection
+    dbapi = getattr(sync, "_dbapi_connection", None) if sync is not None else None
+    driver = getattr(dbapi, "driver_connection", None)
+    if driver is None:
+        driver = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    return driver
 
 
 async def _usable(conn: AsyncConnection) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -54,6 +54,8 @@ class AccessGate:
     in_flight: InFlight
     api_token_use: credentials.LastUsed
     clock: Callable[[], datetime]
+    # Principals of verified tokens (a SPA sends the same token with every request).
+    principals: dict[str, tuple[object, Principal]] = field(default_factory=dict)
 
     async def operator(self, db: Executor, tenant_id: str = MANAGEMENT_TENANT_ID) -> Routed:
         """The shell operator (`tenantry …` commands, who hold the database credentials anyway)
@@ -94,10 +96,18 @@ class RequestAccess:
             token = credentials.bearer(self.authorization)
             if credentials.is_device_token(token) or credentials.is_api_token(token):
                 raise Forbidden("this needs a user's access token, not a device or API token")
-            claims = self.gate.access_tokens.verify(token)
-            self._principal = Principal(user_id=UUID(claims.user_id), default_tenant_id=claims.default_tenant_id,
-                                        token_id=claims.token_id, reach=Reach.decode(claims.reach),
-                                        session_family=UUID(claims.family) if claims.family else None)
+            claims = self.gate.access_tokens.verify(token)  # cached while valid, expiry checked each time
+            known = self.gate.principals.get(token)
+            if known is not None and known[0] is claims:  # the same verified claims: the same principal
+                self._principal = known[1]
+            else:
+                self._principal = Principal(
+                    user_id=UUID(claims.user_id), default_tenant_id=claims.default_tenant_id,
+                    token_id=claims.token_id, reach=Reach.decode(claims.reach),
+                    session_family=UUID(claims.family) if claims.family else None)
+                if len(self.gate.principals) >= 10_000:
+                    self.gate.principals.clear()
+                self.gate.principals[token] = (claims, self._principal)
         return self._principal
 
     @property
