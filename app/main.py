@@ -25,7 +25,7 @@ from app.db.transaction import Executor
 from app.errors import AppError
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
-from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint
+from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
 from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
 from app.http.tracing import configure_tracing
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             expose_headers=["x-request-id", "retry-after"],
             max_age=600,
         ))
+    middleware.append(Middleware(GraphQLLane, endpoint=endpoint))  # /graphql itself, past the router
     static = [Mount("/graphiql", StaticFiles(directory=GRAPHIQL_DIR), name="graphiql")] if settings.graphiql else []
     app = Starlette(
         routes=[*static,
