@@ -250,3 +250,21 @@ async def test_the_meter_flushes_more_tenants_than_one_statement_takes(platform:
     finally:
         async with platform.db.owner.begin() as conn:
             await conn.execute(text("DELETE FROM tenantry.usage_daily WHERE tenant_id LIKE 'tflush%'"))
+
+
+async def test_subtenant_usage_sums_large_counters_exactly(api: Api, world: World, platform: Platform) -> None:
+    """The summary sums counters as float8 for speed: exact for totals below 2**53."""
+    ent = await world.tenant(kind="ENTERPRISE")
+    child = await world.tenant(ent)
+    big = 2**51 + 1  # odd: a rounding sum would lose the last unit
+    async with platform.db.owner.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, measurements_created_count) "
+            "VALUES (:t, :d, :big, 3), (:t, :d2, :big, 4), (:t, :d3, 1, 5)"),
+            {"t": child.id, "big": big, "d": TODAY - timedelta(days=3), "d2": TODAY - timedelta(days=2),
+             "d3": TODAY - timedelta(days=1)})
+    month = {"f": (TODAY - timedelta(days=29)).isoformat(), "t": TODAY.isoformat()}
+    rows = (await api.gql(SUMMARY, month, token=ent.token, tenant=ent.id)).data["subtenantUsage"]
+    (row,) = [r for r in rows if r["tenantId"] == child.id]
+    assert row["requestCount"] == 2 * big + 1
+    assert row["measurementsCreatedCount"] == 12
