@@ -86,8 +86,8 @@ if TYPE_CHECKING:
 
 _DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 _MAX_KEYS = 50  # json_build_object takes at most 100 arguments
-_ISO = ("to_char({c} AT TIME ZONE 'UTC', CASE WHEN mod(extract(microseconds FROM {c} AT TIME ZONE 'UTC')::bigint, "
-        "1000000) = 0 THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"' ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"' END)")
+# datetime.isoformat() of a UTC time: six fractional digits, none at all when they are all zero.
+_ISO = "replace(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), '.000000+', '+')"
 # encode_cursor of an integer key: urlsafe base64 of "k:<digits>". Plain base64 is the same
 # here: no 6-bit group of "k", ":" and ASCII digits reaches 62 or 63 ("+", "/"), and a 64-bit
 # key gives at most 28 characters, far below the 76 at which PostgreSQL wraps lines.
