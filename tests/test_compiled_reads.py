@@ -89,9 +89,10 @@ GROUP_LEAVES = ["id", "name", "parentId", "createdAt", "__typename"]
 
 
 class Generator:
-    def __init__(self, rng: random.Random, ids: dict[str, str]) -> None:
+    def __init__(self, rng: random.Random, ids: dict[str, str], tenants: tuple[str, ...] = ()) -> None:
         self.rng = rng
         self.ids = ids
+        self.tenants = tenants  # ids for tenantById: own, parent, unknown
         self.variables: dict[str, Any] = {}
         self.definitions: dict[str, str] = {}
         self.fragments: dict[str, str] = {}
@@ -185,7 +186,21 @@ class Generator:
     def root(self) -> str:
         rng = self.rng
         kind = rng.choice(["device", "device", "devices", "devices", "devices", "group", "groups", "alarms",
-                           "events", "operations", "tenant", "usage", "measurements", "measurements"])
+                           "events", "operations", "tenant", "usage", "measurements", "measurements", "series",
+                           "tenantById"])
+        if kind == "tenantById":
+            self.variables["tid"] = rng.choice([*self.tenants, "t999999999", "nope"])
+            self.definitions["tid"] = "ID!"
+            return f"{self.name('tenantById')}(id: $tid) {{ {' '.join(self.leaves(TENANT_FIELDS))} }}"
+        if kind == "series":
+            device = rng.choice([self.ids["gw"], self.ids["d-east"], self.ids["d-west"], "abc"])
+            span = rng.choice(['from: "2026-01-01T00:00:00Z", to: "2026-01-02T00:00:00Z"',
+                               'from: "2026-01-01T00:00:00Z", to: "2026-01-01T00:00:03Z", interval: MINUTE',
+                               'from: "2026-01-02T00:00:00Z", to: "2026-01-01T00:00:00Z"',
+                               'from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: MINUTE'])
+            extra = rng.choice(["", ', type: "c"', ', series: "s2"'])
+            fields = " ".join(self.leaves(["series", "bucket", "min", "max", "avg", "count", "sum", "__typename"]))
+            return f'{self.name("measurementSeries")}(deviceId: "{device}", {span}{extra}) {{ {fields} }}'
         if kind == "tenant":
             return f"{self.name('tenant')} {{ {' '.join(self.leaves(TENANT_FIELDS))} }}"
         if kind == "usage":
@@ -352,7 +367,7 @@ async def test_compiled_and_generic_paths_answer_alike(api: Api, world: World, h
     answered = total = 0
     for round_ in range(2):
         documents = [*((q, {"id": ids["d-east"]} if "$id" in q else {}) for q in README_EXAMPLES),
-                     *(Generator(rng, ids).document() for _ in range(70))]
+                     *(Generator(rng, ids, (t.id, parent.id)).document() for _ in range(70))]
         for query, variables in documents:
             for token in callers.values():
                 answered += await both(http, app, token, t.id, query, variables)
@@ -546,3 +561,28 @@ async def test_a_get_request_is_compiled_too(api: Api, world: World, http: httpx
     assert answer.headers[READ_PATH] == "compiled"
     assert answer.headers["content-type"].startswith("application/graphql-response+json")
     assert orjson.loads(answer.content) == {"data": {"devices": {"edges": [{"node": {"name": "g"}}]}}}
+
+
+async def test_a_cancelled_resolver_does_not_cancel_its_siblings_shared_load(api: Api, world: World, app: Starlette,
+                                                                           http: httpx.AsyncClient) -> None:
+    """Found by the corpus: two resolvers awaiting one DataLoader future (the same device's
+    groups), one of them cancelled by graphql-core because a sibling non-null field failed
+    (`parent.alarms(first: 101)`), made the other raise CancelledError out of the whole request:
+    a 500 without a GraphQL body."""
+    t = await world.tenant()
+    group = (await api.gql('mutation { createGroup(name: "g") { id } }', token=t.token, tenant=t.id)
+             ).data["createGroup"]["id"]
+    parent = (await api.gql('mutation($g: ID!) { createDevice(input: {name: "p", groupId: $g}) { id } }',
+                            {"g": group}, token=t.token, tenant=t.id)).data["createDevice"]["id"]
+    child = (await api.gql('mutation($p: ID!) { createDevice(input: {name: "c", parentId: $p}) { id } }',
+                           {"p": parent}, token=t.token, tenant=t.id)).data["createDevice"]["id"]
+    query = """query($d: ID!) { device(id: $d) { parent { alarms(first: 101) { id } groups { id } } }
+        devices { edges { node { name groups { name } } } } }"""
+    with generic_path(app):
+        for _ in range(10):
+            answer = await post(http, t.token, t.id, query, {"d": child})
+            body = orjson.loads(answer.content)
+            assert body["data"]["device"] == {"parent": None}, body
+            assert [e["extensions"]["code"] for e in body["errors"]] == ["INVALID_INPUT"]
+            assert body["data"]["devices"]["edges"] == [{"node": {"name": "p", "groups": [{"name": "g"}]}},
+                                                        {"node": {"name": "c", "groups": []}}]

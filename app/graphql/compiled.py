@@ -118,6 +118,7 @@ class _Statement:
         self.setup: list[str] = []  # statements of the same transaction to run first (settings)
         self.management: Any = None  # the request's management plane (lookups a root makes first)
         self.registry: Any = None
+        self.platform: Any = None
         self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
         # Conditions the generic path checks first (a device in scope): if one fails, the
         # request takes the generic path, in the same (read-only) transaction, for its error.
@@ -296,6 +297,8 @@ _FIELDS: dict[str, dict[str, Resolve]] = {
     "Measurement": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
                     "type": _column("type"), "series": _column("series"), "value": _column("value"),
                     "unit": _column("unit")},
+    "SeriesPoint": {"series": _column("series"), "bucket": _column("bucket", _ISO), "min": _column("min"),
+                    "max": _column("max"), "avg": _column("avg"), "count": _column("count"), "sum": _column("sum")},
     "Operation": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "status": _column("status"),
                   "description": _column("description"), "payload": _column("payload"),
                   "failureReason": _column("failure_reason"), "createdAt": _column("created_at", _ISO),
@@ -516,6 +519,25 @@ def _root_measurements(q: _Statement, field: GraphQLField, details: list[FieldDe
     return _connection(q, field, details, _Page(q.clause(stmt), size, ("time", "id"), _time_cursor))
 
 
+def _root_measurement_series(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    args = q.arguments(field, details)
+    key = _checked(lambda: measurement_service.series_checks(
+        device_id=args["deviceId"], start=args["from"], end=args["to"], interval=args["interval"].value))
+    stmt = measurement_service.series_statement(key, start=args["from"], end=args["to"],
+                                                interval=args["interval"].value, type=args.get("type"),
+                                                series=args.get("series"))
+    q.guards.append(f"EXISTS ({q.clause(inventory.devices_in_scope(q.scope, [key]))})")
+    b = q.alias("b")
+    return (f"COALESCE((SELECT json_agg({q.object(_named(field), details, b)} ORDER BY {b}.series, {b}.bucket) "
+            f"FROM ({q.clause(stmt)}) {b}), '[]'::json)")
+
+
+async def _root_tenant_by_id(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    """`tenantById`: the caller's own tenant or a descendant it administers, else null (as its resolver)."""
+    record = await tenant_service.visible_tenant(q.platform, q.management, q.routed, q.arguments(field, details)["id"])
+    return _tenant_literal(q, field, details, record) if record is not None else "NULL::json"
+
+
 def _root_tenants(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     from app.graphql.types.tenants import TenantFilter, tenant_filter  # the resolver's own conversion
 
@@ -531,7 +553,10 @@ def _root_tenants(q: _Statement, field: GraphQLField, details: list[FieldDetails
 def _root_tenant(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     """`tenant`: the routed tenant's record as the gate holds it (the generic resolver reads no
     table either), written as a JSON literal."""
-    record = q.routed.tenant
+    return _tenant_literal(q, field, details, q.routed.tenant)
+
+
+def _tenant_literal(q: _Statement, field: GraphQLField, details: list[FieldDetails], record: Any) -> str:
     values: dict[str, Any] = {}
     for response_name, field_details in q.subfields(_named(field), details).items():
         name = field_details[0].node.name.value
@@ -568,11 +593,13 @@ _ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]],
     "alarms": (_root_alarms, DEVICES_READ, TENANT),
     "events": (_root_events, DEVICES_READ, TENANT),
     "measurements": (_root_measurements, DEVICES_READ, TENANT),
+    "measurementSeries": (_root_measurement_series, DEVICES_READ, TENANT),
     "operations": (_root_operations, f"{DEVICES_READ}|{OPERATIONS_DEVICE}", TENANT),
     "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
     "usage": (_root_usage, "", MANAGEMENT),
     "tenant": (_root_tenant, "", ANY),
     "tenants": (_root_tenants, "", MANAGEMENT),
+    "tenantById": (_root_tenant_by_id, "", ANY),
 }
 # Connection types answered by `_connection`, with the fields it knows.
 _CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
@@ -734,7 +761,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     query_type = schema.query_type
     assert query_type is not None
     q = _Statement(schema, plan.operation, plan.fragments, coerced, routed, context.cap)
-    q.management, q.registry = context.management_db, context.platform.registry
+    q.management, q.registry, q.platform = context.management_db, context.platform.registry, context.platform
     roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
     if len(roots) > _MAX_KEYS:
         raise Fallback

@@ -20,7 +20,7 @@ from app.access.gate import RequestAccess
 from app.access.principal import Principal, Routed
 from app.access.scope import Scope
 from app.errors import Forbidden
-from app.graphql.loaders import Loaders, build_loaders
+from app.graphql.loaders import Loaders, SharedLoader, build_loaders
 from app.platform import Platform
 from app.services.data_plane import Plane
 from app.services.usage import LimitUsage, limit_usage
@@ -106,7 +106,7 @@ class Context:
                 found = await limit_usage(self.management_db, ids)
                 return [found[i] for i in ids]
 
-            self._limit_usage = DataLoader(load_fn=load)
+            self._limit_usage = SharedLoader(load_fn=load)
         return self._limit_usage
 
     @property

@@ -6,6 +6,7 @@ caller's scope, so a loader can never return more than the caller could query di
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ V = TypeVar("V")
 AlarmKey = tuple[int, tuple[str, ...], int]  # device id, statuses, limit
 
 
+class SharedLoader(DataLoader[K, V]):
+    """A DataLoader whose futures survive one waiter's cancellation.
+
+    Resolvers asking for the same key await the same future. When graphql-core cancels one of
+    them (a sibling non-null field failed), asyncio cancels the future that task awaits, and every
+    other resolver awaiting it then raised CancelledError out of the whole request (found by
+    tests/test_compiled_reads.py's corpus). Each waiter gets a shield of its own."""
+
+    def load(self, key: K) -> Awaitable[V]:
+        return asyncio.shield(super().load(key))
+
+
 @dataclass(frozen=True)
 class Loaders:
     groups_by_device: DataLoader[int, list[GroupRecord]]
@@ -40,7 +53,7 @@ def _many(fetch: Callable[[Sequence[int]], Awaitable[dict[int, list[V]]]]) -> Da
         found = await fetch(keys)
         return [found.get(k, []) for k in keys]
 
-    return DataLoader(load_fn=load)
+    return SharedLoader(load_fn=load)
 
 
 def build_loaders(db: Callable[[], Awaitable[BulkExecutor]], scope: Callable[[], Awaitable[Scope]]) -> Loaders:
@@ -73,6 +86,6 @@ def build_loaders(db: Callable[[], Awaitable[BulkExecutor]], scope: Callable[[],
         groups_by_device=_many(groups),
         children_by_device=_many(children),
         external_ids_by_device=_many(external_ids),
-        device_by_id=DataLoader(load_fn=devices),
-        alarms_by_device=DataLoader(load_fn=alarms),
+        device_by_id=SharedLoader(load_fn=devices),
+        alarms_by_device=SharedLoader(load_fn=alarms),
     )

@@ -137,18 +137,33 @@ async def measurement_series(
     type: str | None, series: str | None,
 ) -> list[SeriesBucket]:
     """min/max/avg/count/sum per series and MINUTE/HOUR/DAY bucket, computed by PostgreSQL."""
+    key = series_checks(device_id=device_id, start=start, end=end, interval=interval)
+    await require_devices(db, scope, [key])
+    rows: list[Any] = list((await db.execute(series_statement(key, start=start, end=end, interval=interval,
+                                                               type=type, series=series))).all())
+    return [SeriesBucket(series=r[0], bucket=r[1], min=r[2], max=r[3], avg=float(r[4]), count=int(r[5]), sum=r[6])
+            for r in rows]
+
+
+def series_checks(*, device_id: str, start: datetime, end: datetime, interval: str) -> int:
+    """The device of a measurementSeries (which must then be in scope), after the range checks."""
     check_range(start, end)
     if interval not in INTERVALS:
         raise InvalidInput("interval must be MINUTE, HOUR or DAY", field="interval")
     if (end - start) / INTERVALS[interval] > MAX_BUCKETS:
         raise InvalidInput(f"at most {MAX_BUCKETS} buckets per query: use a coarser interval or shorter range",
                            field="interval", cap=MAX_BUCKETS)
-    key = require_id(device_id, "device")
-    await require_devices(db, scope, [key])
+    return require_id(device_id, "device")
+
+
+def series_statement(key: int, *, start: datetime, end: datetime, interval: str, type: str | None,
+                     series: str | None) -> Select[Any]:
+    """One row per series and bucket (also compiled into a read's JSON: app.graphql.compiled)."""
     bucket = func.date_trunc(literal_column(f"'{interval.lower()}'"), measurements.c.time).label("bucket")
-    stmt: Any = (
-        select(measurements.c.series, bucket, func.min(measurements.c.value), func.max(measurements.c.value),
-               func.avg(measurements.c.value), func.count(), func.sum(measurements.c.value))
+    stmt: Select[Any] = (
+        select(measurements.c.series, bucket, func.min(measurements.c.value).label("min"),
+               func.max(measurements.c.value).label("max"), func.avg(measurements.c.value).label("avg"),
+               func.count().label("count"), func.sum(measurements.c.value).label("sum"))
         .where(measurements.c.device_id == key, measurements.c.time >= start, measurements.c.time < end)
         .group_by(measurements.c.series, bucket).order_by(measurements.c.series, bucket)
     )
@@ -156,6 +171,4 @@ async def measurement_series(
         stmt = stmt.where(measurements.c.type == type)
     if series is not None:
         stmt = stmt.where(measurements.c.series == series)
-    rows: list[Any] = list((await db.execute(stmt)).all())
-    return [SeriesBucket(series=r[0], bucket=r[1], min=r[2], max=r[3], avg=float(r[4]), count=int(r[5]), sum=r[6])
-            for r in rows]
+    return stmt
