@@ -72,15 +72,22 @@ class Provisioned:
     admin: AdminOutcome
 
 
-def _grants_sql(schema: str, role: str, app_role: str) -> str:
+def _default_privileges_sql(schema: str, role: str) -> str:
+    """Set before the DDL: every table and sequence it creates is granted to the tenant role as it
+    is created. `GRANT … ON ALL TABLES IN SCHEMA` afterwards scanned all of pg_class, which grows
+    with every tenant (336 ms a call at 8,000 tenants: issue 14's measurement)."""
     return f"""
         GRANT USAGE ON SCHEMA {schema} TO {role};
-        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};
-        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role};
-        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role};
-        REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role};
         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role};
+    """
+
+
+def _grants_sql(schema: str, role: str, app_role: str) -> str:
+    """After the DDL: what the default privileges must not give, and the app role's membership."""
+    return f"""
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role};
+        REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role};
         GRANT {role} TO {app_role};
     """
 
@@ -90,7 +97,7 @@ async def build_schema(tx: Transaction, *, schema: str, role: str, ddl_sql: str,
     """Role, schema, the tenant DDL at head, and grants (the expensive part of provisioning)."""
     await tx.exec_driver_sql(f"CREATE ROLE {role} {'LOGIN' if login else 'NOLOGIN'} NOINHERIT")
     on_step("role")
-    await tx.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    await tx.exec_driver_sql(f"CREATE SCHEMA {schema}; {_default_privileges_sql(schema, role)}")
     on_step("schema")
     await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true); {ddl_sql}")
     on_step("ddl")
