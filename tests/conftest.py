@@ -178,6 +178,18 @@ class World:
             assert result.data["setMemberGroups"]["groupIds"] == sorted(group_ids, key=int)
         return str(user_id), await self.api.token(email, PASSWORD, tenant.id)
 
+    async def subtree_admin(self, ancestor: TenantHandle) -> tuple[str, str]:
+        """A new user with a SUBTREE ADMIN membership on `ancestor` (parent-level access to its
+        descendants); returns (user id, access token logged into the ancestor)."""
+        email = f"{unique('subtree')}@member.test"
+        async with self.platform.db.owner.begin() as conn:
+            user_id = (await conn.execute(text(
+                "INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h) RETURNING id"),
+                {"e": email, "h": await self.platform.passwords.hash(PASSWORD)})).scalar_one()
+            await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role, scope) "
+                                    "VALUES (:u, :t, 'ADMIN', 'SUBTREE')"), {"u": user_id, "t": ancestor.id})
+        return str(user_id), await self.api.token(email, PASSWORD, ancestor.id)
+
     async def tenant(self, parent: TenantHandle | None = None, *, kind: str = "STANDARD",
                      **fields: Any) -> TenantHandle:
         domain = unique(kind.lower()[:3])

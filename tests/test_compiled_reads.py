@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,19 +27,10 @@ from app.platform import Platform
 from app.services.pagination import encode_cursor
 from app.services.timeseries import encode_time_cursor
 from app.settings import Settings
-from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
+from bench.common import generic_path
+from tests.conftest import Api, TenantHandle, World
 
 READ_PATH = "tenantry-read-path"
-
-
-@contextmanager
-def generic_path(app: Starlette) -> Iterator[None]:
-    endpoint = app.state.graphql
-    planner, endpoint.planner = endpoint.planner, None
-    try:
-        yield
-    finally:
-        endpoint.planner = planner
 
 
 def canonical(value: Any) -> Any:
@@ -348,15 +337,7 @@ async def test_compiled_and_generic_paths_answer_alike(api: Api, world: World, h
     _, scoped = await world.member(t, "MANAGER", group_ids=[ids["east"]])
     device_token = (await api.gql("mutation($d: ID!) { createDeviceToken(deviceId: $d) { token } }",
                                   {"d": ids["d-east"]}, token=t.token, tenant=t.id)).data["createDeviceToken"]["token"]
-    # A parent-level ADMIN: a SUBTREE membership on the parent, reaching t (parentAccess FULL).
-    email = f"{unique('parent')}@compiled.test"
-    async with platform.db.owner.begin() as conn:
-        user_id = (await conn.execute(text("INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h) "
-                                           "RETURNING id"), {"e": email, "h": await platform.passwords.hash(PASSWORD)})
-                   ).scalar_one()
-        await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role, scope) "
-                                "VALUES (:u, :t, 'ADMIN', 'SUBTREE')"), {"u": user_id, "t": parent.id})
-    parent_level = await api.token(email, PASSWORD, parent.id)
+    _, parent_level = await world.subtree_admin(parent)  # reaches t: its parentAccess is FULL
     async with platform.db.owner.begin() as conn:  # usage on two of the days `usage` asks for
         await conn.execute(text("INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, device_count, "
                                 "storage_size, events_updated_count) VALUES (:t, '2026-03-02', 7, 3, 8192, 2), "
@@ -518,14 +499,7 @@ async def test_compiled_reads_are_metered_and_parent_level_ones_audited(api: Api
     parent = await world.tenant(kind="ENTERPRISE")
     t = await world.tenant(parent)
     await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=t.token, tenant=t.id)
-    email = f"{unique('support')}@compiled.test"
-    async with platform.db.owner.begin() as conn:
-        user_id = (await conn.execute(text("INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h) "
-                                           "RETURNING id"), {"e": email, "h": await platform.passwords.hash(PASSWORD)})
-                   ).scalar_one()
-        await conn.execute(text("INSERT INTO tenantry.memberships (user_id, tenant_id, role, scope) "
-                                "VALUES (:u, :t, 'ADMIN', 'SUBTREE')"), {"u": user_id, "t": parent.id})
-    support = await api.token(email, PASSWORD, parent.id)
+    user_id, support = await world.subtree_admin(parent)
     await platform.meter.flush()
     before = platform.meter.pending
     for token in (t.token, support, support):
@@ -536,7 +510,7 @@ async def test_compiled_reads_are_metered_and_parent_level_ones_audited(api: Api
     async with platform.db.owner.connect() as conn:
         audited = (await conn.execute(text("SELECT count(*) FROM tenantry.audit_log WHERE tenant_id = :t AND "
                                            "action = 'parent_access' AND actor_id = :u"),
-                                      {"t": t.id, "u": str(user_id)})).scalar_one()
+                                      {"t": t.id, "u": user_id})).scalar_one()
     assert audited == 2  # each parent-level read, kept with the read's own transaction
 
 

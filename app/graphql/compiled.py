@@ -107,18 +107,17 @@ class Fallback(Exception):
 
 class _Statement:
     def __init__(self, schema: GraphQLSchema, operation: OperationDefinitionNode,
-                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed, cap: int) -> None:
+                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed,
+                 context: Context) -> None:
         self.schema = schema
         self.routed = routed
+        self.context = context  # the request's management plane and platform (lookups a root makes first)
         self.operation = operation
         self.fragments = fragments
         self.variables = variables
         self.scope = routed.scope
-        self.cap = cap
+        self.cap = context.cap
         self.setup: list[str] = []  # statements of the same transaction to run first (settings)
-        self.management: Any = None  # the request's management plane (lookups a root makes first)
-        self.registry: Any = None
-        self.platform: Any = None
         self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
         # Conditions the generic path checks first (a device in scope): if one fails, the
         # request takes the generic path, in the same (read-only) transaction, for its error.
@@ -341,7 +340,8 @@ class _Page:
     size: int
     key: tuple[str, ...]  # the columns of the order: ("id",) or ("time", "id")
     cursor: Callable[[str], str]  # a row's cursor, as SQL on the row alias given
-    count: str | None = None  # totalCount as SQL (None: null, as the generic path answers)
+    # totalCount's statement, built only when the selection asks for it (None: null, as the generic path)
+    count: Callable[[], ClauseElement] | None = None
 
 
 def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails], page: _Page) -> str:
@@ -387,7 +387,7 @@ def _connection(q: _Statement, field: GraphQLField, details: list[FieldDetails],
                                       f"FILTER (WHERE {e}._n <= {size}))[1]")
             expr = f"json_build_object({', '.join(info_parts)})"
         else:  # totalCount
-            expr = f"({page.count})" if page.count is not None else "NULL::int"
+            expr = f"({q.clause(page.count())})" if page.count is not None else "NULL::int"
         parts.append(f"'{response_name}', {expr}")
     if len(parts) > _MAX_KEYS:
         raise Fallback
@@ -411,11 +411,6 @@ def _checked(build: Callable[[], Any]) -> Any:
         raise Fallback from exc
 
 
-def _counted(field: GraphQLField, details: list[FieldDetails], q: _Statement) -> bool:
-    """Whether the selection asks for totalCount (the count runs only then, as in the generic path)."""
-    return any(d[0].node.name.value == "totalCount" for d in q.subfields(_named(field), details).values())
-
-
 def _root_devices(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     from app.graphql.types.devices import DeviceFilter, _filter  # the resolver's own conversion (and errors)
 
@@ -425,17 +420,22 @@ def _root_devices(q: _Statement, field: GraphQLField, details: list[FieldDetails
                                  if given is not None else None))
     stmt, size = _checked(lambda: inventory.device_page(q.scope, filter=f, first=args.get("first"),
                                                         after=args.get("after"), cap=q.cap))
-    count = q.clause(inventory.count_statement(q.scope, f)) if _counted(field, details, q) else None
-    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor, count))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _int_cursor,
+                                                lambda: inventory.count_statement(q.scope, f)))
 
 
-def _root_device(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _by_id(q: _Statement, field: GraphQLField, details: list[FieldDetails], table: str) -> str:
+    """device(id) / group(id): the row in scope, or null (an id that parses as none names nothing)."""
     key = parse_id(q.arguments(field, details)["id"])
     if key is None:
         return "NULL::json"
-    d = q.alias("d")
-    return (f"(SELECT {q.object(_named(field), details, d)} FROM devices {d} WHERE {d}.id = {q.bind(key)} "
-            f"AND {_scope_sql(q.scope, 'devices', f'{d}.id')})")
+    r = q.alias(table[0])
+    return (f"(SELECT {q.object(_named(field), details, r)} FROM {table} {r} WHERE {r}.id = {q.bind(key)} "
+            f"AND {_scope_sql(q.scope, table, f'{r}.id')})")
+
+
+def _root_device(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    return _by_id(q, field, details, "devices")
 
 
 def _root_groups(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -478,12 +478,7 @@ def _root_events(q: _Statement, field: GraphQLField, details: list[FieldDetails]
 
 
 def _root_group(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
-    key = parse_id(q.arguments(field, details)["id"])
-    if key is None:
-        return "NULL::json"
-    g = q.alias("g")
-    return (f"(SELECT {q.object(_named(field), details, g)} FROM groups {g} WHERE {g}.id = {q.bind(key)} "
-            f"AND {_scope_sql(q.scope, 'groups', f'{g}.id')})")
+    return _by_id(q, field, details, "groups")
 
 
 def _root_subtenant_usage(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -534,7 +529,9 @@ def _root_measurement_series(q: _Statement, field: GraphQLField, details: list[F
 
 async def _root_tenant_by_id(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     """`tenantById`: the caller's own tenant or a descendant it administers, else null (as its resolver)."""
-    record = await tenant_service.visible_tenant(q.platform, q.management, q.routed, q.arguments(field, details)["id"])
+    ctx = q.context
+    record = await tenant_service.visible_tenant(ctx.platform, ctx.management_db, q.routed,
+                                                 q.arguments(field, details)["id"])
     return _tenant_literal(q, field, details, record) if record is not None else "NULL::json"
 
 
@@ -546,8 +543,8 @@ def _root_tenants(q: _Statement, field: GraphQLField, details: list[FieldDetails
     f = tenant_filter(TenantFilter(**{to_snake_case(k): v for k, v in given.items()}) if given is not None else None)
     stmt, size = _checked(lambda: tenant_service.subtree_page(q.routed, first=args.get("first"),
                                                               after=args.get("after"), cap=q.cap, filter=f))
-    count = q.clause(tenant_service.count_subtree_statement(q.routed)) if _counted(field, details, q) else None
-    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _text_cursor, count))
+    return _connection(q, field, details, _Page(q.clause(stmt), size, ("id",), _text_cursor,
+                                                lambda: tenant_service.count_subtree_statement(q.routed)))
 
 
 def _root_tenant(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -571,7 +568,8 @@ def _tenant_literal(q: _Statement, field: GraphQLField, details: list[FieldDetai
 async def _root_usage(q: _Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
     args = q.arguments(field, details)
     try:
-        record = await usage_service.readable_tenant(q.management, q.routed, args.get("tenantId"), q.registry)
+        record = await usage_service.readable_tenant(q.context.management_db, q.routed, args.get("tenantId"),
+                                                     q.context.platform.registry)
         stmt = usage_service.daily_statement(tenant_id=record.id, start=args["from"], end=args["to"])
     except AppError as exc:
         raise Fallback from exc
@@ -760,8 +758,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     assert routed is not None
     query_type = schema.query_type
     assert query_type is not None
-    q = _Statement(schema, plan.operation, plan.fragments, coerced, routed, context.cap)
-    q.management, q.registry, q.platform = context.management_db, context.platform.registry, context.platform
+    q = _Statement(schema, plan.operation, plan.fragments, coerced, routed, context)
     roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
     if len(roots) > _MAX_KEYS:
         raise Fallback
