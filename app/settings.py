@@ -97,6 +97,8 @@ class Settings:
     copy_inline_rows: int = 50_000
     # Read queries the planner can answer in SQL alone skip GraphQL execution (app.graphql.compiled).
     compiled_reads: bool = True
+    # Operator's allow-list of GraphQL documents (app.http.persisted); unset → any document.
+    trusted_documents: Path | None = None
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
@@ -157,6 +159,7 @@ class Settings:
             public_url=public_url,
             copy_inline_rows=_int(env, "TENANTRY_COPY_INLINE_ROWS", 50_000),
             compiled_reads=_bool(env.get("TENANTRY_COMPILED_READS"), True),
+            trusted_documents=Path(trusted) if (trusted := env.get("TENANTRY_TRUSTED_DOCUMENTS")) else None,
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),

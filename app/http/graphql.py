@@ -31,6 +31,7 @@ from app.errors import AppError, CommitOutcomeUnknown, Unavailable
 from app.graphql import compiled
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
+from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
 from app.http.tracing import annotate
 from app.logs import BufferedLineHandler
 from app.platform import Platform
@@ -94,6 +95,8 @@ class GraphQLEndpoint:
         settings = platform.settings
         self.planner = compiled.Planner(schema._schema, max_tokens=settings.max_query_tokens,
                                         extra_rules=schema.extra_validation_rules) if settings.compiled_reads else None
+        trusted = load_trusted(settings.trusted_documents) if settings.trusted_documents else None
+        self.persisted = PersistedQueries(trusted=trusted)
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
@@ -141,9 +144,15 @@ class GraphQLEndpoint:
                 return HTMLResponse(self._ide_html)
             media_type = _negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
+            extensions = payload.get("extensions")
+            if extensions is not None and not isinstance(extensions, dict):
+                raise RequestError(400, "'extensions' must be a JSON object")
+            payload["query"] = self.persisted.resolve(payload.get("query"), extensions)
             query, variables, operation_name = _unpack(payload)
         except RequestError as exc:
             return _error_response(exc.status, exc.message, JSON, exc.headers)
+        except PersistedQueryError as exc:
+            return _error_response(exc.status, exc.message, media_type, code=exc.code)
         allowed = {OperationType.QUERY} if request.method == "GET" else {
             OperationType.QUERY, OperationType.MUTATION}
         context = Context.of(
@@ -365,9 +374,6 @@ def _unpack(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | 
     query = payload.get("query")
     variables = payload.get("variables")
     operation_name = payload.get("operationName")
-    extensions = payload.get("extensions")
-    if extensions is not None and not isinstance(extensions, dict):
-        raise RequestError(400, "'extensions' must be a JSON object")
     if not isinstance(query, str) or not query.strip():
         raise RequestError(400, "'query' must be a non-empty string")
     if variables is not None and not isinstance(variables, dict):
