@@ -28,6 +28,9 @@ from app.settings import Settings
 from app.tenancy.naming import MANAGEMENT_TENANT_ID
 from app.tenancy.registry import TenantRecord
 
+# uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated): subscriptions.
+WEBSOCKETS = "websockets-sansio"
+
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -69,13 +72,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes build their own app from the environment; the registry cache's
         # one-second TTL keeps them in step (a suspension reaches every worker within it).
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
-                    proxy_headers=True, access_log=False)
+                    proxy_headers=True, access_log=False, ws=WEBSOCKETS)
     else:
         from app.entry import stop_requested
 
         # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
         uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
-                    proxy_headers=True, access_log=False)
+                    proxy_headers=True, access_log=False, ws=WEBSOCKETS)
     return 0
 
 

@@ -14,6 +14,7 @@ from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
 from app.db.transaction import keep_connections, release_kept
+from app.realtime.hub import Hub
 from app.services.metering import Meter
 from app.services.metrics import RequestMetrics
 from app.services.throttle import LoginThrottle
@@ -38,6 +39,7 @@ class Platform:
     # Background work started by requests (copy jobs): referenced here so it is not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     gate: AccessGate = field(init=False)
+    realtime: Hub = field(init=False)
 
     def __post_init__(self) -> None:
         self.gate = AccessGate(
@@ -45,6 +47,14 @@ class Platform:
             rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
             in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds),
         )
+        s = self.settings
+        self.realtime = Hub(engine=self.db.app, gate=self.gate, per_connection=s.subscriptions_per_connection,
+                            per_tenant=s.subscriptions_per_tenant, queue_size=s.subscription_queue,
+                            recheck_seconds=s.subscription_recheck_seconds, counted=self._count_deliveries)
+
+    def _count_deliveries(self, tenant_id: str, n: int) -> None:
+        if self.settings.metering:
+            self.meter.add(tenant_id, {"subscription_event_count": n})
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -71,5 +81,6 @@ class Platform:
         )
 
     async def close(self) -> None:
+        await self.realtime.stop()
         await release_kept(self.db.app)
         await self.db.dispose()

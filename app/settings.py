@@ -99,6 +99,13 @@ class Settings:
     compiled_reads: bool = True
     # Operator's allow-list of GraphQL documents (app.http.persisted); unset → any document.
     trusted_documents: Path | None = None
+    # Realtime (app.realtime.hub): caps, each subscription's queue (the oldest events are dropped
+    # beyond it), how often live sessions are checked again, and the keep-alive interval.
+    subscriptions_per_connection: int = 100
+    subscriptions_per_tenant: int = 2000
+    subscription_queue: int = 1000
+    subscription_recheck_seconds: float = 10.0
+    keepalive_seconds: float = 15.0
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
@@ -161,6 +168,11 @@ class Settings:
             compiled_reads=_bool(env.get("TENANTRY_COMPILED_READS"), True),
             trusted_documents=Path(trusted) if (trusted := env.get("TENANTRY_TRUSTED_DOCUMENTS")) else None,
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
+            subscriptions_per_connection=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_CONNECTION", 100),
+            subscriptions_per_tenant=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_TENANT", 2000),
+            subscription_queue=_int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
+            subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 10.0),
+            keepalive_seconds=_float(env, "TENANTRY_KEEPALIVE", 15.0),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,

@@ -31,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.notify import notify_sql
 from app.db.transaction import (
     Executor,
     Params,
@@ -102,6 +103,8 @@ class RequestTransaction:
         # parent-level access): run before COMMIT, or after a ROLLBACK in a short transaction
         # of their own on the same connection.
         self._always: list[AfterHook] = []
+        # Change announcements (app.services.changes), sent in one statement just before COMMIT.
+        self._announced: list[str] = []
 
     @property
     def opened(self) -> bool:
@@ -151,7 +154,7 @@ class RequestTransaction:
                 steps = [_switch(plane)]
                 self._plane = plane
             steps += setup
-            commit = last and not self._always
+            commit = last and not self._always and not self._announced
             driver = await _driver(self._conn)
             query = "; ".join([*steps, sql, *(["COMMIT"] if commit else [])])
             pgconn = driver.pgconn
@@ -185,6 +188,9 @@ class RequestTransaction:
     def always(self, hook: AfterHook) -> None:
         self._always.append(hook)
 
+    def announce(self, payloads: Sequence[str]) -> None:
+        self._announced.extend(payloads)
+
     def plane(self, plane: str | None) -> PlaneView:
         return PlaneView(self, plane)
 
@@ -195,6 +201,7 @@ class RequestTransaction:
                 return
             self._finished = True
             hooks, self._always = self._always, []
+            announced, self._announced = self._announced, []
             conn, self._conn = self._conn, None
             if conn is not None and not await _usable(conn):
                 # A statement was interrupted (graphql-core cancels the other resolvers of a request
@@ -217,7 +224,7 @@ class RequestTransaction:
                     for hook in hooks:
                         await hook(_Direct(conn))
                     try:
-                        await driver_execute(conn, "COMMIT")
+                        await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
                     except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
                         # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
                         raise CommitOutcomeUnknown() from exc
@@ -292,6 +299,10 @@ class PlaneView:
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)
+
+    def announce(self, payloads: Sequence[str]) -> None:
+        """Queue change announcements for this request's COMMIT (app.services.changes)."""
+        self._shared.announce(payloads)
 
     @property
     def opened(self) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from app.auth.tokens import secret_hash
 from app.db.transaction import Executor
 from app.errors import Unauthenticated
-from app.models.management import api_tokens, device_token_moves
+from app.models.management import api_tokens, device_token_moves, refresh_tokens
 from app.models.tenant import device_tokens, roles
 
 API_TOKEN_PREFIX = "tapi_"
@@ -126,3 +126,11 @@ async def custom_role_permissions(tenant_db: Executor, name: str) -> frozenset[s
     """A custom role's permissions from the tenant schema; none for an unknown role."""
     row = (await tenant_db.execute(select(roles.c.permissions).where(roles.c.name == name))).first()
     return frozenset(row.permissions) if row else frozenset()
+
+
+async def session_alive(management: Executor, family: UUID) -> bool:
+    """Whether the login session (refresh-token family) an access token was issued in still
+    stands: logout and refresh-token reuse revoke every token of the family."""
+    row = (await management.execute(select(refresh_tokens.c.id).where(
+        refresh_tokens.c.family_id == family, refresh_tokens.c.revoked_at.is_(None)).limit(1))).first()
+    return row is not None

@@ -66,6 +66,27 @@ class AccessGate:
                            else "no management tenant yet: run `tenantry bootstrap` first")
         return Routed(principal=Principal.operator(), tenant=record, role="ADMIN")
 
+    async def recheck(self, *, authorization: str | None, tenant_header: str | None) -> tuple[Routed, int | None]:
+        """A long-lived caller (a subscription) checked again by the same rules as a request, with no
+        rate-limit charge: its routing now, and when its access token expires (None: API and device
+        tokens, which live until revoked). A user's token must also still belong to a login session
+        that was not ended (logout, refresh-token reuse)."""
+        access = self.request(authorization=authorization, tenant_header=tenant_header)
+        try:
+            token = credentials.bearer(authorization)
+            if credentials.is_device_token(token):
+                return await access._route_device(token), None
+            if credentials.is_api_token(token):
+                return await access._route_api_token(token), None
+            principal = access.principal()
+            routed = await access._route_user(principal, tenant_header)
+            if principal.session_family is not None and not await credentials.session_alive(
+                    access.management_db, principal.session_family):
+                raise Unauthenticated("this login session has ended")
+            return routed, self.access_tokens.verify(token).expires_at
+        finally:
+            await access.finish(commit=False)
+
     def request(self, *, authorization: str | None, tenant_header: str | None,
                 request_id: str | None = None) -> RequestAccess:
         return RequestAccess(self, authorization=authorization, tenant_header=tenant_header, request_id=request_id)

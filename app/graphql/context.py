@@ -19,9 +19,10 @@ from app.access.acting import PlaneView
 from app.access.gate import RequestAccess
 from app.access.principal import Principal, Routed
 from app.access.scope import Scope
-from app.errors import Forbidden
+from app.errors import Forbidden, InvalidInput
 from app.graphql.loaders import Loaders, SharedLoader, build_loaders
 from app.platform import Platform
+from app.realtime.hub import MANAGEMENT, Select, Session, Subscription
 from app.services.data_plane import Plane
 from app.services.usage import LimitUsage, limit_usage
 
@@ -37,6 +38,9 @@ class Context:
     _loaders: Loaders | None = None
     _limit_usage: DataLoader[str, LimitUsage] | None = None
     log_fields: dict[str, str | None] | None = None  # tenant, operation and error code for the access log
+    # A subscription's connection (app.http.subscriptions) and the client's id for this operation.
+    session: Session | None = None
+    operation_key: str = ""
 
     @classmethod
     def of(cls, platform: Platform, *, request_id: str, authorization: str | None, tenant_header: str | None,
@@ -75,6 +79,19 @@ class Context:
 
     async def tenant_db(self) -> PlaneView:
         return await self.access.tenant_db()
+
+    async def subscribe(self, kind: str, needs: tuple[str, ...], select: Select, *, data: bool = True,
+                        management: bool = False) -> Subscription:
+        """Open a subscription on this request's connection, for a caller the gate routes now and
+        who holds one of `needs` (and data access, when `data`)."""
+        if self.session is None:
+            raise InvalidInput("subscriptions are served over WebSocket (graphql-transport-ws) or "
+                               "text/event-stream, not as a plain request")
+        routed = await (self.authorize_any(*needs) if needs else self.routed())
+        if data:
+            routed.require_data_access()
+        return self.session.open(self.operation_key, kind=kind, needs=needs, data=data, select=select,
+                                 tenant_id=MANAGEMENT if management else None)
 
     async def data_plane(self, permission: str, *alternatives: str) -> Plane:
         """The routed tenant's data plane for a caller holding `permission` (or one of the

@@ -33,6 +33,7 @@ from app.graphql.types.data import DataMutations, DataQueries, install_ingest_pa
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
 from app.graphql.types.options import OptionMutations, OptionQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
+from app.graphql.types.realtime import Subscriptions
 from app.graphql.types.sharing import MigrationMutations, SharingMutations, SharingQueries
 from app.graphql.types.templates import TemplateMutations, TemplateQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
@@ -86,6 +87,7 @@ def build_schema(settings: Settings | None = None) -> TenantrySchema:
     schema = TenantrySchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscriptions,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[lambda: FastPath(max_tokens=s.max_query_tokens, extra_rules=rules)],
         execution_context_class=TenantryExecutor,

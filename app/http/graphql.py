@@ -32,6 +32,7 @@ from app.graphql import compiled
 from app.graphql.context import Context
 from app.graphql.schema import TenantrySchema
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
+from app.http.subscriptions import Operations, serve_sse, serve_websocket, wants_event_stream
 from app.http.tracing import annotate
 from app.logs import BufferedLineHandler
 from app.platform import Platform
@@ -80,6 +81,9 @@ class GraphQLLane:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/graphql":
+            await serve_websocket(self.endpoint.operations, scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"] != "/graphql":
             await self.app(scope, receive, send)
             return
@@ -97,6 +101,7 @@ class GraphQLEndpoint:
                                         extra_rules=schema.extra_validation_rules) if settings.compiled_reads else None
         trusted = load_trusted(settings.trusted_documents) if settings.trusted_documents else None
         self.persisted = PersistedQueries(trusted=trusted)
+        self.operations = Operations(self)  # subscriptions and other operations over WebSockets and SSE
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
@@ -142,6 +147,8 @@ class GraphQLEndpoint:
                 if not self.platform.settings.graphiql:
                     raise RequestError(404, "GraphiQL is disabled (TENANTRY_GRAPHIQL=false)")
                 return HTMLResponse(self._ide_html)
+            if wants_event_stream(request):
+                return await serve_sse(self.operations, request, await self._read_payload(request))
             media_type = _negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
             extensions = payload.get("extensions")

@@ -38,7 +38,7 @@ from app.db.transaction import connect, transaction
 from app.errors import AppError, InvalidInput, NotFound
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
-from app.services import data_audit
+from app.services import changes, data_audit
 from app.services.devices import group_closure
 from app.tenancy.naming import tenant_schema
 
@@ -550,12 +550,14 @@ async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID,
         await tx.execute(insert(copy_jobs).values(
             id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant,
             requested_by=requested_by, spec=spec.as_json(), status=status, heartbeat_at=func.now()))
+        await changes.announce(tx, "*", "copyjob", status, job=str(job_id))
     return job_id
 
 
 async def update_job(engine: AsyncEngine, job_id: UUID, **values: Any) -> None:
     async with transaction(engine) as tx:
         await tx.execute(update(copy_jobs).where(copy_jobs.c.id == job_id).values(**values, heartbeat_at=func.now()))
+        await changes.announce(tx, "*", "copyjob", str(values.get("status", "RUNNING")), job=str(job_id))
 
 
 async def job_by_id(db: Any, job_id: UUID, *, requested_by: UUID) -> CopyJob | None:

@@ -31,6 +31,7 @@ class UsageStatistics:
     inventories_updated_count: Long
     operations_created_count: Long
     operations_updated_count: Long
+    subscription_event_count: Long = strawberry.field(description="Events delivered to GraphQL subscriptions.")
     total_resource_create_and_update_count: Long
     device_count: Long = strawberry.field(description="Root devices (not counting child devices).")
     device_with_children_count: Long

@@ -1,0 +1,435 @@
+"""GraphQL over WebSockets (graphql-transport-ws) and Server-Sent Events, on /graphql.
+
+Both transports authenticate through the access gate (WebSocket: `connection_init`'s
+`Authorization` and `X-Tenant-ID` keys; SSE: the request headers), keep a realtime session
+(app.realtime.hub) that the hub checks again when access changes, and run operations the same
+way (`Operations`):
+- subscriptions: graphql-core builds the source stream from our resolvers
+  (app.graphql.types.realtime), and each event is executed for the operation's selection. An
+  event's JSON is rendered once per (event, document, variables, rights) and reused for every
+  subscriber sharing them: a thousand dashboards on one tenant cost one execution per alarm.
+- queries and mutations: executed like a request (one result, then complete).
+
+graphql-transport-ws (https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md): close codes
+4400 bad message, 4401 subscribe before ack, 4403 refused or access ended, 4406 wrong subprotocol,
+4408 no connection_init in time, 4409 duplicate operation id, 4429 a second connection_init.
+Server pings every `keepalive_seconds`; client pings are answered.
+
+SSE, distinct-connections mode (https://github.com/enisdenjo/graphql-sse/blob/master/PROTOCOL.md):
+`POST /graphql` with `Accept: text/event-stream`; events `next` (data: an execution result) and
+`complete`; a comment line every `keepalive_seconds`; the stream ends when access ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from graphql import ExecutionResult, GraphQLError, create_source_event_stream, execute_subscription_event
+from graphql import OperationType as AstOperationType
+from graphql.language import DocumentNode, OperationDefinitionNode
+from graphql.validation import specified_rules
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.types.graphql import OperationType
+
+from app.errors import AppError
+from app.graphql import fast_path
+from app.graphql.context import Context
+from app.graphql.execution import TenantryExecutor
+from app.http.persisted import PersistedQueryError
+from app.platform import Platform
+from app.realtime.hub import Session
+
+log = logging.getLogger("tenantry.realtime")
+PROTOCOL = "graphql-transport-ws"
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+_RENDERED: dict[tuple[int, object], tuple[object, bytes]] = {}  # (id(event), render key) → (event, JSON)
+
+
+class Refused(Exception):
+    """The operation cannot start: these errors answer it."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"] if errors else "refused")
+        self.errors = errors
+
+
+class Operations:
+    """Runs operations of realtime sessions (WebSocket connections, SSE streams)."""
+
+    def __init__(self, endpoint: Any) -> None:  # app.http.graphql.GraphQLEndpoint
+        self.endpoint = endpoint
+        self.platform: Platform = endpoint.platform
+        self.schema = endpoint.schema
+        self.rules = tuple(specified_rules) + tuple(self.schema.extra_validation_rules)
+
+    async def open_session(self, *, authorization: str | None, tenant_header: str | None,
+                           on_end: Callable[[str], None]) -> Session:
+        """The gate's answer for these credentials (AppError when refused), as a live session."""
+        hub = self.platform.realtime
+        hub.start()
+        routed, expires_at = await self.platform.gate.recheck(authorization=authorization, tenant_header=tenant_header)
+        return hub.session(authorization=authorization, tenant_header=tenant_header, routed=routed,
+                           expires_at=expires_at, on_end=on_end)
+
+    def _context(self, session: Session, key: str = "") -> Context:
+        context = Context.of(self.platform, request_id=secrets.token_hex(16), authorization=session.authorization,
+                             tenant_header=session.tenant_header)
+        context.session, context.operation_key = session, key
+        return context
+
+    def _document(self, payload: Any) -> tuple[DocumentNode, OperationDefinitionNode, dict[str, Any] | None,
+                                                 str | None]:
+        from app.http.graphql import _format_error  # one error format for every transport
+
+        if not isinstance(payload, dict):
+            raise Refused([{"message": "the payload must be an object", "extensions": {"code": "INVALID_INPUT"}}])
+        extensions = payload.get("extensions")
+        try:
+            if extensions is not None and not isinstance(extensions, dict):
+                raise PersistedQueryError(400, "'extensions' must be a JSON object", "INVALID_INPUT")
+            query = self.endpoint.persisted.resolve(payload.get("query"), extensions)
+        except PersistedQueryError as exc:
+            raise Refused([{"message": exc.message, "extensions": {"code": exc.code}}]) from None
+        variables, operation_name = payload.get("variables"), payload.get("operationName")
+        if not isinstance(query, str) or not query.strip():
+            raise Refused([{"message": "'query' must be a non-empty string", "extensions": {"code": "INVALID_INPUT"}}])
+        if variables is not None and not isinstance(variables, dict):
+            raise Refused([{"message": "'variables' must be a JSON object", "extensions": {"code": "INVALID_INPUT"}}])
+        if operation_name is not None and not isinstance(operation_name, str):
+            raise Refused([{"message": "'operationName' must be a string", "extensions": {"code": "INVALID_INPUT"}}])
+        try:
+            document = fast_path._parse(query, self.platform.settings.max_query_tokens)
+        except GraphQLError as exc:
+            raise Refused([_format_error(exc, "-", _NO_CONTEXT)]) from None
+        errors = fast_path._validate(self.schema._schema, document, self.rules)
+        if errors:
+            raise Refused([_format_error(e, "-", _NO_CONTEXT) for e in errors])
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
+                      and (operation_name is None or (d.name is not None and d.name.value == operation_name))]
+        if len(operations) != 1:
+            raise Refused([{"message": "name the operation to run (operationName)" if operations else
+                            f"no operation named {operation_name!r}", "extensions": {"code": "INVALID_INPUT"}}])
+        return document, operations[0], variables, operation_name
+
+    async def run(self, session: Session, key: str, payload: Any, emit: Emit) -> None:
+        """Run one operation to its end, emitting each result; Refused before anything ran."""
+        from app.http.graphql import _format_error
+
+        document, operation, variables, operation_name = self._document(payload)
+        if operation.operation != AstOperationType.SUBSCRIPTION:
+            await self._single(session, payload, emit)
+            return
+        context = self._context(session, key)
+        built = TenantryExecutor.build(self.schema._schema, document, context_value=context,
+                                       raw_variable_values=variables, operation_name=operation_name)
+        if isinstance(built, list):
+            raise Refused([_format_error(e, context.request_id, context) for e in built])
+        try:
+            stream = create_source_event_stream(built)
+            if not isinstance(stream, ExecutionResult) and asyncio.iscoroutine(stream):
+                stream = await stream
+        finally:
+            await context.finish(commit=False)
+        if isinstance(stream, ExecutionResult):
+            session.close(key)
+            raise Refused([_format_error(e, context.request_id, context) for e in stream.errors or []])
+        subscription = session.subscriptions.get(key)
+        variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
+        try:
+            async for event in stream:  # type: ignore[union-attr]
+                rights = (session.routed.tenant.id, session.routed.role, session.routed.scope,
+                          session.routed.permissions)
+                body = await self._render(built, event, (id(document), operation_name, variables_key, rights),
+                                          session)
+                missed = subscription.last_missed if subscription is not None else 0
+                if missed:
+                    body = body[:-1] + b',"extensions":{"missed":' + str(missed).encode() + b"}}"
+                await emit({"__raw__": body})
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[union-attr]
+            session.close(key)
+
+    async def _render(self, executor: Any, event: object, key: object, session: Session) -> bytes:
+        """The event's result for this selection, rendered once for every subscriber sharing `key`."""
+        from app.http.graphql import _format_error
+
+        cached = _RENDERED.get((id(event), key))
+        if cached is not None and cached[0] is event:
+            return cached[1]
+        context = self._context(session)
+        per_event = executor.build_per_event_executor(event)
+        per_event.context_value = context  # nested fields read in a transaction of their own
+        try:
+            outcome = execute_subscription_event(per_event)
+            result = await outcome if isinstance(outcome, Awaitable) else outcome
+        finally:
+            await context.finish(commit=False)
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body["errors"] = [_format_error(e, context.request_id, context) for e in result.errors]
+        rendered = orjson.dumps(body)
+        if len(_RENDERED) > 10_000:
+            _RENDERED.clear()
+        _RENDERED[(id(event), key)] = (event, rendered)
+        return rendered
+
+    async def _single(self, session: Session, payload: dict[str, Any], emit: Emit) -> None:
+        """A query or mutation over a realtime connection: one result, like a request's."""
+        from app.http.graphql import _format_error
+
+        context = self._context(session)
+        query = self.endpoint.persisted.resolve(payload.get("query"), payload.get("extensions"))
+        result = await self.schema.execute(query, variable_values=payload.get("variables"), context_value=context,
+                                           operation_name=payload.get("operationName"),
+                                           allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})
+        errors = result.errors or []
+        await context.finish(commit=not errors)
+        body: dict[str, Any] = {"data": None if errors and context.wrote_tenant_data else result.data}
+        if errors:
+            body["errors"] = [_format_error(e, context.request_id, context) for e in errors]
+        await emit(body)
+
+
+class _NoContext:
+    """For errors formatted before any request context exists (parse and validation errors)."""
+
+    class access:  # mirrors Context.access
+        routed_or_none = None
+        tenant_header = None
+
+
+_NO_CONTEXT: Any = _NoContext()
+
+
+def _credentials(payload: Any) -> tuple[str | None, str | None]:
+    """`Authorization` and `X-Tenant-ID` from a connection_init payload (keys in any case)."""
+    if not isinstance(payload, dict):
+        return None, None
+    lowered = {str(k).lower(): v for k, v in payload.items()}
+    headers = lowered.get("headers")
+    if isinstance(headers, dict):  # some clients nest them
+        lowered.update({str(k).lower(): v for k, v in headers.items() if str(k).lower() not in lowered})
+    authorization, tenant = lowered.get("authorization"), lowered.get("x-tenant-id")
+    return (authorization if isinstance(authorization, str) else None,
+            tenant if isinstance(tenant, str) else None)
+
+
+class WebSocketConnection:
+    """One graphql-transport-ws connection."""
+
+    def __init__(self, operations: Operations, websocket: WebSocket) -> None:
+        self.operations = operations
+        self.ws = websocket
+        self.settings = operations.platform.settings
+        self.session: Session | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+        self._closing: tuple[int, str] | None = None
+        self._closed = asyncio.Event()
+
+    async def serve(self) -> None:
+        if PROTOCOL not in self.ws.scope.get("subprotocols", []):
+            await self.ws.close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
+            return
+        await self.ws.accept(subprotocol=PROTOCOL)
+        keepalive = asyncio.create_task(self._keepalive())
+        try:
+            try:
+                first = await asyncio.wait_for(self.ws.receive_text(), timeout=10.0)
+            except TimeoutError:
+                await self.close(4408, "Connection initialisation timeout")
+                return
+            message = self._message(first)
+            if message is None or message.get("type") != "connection_init":
+                await self.close(4400 if message is None else 4401, "Unauthorized" if message else "Invalid message")
+                return
+            authorization, tenant = _credentials(message.get("payload"))
+            try:
+                self.session = await self.operations.open_session(authorization=authorization, tenant_header=tenant,
+                                                                  on_end=self._ended)
+            except AppError as exc:
+                await self.close(4403, f"Forbidden: {exc.message}")
+                return
+            await self._send({"type": "connection_ack"})
+            while self._closing is None:
+                raw = await self.ws.receive_text()
+                message = self._message(raw)
+                if message is None:
+                    await self.close(4400, "Invalid message")
+                    return
+                await self._handle(message)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away
+        finally:
+            keepalive.cancel()
+            for task in self.tasks.values():
+                task.cancel()
+            if self.session is not None:
+                self.session.end("connection closed")
+
+    def _message(self, raw: str) -> dict[str, Any] | None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return message if isinstance(message, dict) and isinstance(message.get("type"), str) else None
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "pong":
+            return
+        elif kind == "connection_init":
+            await self.close(4429, "Too many initialisation requests")
+        elif kind == "subscribe":
+            key = message.get("id")
+            if not isinstance(key, str) or not key:
+                await self.close(4400, "Invalid message: subscribe needs an id")
+                return
+            if key in self.tasks:
+                await self.close(4409, f"Subscriber for {key} already exists"[:120])
+                return
+            self.tasks[key] = asyncio.create_task(self._operation(key, message.get("payload")))
+        elif kind == "complete":
+            key = message.get("id")
+            task = self.tasks.pop(key, None) if isinstance(key, str) else None
+            if task is not None:
+                task.cancel()
+        else:
+            await self.close(4400, f"Invalid message type {kind}"[:120])
+
+    async def _operation(self, key: str, payload: Any) -> None:
+        assert self.session is not None
+
+        async def emit(result: dict[str, Any]) -> None:
+            raw = result.get("__raw__")
+            if raw is not None:
+                await self._send_raw(b'{"id":' + orjson.dumps(key) + b',"type":"next","payload":' + raw + b"}")
+            else:
+                await self._send({"id": key, "type": "next", "payload": result})
+
+        try:
+            await self.operations.run(self.session, key, payload, emit)
+        except Refused as exc:
+            await self._send({"id": key, "type": "error", "payload": exc.errors})
+            return
+        except asyncio.CancelledError:
+            raise
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        except Exception:
+            log.exception("realtime: operation %s failed", key)
+            await self._send({"id": key, "type": "error", "payload": [
+                {"message": "internal error", "extensions": {"code": "INTERNAL"}}]})
+            return
+        finally:
+            if self.tasks.get(key) is asyncio.current_task():
+                del self.tasks[key]
+        if self.session is not None and self.session.ended is None and self._closing is None:
+            await self._send({"id": key, "type": "complete"})
+
+    def _ended(self, reason: str) -> None:
+        """The hub ended the session (access changed): close with 4403."""
+        if self._closing is None:
+            asyncio.get_running_loop().create_task(self.close(4403, f"Forbidden: {reason}"[:120]))
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keepalive_seconds)
+            with contextlib.suppress(Exception):
+                await self._send({"type": "ping"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_raw(orjson.dumps(message))
+
+    async def _send_raw(self, data: bytes) -> None:
+        async with self._send_lock:
+            if self._closing is None and self.ws.application_state == WebSocketState.CONNECTED:
+                await self.ws.send_text(data.decode())
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closing is not None:
+            return
+        self._closing = (code, reason)
+        async with self._send_lock:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason.encode()[:123].decode(errors="ignore"))
+        for task in list(self.tasks.values()):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+
+async def serve_websocket(operations: Operations, scope: Scope, receive: Receive, send: Send) -> None:
+    await WebSocketConnection(operations, WebSocket(scope, receive, send)).serve()
+
+
+def wants_event_stream(request: Request) -> bool:
+    return request.method == "POST" and "text/event-stream" in request.headers.get("accept", "")
+
+
+async def serve_sse(operations: Operations, request: Request, payload: dict[str, Any]) -> Response:
+    """One operation as a text/event-stream (GraphQL over SSE, distinct connections mode)."""
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        session = await operations.open_session(authorization=request.headers.get("authorization"),
+                                                tenant_header=request.headers.get("x-tenant-id"),
+                                                on_end=ended.put_nowait)
+    except AppError as exc:
+        status = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "TENANT_SUSPENDED": 403}.get(exc.code, 400)
+        return Response(orjson.dumps({"errors": [{"message": exc.message, "extensions": {"code": exc.code}}]}),
+                        status_code=status, media_type="application/json")
+    keepalive = operations.platform.settings.keepalive_seconds
+
+    async def events() -> AsyncIterator[bytes]:
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def emit(result: dict[str, Any]) -> None:
+            raw = result.get("__raw__")
+            await out.put(b"event: next\ndata: " + (raw if raw is not None else orjson.dumps(result)) + b"\n\n")
+
+        async def operation() -> None:
+            try:
+                await operations.run(session, "sse", payload, emit)
+            except Refused as exc:
+                await out.put(b"event: next\ndata: " + orjson.dumps({"errors": exc.errors}) + b"\n\n")
+            except Exception:
+                log.exception("realtime: SSE operation failed")
+                await out.put(b"event: next\ndata: " + orjson.dumps(
+                    {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}) + b"\n\n")
+            finally:
+                await out.put(None)
+
+        async def watch_end() -> None:
+            await ended.get()
+            await out.put(None)
+
+        tasks = [asyncio.create_task(operation()), asyncio.create_task(watch_end())]
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(out.get(), timeout=keepalive)
+                except TimeoutError:
+                    yield b":\n\n"
+                    continue
+                if item is None:
+                    break
+                yield item
+            yield b"event: complete\ndata:\n\n"
+        finally:
+            for task in tasks:
+                task.cancel()
+            session.end("stream closed")
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

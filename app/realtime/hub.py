@@ -1,0 +1,498 @@
+"""The realtime hub: one per process, between PostgreSQL's notifications and live subscriptions.
+
+- One LISTEN connection per process (`tenantry_changes`, `tenantry_access`; app.services.changes
+  describes the payloads). Writers NOTIFY inside their transaction, so only committed changes
+  arrive, from any worker process.
+- Notifications are drained in batches; for each (tenant, kind) that has subscribers, the rows
+  are fetched once, in one transaction under that tenant's role, and offered to each subscriber
+  its rights let see at delivery time: the permission it subscribed with, its group scope (one
+  query per distinct scope), a device token's own device. Nothing is fetched for tenants nobody
+  listens to.
+- Each subscription has a bounded queue (`subscription_queue`). A consumer that falls behind
+  loses the OLDEST events; the next event it receives says how many it missed
+  (`extensions.missed`), so a dashboard knows to refetch.
+- Sessions (a WebSocket connection, an SSE stream) are checked again by the access gate: at once
+  when an access notification names their tenant or user, when their token expires, and every
+  `subscription_recheck_seconds` (custom roles and device tokens live in tenant schemas, which
+  send no trigger). A session that fails, or lost a permission one of its subscriptions needs,
+  ends (WebSocket close 4403, SSE end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+import orjson
+import psycopg
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.access.acting import management_transaction, tenant_transaction
+from app.access.gate import AccessGate
+from app.access.principal import Routed
+from app.access.scope import Scope
+from app.db.notify import ACCESS, CHANGES
+from app.db.transaction import Executor
+from app.errors import AppError, LimitExceeded
+from app.models.management import copy_jobs
+from app.models.tenant import alarms, devices, events, measurements, operations
+from app.services import alarms as alarm_service
+from app.services import copying
+from app.services import devices as device_service
+from app.services import events as event_service
+from app.services import measurements as measurement_service
+from app.services import operations as operation_service
+from app.services.rows import to_record
+from app.tenancy.registry import TenantRecord, select_tenants
+
+log = logging.getLogger("tenantry.realtime")
+
+MANAGEMENT = "*"  # the key of management-plane topics (copy jobs); tenants' lifecycle is per ancestor
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One change as subscribers receive it: the fetched record(s), shared by every subscriber it
+    reaches, so what is derived from it (its GraphQL object, its rendered JSON) is made once."""
+
+    kind: str
+    op: str
+    value: Any
+    device_id: int | None = None  # for rights: the device the change belongs to
+    cache: dict[object, Any] = field(default_factory=dict)
+
+    def shared(self, make: Callable[[Delivery], T]) -> T:
+        """`make(self)`, made once for every subscriber of this delivery (keyed by `make`)."""
+        found = self.cache.get(make, _MISSING)
+        if found is _MISSING:
+            found = self.cache[make] = make(self)
+        return cast(T, found)
+
+
+_MISSING = object()
+T = TypeVar("T")
+Select = Callable[[Delivery], Delivery | None]
+
+
+class Subscription:
+    """One subscription's queue; iterate it for its deliveries (with the count of missed ones)."""
+
+    def __init__(self, session: Session, *, tenant_id: str, kind: str, needs: tuple[str, ...], data: bool,
+                 select: Select, capacity: int) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.kind = kind
+        self.needs = needs  # any one of these permissions keeps it alive
+        self.data = data  # needs data access (parentAccess FULL for parent-level callers)
+        self.select = select
+        self._items: deque[tuple[Delivery, int]] = deque(maxlen=capacity)
+        self._wake = asyncio.Event()
+        self.missed = 0
+        self.last_missed = 0
+        self.closed = False
+
+    @property
+    def routed(self) -> Routed:
+        return self.session.routed
+
+    def allowed(self, routed: Routed) -> bool:
+        if self.data and not routed.has_data_access:
+            return False
+        return not self.needs or any(p in routed.permissions for p in self.needs)
+
+    def offer(self, delivery: Delivery) -> None:
+        if self.closed:
+            return
+        if len(self._items) == self._items.maxlen:
+            self.missed += 1  # the deque drops the oldest
+        self._items.append((delivery, self.missed))
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> tuple[Delivery, int]:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        delivery, _ = self._items.popleft()
+        # Dropped since the last one handed out: reported with this one (`extensions.missed`).
+        self.last_missed, self.missed = self.missed, 0
+        return delivery, self.last_missed
+
+
+class Session:
+    """One connection's credentials and subscriptions (a WebSocket, or one SSE stream)."""
+
+    def __init__(self, hub: Hub, *, authorization: str | None, tenant_header: str | None, routed: Routed,
+                 expires_at: int | None, on_end: Callable[[str], None]) -> None:
+        self.hub = hub
+        self.authorization = authorization
+        self.tenant_header = tenant_header
+        self.routed = routed
+        self.expires_at = expires_at
+        self.on_end = on_end
+        self.subscriptions: dict[str, Subscription] = {}
+        self.next_check = time.monotonic() + hub.recheck_seconds
+        self.ended: str | None = None
+
+    @property
+    def tenant_id(self) -> str:
+        return self.routed.tenant.id
+
+    def open(self, key: str, *, kind: str, needs: tuple[str, ...], data: bool, select: Select,
+             tenant_id: str | None = None) -> Subscription:
+        if len(self.subscriptions) >= self.hub.per_connection:
+            raise LimitExceeded(f"at most {self.hub.per_connection} subscriptions per connection",
+                                limit="subscriptionsPerConnection", max=self.hub.per_connection)
+        subscription = Subscription(self, tenant_id=tenant_id or self.tenant_id, kind=kind, needs=needs, data=data,
+                                    select=select, capacity=self.hub.queue_size)
+        self.hub._add(subscription)
+        self.subscriptions[key] = subscription
+        return subscription
+
+    def close(self, key: str) -> None:
+        subscription = self.subscriptions.pop(key, None)
+        if subscription is not None:
+            self.hub._remove(subscription)
+
+    def end(self, reason: str) -> None:
+        """Close every subscription and tell the transport (once)."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        for key in list(self.subscriptions):
+            self.close(key)
+        self.hub.sessions.discard(self)
+        self.on_end(reason)
+
+    async def recheck(self) -> None:
+        """Ask the access gate again; end the session if it refuses, or if a subscription lost the
+        permission it needs; otherwise carry on with the rights as they are now."""
+        try:
+            routed, self.expires_at = await self.hub.gate.recheck(authorization=self.authorization,
+                                                                  tenant_header=self.tenant_header)
+        except AppError as exc:
+            self.end(exc.message)
+            return
+        if routed.tenant.id != self.routed.tenant.id or any(not s.allowed(routed) for s in self.subscriptions.values()):
+            self.end("your access changed")
+            return
+        self.routed = routed
+        self.next_check = time.monotonic() + self.hub.recheck_seconds
+
+
+class Hub:
+    def __init__(self, *, engine: AsyncEngine, gate: AccessGate, per_connection: int, per_tenant: int,
+                 queue_size: int, recheck_seconds: float,
+                 counted: Callable[[str, int], None] = lambda tenant, n: None) -> None:
+        self.engine = engine
+        self.gate = gate
+        self.per_connection = per_connection
+        self.per_tenant = per_tenant
+        self.queue_size = queue_size
+        self.recheck_seconds = recheck_seconds
+        self.counted = counted  # usage: events delivered, per tenant
+        self.sessions: set[Session] = set()
+        self.listening = asyncio.Event()
+        self._topics: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
+        self._per_tenant: Counter[str] = Counter()
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._suspect: set[str] = set()  # "tenant:<id>" / "user:<uuid>" whose sessions are checked at once
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._listen(), name="realtime-listen"),
+                           asyncio.create_task(self._deliver_loop(), name="realtime-deliver"),
+                           asyncio.create_task(self._recheck_loop(), name="realtime-recheck")]
+
+    async def stop(self) -> None:
+        for session in list(self.sessions):
+            session.end("the server is shutting down")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    def session(self, *, authorization: str | None, tenant_header: str | None, routed: Routed,
+                expires_at: int | None, on_end: Callable[[str], None]) -> Session:
+        session = Session(self, authorization=authorization, tenant_header=tenant_header, routed=routed,
+                          expires_at=expires_at, on_end=on_end)
+        self.sessions.add(session)
+        return session
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(self._per_tenant.values())
+
+    def _add(self, subscription: Subscription) -> None:
+        if self._per_tenant[subscription.tenant_id] >= self.per_tenant:
+            raise LimitExceeded(f"at most {self.per_tenant} live subscriptions per tenant (per server process)",
+                                limit="subscriptionsPerTenant", max=self.per_tenant)
+        self._per_tenant[subscription.tenant_id] += 1
+        self._topics[(subscription.tenant_id, subscription.kind)].add(subscription)
+
+    def _remove(self, subscription: Subscription) -> None:
+        subscription.close()
+        topic = self._topics.get((subscription.tenant_id, subscription.kind))
+        if topic is not None and subscription in topic:
+            topic.discard(subscription)
+            if not topic:
+                del self._topics[(subscription.tenant_id, subscription.kind)]
+            self._per_tenant[subscription.tenant_id] -= 1
+            if self._per_tenant[subscription.tenant_id] <= 0:
+                del self._per_tenant[subscription.tenant_id]
+
+    # --- notifications ------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Keep one LISTEN connection; reconnect with backoff (events while it was down are lost:
+        a subscriber sees a gap, never a wrong event)."""
+        delay = 0.5
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(*cargs, **{**cparams, "autocommit": True})
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANGES}")
+                    await conn.execute(f"LISTEN {ACCESS}")
+                    self.listening.set()
+                    delay = 0.5
+                    async for note in conn.notifies():
+                        if note.channel == ACCESS:
+                            self._access_changed(note.payload)
+                        else:
+                            self._pending.append(note.payload)
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
+                log.warning("realtime: LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _access_changed(self, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        key = rest.split(":", 1)[0]
+        registry = self.gate.registry
+        if kind == "tenant":
+            registry.forget_tenants([key])  # also fresh for requests: the TTL need not pass
+            if rest.count(":") and self._topics:  # a tenant's own row changed: its ancestors' `tenants` topics
+                self._pending.append(orjson.dumps({"t": MANAGEMENT, "k": "tenant", "o": rest.split(":")[1],
+                                                   "id": key}).decode())
+                self._wake.set()
+        elif kind == "user":
+            with contextlib.suppress(ValueError):
+                registry.forget_user(UUID(key))
+        self._suspect.add(f"{kind}:{key}")
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            try:
+                await self._deliver(batch)
+            except Exception:  # one bad batch must not stop delivery for everyone
+                log.exception("realtime: delivering %d notifications failed", len(batch))
+
+    async def _deliver(self, batch: Sequence[str]) -> None:
+        """Group the batch by (tenant, kind), fetch each group once, offer it to its subscribers."""
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for payload in batch:
+            note = orjson.loads(payload)
+            kind = note["k"]
+            tenant = note["t"]
+            if kind == "tenant":
+                if any(key[1] == "tenant" for key in self._topics):
+                    grouped[(MANAGEMENT, "tenant")].append(note)
+            elif (tenant if kind != "copyjob" else MANAGEMENT, kind) in self._topics:
+                grouped[(tenant if kind != "copyjob" else MANAGEMENT, kind)].append(note)
+        by_tenant: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
+        for (tenant, kind), notes in grouped.items():
+            by_tenant[tenant].append((kind, notes))
+        for tenant, work in by_tenant.items():
+            if tenant == MANAGEMENT:
+                await self._deliver_management(work)
+            else:
+                await self._deliver_tenant(tenant, work)
+
+    async def _deliver_tenant(self, tenant_id: str, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        tx = tenant_transaction(self.engine, tenant_id)
+        try:
+            for kind, notes in work:
+                deliveries = await _FETCH[kind](tx, notes)
+                subscribers = list(self._topics.get((tenant_id, kind), ()))
+                if deliveries and subscribers:
+                    await self._offer(tx, deliveries, subscribers)
+        finally:
+            await tx.finish(commit=False)
+
+    async def _offer(self, db: Executor, deliveries: list[Delivery], subscribers: list[Subscription]) -> None:
+        """Each delivery to each subscriber whose rights (as they are now) cover its device."""
+        visible: dict[Scope, set[int]] = {}
+        device_ids = sorted({d.device_id for d in deliveries if d.device_id is not None})
+        for scope in {s.routed.scope for s in subscribers}:
+            if scope.group_ids is not None and device_ids:
+                rows = await db.execute(select(devices.c.id).where(devices.c.id.in_(device_ids),
+                                                                   scope.devices(devices.c.id)))
+                visible[scope] = {r.id for r in rows}
+        delivered: Counter[str] = Counter()
+        for delivery in deliveries:
+            for subscription in subscribers:
+                routed = subscription.routed
+                if not subscription.allowed(routed) or not _sees(routed.scope, delivery, visible):
+                    continue
+                chosen = subscription.select(delivery)
+                if chosen is not None:
+                    subscription.offer(chosen)
+                    delivered[subscription.tenant_id] += 1
+        for tenant, n in delivered.items():
+            self.counted(tenant, n)
+
+    async def _deliver_management(self, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        tx = management_transaction(self.engine)
+        try:
+            for kind, notes in work:
+                if kind == "copyjob":
+                    ids = list({UUID(n["job"]) for n in notes})
+                    rows = (await tx.execute(select(*copying.JOB_COLUMNS, copy_jobs.c.requested_by)
+                                             .where(copy_jobs.c.id.in_(ids)))).all()
+                    for row in rows:
+                        delivery = Delivery("copyjob", row.status, copying.CopyJob(*tuple(row)[:-1]))
+                        for subscription in list(self._topics.get((MANAGEMENT, "copyjob"), ())):
+                            if subscription.routed.principal.user_id == row.requested_by:
+                                chosen = subscription.select(delivery)
+                                if chosen is not None:
+                                    subscription.offer(chosen)
+                elif kind == "tenant":
+                    ids = list({n["id"] for n in notes})
+                    ops = {n["id"]: n["o"] for n in notes}
+                    rows = (await tx.execute(select_tenants().where(text("id = ANY(:ids)")), {"ids": ids})).all()
+                    for row in rows:
+                        record = TenantRecord.from_row(row)
+                        op = "DELETED" if record.status == "DELETED" else (
+                            "CREATED" if ops.get(record.id) == "INSERT" else "UPDATED")
+                        delivery = Delivery("tenant", op, record)
+                        for (owner, kind_), subscribers in list(self._topics.items()):
+                            if kind_ != "tenant" or not record.is_strict_descendant_of(owner):
+                                continue
+                            for subscription in list(subscribers):
+                                if subscription.allowed(subscription.routed):
+                                    chosen = subscription.select(delivery)
+                                    if chosen is not None:
+                                        subscription.offer(chosen)
+        finally:
+            await tx.finish(commit=False)
+
+    # --- rechecks -----------------------------------------------------------------------------------
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            suspects, self._suspect = self._suspect, set()
+            now, wall = time.monotonic(), time.time()
+            due = [s for s in list(self.sessions)
+                   if s.ended is None and (s.next_check <= now or (s.expires_at is not None and s.expires_at <= wall)
+                                           or f"tenant:{s.tenant_id}" in suspects
+                                           or f"user:{s.routed.principal.user_id}" in suspects)]
+            for session in due:
+                try:
+                    await session.recheck()
+                except Exception:
+                    log.exception("realtime: checking a session again failed; it ends")
+                    session.end("internal error")
+
+
+def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> bool:
+    if scope.unrestricted:
+        return True
+    if delivery.device_id is None:
+        return False  # e.g. a deleted device: only unrestricted subscribers hear of it
+    if scope.device_id is not None:
+        return delivery.device_id == scope.device_id
+    return delivery.device_id in visible.get(scope, set())
+
+
+# --- fetching what changed ------------------------------------------------------------------------------
+
+def _ids(notes: Iterable[dict[str, Any]]) -> tuple[list[int], dict[int, str]]:
+    ops: dict[int, str] = {}
+    for note in notes:
+        for key in note["ids"]:
+            ops[int(key)] = note["o"]  # the latest operation wins (a raise then a status change)
+    return sorted(ops), ops
+
+
+async def _fetch_rows(db: Executor, notes: list[dict[str, Any]], kind: str, table: Any, columns: Any,
+                      record: Any) -> list[Delivery]:
+    ids, ops = _ids(notes)
+    rows = (await db.execute(select(*columns).where(table.c.id.in_(ids)).order_by(table.c.id))).all()
+    return [Delivery(kind, ops[r.id], to_record(record, r), device_id=r.device_id) for r in rows]
+
+
+async def _fetch_alarms(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    return await _fetch_rows(db, notes, "alarm", alarms, alarm_service.COLUMNS, alarm_service.AlarmRecord)
+
+
+async def _fetch_events(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    return await _fetch_rows(db, notes, "event", events, event_service.COLUMNS, event_service.EventRecord)
+
+
+async def _fetch_operations(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    return await _fetch_rows(db, notes, "operation", operations, operation_service.COLUMNS,
+                             operation_service.OperationRecord)
+
+
+async def _fetch_devices(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    ids, ops = _ids(notes)
+    found = await device_service.devices_by_ids(db, Scope(), ids)
+    # A deleted device's delivery carries its id alone; no scope can place it any more.
+    return [Delivery("device", ops[i], found[i], device_id=i) if i in found else Delivery("device", ops[i], i)
+            for i in ids if i in found or ops[i] == "DELETED"]
+
+
+async def _fetch_measurements(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    """The rows each announcing transaction wrote (by xmin), per device, in one delivery per device
+    and transaction: the subscription's list."""
+    out: list[Delivery] = []
+    for note in notes:
+        rows = (await db.execute(
+            select(*measurement_service.COLUMNS).where(
+                measurements.c.device_id.in_(note["d"]),
+                measurements.c.time.between(datetime.fromisoformat(note["lo"]), datetime.fromisoformat(note["hi"])),
+                text("measurements.xmin = CAST(CAST(:xid AS text) AS xid)"))
+            .order_by(measurements.c.device_id, measurements.c.time, measurements.c.id),
+            {"xid": note["x"]})).all()
+        per_device: dict[int, list[Any]] = defaultdict(list)
+        for row in rows:
+            per_device[row.device_id].append(to_record(measurement_service.MeasurementRecord, row))
+        out.extend(Delivery("measurement", "created", records, device_id=device) for device, records in
+                   per_device.items())
+    return out
+
+
+_FETCH = {"alarm": _fetch_alarms, "event": _fetch_events, "operation": _fetch_operations,
+          "device": _fetch_devices, "measurement": _fetch_measurements}

@@ -1,0 +1,476 @@
+"""Subscriptions over a real server socket: graphql-transport-ws (the `gql` client and a raw one)
+and GraphQL over SSE; isolation, rights at delivery, revocation, committed-only delivery, caps,
+the slow-consumer policy, and delivery across two server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+import websockets
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+from starlette.applications import Starlette
+
+from app.access.principal import Routed
+from app.platform import Platform
+from app.realtime.hub import Delivery, Hub
+from tests.conftest import Api, TenantHandle, World
+
+ALARMS = "subscription { alarms { kind alarm { id type deviceId severity count status } } }"
+RAISE = """mutation($d: ID!, $t: String!) { raiseAlarm(input: {deviceId: $d, type: $t, severity: MAJOR, text: "x"})
+           { id } }"""
+
+
+@pytest.fixture(scope="session")
+async def server(app: Starlette) -> AsyncIterator[str]:
+    """The real ASGI app behind uvicorn on a loopback port (WebSockets need a real server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws="websockets-sansio")
+    running = uvicorn.Server(config)
+    task = asyncio.create_task(running.serve(sockets=[sock]))
+    for _ in range(500):
+        if running.started:
+            break
+        await asyncio.sleep(0.02)
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    running.should_exit = True
+    await task
+
+
+async def _listening(platform: Platform, subscriptions: int) -> None:
+    """Wait until the hub listens and holds `subscriptions` live subscriptions."""
+    hub = platform.realtime
+    for _ in range(500):
+        if hub.listening.is_set() and hub.subscription_count >= subscriptions:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{hub.subscription_count} live subscriptions, expected {subscriptions}")
+
+
+def _transport(server: str, tenant: TenantHandle | None = None, *, token: str | None = None,
+               tenant_id: str | None = None) -> WebsocketsTransport:
+    return WebsocketsTransport(
+        url=f"ws://{server}/graphql", subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL], close_timeout=1,
+        init_payload={"Authorization": f"Bearer {token or (tenant.token if tenant else '')}",
+                      "X-Tenant-ID": tenant_id or (tenant.id if tenant else "")})
+
+
+async def _device(api: Api, tenant: TenantHandle, name: str = "d", group: str | None = None) -> str:
+    result = await api.gql("mutation($n: String!, $g: ID) { createDevice(input: {name: $n, groupId: $g}) { id } }",
+                           {"n": name, "g": group}, token=tenant.token, tenant=tenant.id)
+    return str(result.data["createDevice"]["id"])
+
+
+async def _collect(stream: Any, n: int, wait: float = 10.0) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    async def take() -> None:
+        async for item in stream:
+            out.append(item)
+            if len(out) >= n:
+                return
+    await asyncio.wait_for(take(), wait)
+    return out
+
+
+class Raw:
+    """A minimal graphql-transport-ws client, to see close codes and raw messages."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, server: str, init: dict[str, Any] | None) -> AsyncIterator[Raw]:
+        async with websockets.connect(f"ws://{server}/graphql", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+            raw = cls(ws)
+            if init is not None:
+                await raw.send({"type": "connection_init", "payload": init})
+            yield raw
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(orjson.dumps(message).decode())
+
+    async def receive(self) -> dict[str, Any]:
+        return orjson.loads(await asyncio.wait_for(self.ws.recv(), 10))  # type: ignore[no-any-return]
+
+    async def closed_with(self) -> int:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(self.ws.recv(), 10)
+        assert self.ws.close_code is not None
+        return int(self.ws.close_code)
+
+
+async def test_a_subscriber_receives_its_tenants_alarms_and_never_another_tenants(
+        server: str, api: Api, world: World, platform: Platform) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    device_a, device_b = await _device(api, a), await _device(api, b)
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, a)) as session:
+        received = session.subscribe(gql(ALARMS))
+        first = asyncio.ensure_future(received.__anext__())
+        await _listening(platform, before + 1)
+        await api.gql(RAISE, {"d": device_b, "t": "b-only"}, token=b.token, tenant=b.id)
+        raised = (await api.gql(RAISE, {"d": device_a, "t": "a-1"}, token=a.token, tenant=a.id)).data["raiseAlarm"]
+        event = await asyncio.wait_for(first, 10)
+        assert event == {"alarms": {"kind": "RAISED", "alarm": {
+            "id": raised["id"], "type": "a-1", "deviceId": device_a, "severity": "MAJOR", "count": 1,
+            "status": "ACTIVE"}}}
+        await api.gql(RAISE, {"d": device_a, "t": "a-1"}, token=a.token, tenant=a.id)
+        again = await asyncio.wait_for(received.__anext__(), 10)
+        assert again["alarms"]["kind"] == "COUNT_INCREASED"
+        assert again["alarms"]["alarm"]["count"] == 2
+        await api.gql("mutation($i: ID!) { updateAlarmStatus(id: $i, status: ACKNOWLEDGED) { id } }",
+                      {"i": raised["id"]}, token=a.token, tenant=a.id)
+        changed = await asyncio.wait_for(received.__anext__(), 10)
+        assert changed["alarms"]["kind"] == "STATUS_CHANGED"
+        assert changed["alarms"]["alarm"]["status"] == "ACKNOWLEDGED"
+
+
+async def test_200_interleaved_writes_in_two_tenants_reach_only_their_own_subscribers(
+        server: str, api: Api, world: World, platform: Platform) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    device_a, device_b = await _device(api, a), await _device(api, b)
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, a)) as sa, Client(transport=_transport(server, b)) as sb:
+        stream_a = sa.subscribe(gql("subscription { events { type deviceId } }"))
+        stream_b = sb.subscribe(gql("subscription { events { type deviceId } }"))
+        got_a = asyncio.ensure_future(_collect(stream_a, 100, 30))
+        got_b = asyncio.ensure_future(_collect(stream_b, 100, 30))
+        await _listening(platform, before + 2)
+        create = """mutation($d: ID!, $t: String!) { createEvent(input: {deviceId: $d, type: $t, text: "x",
+                    time: "2026-01-01T00:00:00Z"}) { id } }"""
+
+        async def write(tenant: TenantHandle, device: str, label: str) -> None:
+            for i in range(100):
+                assert (await api.gql(create, {"d": device, "t": f"{label}-{i}"}, token=tenant.token,
+                                      tenant=tenant.id)).status == 200
+        await asyncio.gather(write(a, device_a, "a"), write(b, device_b, "b"))
+        events_a, events_b = await got_a, await got_b
+    assert [e["events"]["type"] for e in events_a] == [f"a-{i}" for i in range(100)]
+    assert [e["events"]["type"] for e in events_b] == [f"b-{i}" for i in range(100)]
+    assert {e["events"]["deviceId"] for e in events_a} == {device_a}
+
+
+async def test_a_rolled_back_write_announces_nothing(server: str, api: Api, world: World,
+                                                     platform: Platform) -> None:
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, tenant)) as session:
+        stream = session.subscribe(gql(ALARMS))
+        first = asyncio.ensure_future(stream.__anext__())
+        await _listening(platform, before + 1)
+        failed = await api.gql("""mutation($d: ID!) {
+            a: raiseAlarm(input: {deviceId: $d, type: "rolled-back", severity: MAJOR, text: "x"}) { id }
+            b: raiseAlarm(input: {deviceId: "999999999", type: "x", severity: MAJOR, text: "x"}) { id } }""",
+                               {"d": device}, token=tenant.token, tenant=tenant.id)
+        assert failed.errors
+        await api.gql(RAISE, {"d": device, "t": "committed"}, token=tenant.token, tenant=tenant.id)
+        event = await asyncio.wait_for(first, 10)
+        assert event["alarms"]["alarm"]["type"] == "committed"
+
+
+async def test_group_scoped_members_and_device_tokens_receive_only_what_they_may_see(
+        server: str, api: Api, world: World, platform: Platform) -> None:
+    tenant = await world.tenant()
+    group = (await api.gql('mutation { createGroup(name: "g") { id } }', token=tenant.token,
+                           tenant=tenant.id)).data["createGroup"]["id"]
+    inside, outside = await _device(api, tenant, "in", group), await _device(api, tenant, "out")
+    _, scoped = await world.member(tenant, "OPERATOR", [group])
+    device_token = (await api.gql("mutation($d: ID!) { createDeviceToken(deviceId: $d) { token } }", {"d": inside},
+                                  token=tenant.token, tenant=tenant.id)).data["createDeviceToken"]["token"]
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, token=scoped, tenant_id=tenant.id)) as member, \
+            Client(transport=_transport(server, token=device_token, tenant_id=tenant.id)) as agent:
+        alarms = member.subscribe(gql(ALARMS))
+        operations = agent.subscribe(gql("subscription { operations(status: PENDING) { deviceId description } }"))
+        got_alarm = asyncio.ensure_future(alarms.__anext__())
+        got_operation = asyncio.ensure_future(operations.__anext__())
+        await _listening(platform, before + 2)
+        for device in (outside, inside):
+            await api.gql(RAISE, {"d": device, "t": f"on-{device}"}, token=tenant.token, tenant=tenant.id)
+            await api.gql('mutation($d: ID!) { createOperation(input: {deviceId: $d, description: "reboot"}) { id } }',
+                          {"d": device}, token=tenant.token, tenant=tenant.id)
+        assert (await asyncio.wait_for(got_alarm, 10))["alarms"]["alarm"]["deviceId"] == inside
+        assert (await asyncio.wait_for(got_operation, 10))["operations"] == {"deviceId": inside,
+                                                                              "description": "reboot"}
+
+
+async def test_removing_a_member_ends_its_subscriptions_with_4403(server: str, api: Api, world: World,
+                                                                  platform: Platform) -> None:
+    tenant = await world.tenant()
+    user_id, token = await world.member(tenant, "READER")
+    async with Raw.connect(server, {"Authorization": f"Bearer {token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        started = time.monotonic()
+        removed = await api.gql("mutation($u: ID!) { removeMember(userId: $u) }", {"u": user_id},
+                                token=tenant.token, tenant=tenant.id)
+        assert removed.data["removeMember"] is True
+        assert await raw.closed_with() == 4403
+        assert time.monotonic() - started < 5  # the access trigger, not the periodic check (10 s)
+
+
+async def test_logout_and_api_token_revocation_end_subscriptions(server: str, api: Api, world: World) -> None:
+    tenant = await world.tenant()
+    login = await api.login(tenant.admin_email, "tenant-pass-123", tenant.id)
+    async with Raw.connect(server, {"Authorization": f"Bearer {login['accessToken']}",
+                                    "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await api.gql("mutation($r: String!) { logout(refreshToken: $r) }", {"r": login["refreshToken"]})
+        assert await raw.closed_with() == 4403
+    created = (await api.gql('mutation { createApiToken(name: "dash", permissions: ["devices:read"]) '
+                             '{ token apiToken { id } } }', token=tenant.token,
+                             tenant=tenant.id)).data["createApiToken"]
+    async with Raw.connect(server, {"Authorization": f"Bearer {created['token']}"}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await api.gql("mutation($i: ID!) { revokeApiToken(id: $i) }", {"i": created["apiToken"]["id"]},
+                      token=tenant.token, tenant=tenant.id)
+        assert await raw.closed_with() == 4403
+
+
+async def test_suspending_a_tenant_ends_its_subscriptions(server: str, api: Api, world: World,
+                                                          operator_token: str) -> None:
+    tenant = await world.tenant()
+    async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await api.gql("mutation($i: ID!) { suspendTenant(id: $i) { status } }", {"i": tenant.id},
+                      token=operator_token, tenant="management")
+        assert await raw.closed_with() == 4403
+
+
+async def test_protocol_errors_use_the_protocols_close_codes(server: str, world: World) -> None:
+    tenant = await world.tenant()
+    async with Raw.connect(server, None) as raw:  # subscribe before connection_init
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        assert await raw.closed_with() == 4401
+    async with Raw.connect(server, {"Authorization": "Bearer not-a-token"}) as raw:
+        assert await raw.closed_with() == 4403
+    credentials = {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}
+    async with Raw.connect(server, credentials) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"type": "ping"})
+        assert (await raw.receive()) == {"type": "pong"}
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        assert await raw.closed_with() == 4409
+    async with Raw.connect(server, credentials) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "bad", "type": "subscribe", "payload": {"query": "subscription { alarms { nope } }"}})
+        error = await raw.receive()
+        assert error["type"] == "error"
+        assert error["payload"][0]["extensions"]["code"] == "INVALID_INPUT"
+        await raw.send({"id": "q", "type": "subscribe", "payload": {"query": "{ tenant { id } }"}})
+        assert await raw.receive() == {"id": "q", "type": "next", "payload": {"data": {"tenant": {"id": tenant.id}}}}
+        assert await raw.receive() == {"id": "q", "type": "complete"}
+        await raw.send({"type": "nonsense"})
+        assert await raw.closed_with() == 4400
+
+
+async def test_a_reader_without_a_permission_is_refused_at_subscribe(server: str, world: World) -> None:
+    tenant = await world.tenant()
+    _, reader = await world.member(tenant, "READER")
+    async with Raw.connect(server, {"Authorization": f"Bearer {reader}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "t", "type": "subscribe", "payload": {"query": "subscription { tenants { kind } }"}})
+        error = await raw.receive()
+        assert error["type"] == "error"
+        assert error["payload"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_subscription_caps_answer_limit_exceeded(server: str, world: World, platform: Platform,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = await world.tenant()
+    monkeypatch.setattr(platform.realtime, "per_connection", 2)
+    async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        for key in ("1", "2", "3"):
+            await raw.send({"id": key, "type": "subscribe", "payload": {"query": ALARMS}})
+        refused = await raw.receive()
+        assert refused["id"] == "3"
+        assert refused["payload"][0]["extensions"] == {"code": "LIMIT_EXCEEDED", "limit": "subscriptionsPerConnection",
+                                                       "max": 2}
+    monkeypatch.setattr(platform.realtime, "per_connection", 100)
+    monkeypatch.setattr(platform.realtime, "per_tenant", 1)
+    async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await raw.send({"id": "2", "type": "subscribe", "payload": {"query": ALARMS}})
+        refused = await raw.receive()
+        assert refused["payload"][0]["extensions"]["limit"] == "subscriptionsPerTenant"
+
+
+async def test_a_slow_consumer_loses_the_oldest_events_and_is_told_how_many(platform: Platform,
+                                                                            world: World) -> None:
+    tenant = await world.tenant()
+    hub = Hub(engine=platform.db.app, gate=platform.gate, per_connection=10, per_tenant=10, queue_size=3,
+              recheck_seconds=60)
+    routed, expires = await platform.gate.recheck(authorization=f"Bearer {tenant.token}", tenant_header=tenant.id)
+    assert isinstance(routed, Routed)
+    session = hub.session(authorization=None, tenant_header=None, routed=routed, expires_at=expires,
+                          on_end=lambda reason: None)
+    subscription = session.open("1", kind="alarm", needs=(), data=True, select=lambda d: d)
+    for n in range(5):
+        subscription.offer(Delivery("alarm", "RAISED", n))
+    delivery, missed = await subscription.__anext__()
+    assert (delivery.value, missed) == (2, 2)  # 0 and 1 were dropped
+    assert [(await subscription.__anext__())[0].value for _ in range(2)] == [3, 4]
+    session.end("done")
+
+
+async def test_measurements_devices_and_copy_jobs_stream(server: str, api: Api, world: World,
+                                                         platform: Platform) -> None:
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, tenant)) as session:
+        request = gql('subscription($d: ID!) { measurements(deviceId: $d, type: "t") { deviceId type series value } }')
+        request.variable_values = {"d": device}
+        measurements = session.subscribe(request)
+        devices = session.subscribe(gql("subscription { devices { kind id device { name } } }"))
+        got_measurements = asyncio.ensure_future(measurements.__anext__())
+        got_devices = asyncio.ensure_future(_collect(devices, 2))
+        await _listening(platform, before + 2)
+        batch = [{"deviceId": device, "time": f"2026-01-01T00:00:0{i}Z", "type": t, "series": "s", "value": i}
+                 for i, t in enumerate(["t", "other", "t"])]
+        await api.gql("mutation($m: [MeasurementInput!]!) { createMeasurements(input: $m) }", {"m": batch},
+                      token=tenant.token, tenant=tenant.id)
+        assert (await asyncio.wait_for(got_measurements, 10))["measurements"] == [
+            {"deviceId": device, "type": "t", "series": "s", "value": 0.0},
+            {"deviceId": device, "type": "t", "series": "s", "value": 2.0}]
+        created = await _device(api, tenant, "new")
+        await api.gql("mutation($i: ID!) { deleteDevice(id: $i) }", {"i": created}, token=tenant.token,
+                      tenant=tenant.id)
+        assert [e["devices"] for e in await got_devices] == [
+            {"kind": "CREATED", "id": created, "device": {"name": "new"}},
+            {"kind": "DELETED", "id": created, "device": None}]
+
+
+async def test_sse_streams_a_subscription_until_access_ends(server: str, api: Api, world: World,
+                                                            platform: Platform) -> None:
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    user_id, token = await world.member(tenant, "READER")
+    before = platform.realtime.subscription_count
+    headers = {"authorization": f"Bearer {token}", "x-tenant-id": tenant.id, "accept": "text/event-stream"}
+    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=20) as client, \
+            client.stream("POST", "/graphql", json={"query": ALARMS}, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        await _listening(platform, before + 1)
+        await api.gql(RAISE, {"d": device, "t": "sse"}, token=tenant.token, tenant=tenant.id)
+        events: list[tuple[str, str]] = []
+        event = ""
+        async for line in lines:
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") or line == "data:":
+                events.append((event, line[6:]))
+                if event == "next":
+                    await api.gql("mutation($u: ID!) { removeMember(userId: $u) }", {"u": user_id},
+                                  token=tenant.token, tenant=tenant.id)
+                if event == "complete":
+                    break
+    assert events[0][0] == "next"
+    assert orjson.loads(events[0][1])["data"]["alarms"]["alarm"]["type"] == "sse"
+    assert events[-1][0] == "complete"
+    anonymous = await httpx.AsyncClient(base_url=f"http://{server}").post(
+        "/graphql", json={"query": ALARMS}, headers={"accept": "text/event-stream"})
+    assert anonymous.status_code == 401
+
+
+async def test_deliveries_are_metered_as_subscription_events(server: str, api: Api, world: World,
+                                                             platform: Platform) -> None:
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, tenant)) as session:
+        stream = session.subscribe(gql(ALARMS))
+        first = asyncio.ensure_future(stream.__anext__())
+        await _listening(platform, before + 1)
+        await api.gql(RAISE, {"d": device, "t": "metered"}, token=tenant.token, tenant=tenant.id)
+        await asyncio.wait_for(first, 10)
+    pending = sum(c.get("subscription_event_count", 0) for (t, _), c in platform.meter._pending.items()
+                  if t == tenant.id)
+    assert pending == 1
+
+
+async def test_a_write_through_another_server_process_reaches_this_ones_subscribers(
+        server: str, api: Api, world: World, platform: Platform, tmp_path: Any) -> None:
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    settings = platform.settings
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "TENANTRY_DATABASE_URL": str(settings.database_url), "TENANTRY_DATA_DIR": str(tmp_path),
+           "TENANTRY_SECRET_KEY": str(settings.secret_key), "TENANTRY_PORT": str(port),
+           "TENANTRY_SPARE_SCHEMAS": "0", "TENANTRY_LOG_LEVEL": "WARNING"}
+    command = [str(Path(sys.executable).parent / "tenantry"), "serve"]
+    other = subprocess.Popen(command, env=env)  # noqa: ASYNC220 - started once, then awaited over HTTP
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            before = platform.realtime.subscription_count
+            async with Client(transport=_transport(server, tenant)) as session:
+                stream = session.subscribe(gql(ALARMS))
+                first = asyncio.ensure_future(stream.__anext__())
+                await _listening(platform, before + 1)
+                written = await client.post("/graphql", json={"query": RAISE, "variables": {"d": device, "t": "other"}},
+                                            headers={"authorization": f"Bearer {tenant.token}",
+                                                     "x-tenant-id": tenant.id})
+                assert "errors" not in written.json(), written.json()
+                event = await asyncio.wait_for(first, 10)
+                assert event["alarms"]["alarm"]["type"] == "other"
+    finally:
+        other.terminate()
+        other.wait(10)
+
+
+async def test_a_parent_hears_of_its_subtree_and_copy_job_ids_are_checked(server: str, api: Api, world: World,
+                                                                          platform: Platform) -> None:
+    parent = await world.tenant(kind="ENTERPRISE")
+    before = platform.realtime.subscription_count
+    async with Client(transport=_transport(server, parent)) as session:
+        stream = session.subscribe(gql("subscription { tenants { kind tenant { domain status } } }"))
+        got = asyncio.ensure_future(_collect(stream, 2))
+        await _listening(platform, before + 1)
+        child = await world.tenant(parent)
+        await api.gql("mutation($i: ID!) { suspendTenant(id: $i) { id } }", {"i": child.id}, token=parent.token,
+                      tenant=parent.id)
+        events = [e["tenants"] for e in await got]
+    assert events[0] == {"kind": "CREATED", "tenant": {"domain": child.domain, "status": "ACTIVE"}}
+    assert events[-1] == {"kind": "UPDATED", "tenant": {"domain": child.domain, "status": "SUSPENDED"}}
+    async with Raw.connect(server, {"Authorization": f"Bearer {parent.token}", "X-Tenant-ID": parent.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        for key, job in (("1", "not-a-uuid"), ("2", "00000000-0000-0000-0000-000000000000")):
+            await raw.send({"id": key, "type": "subscribe", "payload": {
+                "query": "subscription($j: ID!) { copyJob(id: $j) { status } }", "variables": {"j": job}}})
+            refused = await raw.receive()
+            assert refused["type"] == "error"
+            assert refused["payload"][0]["extensions"]["code"] == ("INVALID_INPUT" if key == "1" else "NOT_FOUND")
