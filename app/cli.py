@@ -28,7 +28,9 @@ from app.settings import Settings
 from app.tenancy.naming import MANAGEMENT_TENANT_ID
 from app.tenancy.registry import TenantRecord
 
-# uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated): subscriptions.
+# uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated). Without
+# permessage-deflate: subscription messages are small, and a compressor per connection cost
+# ~25 us a message and most of a connection's memory (bench/realtime.py).
 WEBSOCKETS = "websockets-sansio"
 
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
@@ -72,13 +74,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes build their own app from the environment; the registry cache's
         # one-second TTL keeps them in step (a suspension reaches every worker within it).
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
-                    proxy_headers=True, access_log=False, ws=WEBSOCKETS)
+                    proxy_headers=True, access_log=False, ws=WEBSOCKETS,
+                    ws_per_message_deflate=False)
     else:
         from app.entry import stop_requested
 
         # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
         uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
-                    proxy_headers=True, access_log=False, ws=WEBSOCKETS)
+                    proxy_headers=True, access_log=False, ws=WEBSOCKETS,
+                    ws_per_message_deflate=False)
     return 0
 
 

@@ -104,7 +104,7 @@ class Settings:
     subscriptions_per_connection: int = 100
     subscriptions_per_tenant: int = 2000
     subscription_queue: int = 1000
-    subscription_recheck_seconds: float = 10.0
+    subscription_recheck_seconds: float = 60.0
     keepalive_seconds: float = 15.0
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
@@ -171,7 +171,7 @@ class Settings:
             subscriptions_per_connection=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_CONNECTION", 100),
             subscriptions_per_tenant=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_TENANT", 2000),
             subscription_queue=_int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
-            subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 10.0),
+            subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 60.0),
             keepalive_seconds=_float(env, "TENANTRY_KEEPALIVE", 15.0),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),

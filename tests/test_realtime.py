@@ -39,7 +39,8 @@ async def server(app: Starlette) -> AsyncIterator[str]:
     """The real ASGI app behind uvicorn on a loopback port (WebSockets need a real server)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws="websockets-sansio")
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws="websockets-sansio",
+                            ws_per_message_deflate=False)
     running = uvicorn.Server(config)
     task = asyncio.create_task(running.serve(sockets=[sock]))
     for _ in range(500):
@@ -224,7 +225,7 @@ async def test_removing_a_member_ends_its_subscriptions_with_4403(server: str, a
                                 token=tenant.token, tenant=tenant.id)
         assert removed.data["removeMember"] is True
         assert await raw.closed_with() == 4403
-        assert time.monotonic() - started < 5  # the access trigger, not the periodic check (10 s)
+        assert time.monotonic() - started < 5  # the access trigger, not the periodic check (60 s)
 
 
 async def test_logout_and_api_token_revocation_end_subscriptions(server: str, api: Api, world: World) -> None:

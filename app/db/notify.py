@@ -10,8 +10,9 @@ ACCESS = "tenantry_access"
 
 
 def notify_sql(batch: Iterable[str]) -> str:
-    """One simple-protocol statement sending `batch` (payloads from `payloads()`, which contain
-    only JSON of ids, names and numbers: no quote can appear, so quoting is the SQL standard's)."""
+    """One simple-protocol statement sending `batch` (JSON text from app.services.changes). Quotes
+    are doubled; a backslash in JSON only ever precedes `"`, `\\`, `/` or a letter, never a quote,
+    so the literal is read the same whatever standard_conforming_strings says."""
     literals = ",".join("'" + p.replace("'", "''") + "'" for p in batch)
     return (f"SELECT pg_notify('{CHANGES}', p || (pg_current_xact_id()::text::bigint % 4294967296)::text || '}}') "
             f"FROM unnest(ARRAY[{literals}]::text[]) AS p")

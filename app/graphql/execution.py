@@ -300,6 +300,10 @@ class TenantryExecutor(StrawberryGraphQLCoreExecutionContext):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plans: dict[int, _Plan] = {}
+        # Plans by selection (type, response names, field nodes of the cached document), shared by a
+        # subscription's per-event copies: each event collects its field sets anew, so `_plans`
+        # (by object identity, what a request's list items share) would miss on every event.
+        self._selection_plans: dict[tuple[object, ...], _Plan] = {}
         manager = self.middleware_manager
         # Middleware wraps every resolver; with any, all fields take graphql-core's path.
         self._inline_allowed = manager is None or manager._middleware_resolvers is None
@@ -310,7 +314,7 @@ class TenantryExecutor(StrawberryGraphQLCoreExecutionContext):
             return super().execute_fields(parent_type, source_value, path, grouped_field_set, position_context)
         plan = self._plans.get(id(grouped_field_set))
         if plan is None or plan.keep is not grouped_field_set:
-            plan = self._plans[id(grouped_field_set)] = self._plan(parent_type, grouped_field_set)
+            plan = self._plans[id(grouped_field_set)] = self._plan_for(parent_type, grouped_field_set)
         if not plan.inline:
             return super().execute_fields(parent_type, source_value, path, grouped_field_set, position_context)
 
@@ -356,6 +360,19 @@ class TenantryExecutor(StrawberryGraphQLCoreExecutionContext):
     async def _merge_later(self, results: dict[str, Any], handed_over: dict[str, Any],
                            others: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         return self._merge(results, handed_over, await others)
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        executor = cast(TenantryExecutor, super().build_per_event_executor(payload))
+        executor._plans = {}  # this event's field sets; the selection plans stay shared
+        return executor
+
+    def _plan_for(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> _Plan:
+        key = (parent_type.name, *((name, id(details[0].node)) for name, details in grouped_field_set.items()))
+        known = self._selection_plans.get(key)
+        if known is None:
+            known = self._selection_plans[key] = self._plan(parent_type, grouped_field_set)
+            return known
+        return _Plan(grouped_field_set, known.inline, known.rest, known.order)
 
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> _Plan:
         inline: list[_Inline] = []

@@ -51,7 +51,6 @@ from app.realtime.hub import Session
 log = logging.getLogger("tenantry.realtime")
 PROTOCOL = "graphql-transport-ws"
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-_RENDERED: dict[tuple[int, object], tuple[object, bytes]] = {}  # (id(event), render key) → (event, JSON)
 
 
 class Refused(Exception):
@@ -146,10 +145,8 @@ class Operations:
         variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
         try:
             async for event in stream:  # type: ignore[union-attr]
-                rights = (session.routed.tenant.id, session.routed.role, session.routed.scope,
-                          session.routed.permissions)
-                body = await self._render(built, event, (id(document), operation_name, variables_key, rights),
-                                          session)
+                body = await self._render(built, event, (id(document), operation_name, variables_key,
+                                                         session.rights), session)
                 missed = subscription.last_missed if subscription is not None else 0
                 if missed:
                     body = body[:-1] + b',"extensions":{"missed":' + str(missed).encode() + b"}}"
@@ -163,9 +160,11 @@ class Operations:
         """The event's result for this selection, rendered once for every subscriber sharing `key`."""
         from app.http.graphql import _format_error
 
-        cached = _RENDERED.get((id(event), key))
-        if cached is not None and cached[0] is event:
-            return cached[1]
+        # Kept on the event itself (every subscriber holds the same object): it goes when they are done,
+        # so nothing accumulates for the collector to traverse.
+        rendered_for: dict[object, bytes] | None = getattr(event, "__dict__", {}).get("_rendered")
+        if rendered_for is not None and key in rendered_for:
+            return rendered_for[key]
         context = self._context(session)
         per_event = executor.build_per_event_executor(event)
         per_event.context_value = context  # nested fields read in a transaction of their own
@@ -178,9 +177,8 @@ class Operations:
         if result.errors:
             body["errors"] = [_format_error(e, context.request_id, context) for e in result.errors]
         rendered = orjson.dumps(body)
-        if len(_RENDERED) > 10_000:
-            _RENDERED.clear()
-        _RENDERED[(id(event), key)] = (event, rendered)
+        if hasattr(event, "__dict__"):  # every subscription event is a strawberry object or a list
+            event.__dict__.setdefault("_rendered", {})[key] = rendered
         return rendered
 
     async def _single(self, session: Session, payload: dict[str, Any], emit: Emit) -> None:
@@ -227,9 +225,10 @@ def _credentials(payload: Any) -> tuple[str | None, str | None]:
 class WebSocketConnection:
     """One graphql-transport-ws connection."""
 
-    def __init__(self, operations: Operations, websocket: WebSocket) -> None:
+    def __init__(self, operations: Operations, websocket: WebSocket, send: Send) -> None:
         self.operations = operations
         self.ws = websocket
+        self._asgi_send = send  # messages go straight to the server (Starlette's wrapper re-checks its state)
         self.settings = operations.platform.settings
         self.session: Session | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -356,7 +355,7 @@ class WebSocketConnection:
     async def _send_raw(self, data: bytes) -> None:
         async with self._send_lock:
             if self._closing is None and self.ws.application_state == WebSocketState.CONNECTED:
-                await self.ws.send_text(data.decode())
+                await self._asgi_send({"type": "websocket.send", "text": data.decode()})
 
     async def close(self, code: int, reason: str) -> None:
         if self._closing is not None:
@@ -371,7 +370,7 @@ class WebSocketConnection:
 
 
 async def serve_websocket(operations: Operations, scope: Scope, receive: Receive, send: Send) -> None:
-    await WebSocketConnection(operations, WebSocket(scope, receive, send)).serve()
+    await WebSocketConnection(operations, WebSocket(scope, receive, send), send).serve()
 
 
 def wants_event_stream(request: Request) -> bool:

@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
+import itertools
 import logging
+import random
 import time
+import typing
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import ARRAY, BigInteger, any_, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.acting import management_transaction, tenant_transaction
@@ -56,6 +61,9 @@ from app.tenancy.registry import TenantRecord, select_tenants
 
 log = logging.getLogger("tenantry.realtime")
 
+RECHECKS_PER_TICK = 100
+FREEZE_MIN_SESSIONS = 200
+FREEZE_SECONDS = 600.0
 MANAGEMENT = "*"  # the key of management-plane topics (copy jobs); tenants' lifecycle is per ancestor
 
 
@@ -80,6 +88,7 @@ class Delivery:
 
 _MISSING = object()
 T = TypeVar("T")
+R = TypeVar("R")
 Select = Callable[[Delivery], Delivery | None]
 
 
@@ -99,6 +108,7 @@ class Subscription:
         self.missed = 0
         self.last_missed = 0
         self.closed = False
+        self.permitted = self.allowed(session.routed)  # kept current by the session's rechecks
 
     @property
     def routed(self) -> Routed:
@@ -145,10 +155,11 @@ class Session:
         self.authorization = authorization
         self.tenant_header = tenant_header
         self.routed = routed
+        self.rights = _rights(routed)
         self.expires_at = expires_at
         self.on_end = on_end
         self.subscriptions: dict[str, Subscription] = {}
-        self.next_check = time.monotonic() + hub.recheck_seconds
+        self.next_check = hub.next_periodic_check()
         self.ended: str | None = None
 
     @property
@@ -193,8 +204,10 @@ class Session:
         if routed.tenant.id != self.routed.tenant.id or any(not s.allowed(routed) for s in self.subscriptions.values()):
             self.end("your access changed")
             return
-        self.routed = routed
-        self.next_check = time.monotonic() + self.hub.recheck_seconds
+        self.routed, self.rights = routed, _rights(routed)
+        for subscription in self.subscriptions.values():
+            subscription.permitted = True  # every one was allowed just above
+        self.next_check = self.hub.next_periodic_check()
 
 
 class Hub:
@@ -223,7 +236,8 @@ class Hub:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._listen(), name="realtime-listen"),
                            asyncio.create_task(self._deliver_loop(), name="realtime-deliver"),
-                           asyncio.create_task(self._recheck_loop(), name="realtime-recheck")]
+                           asyncio.create_task(self._recheck_loop(), name="realtime-recheck"),
+                           asyncio.create_task(self._collector_loop(), name="realtime-collector")]
 
     async def stop(self) -> None:
         for session in list(self.sessions):
@@ -241,6 +255,10 @@ class Hub:
                           expires_at=expires_at, on_end=on_end)
         self.sessions.add(session)
         return session
+
+    def next_periodic_check(self) -> float:
+        """Spread over ±50 % of the interval, so sessions opened together are not checked together."""
+        return time.monotonic() + self.recheck_seconds * random.uniform(0.5, 1.5)  # noqa: S311 - spreading load
 
     @property
     def subscription_count(self) -> int:
@@ -362,8 +380,7 @@ class Hub:
         delivered: Counter[str] = Counter()
         for delivery in deliveries:
             for subscription in subscribers:
-                routed = subscription.routed
-                if not subscription.allowed(routed) or not _sees(routed.scope, delivery, visible):
+                if not subscription.permitted or not _sees(subscription.routed.scope, delivery, visible):
                     continue
                 chosen = subscription.select(delivery)
                 if chosen is not None:
@@ -400,7 +417,7 @@ class Hub:
                             if kind_ != "tenant" or not record.is_strict_descendant_of(owner):
                                 continue
                             for subscription in list(subscribers):
-                                if subscription.allowed(subscription.routed):
+                                if subscription.permitted:
                                     chosen = subscription.select(delivery)
                                     if chosen is not None:
                                         subscription.offer(chosen)
@@ -409,21 +426,59 @@ class Hub:
 
     # --- rechecks -----------------------------------------------------------------------------------
 
+    async def _collector_loop(self) -> None:
+        """Keep the garbage collector's full passes short while many sessions are open.
+
+        A WebSocket session is a few hundred long-lived objects; with a thousand of them every full
+        collection traversed them all and paused delivery for 40-160 ms (bench/realtime.py). Once the
+        open sessions have grown by a tenth, what is alive is collected once and frozen (out of the
+        collector's reach); every FREEZE_SECONDS — sooner when half the frozen sessions have closed —
+        it is unfrozen, so what closed meanwhile is freed by the next collections."""
+        frozen_sessions, frozen_at = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(5.0)
+            open_now = len(self.sessions)
+            expired = time.monotonic() - frozen_at > FREEZE_SECONDS or open_now < frozen_sessions // 2
+            if frozen_sessions and expired:
+                gc.unfreeze()
+                frozen_sessions = 0
+            if open_now >= FREEZE_MIN_SESSIONS and open_now > frozen_sessions * 1.1:
+                gc.collect()
+                gc.freeze()
+                frozen_sessions, frozen_at = open_now, time.monotonic()
+
     async def _recheck_loop(self) -> None:
+        """Sessions named by access notifications first, then expired and periodically due ones, at
+        most RECHECKS_PER_TICK every 0.2 s: a gate check costs a few queries, and a thousand at once
+        (a tenant-wide change) would stall deliveries for everyone."""
+        waiting: dict[Session, None] = {}  # ordered, without duplicates
         while True:
             await asyncio.sleep(0.2)
             suspects, self._suspect = self._suspect, set()
             now, wall = time.monotonic(), time.time()
-            due = [s for s in list(self.sessions)
-                   if s.ended is None and (s.next_check <= now or (s.expires_at is not None and s.expires_at <= wall)
-                                           or f"tenant:{s.tenant_id}" in suspects
-                                           or f"user:{s.routed.principal.user_id}" in suspects)]
+            for s in list(self.sessions):
+                if s.ended is None and (f"tenant:{s.tenant_id}" in suspects
+                                        or f"user:{s.routed.principal.user_id}" in suspects):
+                    waiting[s] = None
+            for s in list(self.sessions):
+                if s.ended is None and (s.next_check <= now or (s.expires_at is not None and s.expires_at <= wall)):
+                    waiting[s] = None
+            due = list(itertools.islice(waiting, RECHECKS_PER_TICK))
             for session in due:
+                del waiting[session]
+            for session in due:
+                if session.ended is not None:
+                    continue
                 try:
                     await session.recheck()
                 except Exception:
                     log.exception("realtime: checking a session again failed; it ends")
                     session.end("internal error")
+
+
+def _rights(routed: Routed) -> tuple[object, ...]:
+    """What an event's rendering may depend on: subscribers with equal rights share it."""
+    return routed.tenant.id, routed.role, routed.scope, routed.permissions, routed.has_data_access
 
 
 def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> bool:
@@ -441,37 +496,72 @@ def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> b
 def _ids(notes: Iterable[dict[str, Any]]) -> tuple[list[int], dict[int, str]]:
     ops: dict[int, str] = {}
     for note in notes:
-        for key in note["ids"]:
+        for key in note.get("ids", ()):
             ops[int(key)] = note["o"]  # the latest operation wins (a raise then a status change)
     return sorted(ops), ops
 
 
-async def _fetch_rows(db: Executor, notes: list[dict[str, Any]], kind: str, table: Any, columns: Any,
-                      record: Any) -> list[Delivery]:
+@functools.cache
+def _datetime_fields(record: Any) -> frozenset[str]:
+    hints = typing.get_type_hints(record)
+    return frozenset(name for name, hint in hints.items() if hint is datetime or hint == (datetime | None))
+
+
+def _from_json(record: type[R], row: dict[str, Any]) -> R:
+    """A record as the writer announced it (app.services.changes sends dataclasses as JSON)."""
+    for name in _datetime_fields(cast(Any, record)):
+        value = row.get(name)
+        if isinstance(value, str):
+            row[name] = datetime.fromisoformat(value)
+    return record(**row)
+
+
+def _by_id(table: Any, columns: Any) -> Any:
+    """Rows by id, built once (SQLAlchemy then compiles it once)."""
+    return select(*columns).where(table.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).order_by(table.c.id)
+
+
+async def _fetch_rows(db: Executor, notes: list[dict[str, Any]], kind: str, statement: Any,
+                      record: type[Any]) -> list[Delivery]:
+    """What changed, in announcement order: the rows the payloads carry, else read back by id."""
+    out = [Delivery(kind, note["o"], r, device_id=getattr(r, "device_id", None))
+           for note in notes for r in (_from_json(record, row) for row in note.get("rows", ()))]
     ids, ops = _ids(notes)
-    rows = (await db.execute(select(*columns).where(table.c.id.in_(ids)).order_by(table.c.id))).all()
-    return [Delivery(kind, ops[r.id], to_record(record, r), device_id=r.device_id) for r in rows]
+    if ids:
+        rows = (await db.execute(statement, {"ids": ids})).all()
+        out += [Delivery(kind, ops[r.id], to_record(record, r), device_id=r.device_id) for r in rows]
+    return out
+
+
+_ALARMS = _by_id(alarms, alarm_service.COLUMNS)
+_EVENTS = _by_id(events, event_service.COLUMNS)
+_OPERATIONS = _by_id(operations, operation_service.COLUMNS)
 
 
 async def _fetch_alarms(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "alarm", alarms, alarm_service.COLUMNS, alarm_service.AlarmRecord)
+    return await _fetch_rows(db, notes, "alarm", _ALARMS, alarm_service.AlarmRecord)
 
 
 async def _fetch_events(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "event", events, event_service.COLUMNS, event_service.EventRecord)
+    return await _fetch_rows(db, notes, "event", _EVENTS, event_service.EventRecord)
 
 
 async def _fetch_operations(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "operation", operations, operation_service.COLUMNS,
-                             operation_service.OperationRecord)
+    return await _fetch_rows(db, notes, "operation", _OPERATIONS, operation_service.OperationRecord)
 
 
 async def _fetch_devices(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
+    out = []
+    for note in notes:
+        for row in note.get("rows", ()):
+            record = _from_json(device_service.DeviceRecord, row)
+            out.append(Delivery("device", note["o"], record, device_id=record.id))
     ids, ops = _ids(notes)
-    found = await device_service.devices_by_ids(db, Scope(), ids)
+    found = await device_service.devices_by_ids(db, Scope(), ids) if ids else {}
     # A deleted device's delivery carries its id alone; no scope can place it any more.
-    return [Delivery("device", ops[i], found[i], device_id=i) if i in found else Delivery("device", ops[i], i)
+    out += [Delivery("device", ops[i], found[i], device_id=i) if i in found else Delivery("device", ops[i], i)
             for i in ids if i in found or ops[i] == "DELETED"]
+    return out
 
 
 async def _fetch_measurements(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:

@@ -27,6 +27,7 @@ from app.db.transaction import Executor
 __all__ = ["ACCESS", "CHANGES", "access_changed", "announce", "payloads"]
 
 IDS_PER_PAYLOAD = 500  # 500 ids of 15 digits stay well under NOTIFY's 8,000 bytes
+ROWS_BYTES = 7000  # rows travel in the payload up to this size (no fetch); beyond it, their ids
 
 # The writing transaction's id as the rows' xmin shows it (32 bits), appended by the statement.
 _NOTIFY = text(
@@ -35,8 +36,16 @@ _NOTIFY = text(
 _NOTIFY_ACCESS = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 
 
-def payloads(tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), **extra: Any) -> list[str]:
-    """The payloads announcing one change, each missing only its closing `"x": xid}` part."""
+def payloads(tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
+             **extra: Any) -> list[str]:
+    """The payloads announcing one change, each missing only its closing `"x": xid}` part. The
+    changed rows themselves (dataclass records) are sent when they fit, so listeners need not
+    read them back; otherwise their ids."""
+    if rows:
+        body = orjson.dumps({"t": tenant_id, "k": kind, "o": op, "rows": rows, **extra}).decode()
+        if len(body) <= ROWS_BYTES:
+            return [body[:-1] + ',"x":']
+        ids = [r.id for r in rows]  # type: ignore[attr-defined]
     chunks = [ids[i:i + IDS_PER_PAYLOAD] for i in range(0, len(ids), IDS_PER_PAYLOAD)] or [ids]
     out = []
     for chunk in chunks:
@@ -45,11 +54,12 @@ def payloads(tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), **extr
     return out
 
 
-async def announce(db: Executor, tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), **extra: Any) -> None:
+async def announce(db: Executor, tenant_id: str, kind: str, op: str, ids: Sequence[int] = (),
+                   rows: Sequence[object] = (), **extra: Any) -> None:
     """Announce a change to subscribers once `db`'s transaction commits. A request's transaction
     (app.access.acting.PlaneView) sends all of a request's announcements in one statement just
     before COMMIT; any other transaction sends them now."""
-    batch = payloads(tenant_id, kind, op, ids, **extra)
+    batch = payloads(tenant_id, kind, op, ids, rows, **extra)
     deferred = getattr(db, "announce", None)
     if deferred is not None:
         deferred(batch)

@@ -61,9 +61,10 @@ class Plane:
     def count(self, name: str, n: int = 1) -> None:
         self.usage[name] += n
 
-    async def announce(self, kind: str, op: str, ids: Sequence[int] = (), **extra: Any) -> None:
+    async def announce(self, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
+                       **extra: Any) -> None:
         """Tell realtime subscribers, once this commits (app.services.changes)."""
-        await changes.announce(self.db, self.tenant.id, kind, op, ids, **extra)
+        await changes.announce(self.db, self.tenant.id, kind, op, ids, rows, **extra)
 
     async def audit(self, action: str, target: str | None, changes: list[dict[str, Any]] | None = None) -> None:
         await data_audit.record(self.db, actor=self.actor, action=action, target=target, changes=changes,
@@ -89,14 +90,14 @@ async def record_event(plane: Plane, *, device_id: str, time: datetime, type: st
     record = await events.create_event(plane.db, plane.scope, device_id=device_id, time=time, type=type, text=text,
                                        attributes=attributes)
     plane.count("events_created_count")
-    await plane.announce("event", "created", [record.id])
+    await plane.announce("event", "created", rows=[record])
     return record
 
 
 async def change_event(plane: Plane, event_id: str, *, text: str | None, attributes: object) -> events.EventRecord:
     record = await events.update_event(plane.db, plane.scope, event_id, text=text, attributes=attributes)
     plane.count("events_updated_count")
-    await plane.announce("event", "updated", [record.id])
+    await plane.announce("event", "updated", rows=[record])
     return record
 
 
@@ -106,7 +107,7 @@ async def raise_alarm(plane: Plane, *, device_id: str, type: str, severity: str,
     record = await alarms.raise_alarm(plane.db, plane.scope, device_id=device_id, type=type, severity=severity,
                                       text_=text)
     plane.count("alarms_created_count" if record.count == 1 else "alarms_updated_count")
-    await plane.announce("alarm", "RAISED" if record.count == 1 else "COUNT_INCREASED", [record.id])
+    await plane.announce("alarm", "RAISED" if record.count == 1 else "COUNT_INCREASED", rows=[record])
     await plane.audit("alarm.raised", str(record.id),
                       [{"attribute": "count", "previous": record.count - 1, "new": record.count}])
     return record
@@ -115,7 +116,7 @@ async def raise_alarm(plane: Plane, *, device_id: str, type: str, severity: str,
 async def change_alarm_status(plane: Plane, alarm_id: str, status: str) -> alarms.AlarmRecord:
     record = await alarms.update_alarm_status(plane.db, plane.scope, alarm_id, status)
     plane.count("alarms_updated_count")
-    await plane.announce("alarm", "STATUS_CHANGED", [record.id])
+    await plane.announce("alarm", "STATUS_CHANGED", rows=[record])
     await plane.audit("alarm.status", str(record.id), [{"attribute": "status", "previous": None,
                                                          "new": record.status}])
     return record
@@ -126,7 +127,7 @@ async def create_operation(plane: Plane, *, device_id: str, description: str,
     record = await operations.create_operation(plane.db, plane.scope, device_id=device_id, description=description,
                                                payload=payload)
     plane.count("operations_created_count")
-    await plane.announce("operation", "CREATED", [record.id])
+    await plane.announce("operation", "CREATED", rows=[record])
     await plane.audit("operation.created", str(record.id))
     return record
 
@@ -135,7 +136,7 @@ async def change_operation_status(plane: Plane, operation_id: str, status: str,
                                   failure_reason: str | None) -> operations.OperationRecord:
     record = await operations.update_operation_status(plane.db, plane.scope, operation_id, status, failure_reason)
     plane.count("operations_updated_count")
-    await plane.announce("operation", "STATUS_CHANGED", [record.id])
+    await plane.announce("operation", "STATUS_CHANGED", rows=[record])
     await plane.audit("operation.status", str(record.id), [{"attribute": "status", "previous": None,
                                                              "new": record.status}])
     return record
@@ -155,7 +156,7 @@ async def create_device(plane: Plane, *, name: str, type: str | None, external_i
                                          owner=str(plane.routed.principal.user_id), external_id=external_id,
                                          fragments=fragments, group_id=group_id, parent_id=parent_id)
     plane.count("inventories_created_count")
-    await plane.announce("device", "CREATED", [record.id])
+    await plane.announce("device", "CREATED", rows=[record])
     await plane.audit("device.created", str(record.id), [{"attribute": "name", "previous": None,
                                                           "new": record.name}])
     if count is not None:  # a limited tenant: warn its admins when this crosses the threshold
@@ -168,7 +169,7 @@ async def create_device(plane: Plane, *, name: str, type: str | None, external_i
 async def update_device(plane: Plane, device_id: str, changes: devices.DeviceChanges) -> devices.DeviceRecord:
     record = await devices.update_device(plane.db, plane.scope, device_id, changes)
     plane.count("inventories_updated_count")
-    await plane.announce("device", "UPDATED", [record.id])
+    await plane.announce("device", "UPDATED", rows=[record])
     await plane.audit("device.updated", str(record.id))
     return record
 
@@ -176,6 +177,7 @@ async def update_device(plane: Plane, device_id: str, changes: devices.DeviceCha
 async def delete_device(plane: Plane, device_id: str) -> None:
     await devices.delete_device(plane.db, plane.scope, device_id)
     await plane.announce("device", "DELETED", [devices.require_id(device_id, "device")])
+    await changes.access_changed(plane.db, tenant_id=plane.tenant.id)  # its device tokens went with it
     await plane.audit("device.deleted", device_id)
 
 

@@ -218,8 +218,12 @@ def _alarm_event(d: Delivery) -> AlarmEvent:
     return AlarmEvent(kind=AlarmEventKind(d.op), alarm=Alarm.of(d.value))
 
 
+class _Batch(list[Measurement]):
+    """A list that can carry its rendered JSON (app.http.subscriptions renders an event once)."""
+
+
 def _measurements(d: Delivery) -> list[Measurement]:
-    return [Measurement.of(m) for m in d.value]
+    return _Batch(Measurement.of(m) for m in d.value)
 
 
 def _event(d: Delivery) -> Event:
