@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
+from app.ids import decode
 from app.logs import configure_logging
 from app.main import create_app
 from app.platform import Platform
@@ -122,3 +123,11 @@ def pct(samples: list[float], q: float) -> float:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples)
+
+
+def local_id(global_id: str) -> int:
+    """The row number behind a global id (app.ids): what a plain endpoint or a peer server keys by."""
+    decoded = decode(global_id)
+    if decoded is None:
+        raise ValueError(f"not a global id: {global_id!r}")
+    return decoded[2]

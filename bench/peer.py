@@ -44,6 +44,7 @@ from app.platform import Platform
 from app.services.pagination import encode_cursor
 from app.tenancy.naming import tenant_role, tenant_schema
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median
+from bench.common import local_id as _local
 from bench.concurrency import Request as WrkRequest
 from bench.concurrency import _script, _wrk
 from bench.usage import SEED
@@ -91,7 +92,7 @@ def plain_routes(platform: Platform) -> list[Any]:
     async def plain_device(request: Request) -> Response:
         tx = tenant_transaction(platform.db.app, request.headers["x-tenant-id"])
         try:
-            row = (await tx.execute(one, {"id": int(request.path_params["id"])})).one()
+            row = (await tx.execute(one, {"id": _local(request.path_params["id"])})).one()
         finally:
             await tx.finish(commit=True)
         body = {"data": {"device": {"id": str(row.id), "name": row.name, "type": row.type}}}
@@ -212,7 +213,7 @@ async def main(seconds: float, tenants: int) -> None:
         scenarios: dict[str, dict[str, list[WrkRequest]]] = {
             "a": {"plain": [("GET", f"/plain/device/{i}", {"X-Tenant-ID": tenant}, None) for i in one_ids],
                   "tenantry": [post(ONE, {"id": i}) for i in one_ids],
-                  "postgraphile": [post(PG_ONE, {"id": i}, pg_headers) for i in one_ids]},
+                  "postgraphile": [post(PG_ONE, {"id": _local(i)}, pg_headers) for i in one_ids]},
             "b": {"plain": [("GET", "/plain/devices", {"X-Tenant-ID": tenant}, None)],
                   "tenantry": [post(LIST)],
                   "postgraphile": [post(PG_LIST, None, pg_headers)]},

@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app.access.acting import tenant_switch
 from app.services import alarms as alarm_service
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, pct
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, local_id, pct
 from bench.concurrency import Request as WrkRequest
 from bench.concurrency import _script, _wrk
 from bench.peer import _pg_cpu, _pg_delta
@@ -132,7 +132,7 @@ async def main(subscribers: int, tenants: int, rate: int, seconds: float, worker
             tenant = made["createSubtenant"]["id"]
             token = await b.token(email, ADMIN_PASSWORD, tenant)
             device = await b.gql('mutation { createDevice(input: {name: "d"}) { id } }', token=token, tenant=tenant)
-            setup.append((tenant, token, int(device["createDevice"]["id"])))
+            setup.append((tenant, token, local_id(device["createDevice"]["id"])))
         url = str(settings.database_url)
         env = {**os.environ, "TENANTRY_DATABASE_URL": url, "TENANTRY_DATA_DIR": str(settings.data_dir),
                "TENANTRY_SECRET_KEY": str(settings.secret_key), "TENANTRY_PORT": "0", "TENANTRY_LOG_LEVEL": "WARNING",

@@ -28,6 +28,7 @@ from app.models.tenant import devices
 from app.platform import Platform
 from app.services.devices import DEVICE_COLUMNS
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, generic_path, interleaved, median, timed
+from bench.common import local_id as _local
 
 BY_ID = select(*DEVICE_COLUMNS).where(devices.c.id == bindparam("id"))
 DEVICE = "query($id: ID!) { device(id: $id) { id name type owner fragments createdAt updatedAt } }"
@@ -38,7 +39,7 @@ def plain_routes(platform: Platform) -> list[Any]:
         tenant_id = request.headers["x-tenant-id"]
         tx = tenant_transaction(platform.db.app, tenant_id)
         try:
-            row = (await tx.execute(BY_ID, {"id": int(request.path_params["id"])})).first()
+            row = (await tx.execute(BY_ID, {"id": _local(request.path_params["id"])})).first()
         finally:
             await tx.finish(commit=True)
         assert row is not None
@@ -59,7 +60,7 @@ async def main(n: int) -> None:
         tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant_id)
         created = await b.gql('mutation { createDevice(input: {name: "bench", type: "t", fragments: {a: 1}}) '
                               "{ id } }", token=tenant_token, tenant=tenant_id)
-        device_id = int(created["createDevice"]["id"])
+        device_id = created["createDevice"]["id"]
         db = b.platform.db
         # The same table, schema-qualified, so both sides build and run the same statement.
         qualified_devices = devices.to_metadata(MetaData(), schema=f"t_{tenant_id}")

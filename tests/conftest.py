@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from app.access.acting import tenant_transaction
 from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
+from app.ids import encode
 from app.main import create_app
 from app.platform import Platform
 from app.services.bootstrap import bootstrap
@@ -175,7 +176,7 @@ class World:
             result = await self.api.gql("mutation($u: ID!, $g: [ID!]) { setMemberGroups(userId: $u, groupIds: $g) "
                                         "{ groupIds } }", {"u": str(user_id), "g": group_ids},
                                         token=tenant.token, tenant=tenant.id)
-            assert result.data["setMemberGroups"]["groupIds"] == sorted(group_ids, key=int)
+            assert sorted(result.data["setMemberGroups"]["groupIds"]) == sorted(group_ids)
         return str(user_id), await self.api.token(email, PASSWORD, tenant.id)
 
     async def subtree_admin(self, ancestor: TenantHandle) -> tuple[str, str]:
@@ -235,3 +236,8 @@ async def provider() -> AsyncIterator[FakeProvider]:
     await idp.start()
     yield idp
     await idp.stop()
+
+
+def nowhere(tenant: TenantHandle | str, type_name: str = "Device") -> str:
+    """A well-formed global id of `type_name` in the tenant that names no row."""
+    return encode(type_name, tenant if isinstance(tenant, str) else tenant.id, 999_999_999)

@@ -9,13 +9,20 @@ from uuid import UUID
 
 from app.access.scope import Scope
 from app.db.engines import make_engine
+from app.ids import decode
 from app.services import copying
 from app.services.audit import SYSTEM
 
 
+def _local(global_id: str) -> int:
+    decoded = decode(global_id)
+    assert decoded is not None, global_id
+    return decoded[2]
+
+
 async def main(url: str, source: str, target: str, device: str, marker: str) -> None:
     engine = make_engine(url, pool_size=4, max_overflow=0)  # the lease, the copy, progress updates
-    spec = copying.CopySpec(source_tenant=source, target_tenant=target, device_ids=(int(device),),
+    spec = copying.CopySpec(source_tenant=source, target_tenant=target, device_ids=(_local(device),),
                             include=("INVENTORY", "MEASUREMENTS"))
     job: list[UUID] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from app.platform import Platform
-from tests.conftest import Api, TenantHandle, World
+from tests.conftest import Api, TenantHandle, World, nowhere
 
 
 async def _setup(api: Api, t: TenantHandle) -> dict[str, str]:
@@ -84,8 +84,9 @@ async def test_lifting_a_group_restriction_takes_effect(api: Api, world: World) 
     assert lifted.data["setMemberGroups"]["groupIds"] is None
     after = await api.gql("{ devices { totalCount } }", token=token, tenant=t.id)
     assert after.data["devices"]["totalCount"] == 4
-    unknown_group = await api.gql('mutation($u: ID!) { setMemberGroups(userId: $u, groupIds: ["999999"]) '
-                                  "{ groupIds } }", {"u": user_id}, token=t.token, tenant=t.id)
+    unknown_group = await api.gql('mutation($u: ID!, $g: ID!) { setMemberGroups(userId: $u, groupIds: [$g]) '
+                                  "{ groupIds } }", {"u": user_id, "g": nowhere(t, "Group")}, token=t.token,
+                                  tenant=t.id)
     assert unknown_group.code == "NOT_FOUND"
 
 

@@ -23,12 +23,13 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 
 from app.http.graphql import GraphQLEndpoint
+from app.ids import encode
 from app.platform import Platform
 from app.services.pagination import encode_cursor
 from app.services.timeseries import encode_time_cursor
 from app.settings import Settings
 from bench.common import generic_path
-from tests.conftest import Api, TenantHandle, World
+from tests.conftest import Api, TenantHandle, World, nowhere
 
 READ_PATH = "tenantry-read-path"
 
@@ -483,7 +484,8 @@ async def test_a_failing_field_cancelling_its_siblings_is_not_internal(api: Api,
     sibling resolvers, one of them mid-statement; finishing that request's transaction then
     failed (INTERNAL) instead of answering the field's own error."""
     t = await world.tenant()
-    query = '{ group(id: "77777") { id } devices(after: "azow") { totalCount } a: group(id: "1") { id } }'
+    query = (f'{{ group(id: "{nowhere(t, "Group")}") {{ id }} devices(after: "azow") {{ totalCount }} '
+             f'a: group(id: "{encode("Group", t.id, 1)}") {{ id }} }}')
     with generic_path(app):
         for _ in range(30):
             answer = await post(http, t.token, t.id, query, {})

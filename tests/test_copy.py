@@ -18,11 +18,12 @@ from sqlalchemy import text
 
 from app.access.scope import Scope
 from app.db.engines import app_database_url, owner_database_url
+from app.ids import decode
 from app.main import create_app
 from app.platform import Platform
 from app.services import copying
 from app.services.audit import SYSTEM
-from tests.conftest import Api, TenantHandle, World, unique
+from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = """mutation($i: CopyDataInput!) { copyData(input: $i) { id status error
@@ -143,7 +144,7 @@ async def test_copy_needs_read_on_the_source_and_write_on_the_target(api: Api, w
     assert (await api.gql(COPY, {"i": {**spec, "sourceTenantId": source.id, "targetTenantId": source.id}},
                           token=reader, tenant=source.id)).code == "INVALID_INPUT"
     # Ids name devices of the source only: one it lacks fails the whole copy, which writes nothing.
-    missing = await api.gql(COPY, {"i": {**spec, "deviceIds": [device, "999999"]}}, token=source.token,
+    missing = await api.gql(COPY, {"i": {**spec, "deviceIds": [device, nowhere(source)]}}, token=source.token,
                             tenant=source.id)
     assert missing.code == "NOT_FOUND"
     assert (await _target_state(api, target))["devices"] == []
@@ -165,7 +166,7 @@ async def test_copy_needs_read_on_the_source_and_write_on_the_target(api: Api, w
 
 async def test_a_failure_anywhere_leaves_the_target_untouched(api: Api, world: World, platform: Platform) -> None:
     source, target = await _pair(api, world)
-    device = int(await _seed(api, source, "d"))
+    device = local_of(await _seed(api, source, "d"))
     spec = copying.CopySpec(source_tenant=source.id, target_tenant=target.id, device_ids=(device,),
                             include=("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS"))
     for step in ("inventory", "measurements", "events", "alarms", "commit"):
@@ -249,3 +250,10 @@ async def test_large_copies_run_as_jobs_with_progress(api: Api, world: World, pl
     received = await api.gql('{ auditLog(filter: {plane: DATA, action: "data."}) { edges { node { action } } } }',
                              token=target.token, tenant=target.id)
     assert "data.copied_in" in {e["node"]["action"] for e in received.data["auditLog"]["edges"]}
+
+
+def local_of(global_id: str) -> int:
+    """The row number behind a global id (what the services take)."""
+    decoded = decode(global_id)
+    assert decoded is not None
+    return decoded[2]

@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.conftest import Api, TenantHandle, World
+from tests.conftest import Api, TenantHandle, World, nowhere
 
 CREATE_M = "mutation($m: [MeasurementInput!]!) { createMeasurements(input: $m) }"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -80,7 +80,7 @@ async def test_bad_measurement_input_is_refused_whole(api: Api, world: World) ->
     device = await _device(api, t)
     good = _rows(device, 3)
     cases = {
-        "NOT_FOUND": [*good, {**good[0], "deviceId": "987654"}],
+        "NOT_FOUND": [*good, {**good[0], "deviceId": nowhere(t)}],
         "INVALID_INPUT": [{**good[0], "time": "2026-01-01T00:00:00"}],  # no time zone
     }
     for code, batch in cases.items():
@@ -103,9 +103,11 @@ async def test_bad_measurement_input_is_refused_whole(api: Api, world: World) ->
                                      'to: "2026-01-01T00:00:00Z", interval: MINUTE) { count } }', {"d": device},
                                      token=t.token, tenant=t.id)
     assert too_many_buckets.code == "INVALID_INPUT"
-    unknown = await api.gql('{ measurements(deviceId: "987654") { edges { node { id } } } }', token=t.token,
-                            tenant=t.id)
+    unknown = await api.gql('query($d: ID!) { measurements(deviceId: $d) { edges { node { id } } } }',
+                            {"d": nowhere(t)}, token=t.token, tenant=t.id)
     assert unknown.code == "NOT_FOUND"
+    bare = await api.gql('{ measurements(deviceId: "987654") { edges { node { id } } } }', token=t.token, tenant=t.id)
+    assert bare.code == "INVALID_INPUT"
 
 
 async def test_events_are_created_updated_and_queried(api: Api, world: World) -> None:
@@ -124,7 +126,8 @@ async def test_events_are_created_updated_and_queried(api: Api, world: World) ->
     doors = await api.gql('{ events(type: "door", from: "2026-01-01T00:00:00Z", to: "2026-01-03T00:00:00Z") '
                           "{ edges { node { id text } } } }", token=t.token, tenant=t.id)
     assert doors.data["events"]["edges"] == [{"node": {"id": event_id, "text": "door closed"}}]
-    missing = await api.gql('mutation { updateEvent(id: "999999", input: {text: "x"}) { id } }', token=t.token,
+    missing = await api.gql('mutation($i: ID!) { updateEvent(id: $i, input: {text: "x"}) { id } }',
+                            {"i": nowhere(t, "Event")}, token=t.token,
                             tenant=t.id)
     assert missing.code == "NOT_FOUND"
 
@@ -162,7 +165,7 @@ async def test_alarms_deduplicate_while_open_and_follow_their_lifecycle(api: Api
     warnings = await api.gql("{ alarms(filter: {severity: [WARNING, MINOR]}) { edges { node { id } } } }",
                              token=t.token, tenant=t.id)
     assert [e["node"]["id"] for e in warnings.data["alarms"]["edges"]] == [fresh["id"]]
-    unknown = await api.gql(raise_, {"d": "999999", "s": "MAJOR"}, token=t.token, tenant=t.id)
+    unknown = await api.gql(raise_, {"d": nowhere(t), "s": "MAJOR"}, token=t.token, tenant=t.id)
     assert unknown.code == "NOT_FOUND"
 
 

@@ -52,13 +52,21 @@ async def test_json_nested_too_deep_or_too_big_is_invalid_input(api: Api, world:
     assert literal.code == "INVALID_INPUT", literal.body
 
 
-@pytest.mark.parametrize("bad_id", ["⑧", "¹", "٣", "99999999999999999999", "-1", "0", "9223372036854775808"])
-async def test_ids_that_are_not_ascii_bigint_digits_name_nothing(api: Api, world: World, bad_id: str) -> None:
+@pytest.mark.parametrize("local", ["⑧", "¹", "٣", "99999999999999999999", "-1", "0", "9223372036854775808", "1"])
+async def test_ids_that_are_not_global_ids_of_ascii_bigint_digits_are_invalid_input(api: Api, world: World,
+                                                                                   local: str) -> None:
+    """Bare numbers (the rows' per-tenant numbers) and forged global ids alike: only the API's ids."""
     t = await world.tenant()
-    found = await api.gql("query($d: ID!) { device(id: $d) { id } }", {"d": bad_id}, token=t.token, tenant=t.id)
-    assert found.data["device"] is None
-    write = await api.gql("mutation($d: ID!) { deleteDevice(id: $d) }", {"d": bad_id}, token=t.token, tenant=t.id)
-    assert write.code == "NOT_FOUND"
+    forged = base64.urlsafe_b64encode(f"Device:{t.id}:{local}".encode()).rstrip(b"=").decode()
+    for bad_id in (local, forged):
+        found = await api.gql("query($d: ID!) { device(id: $d) { id } }", {"d": bad_id}, token=t.token, tenant=t.id)
+        if bad_id == forged and local == "1":  # well-formed: names no device here
+            assert found.data["device"] is None
+            continue
+        assert found.code == "INVALID_INPUT", (bad_id, found.body)
+        write = await api.gql("mutation($d: ID!) { deleteDevice(id: $d) }", {"d": bad_id}, token=t.token,
+                              tenant=t.id)
+        assert write.code == "INVALID_INPUT"
 
 
 async def test_cursors_are_validated_never_trusted(api: Api, world: World) -> None:

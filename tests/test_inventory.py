@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Api, TenantHandle, World, unique
+from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
 DEVICE = "mutation($i: CreateDeviceInput!) { createDevice(input: $i) { id name parentId } }"
 
@@ -69,7 +69,7 @@ async def test_gateways_and_child_devices(api: Api, world: World) -> None:
     cycle = await api.gql("mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }",
                           {"d": gateway, "p": child}, token=t.token, tenant=t.id)
     assert cycle.code == "INVALID_INPUT"
-    missing_parent = await api.gql(DEVICE, {"i": {"name": "orphan", "parentId": "999999"}}, token=t.token,
+    missing_parent = await api.gql(DEVICE, {"i": {"name": "orphan", "parentId": nowhere(t)}}, token=t.token,
                                    tenant=t.id)
     assert missing_parent.code == "NOT_FOUND"
 
@@ -108,7 +108,8 @@ async def test_fragment_filters_and_updates(api: Api, world: World) -> None:
                             'fragments: {firmware: {version: "2.0"}}}) { name fragments } }', {"d": old},
                             token=t.token, tenant=t.id)
     assert updated.data["updateDevice"] == {"name": "renamed", "fragments": {"firmware": {"version": "2.0"}}}
-    missing = await api.gql('mutation { updateDevice(id: "999999", input: {name: "x"}) { id } }', token=t.token,
+    missing = await api.gql('mutation($i: ID!) { updateDevice(id: $i, input: {name: "x"}) { id } }',
+                            {"i": nowhere(t)}, token=t.token,
                             tenant=t.id)
     assert missing.code == "NOT_FOUND"
 

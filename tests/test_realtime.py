@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from app.access.principal import Routed
 from app.platform import Platform
 from app.realtime.hub import Delivery, Hub
-from tests.conftest import Api, TenantHandle, World
+from tests.conftest import Api, TenantHandle, World, nowhere
 
 ALARMS = "subscription { alarms { kind alarm { id type deviceId severity count status } } }"
 RAISE = """mutation($d: ID!, $t: String!) { raiseAlarm(input: {deviceId: $d, type: $t, severity: MAJOR, text: "x"})
@@ -177,10 +177,10 @@ async def test_a_rolled_back_write_announces_nothing(server: str, api: Api, worl
         stream = session.subscribe(gql(ALARMS))
         first = asyncio.ensure_future(stream.__anext__())
         await _listening(platform, before + 1)
-        failed = await api.gql("""mutation($d: ID!) {
+        failed = await api.gql("""mutation($d: ID!, $m: ID!) {
             a: raiseAlarm(input: {deviceId: $d, type: "rolled-back", severity: MAJOR, text: "x"}) { id }
-            b: raiseAlarm(input: {deviceId: "999999999", type: "x", severity: MAJOR, text: "x"}) { id } }""",
-                               {"d": device}, token=tenant.token, tenant=tenant.id)
+            b: raiseAlarm(input: {deviceId: $m, type: "x", severity: MAJOR, text: "x"}) { id } }""",
+                               {"d": device, "m": nowhere(tenant)}, token=tenant.token, tenant=tenant.id)
         assert failed.errors
         await api.gql(RAISE, {"d": device, "t": "committed"}, token=tenant.token, tenant=tenant.id)
         event = await asyncio.wait_for(first, 10)

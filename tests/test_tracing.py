@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from app.http.tracing import configure_tracing
 from app.main import create_app
 from app.platform import Platform
-from tests.conftest import World
+from tests.conftest import World, nowhere
 
 
 def test_tracing_is_off_unless_an_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,7 +29,8 @@ async def test_each_graphql_request_is_a_span_with_tenant_operation_and_outcome(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tenantry.test") as client:
         headers = {"authorization": f"Bearer {t.token}", "x-tenant-id": t.id}
         await client.post("/graphql", json={"query": "query Inventory { devices { totalCount } }"}, headers=headers)
-        await client.post("/graphql", json={"query": "mutation Oops { deleteDevice(id: \"⑧\") }"}, headers=headers)
+        await client.post("/graphql", json={"query": "mutation Oops($d: ID!) { deleteDevice(id: $d) }",
+                                            "variables": {"d": nowhere(t)}}, headers=headers)
     ok, failed = exporter.get_finished_spans()
     assert ok.name == "graphql"
     assert ok.attributes is not None

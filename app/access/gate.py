@@ -29,6 +29,7 @@ from uuid import UUID
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import ids
 from app.access import credentials
 from app.access.acting import PlaneView, RequestTransaction
 from app.access.admission import InFlight, RateLimiter
@@ -103,6 +104,8 @@ class RequestAccess:
         self.request_id = request_id
         self.tx = RequestTransaction(gate.engine)
         self.management_db: PlaneView = self.tx.plane(None)
+        # The tenant this request's global ids speak of: bound when it is routed (app.ids).
+        self.ids = ids.begin()
         self.device_request = False  # made with a device token (metered apart)
         self.rate_limited: RateLimited | None = None
         self._principal: Principal | None = None
@@ -155,6 +158,7 @@ class RequestAccess:
                     else:
                         routed = await self._route_user(self.principal(), self.tenant_header)
                     self._routed = routed
+                    self.ids.tenant = routed.tenant.id
                     try:
                         self.gate.rate_limiter.take(routed.tenant)
                     except RateLimited as exc:

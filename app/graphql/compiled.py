@@ -71,7 +71,7 @@ from app.access.scope import Scope
 from app.auth.roles import DEVICES_READ, OPERATIONS_DEVICE, TENANT_ADMIN
 from app.errors import AppError
 from app.graphql import execution, fast_path
-from app.inputs import parse_id
+from app.ids import current_tenant
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.services import alarms as alarm_service
 from app.services import devices as inventory
@@ -267,8 +267,19 @@ def _device_external_ids(q: _Statement, field: GraphQLField, details: list[Field
             f"FROM external_ids {x} WHERE {x}.device_id = {row}.id), '[]'::json)")
 
 
-_ID = _column("id", "{c}::text")
-_OPTIONAL_ID = _column("parent_id", "{c}::text")
+def _global(type_name: str, column: str) -> Resolve:
+    """The column's global id (app.ids.encode: base64url of "Type:tenant:n", unpadded) for the
+    request's tenant; NULL stays NULL. PostgreSQL's base64 breaks lines only after 76 characters,
+    beyond the longest id."""
+    def resolve(q: _Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+        prefix = q.bind(f"{type_name}:{current_tenant()}:")
+        return (f"rtrim(translate(encode(convert_to({prefix} || {row}.{column}::text, 'UTF8'), 'base64'), "
+                f"'+/', '-_'), '=')")
+
+    return resolve
+
+
+_DEVICE_ID = _global("Device", "device_id")
 
 _TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
                   "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
@@ -277,28 +288,30 @@ _TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": 
                   "updatedAt": "updated_at", "schemaVersion": "schema_version", "parentAccess": "parent_access"}
 
 _FIELDS: dict[str, dict[str, Resolve]] = {
-    "Device": {"id": _ID, "name": _column("name"), "type": _column("type"), "owner": _column("owner"),
-               "fragments": _column("fragments"), "createdAt": _column("created_at", _ISO),
-               "updatedAt": _column("updated_at", _ISO), "parentId": _OPTIONAL_ID, "parent": _device_parent,
+    "Device": {"id": _global("Device", "id"), "name": _column("name"), "type": _column("type"),
+               "owner": _column("owner"), "fragments": _column("fragments"), "createdAt": _column("created_at", _ISO),
+               "updatedAt": _column("updated_at", _ISO), "parentId": _global("Device", "parent_id"),
+               "parent": _device_parent,
                "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids,
                "alarms": _device_alarms},
-    "Group": {"id": _ID, "name": _column("name"), "parentId": _OPTIONAL_ID, "createdAt": _column("created_at", _ISO)},
+    "Group": {"id": _global("Group", "id"), "name": _column("name"), "parentId": _global("Group", "parent_id"),
+              "createdAt": _column("created_at", _ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
     "Tenant": {name: _column(column, _ISO if column in ("created_at", "updated_at") else "{c}")
                for name, column in _TENANT_FIELDS.items()},
-    "Alarm": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "type": _column("type"),
+    "Alarm": {"id": _global("Alarm", "id"), "deviceId": _DEVICE_ID, "type": _column("type"),
               "severity": _column("severity"), "status": _column("status"), "text": _column("text"),
               "count": _column("count"), "firstRaisedAt": _column("first_raised_at", _ISO),
               "lastRaisedAt": _column("last_raised_at", _ISO), "updatedAt": _column("updated_at", _ISO)},
-    "Event": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
+    "Event": {"id": _global("Event", "id"), "deviceId": _DEVICE_ID, "time": _column("time", _ISO),
               "type": _column("type"), "text": _column("text"), "attributes": _column("attributes"),
               "createdAt": _column("created_at", _ISO), "updatedAt": _column("updated_at", _ISO)},
-    "Measurement": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "time": _column("time", _ISO),
+    "Measurement": {"id": _global("Measurement", "id"), "deviceId": _DEVICE_ID, "time": _column("time", _ISO),
                     "type": _column("type"), "series": _column("series"), "value": _column("value"),
                     "unit": _column("unit")},
     "SeriesPoint": {"series": _column("series"), "bucket": _column("bucket", _ISO), "min": _column("min"),
                     "max": _column("max"), "avg": _column("avg"), "count": _column("count"), "sum": _column("sum")},
-    "Operation": {"id": _ID, "deviceId": _column("device_id", "{c}::text"), "status": _column("status"),
+    "Operation": {"id": _global("Operation", "id"), "deviceId": _DEVICE_ID, "status": _column("status"),
                   "description": _column("description"), "payload": _column("payload"),
                   "failureReason": _column("failure_reason"), "createdAt": _column("created_at", _ISO),
                   "updatedAt": _column("updated_at", _ISO)},
@@ -426,7 +439,7 @@ def _root_devices(q: _Statement, field: GraphQLField, details: list[FieldDetails
 
 def _by_id(q: _Statement, field: GraphQLField, details: list[FieldDetails], table: str) -> str:
     """device(id) / group(id): the row in scope, or null (an id that parses as none names nothing)."""
-    key = parse_id(q.arguments(field, details)["id"])
+    key = _checked(lambda: inventory.parse_id(q.arguments(field, details)["id"], table[:-1]))
     if key is None:
         return "NULL::json"
     r = q.alias(table[0])

@@ -31,6 +31,7 @@ from app.graphql.types.access import AccessMutations, AccessQueries
 from app.graphql.types.auth import AuthMutations, AuthQueries, SignUpMutations
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
 from app.graphql.types.devices import DeviceMutations, DeviceQueries
+from app.graphql.types.nodes import NodeQueries
 from app.graphql.types.options import OptionMutations, OptionQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
 from app.graphql.types.realtime import Subscriptions
@@ -41,7 +42,7 @@ from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
-                              PeopleQueries, SharingQueries, TemplateQueries, OptionQueries))
+                              PeopleQueries, SharingQueries, TemplateQueries, OptionQueries, NodeQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
                                     AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
                                     TemplateMutations, OptionMutations))

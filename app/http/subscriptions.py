@@ -83,6 +83,7 @@ class Operations:
         context = Context.of(self.platform, request_id=secrets.token_hex(16), authorization=session.authorization,
                              tenant_header=session.tenant_header)
         context.session, context.operation_key = session, key
+        context.access.ids.tenant = session.tenant_id  # the session is routed: its events' ids speak of it
         return context
 
     def _document(self, payload: Any) -> tuple[DocumentNode, OperationDefinitionNode, dict[str, Any] | None,

@@ -79,7 +79,8 @@ async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> 
     plane.count("measurements_created_count", stored)
     if stored:
         times = [m.time for m in batch]
-        await plane.announce("measurement", "created", d=sorted({int(m.device_id) for m in batch}),
+        await plane.announce("measurement", "created", d=sorted({devices.require_id(m.device_id, "device")
+                                                                 for m in batch}),
                              lo=min(times).isoformat(), hi=max(times).isoformat())
     return stored
 

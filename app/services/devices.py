@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import inputs
+from app import ids
 from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -81,13 +81,18 @@ class DeviceChanges:
     clear_parent: bool = False
 
 
-def parse_id(value: str | int | None, what: str = "id") -> int | None:
-    """Ids are positive 64-bit integers in ASCII digits; anything else can name nothing."""
-    return inputs.parse_id(value)
+def parse_id(value: str | int | None, what: str) -> int | None:
+    """The row a `what` id ("device", "group", …) names in the request's tenant: a global id from
+    the API (app.ids; INVALID_INPUT when malformed, None when of another tenant or type), or an int
+    the services hold."""
+    if value is None:
+        return None
+    return ids.local_id(value, what)
 
 
-def require_id(value: str | int, what: str) -> int:
-    parsed = parse_id(value)
+def require_id(value: str | int, what: str, *, tenant: str | None = None) -> int:
+    """As parse_id, NOT_FOUND when it names nothing here (`tenant`: another than the request's)."""
+    parsed = ids.local_id(value, what, tenant)
     if parsed is None:
         raise NotFound(f"{what} {value} not found")
     return parsed
@@ -172,7 +177,7 @@ async def create_device(
 
 
 async def device_by_id(db: Executor, scope: Scope, device_id: str | int) -> DeviceRecord | None:
-    key = parse_id(device_id)
+    key = parse_id(device_id, "device")
     if key is None:
         return None
     stmt = _BY_ID if scope.unrestricted else _BY_ID.where(scope.devices(devices.c.id))
@@ -321,7 +326,7 @@ async def require_group(db: Executor, scope: Scope, group_id: int) -> GroupRecor
 
 
 async def group_by_id(db: Executor, scope: Scope, group_id: str) -> GroupRecord | None:
-    key = parse_id(group_id)
+    key = parse_id(group_id, "group")
     if key is None:
         return None
     row = (await db.execute(select(*GROUP_COLUMNS).where(groups.c.id == key, scope.groups(groups.c.id)))).first()

@@ -10,6 +10,7 @@ import strawberry
 from app.auth.roles import TENANT_ADMIN
 from app.errors import NotFound
 from app.graphql.context import Context
+from app.ids import here
 from app.services import retention
 from app.services import roles as role_service
 from app.services.devices import require_id
@@ -34,8 +35,8 @@ class RetentionRule:
 
     @classmethod
     def of(cls, r: retention.RetentionRule) -> RetentionRule:
-        return cls(id=strawberry.ID(str(r.id)), data_type=r.data_type, type=r.type, max_age_days=r.max_age_days,
-                   created_at=r.created_at)
+        return cls(id=strawberry.ID(here("RetentionRule", r.id)), data_type=r.data_type, type=r.type,
+                   max_age_days=r.max_age_days, created_at=r.created_at)
 
 
 @strawberry.type
@@ -93,7 +94,7 @@ class AccessMutations:
                                                       user_id=user, group_ids=ids)
         ctx.platform.registry.forget_membership(user, routed.tenant.id)
         return MemberGroups(user_id=user_id,
-                            group_ids=[strawberry.ID(str(g)) for g in result] if result is not None else None)
+                            group_ids=[strawberry.ID(here("Group", g)) for g in result] if result is not None else None)
 
     @strawberry.mutation
     async def add_retention_rule(self, info: Info, data_type: str, max_age_days: int,

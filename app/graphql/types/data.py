@@ -19,8 +19,10 @@ from app.auth.roles import (
 )
 from app.graphql.connections import Connection
 from app.graphql.context import Context
+from app.graphql.node import Node
 from app.graphql.scalars import JSON
 from app.graphql.types.devices import Alarm, AlarmSeverity, AlarmStatus
+from app.ids import here
 from app.services import alarms as alarm_service
 from app.services import data_plane as use_case
 from app.services import events as event_service
@@ -35,7 +37,7 @@ FROM = strawberry.argument(name="from")  # `from` is a Python keyword
 
 
 @strawberry.type
-class Measurement:
+class Measurement(Node):
     id: strawberry.ID
     device_id: strawberry.ID
     time: datetime
@@ -46,8 +48,8 @@ class Measurement:
 
     @classmethod
     def of(cls, r: MeasurementRecord) -> Measurement:
-        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)), time=r.time, type=r.type,
-                   series=r.series, value=r.value, unit=r.unit)
+        return cls(id=strawberry.ID(here("Measurement", r.id)), device_id=strawberry.ID(here("Device", r.device_id)),
+                   time=r.time, type=r.type, series=r.series, value=r.value, unit=r.unit)
 
 
 @strawberry.input
@@ -98,7 +100,7 @@ class SeriesPoint:
 
 
 @strawberry.type
-class Event:
+class Event(Node):
     id: strawberry.ID
     device_id: strawberry.ID
     time: datetime
@@ -110,8 +112,9 @@ class Event:
 
     @classmethod
     def of(cls, r: EventRecord) -> Event:
-        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)), time=r.time, type=r.type,
-                   text=r.text, attributes=JSON(r.attributes), created_at=r.created_at, updated_at=r.updated_at)
+        return cls(id=strawberry.ID(here("Event", r.id)), device_id=strawberry.ID(here("Device", r.device_id)),
+                   time=r.time, type=r.type, text=r.text, attributes=JSON(r.attributes), created_at=r.created_at,
+                   updated_at=r.updated_at)
 
 
 @strawberry.input
@@ -163,7 +166,7 @@ class OperationStatus(Enum):
 
 
 @strawberry.type
-class Operation:
+class Operation(Node):
     id: strawberry.ID
     device_id: strawberry.ID
     status: OperationStatus
@@ -175,7 +178,7 @@ class Operation:
 
     @classmethod
     def of(cls, r: OperationRecord) -> Operation:
-        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)),
+        return cls(id=strawberry.ID(here("Operation", r.id)), device_id=strawberry.ID(here("Device", r.device_id)),
                    status=OperationStatus(r.status), description=r.description, payload=JSON(r.payload),
                    failure_reason=r.failure_reason, created_at=r.created_at, updated_at=r.updated_at)
 

@@ -12,7 +12,9 @@ from app.auth.roles import DEVICES_READ, DEVICES_WRITE
 from app.errors import InvalidInput
 from app.graphql.connections import Connection
 from app.graphql.context import Context
+from app.graphql.node import Node
 from app.graphql.scalars import JSON
+from app.ids import here
 from app.services import data_plane as use_case
 from app.services import devices as service
 from app.services.alarms import AlarmRecord
@@ -38,7 +40,7 @@ class AlarmStatus(Enum):
 
 
 @strawberry.type
-class Alarm:
+class Alarm(Node):
     id: strawberry.ID
     device_id: strawberry.ID
     type: str
@@ -52,9 +54,10 @@ class Alarm:
 
     @classmethod
     def of(cls, r: AlarmRecord) -> Alarm:
-        return cls(id=strawberry.ID(str(r.id)), device_id=strawberry.ID(str(r.device_id)), type=r.type,
-                   severity=AlarmSeverity(r.severity), status=AlarmStatus(r.status), text=r.text, count=r.count,
-                   first_raised_at=r.first_raised_at, last_raised_at=r.last_raised_at, updated_at=r.updated_at)
+        return cls(id=strawberry.ID(here("Alarm", r.id)), device_id=strawberry.ID(here("Device", r.device_id)),
+                   type=r.type, severity=AlarmSeverity(r.severity), status=AlarmStatus(r.status), text=r.text,
+                   count=r.count, first_raised_at=r.first_raised_at, last_raised_at=r.last_raised_at,
+                   updated_at=r.updated_at)
 
 
 @strawberry.type
@@ -68,23 +71,25 @@ class ExternalIdentity:
 
 
 @strawberry.type
-class Group:
+class Group(Node):
     id: strawberry.ID
     name: str
     parent_id: strawberry.ID | None
     created_at: datetime
+    local: strawberry.Private[int]  # the row's number in its tenant
 
     @classmethod
     def of(cls, r: GroupRecord) -> Group:
-        return cls(id=strawberry.ID(str(r.id)), name=r.name,
-                   parent_id=strawberry.ID(str(r.parent_id)) if r.parent_id else None, created_at=r.created_at)
+        return cls(id=strawberry.ID(here("Group", r.id)), name=r.name,
+                   parent_id=strawberry.ID(here("Group", r.parent_id)) if r.parent_id else None,
+                   created_at=r.created_at, local=r.id)
 
     @strawberry.field(description="Devices in this group, optionally with those of all its subgroups.")
     async def devices(self, info: Info, first: int | None = None, after: str | None = None,
                       include_subgroups: bool = False) -> Connection[Device]:
         ctx = info.context
         db, scope = await ctx.tenant_db(), await ctx.scope()
-        f = service.DeviceFilter(group_id=int(self.id), include_subgroups=include_subgroups)
+        f = service.DeviceFilter(group_id=self.local, include_subgroups=include_subgroups)
         page = await service.list_devices(db, scope, first=first, after=after, cap=ctx.cap, filter=f)
         return Connection.of(page, Device.of, lambda: service.count_devices(db, scope, f))
 
@@ -92,12 +97,12 @@ class Group:
     async def subgroups(self, info: Info, first: int | None = None, after: str | None = None) -> Connection[Group]:
         ctx = info.context
         page = await service.list_groups(await ctx.tenant_db(), await ctx.scope(), first=first, after=after,
-                                         cap=ctx.cap, parent_id=int(self.id))
+                                         cap=ctx.cap, parent_id=self.local)
         return Connection.of(page, Group.of)
 
 
 @strawberry.type
-class Device:
+class Device(Node):
     id: strawberry.ID
     name: str
     type: str | None
@@ -106,38 +111,42 @@ class Device:
     created_at: datetime
     updated_at: datetime
     parent_id: strawberry.ID | None
+    local: strawberry.Private[int]  # the row's number in its tenant
+    parent_local: strawberry.Private[int | None]
 
     @classmethod
     def of(cls, r: DeviceRecord) -> Device:
-        return cls(id=strawberry.ID(str(r.id)), name=r.name, type=r.type, owner=r.owner, fragments=JSON(r.fragments),
-                   created_at=r.created_at, updated_at=r.updated_at,
-                   parent_id=strawberry.ID(str(r.parent_id)) if r.parent_id else None)
+        return cls(id=strawberry.ID(here("Device", r.id)), name=r.name, type=r.type, owner=r.owner,
+                   fragments=JSON(r.fragments), created_at=r.created_at, updated_at=r.updated_at,
+                   parent_id=strawberry.ID(here("Device", r.parent_id)) if r.parent_id else None,
+                   local=r.id, parent_local=r.parent_id)
 
     @strawberry.field(description="Groups this device belongs to.")
     async def groups(self, info: Info) -> list[Group]:
-        return [Group.of(g) for g in await info.context.loaders.groups_by_device.load(int(self.id))]
+        return [Group.of(g) for g in await info.context.loaders.groups_by_device.load(self.local)]
 
     @strawberry.field(description="Child devices (e.g. the devices behind a gateway).")
     async def children(self, info: Info) -> list[Device]:
-        return [Device.of(d) for d in await info.context.loaders.children_by_device.load(int(self.id))]
+        return [Device.of(d) for d in await info.context.loaders.children_by_device.load(self.local)]
 
     @strawberry.field
     async def parent(self, info: Info) -> Device | None:
-        if self.parent_id is None:
+        parent = self.parent_local
+        if parent is None:
             return None
-        record = await info.context.loaders.device_by_id.load(int(self.parent_id))
+        record = await info.context.loaders.device_by_id.load(parent)
         return Device.of(record) if record else None
 
     @strawberry.field
     async def external_ids(self, info: Info) -> list[ExternalIdentity]:
-        return [ExternalIdentity.of(e) for e in await info.context.loaders.external_ids_by_device.load(int(self.id))]
+        return [ExternalIdentity.of(e) for e in await info.context.loaders.external_ids_by_device.load(self.local)]
 
     @strawberry.field(description=f"This device's newest alarms (at most {ALARM_PAGE_CAP}).")
     async def alarms(self, info: Info, status: list[AlarmStatus] | None = None, first: int = 10) -> list[Alarm]:
         if not 0 <= first <= ALARM_PAGE_CAP:
             raise InvalidInput(f"first must be 0-{ALARM_PAGE_CAP}", field="first", cap=ALARM_PAGE_CAP)
         statuses = tuple(sorted(s.value for s in status)) if status else ()
-        found = await info.context.loaders.alarms_by_device.load((int(self.id), statuses, first))
+        found = await info.context.loaders.alarms_by_device.load((self.local, statuses, first))
         return [Alarm.of(a) for a in found]
 
 

@@ -21,6 +21,7 @@ from app.graphql.types.data import AlarmFilter, Event, Measurement, Operation, O
 from app.graphql.types.devices import Alarm, Device
 from app.graphql.types.sharing import CopyJob
 from app.graphql.types.tenants import Tenant
+from app.ids import here
 from app.realtime.hub import Delivery, Subscription
 from app.services import copying
 from app.services.devices import require_id
@@ -236,8 +237,8 @@ def _operation(d: Delivery) -> Operation:
 
 def _device_event(d: Delivery) -> DeviceEvent:
     if isinstance(d.value, int):  # deleted: its id alone
-        return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(str(d.value)), device=None)
-    return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(str(d.value.id)), device=Device.of(d.value))
+        return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value)), device=None)
+    return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value.id)), device=Device.of(d.value))
 
 
 def _tenant_event(d: Delivery) -> TenantEvent:

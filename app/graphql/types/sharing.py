@@ -12,6 +12,7 @@ import strawberry
 from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRITE, MEASUREMENTS_WRITE
 from app.errors import NotFound
 from app.graphql.context import Context
+from app.ids import encode
 from app.services import copying, migration
 from app.services.devices import require_id
 
@@ -108,8 +109,10 @@ class SharingMutations:
         principal = ctx.principal()
         spec = copying.CopySpec(
             source_tenant=input.source_tenant_id, target_tenant=input.target_tenant_id,
-            device_ids=tuple(require_id(d, "device") for d in input.device_ids or ()),
-            group_id=require_id(input.group_id, "group") if input.group_id is not None else None,
+            # the source's ids, whichever tenant this request is routed to
+            device_ids=tuple(require_id(d, "device", tenant=input.source_tenant_id) for d in input.device_ids or ()),
+            group_id=require_id(input.group_id, "group", tenant=input.source_tenant_id)
+            if input.group_id is not None else None,
             include_subgroups=input.include_subgroups, include=tuple(k.value for k in input.include),
             start=input.from_, end=input.to, on_conflict=input.on_conflict.value,
         ).check()
@@ -173,17 +176,18 @@ class MigrationMutations:
             source_id, target_tenant_id, read=migration.PERMISSIONS, write=migration.PERMISSIONS, whole_source=True)
         source, target = routed_source.tenant, routed_target.tenant
         result = await migration.migrate(ctx.platform.db.app, source=source, target=target,
-                                         device_ids=[require_id(d, "device") for d in device_ids],
+                                         device_ids=[require_id(d, "device", tenant=source.id) for d in device_ids],
                                          actor=ctx.principal().actor, request_id=ctx.request_id)
         return DeviceMigration(
             source_tenant_id=strawberry.ID(source.id), target_tenant_id=strawberry.ID(target.id),
-            moved=[MovedDevice(source_id=strawberry.ID(str(m.source_id)), target_id=strawberry.ID(str(m.target_id)),
+            moved=[MovedDevice(source_id=strawberry.ID(encode("Device", source.id, m.source_id)),
+                               target_id=strawberry.ID(encode("Device", target.id, m.target_id)),
                                name=m.name) for m in result.moved],
-            not_moved=[DeviceNotMoved(device_id=strawberry.ID(str(n.device_id)), reason=n.reason)
-                       for n in result.not_moved],
-            groups_left_behind=[GroupLeftBehind(device_id=strawberry.ID(str(g.device_id)),
-                                                group_id=strawberry.ID(str(g.group_id)), group_name=g.group_name)
-                                for g in result.groups_left_behind],
+            not_moved=[DeviceNotMoved(device_id=strawberry.ID(encode("Device", source.id, n.device_id)),
+                                      reason=n.reason) for n in result.not_moved],
+            groups_left_behind=[GroupLeftBehind(device_id=strawberry.ID(encode("Device", source.id, g.device_id)),
+                                                group_id=strawberry.ID(encode("Group", source.id, g.group_id)),
+                                                group_name=g.group_name) for g in result.groups_left_behind],
             measurements=result.counts.get("measurements", 0), events=result.counts.get("events", 0),
             alarms=result.counts.get("alarms", 0), operations=result.counts.get("operations", 0),
         )
