@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, local_id
 
 BATCH = 1000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -45,7 +45,7 @@ async def main(batches: int) -> None:
 
         # Encoded up front: the client's JSON encoding is not the server's cost.
         payloads = [orjson.dumps({"query": query, "variables": {"m": rows(k)}}) for k in range(batches)]
-        copies = [[(int(str(r["deviceId"])), datetime.fromisoformat(str(r["time"])), r["type"], r["series"],
+        copies = [[(local_id(str(r["deviceId"])), datetime.fromisoformat(str(r["time"])), r["type"], r["series"],
                     r["value"], r["unit"]) for r in rows(k)] for k in range(batches)]
 
         async def via_graphql(k: int) -> None:

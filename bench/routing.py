@@ -69,12 +69,12 @@ async def main(n: int) -> None:
 
         async def routed() -> None:
             tx = tenant_transaction(db.app, tenant_id)
-            (await tx.execute(BY_ID, {"id": device_id})).one()
+            (await tx.execute(BY_ID, {"id": _local(device_id)})).one()
             await tx.finish(commit=True)
 
         async def unrouted() -> None:
             async with transaction(db.owner) as tx:
-                (await tx.execute(qualified, {"id": device_id})).one()
+                (await tx.execute(qualified, {"id": _local(device_id)})).one()
 
         headers = {"authorization": f"Bearer {tenant_token}", "x-tenant-id": tenant_id,
                    "accept": "application/graphql-response+json"}

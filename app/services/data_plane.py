@@ -79,8 +79,9 @@ async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> 
     plane.count("measurements_created_count", stored)
     if stored:
         times = [m.time for m in batch]
-        await plane.announce("measurement", "created", d=sorted({devices.require_id(m.device_id, "device")
-                                                                 for m in batch}),
+        # A batch names a few devices many times: each distinct id is decoded once.
+        device_ids = sorted({devices.require_id(d, "device") for d in {m.device_id for m in batch}})
+        await plane.announce("measurement", "created", d=device_ids,
                              lo=min(times).isoformat(), hi=max(times).isoformat())
     return stored
 
