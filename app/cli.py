@@ -10,13 +10,23 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from app.access.principal import Routed
@@ -93,14 +103,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def work(platform: Platform) -> int:
         await migrate_management(platform.db.owner, settings, app_role_password(settings))
         console.print("management schema: [green]at head[/green]")
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("tenant schemas", total=None)
-
-            def tick(tenant_id: str, error: str | None) -> None:
-                progress.advance(task)
-
+        meter = _MigrationProgress(err)
+        with meter:
             report = await migrate_tenants(platform.db.owner, app_role=settings.app_role,
-                                           parallel=args.parallel, progress=tick)
+                                           parallel=args.parallel, progress=meter.done, total=meter.start)
         console.print(f"tenant schemas at {report.head}: {len(report.migrated)} migrated, "
                       f"{len(report.current)} already current, {len(report.failed)} failed")
         for tenant_id, error in sorted(report.failed.items()):
@@ -108,6 +114,54 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         return 1 if report.failed else 0
 
     return _run(settings, work)
+
+
+class _MigrationProgress:
+    """`tenantry migrate`'s progress: a bar with count and ETA on a terminal, else a plain line
+    every 5 seconds (and at the end), so logs of a long rollout show it advancing."""
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.count = self.failed = self.total = 0
+        self.started = self.last_line = time.monotonic()
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> _MigrationProgress:
+        if self.out.is_terminal:
+            self.bar = Progress(SpinnerColumn(), TextColumn("tenant schemas"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=self.out, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("migrate", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        elif self.total:
+            self._line()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
+
+    def done(self, tenant_id: str, error: str | None) -> None:
+        self.count += 1
+        self.failed += error is not None
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        elif time.monotonic() - self.last_line >= 5.0:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line = now = time.monotonic()
+        elapsed = now - self.started
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        eta = f"{(self.total - self.count) / rate:.0f} s" if rate > 0 and self.count < self.total else "-"
+        self.out.print(f"migrate: {self.count}/{self.total} tenant schemas, {self.failed} failed, "
+                       f"{elapsed:.0f} s elapsed, ETA {eta}", highlight=False)
 
 
 def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:

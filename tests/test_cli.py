@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ def test_migrate_is_resumable_and_export_schema_matches(run) -> None:  # type: i
     assert migrated.returncode == 0, migrated.stderr
     assert "0 failed" in migrated.stdout
     assert "already current" in migrated.stdout
+    # Without a terminal: plain progress lines with the count (and an ETA while it runs) on stderr.
+    assert re.search(r"migrate: (\d+)/\1 tenant schemas, 0 failed", migrated.stderr), migrated.stderr
     exported = run("export-schema")
     assert exported.returncode == 0
     assert exported.stdout == (ROOT / "schema.graphql").read_text()
