@@ -1,0 +1,163 @@
+"""Many tenants on one server: what grows with N, and how fast `tenantry migrate` rolls out.
+
+    python -m bench.scale [N] [--parallel K]
+
+One embedded PostgreSQL. N tenants are provisioned in-process through GraphQL (`createSubtenant`, no spare
+pool: every tenant pays its DDL, the worst case), and printed:
+- provisioning time a tenant: p50/p95 of each tenth of the run, so growth with N shows (issue 14: 29 ms at
+  the start and 238 ms at 10,000 before provisioning stopped granting ON ALL TABLES);
+- the database's size and catalog rows per tenant (`pg_class`, `pg_attribute`);
+- a new tenant migration (a column and an index, written into a scratch copy of the migration chains)
+  applied by `tenantry migrate` to all N: total time, tenants a second, and the longest one tenant's
+  transaction took (its lock time: what a request to it could wait);
+- a usage snapshot of all tenants, `tenants list` (the registry query), and a routed read in each of 1,000
+  tenants through one pooled connection: PostgreSQL backend memory before and after (catalog caches grow
+  with every tenant schema a connection touches), and this process's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+from sqlalchemy import select, text
+
+from app.access.acting import tenant_transaction
+from app.models.management import tenants
+from app.services.usage import take_snapshots
+from app.tenancy import alembic_chains
+from app.tenancy.migrate import migrate_tenants
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct
+
+CREATE = "mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) { id } }"
+NEW_MIGRATION = '''"""Bench only: a column and an index, as a typical expand step.
+
+Revision ID: bench_scale
+Revises: {down}
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "bench_scale"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("devices", sa.Column("bench_note", sa.Text()))
+    op.create_index("devices_bench_note_idx", "devices", ["bench_note"])
+
+
+def downgrade() -> None:
+    op.drop_index("devices_bench_note_idx", "devices")
+    op.drop_column("devices", "bench_note")
+'''
+
+
+def _postgres_rss() -> dict[int, int]:
+    out = {}
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in {"postgres", "postmaster"}:
+            try:
+                out[proc.pid] = proc.memory_full_info().uss
+            except psutil.Error:
+                continue
+    return out
+
+
+async def main(n: int, parallel: int) -> None:
+    async with bench_platform(spare_schemas=0, pool_size=4) as b:
+        platform = b.platform
+        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+        samples: list[float] = []
+        started = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            await b.gql(CREATE, {"i": {"domain": f"scale-{i}", "company": f"Scale {i}", "adminEmail": ADMIN_EMAIL}},
+                        token=token, tenant="management")
+            samples.append(time.perf_counter() - t0)
+            if (i + 1) % max(1, n // 10) == 0:
+                print(f"  {i + 1} tenants, {time.perf_counter() - started:.0f} s", flush=True)
+        tenth = max(1, n // 10)
+        print(f"\nprovisioning {n} tenants (GraphQL createSubtenant, no spare pool), per tenth of the run:")
+        for k in range(0, n, tenth):
+            part = samples[k:k + tenth]
+            print(f"  tenants {k + 1}-{k + len(part)}: p50 {median(part) * 1000:.1f} ms, "
+                  f"p95 {pct(part, 0.95) * 1000:.1f} ms")
+
+        async with platform.db.owner.connect() as conn:
+            size = (await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar_one()
+            classes = (await conn.execute(text("SELECT count(*) FROM pg_class"))).scalar_one()
+            attributes = (await conn.execute(text("SELECT count(*) FROM pg_attribute"))).scalar_one()
+        print(f"database {size / 2**20:.0f} MB: {size / n / 1024:.0f} KB, {classes / n:.0f} pg_class rows and "
+              f"{attributes / n:.0f} pg_attribute rows a tenant")
+
+        # --- a new migration over every tenant -----------------------------------------------------------
+        scratch = Path(tempfile.mkdtemp(prefix="tnt-chains-"))
+        original = alembic_chains.MIGRATIONS_DIR
+        try:
+            shutil.copytree(original, scratch / "migrations")
+            head = alembic_chains.head_revision("tenant")
+            (scratch / "migrations" / "tenant" / "versions" / "bench_scale.py").write_text(
+                NEW_MIGRATION.format(down=head))
+            alembic_chains.MIGRATIONS_DIR = scratch / "migrations"
+            durations: list[float] = []
+            done = 0
+            t0 = time.perf_counter()
+            last = t0
+
+            def progress(tenant_id: str, error: str | None) -> None:
+                nonlocal done, last
+                done += 1
+                now = time.perf_counter()
+                durations.append(now - last)
+                last = now
+
+            report = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role,
+                                           parallel=parallel, progress=progress)
+            took = time.perf_counter() - t0
+        finally:
+            alembic_chains.MIGRATIONS_DIR = original
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"migrate (add a column and an index) over {len(report.migrated)} tenants, --parallel {parallel}: "
+              f"{took:.1f} s, {len(report.migrated) / took:.0f} tenants/s, {len(report.failed)} failed")
+        per_tenant = [d * parallel for d in durations[1:]]  # time between completions x workers ≈ one's transaction
+        if per_tenant:
+            print(f"  one tenant's transaction ≈ p50 {median(per_tenant) * 1000:.1f} ms, "
+                  f"p99 {pct(per_tenant, 0.99) * 1000:.1f} ms")
+
+        # --- snapshots, list, memory ---------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        await take_snapshots(platform.db.app, today=datetime.now(UTC).date())
+        print(f"usage snapshot of all tenants: {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        async with platform.db.app.connect() as conn:
+            listed = (await conn.execute(select(tenants.c.id, tenants.c.domain, tenants.c.status)
+                                         .order_by(tenants.c.id))).all()
+        print(f"tenants list ({len(listed)} rows): {(time.perf_counter() - t0) * 1000:.0f} ms")
+        ids = [r.id for r in listed if r.id != "management"][:1000]
+        before = _postgres_rss()
+        for tenant_id in ids:
+            tx = tenant_transaction(platform.db.app, tenant_id)
+            await tx.execute(text("SELECT count(*) FROM devices"))
+            await tx.finish(commit=False)
+        after = _postgres_rss()
+        grown = sorted(((after[p] - before.get(p, after[p])) for p in after), reverse=True)
+        print(f"a read in each of {len(ids)} tenants over the app pool: the most grown backend "
+              f"+{grown[0] / 2**20:.1f} MB ({grown[0] / len(ids) / 1024:.1f} KB a tenant touched); this process RSS "
+              f"{psutil.Process().memory_info().rss / 2**20:.0f} MB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("n", nargs="?", type=int, default=1000, help="tenants (default 1,000; issue 14 asks 10,000)")
+    parser.add_argument("--parallel", type=int, default=4, help="tenantry migrate --parallel")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.parallel))
