@@ -13,7 +13,7 @@ from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
-from app.db.transaction import keep_connections, release_kept
+from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
 from app.realtime.hub import Hub
 from app.services.metering import Meter
 from app.services.metrics import RequestMetrics
@@ -61,6 +61,7 @@ class Platform:
         db = Database.connect(settings)
         # Requests keep a few clean connections between them (app.db.transaction._Kept).
         keep_connections(db.app, limit=max(1, settings.pool_size // 2))
+        limit_schemas_per_connection(db.app, settings.schemas_per_connection)
         metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
         return cls(
             settings=settings,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from app.access.acting import RequestTransaction
 from app.db.engines import make_engine
-from app.db.transaction import driver_execute
+from app.db.transaction import driver_execute, limit_schemas_per_connection
 from app.platform import Platform
+from tests.conftest import World
 
 
 async def test_an_open_transaction_is_rolled_back_when_its_connection_returns(platform: Platform) -> None:
@@ -61,3 +63,24 @@ async def test_kept_connections_are_clean_reused_and_given_back(platform: Platfo
         await release_kept(engine)
         await engine.dispose()
     assert _Kept.IDLE_SECONDS <= _Kept.LEASE_SECONDS
+
+
+async def test_a_pooled_connection_is_closed_after_working_in_too_many_tenant_schemas(
+        platform: Platform, world: World) -> None:
+    """Backend catalog caches grow with every tenant schema a connection touches: past the limit the
+    connection is closed (a fresh backend takes its place), so no backend serves more than limit + 1."""
+    tenants = [await world.tenant() for _ in range(5)]
+    engine = platform.db.app
+    limit_schemas_per_connection(engine, 2)
+    served: dict[int, set[str]] = {}
+    try:
+        for _ in range(2):
+            for t in tenants:
+                tx = RequestTransaction(engine)
+                pid = (await tx.plane(t.id).execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                served.setdefault(pid, set()).add(t.id)
+                await tx.finish(commit=False)
+    finally:
+        limit_schemas_per_connection(engine, platform.settings.schemas_per_connection)
+    assert max(len(ids) for ids in served.values()) <= 3, served
+    assert len(served) >= 4  # backends were replaced, not just rotated

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from app.errors import Conflict
 from app.platform import Platform
+from app.services import provisioning
 from app.services.audit import SYSTEM
 from app.services.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.naming import spare_schema
@@ -144,3 +145,20 @@ async def test_keepers_in_several_workers_never_overshoot_the_spare_pool(platfor
         for name in map(spare_schema, spares):
             await conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
         await conn.execute(text("DELETE FROM tenantry.spare_schemas"))
+
+
+def test_the_spare_pool_is_sized_by_recent_demand() -> None:
+    """A burst of creates grows the keeper's target (twice what was taken in the last minute, within
+    [base, MAX_SPARES]); a quiet minute brings it back to the base size, and a take wakes the keeper."""
+    now = [1000.0]
+    demand = provisioning.SpareDemand(clock=lambda: now[0])
+    assert demand.target(5) == 5
+    for _ in range(10):
+        demand.took()
+    assert demand.wake.is_set()
+    assert demand.target(5) == 20
+    for _ in range(100):
+        demand.took()
+    assert demand.target(5) == provisioning.MAX_SPARES
+    now[0] += provisioning.SpareDemand.WINDOW + 1
+    assert demand.target(5) == 5

@@ -41,6 +41,7 @@ from app.db.transaction import (
     discard,
     driver_execute,
     release,
+    touched_schema,
 )
 from app.errors import CommitOutcomeUnknown
 from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
@@ -124,6 +125,8 @@ class RequestTransaction:
         elif plane != self._plane:
             await driver_execute(self._conn, _switch(plane))
             self._plane = plane
+        if plane is not None:
+            touched_schema(self._conn, plane)
         return self._conn
 
     async def execute(self, plane: str | None, statement: Executable, parameters: Params = None) -> Result[Any]:
@@ -153,6 +156,8 @@ class RequestTransaction:
             elif plane != self._plane:
                 steps = [_switch(plane)]
                 self._plane = plane
+            if plane is not None:
+                touched_schema(self._conn, plane)
             steps += setup
             commit = last and not self._always and not self._announced
             driver = await _driver(self._conn)

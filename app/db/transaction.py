@@ -207,9 +207,32 @@ async def release_kept(engine: AsyncEngine) -> None:
         await kept.close_all()
 
 
+# Schemas a pooled connection may have touched before it is closed (per engine; unset: no limit).
+_schema_limits: dict[AsyncEngine, int] = {}
+_TOUCHED = "tenantry_schemas_touched"
+
+
+def limit_schemas_per_connection(engine: AsyncEngine, limit: int) -> None:
+    """Close `engine`'s pooled connections once they have worked in `limit` schemas: a PostgreSQL
+    backend caches the catalog entries of every relation it touched (tens of KB a tenant schema) and
+    never gives them back, so a long-lived connection of a server with 10,000 tenants would grow to
+    gigabytes. (Time-based recycling, pool_recycle, bounds it too, but only slowly.)"""
+    _schema_limits[engine] = limit
+
+
+def touched_schema(conn: AsyncConnection, schema: str) -> None:
+    """Note that `conn` works in `schema` (kept with the pooled connection across checkouts)."""
+    conn.info.setdefault(_TOUCHED, set()).add(schema)
+
+
 async def release(engine: AsyncEngine, conn: AsyncConnection) -> None:
     """Give back a connection whose transaction is finished: kept for the next request when
-    clean, otherwise returned to the pool."""
+    clean, otherwise returned to the pool; closed when it has touched too many schemas."""
+    limit = _schema_limits.get(engine)
+    if limit is not None and len(conn.info.get(_TOUCHED, ())) > limit:
+        await conn.invalidate()  # the pool opens a fresh backend in its place
+        await conn.close()
+        return
     kept = _kept.get(engine)
     if kept is None or not await kept.give(conn):
         await conn.close()

@@ -10,7 +10,10 @@ included), so there is never a schema without a registry row or the other way ro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,7 +32,6 @@ from app.services import audit
 from app.services.invitations import PREFIX as INVITATION_PREFIX
 from app.services.invitations import queue_invitation_mail
 from app.services.limits import check_allocation
-from app.services.periodic import every
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.naming import checked_identifier, new_spare_id, new_tenant_id, spare_schema, tenant_role, tenant_schema
@@ -135,12 +137,51 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
         made += 1
 
 
+class SpareDemand:
+    """How fast this process takes spares, so the pool keeper can size the pool to the demand.
+
+    A parent's automation onboarding subtenants in a burst drained a fixed pool of five after five
+    creates, and every further create paid the whole DDL (issue 14). The keeper now wakes as soon as
+    a spare is taken (not at its next tick) and aims at twice what was taken in the last
+    DEMAND_WINDOW seconds, within [base, MAX_SPARES]; without demand it goes back to the base size
+    (spares beyond it are used up, not dropped)."""
+
+    WINDOW = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._taken: list[float] = []
+        self.wake = asyncio.Event()
+
+    def took(self) -> None:
+        self._taken.append(self._clock())
+        self.wake.set()
+
+    def target(self, base: int) -> int:
+        horizon = self._clock() - self.WINDOW
+        self._taken = [t for t in self._taken if t > horizon]
+        return min(MAX_SPARES, max(base, 2 * len(self._taken)))
+
+
+MAX_SPARES = 100
+DEMAND = SpareDemand()
+
+
 async def keep_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_roles_login: bool,
-                      interval_seconds: float = 2.0) -> None:
-    """The server's pool keeper: refills a few seconds after spares are taken."""
-    await every(interval_seconds, lambda: fill_spares(owner, count=count, app_role=app_role,
-                                                      tenant_roles_login=tenant_roles_login),
-                log=logging.getLogger("tenantry.provisioning"), what="refilling the spare schema pool")
+                      interval_seconds: float = 2.0, demand: SpareDemand = DEMAND) -> None:
+    """The server's pool keeper: refills as soon as spares are taken, to a size that follows demand."""
+    log = logging.getLogger("tenantry.provisioning")
+    while True:
+        try:
+            await fill_spares(owner, count=demand.target(count), app_role=app_role,
+                              tenant_roles_login=tenant_roles_login)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("refilling the spare schema pool failed; retrying")
+        demand.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(demand.wake.wait(), timeout=interval_seconds)
 
 
 async def provision_tenant(
@@ -290,6 +331,8 @@ async def _provision(
             )
         on_step("audit")
         row = (await tx.execute(select_tenants().where(tenants.c.id == tenant_id))).one()
+    if spare is not None:
+        DEMAND.took()  # committed: the keeper now sees one spare fewer
     return Provisioned(tenant=TenantRecord.from_row(row), admin=outcome)
 
 
