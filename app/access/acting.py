@@ -61,7 +61,7 @@ def _switch(plane: str | None) -> str:
 
 def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> Transaction:
     """A transaction routed to one tenant (its role and schema) from its first round trip."""
-    return Transaction(engine, "BEGIN; " + tenant_switch(tenant_id))
+    return Transaction(engine, "BEGIN; " + tenant_switch(tenant_id), schema=tenant_id)
 
 
 def management_transaction(engine: AsyncEngine) -> Transaction:

@@ -45,9 +45,10 @@ class Transaction:
     on the single connection (results are buffered, so nothing is left half-read).
     """
 
-    def __init__(self, engine: AsyncEngine, prefix: str) -> None:
+    def __init__(self, engine: AsyncEngine, prefix: str, schema: str | None = None) -> None:
         self._engine = engine
         self._prefix = prefix
+        self._schema = schema  # the tenant schema it works in, counted against the connection's limit
         self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._finished = False
@@ -63,6 +64,8 @@ class Transaction:
             except BaseException:
                 await discard(conn)
                 raise
+            if self._schema is not None:
+                touched_schema(conn, self._schema)
             self._conn = conn
         return self._conn
 
@@ -97,15 +100,18 @@ class Transaction:
             conn, self._conn = self._conn, None
             if conn is None:
                 return
-            if not commit:
+            if not commit and _over_limit(self._engine, conn):
+                await conn.invalidate()  # its transaction ends with the backend
+                await conn.close()
+            elif not commit:
                 await discard(conn)
-                return
-            try:
-                await driver_execute(conn, "COMMIT")
-            except BaseException:
-                await discard(conn)
-                raise
-            await conn.close()
+            else:
+                try:
+                    await driver_execute(conn, "COMMIT")
+                except BaseException:
+                    await discard(conn)
+                    raise
+                await release(self._engine, conn)
 
 
 async def copy_in(conn: AsyncConnection, copy_sql: str, data: bytes) -> None:
@@ -225,11 +231,15 @@ def touched_schema(conn: AsyncConnection, schema: str) -> None:
     conn.info.setdefault(_TOUCHED, set()).add(schema)
 
 
+def _over_limit(engine: AsyncEngine, conn: AsyncConnection) -> bool:
+    limit = _schema_limits.get(engine)
+    return limit is not None and len(conn.info.get(_TOUCHED, ())) > limit
+
+
 async def release(engine: AsyncEngine, conn: AsyncConnection) -> None:
     """Give back a connection whose transaction is finished: kept for the next request when
     clean, otherwise returned to the pool; closed when it has touched too many schemas."""
-    limit = _schema_limits.get(engine)
-    if limit is not None and len(conn.info.get(_TOUCHED, ())) > limit:
+    if _over_limit(engine, conn):
         await conn.invalidate()  # the pool opens a fresh backend in its place
         await conn.close()
         return
