@@ -28,7 +28,8 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select, text
 
-from app.access.acting import tenant_transaction
+from app.access.acting import tenant_switch
+from app.db.engines import make_engine
 from app.models.management import tenants
 from app.services.usage import take_snapshots
 from app.tenancy import alembic_chains
@@ -143,17 +144,24 @@ async def main(n: int, parallel: int) -> None:
                                          .order_by(tenants.c.id))).all()
         print(f"tenants list ({len(listed)} rows): {(time.perf_counter() - t0) * 1000:.0f} ms")
         ids = [r.id for r in listed if r.id != "management"][:1000]
-        before = _postgres_rss()
-        for tenant_id in ids:
-            tx = tenant_transaction(platform.db.app, tenant_id)
-            await tx.execute(text("SELECT count(*) FROM devices"))
-            await tx.finish(commit=False)
-        after = _postgres_rss()
-        grown = sorted(((after[p] - before.get(p, after[p])) for p in after), reverse=True)
-        print(f"a read in each of {len(ids)} tenants over the app pool: the most grown backend "
-              f"+{grown[0] / 2**20:.1f} MB ({grown[0] / len(ids) / 1024:.1f} KB a tenant touched); this process RSS "
+        # One connection, no schema limit: what a backend keeps per tenant schema it worked in.
+        single = make_engine(platform.db.app.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+        try:
+            async with single.connect() as conn:
+                pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+                before = psutil.Process(pid).memory_full_info().uss
+                for tenant_id in ids:
+                    await conn.exec_driver_sql(f"BEGIN; {tenant_switch(tenant_id)}")
+                    await conn.exec_driver_sql("SELECT count(*) FROM devices")
+                    await conn.exec_driver_sql("ROLLBACK")
+                grown = psutil.Process(pid).memory_full_info().uss - before
+        finally:
+            await single.dispose()
+        limit = platform.settings.schemas_per_connection
+        print(f"a backend that read in {len(ids)} tenant schemas grew {grown / 2**20:.1f} MB "
+              f"({grown / len(ids) / 1024:.1f} KB a schema): with TENANTRY_SCHEMAS_PER_CONNECTION={limit}, a pooled "
+              f"backend stays within about {grown / len(ids) * limit / 2**20:.0f} MB of such caches; this process RSS "
               f"{psutil.Process().memory_info().rss / 2**20:.0f} MB")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
