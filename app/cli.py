@@ -106,7 +106,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         meter = _MigrationProgress(err)
         with meter:
             report = await migrate_tenants(platform.db.owner, app_role=settings.app_role,
-                                           parallel=args.parallel, progress=meter.done, total=meter.start)
+                                           parallel=args.parallel, progress=meter.done, total=meter.start,
+                                           only=args.tenant or None)
         console.print(f"tenant schemas at {report.head}: {len(report.migrated)} migrated, "
                       f"{len(report.current)} already current, {len(report.failed)} failed")
         for tenant_id, error in sorted(report.failed.items()):
@@ -416,6 +417,8 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
     migrate = sub.add_parser("migrate", help="migrate the management schema, then every tenant schema")
     migrate.add_argument("--parallel", type=int, default=4, help="tenant schemas migrated at once")
+    migrate.add_argument("--tenant", action="append", metavar="ID",
+                         help="only this tenant (repeatable): a canary before the whole rollout")
     migrate.set_defaults(fn=cmd_migrate)
     sub.add_parser("bootstrap", help="create the management tenant and its first admin").set_defaults(
         fn=cmd_bootstrap)

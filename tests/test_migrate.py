@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 
 from app.platform import Platform
+from app.tenancy import alembic_chains
 from app.tenancy.alembic_chains import alembic_config, head_revision
 from app.tenancy.migrate import migrate_tenants
 from tests.conftest import World
@@ -51,3 +58,69 @@ async def test_behind_tenants_migrate_and_one_failure_stops_no_other(world: Worl
     assert again.failed == {}
     assert broken.id in again.migrated
     assert behind.id in again.current
+
+
+EXPAND = '''"""Test only: an expand step.
+
+Revision ID: expand_test
+Revises: {down}
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "expand_test"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("devices", sa.Column("expand_note", sa.Text()))
+    op.create_index("devices_expand_note_idx", "devices", ["expand_note"])
+
+
+def downgrade() -> None:
+    op.drop_index("devices_expand_note_idx", "devices")
+    op.drop_column("devices", "expand_note")
+'''
+
+
+async def test_the_server_keeps_answering_while_a_tenant_migrates(world: World, platform: Platform,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expand/contract: a new migration (a column and an index) applied under a stream of writes and
+    reads of the same tenant; every request is answered, before, during and after."""
+    t = await world.tenant()
+    head = head_revision("tenant")
+    shutil.copytree(alembic_chains.MIGRATIONS_DIR, tmp_path / "migrations")
+    (tmp_path / "migrations" / "tenant" / "versions" / "expand_test.py").write_text(EXPAND.format(down=head))
+    monkeypatch.setattr(alembic_chains, "MIGRATIONS_DIR", tmp_path / "migrations")
+    answered: list[float] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            made = await world.api.gql('mutation { createDevice(input: {name: "during"}) { id } }',
+                                       token=t.token, tenant=t.id)
+            listed = await world.api.gql("{ devices { totalCount } }", token=t.token, tenant=t.id)
+            assert made.data["createDevice"]["id"]
+            assert listed.data["devices"]["totalCount"] >= 1
+            answered.append(time.perf_counter() - started)
+
+    running = asyncio.create_task(traffic())
+    try:
+        await asyncio.sleep(0.2)
+        for _ in range(3):  # up, down (by hand), up again: three rollouts under the same traffic
+            report = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role, only=[t.id])
+            assert report.migrated == [t.id], report
+            async with platform.db.owner.begin() as conn:
+                await conn.exec_driver_sql(
+                    f"BEGIN; ALTER TABLE t_{t.id}.devices DROP COLUMN expand_note; "
+                    f"UPDATE t_{t.id}.alembic_version SET version_num = '{head}'; "
+                    f"UPDATE tenantry.tenants SET schema_version = '{head}' WHERE id = '{t.id}'; COMMIT")
+        await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await running
+    assert len(answered) >= 3

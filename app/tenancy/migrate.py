@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from alembic import command
@@ -104,6 +104,7 @@ async def migrate_tenants(
     lock_timeout_ms: int = 5000,
     progress: Callable[[str, str | None], None] = lambda tenant_id, error: None,
     total: Callable[[int], None] = lambda n: None,
+    only: Sequence[str] | None = None,
 ) -> MigrationReport:
     """Bring every live tenant schema to head, `parallel` at a time; `total` hears how many
     tenants there are, `progress` each one as it is done (or found current).
@@ -117,10 +118,10 @@ async def migrate_tenants(
     head = head_revision("tenant")
     report = MigrationReport(head=head)
     async with owner.connect() as conn:
-        rows = (await conn.execute(
-            select(tenants.c.id, tenants.c.schema_version).where(tenants.c.status != "DELETED")
-            .order_by(tenants.c.depth, tenants.c.id)
-        )).all()
+        stmt = select(tenants.c.id, tenants.c.schema_version).where(tenants.c.status != "DELETED")
+        if only is not None:
+            stmt = stmt.where(tenants.c.id.in_(list(only)))
+        rows = (await conn.execute(stmt.order_by(tenants.c.depth, tenants.c.id))).all()
     total(len(rows))
     pending = []
     for row in rows:
