@@ -268,3 +268,29 @@ async def test_subtenant_usage_sums_large_counters_exactly(api: Api, world: Worl
     (row,) = [r for r in rows if r["tenantId"] == child.id]
     assert row["requestCount"] == 2 * big + 1
     assert row["measurementsCreatedCount"] == 12
+
+
+async def test_snapshots_read_many_tenants_in_one_round_trip_and_skip_a_vanished_one(
+        api: Api, world: World, platform: Platform) -> None:
+    """The sweep reads each tenant under its own role, a batch in one round trip; a tenant whose schema
+    is gone (deleted during the sweep) gets no snapshot at all rather than zeros, and the rest still do."""
+    counted, vanished, empty = await world.tenant(), await world.tenant(), await world.tenant()
+    parent = (await api.gql('mutation { createDevice(input: {name: "gw"}) { id } }', token=counted.token,
+                            tenant=counted.id)).data["createDevice"]["id"]
+    await api.gql('mutation($p: ID!) { createDevice(input: {name: "child", parentId: $p}) { id } }', {"p": parent},
+                  token=counted.token, tenant=counted.id)
+    day = date(2031, 1, 2)
+    assert await take_snapshots(platform.db.app, today=day, tenant_ids=[counted.id, empty.id]) == 2
+    async with platform.db.owner.begin() as conn:
+        await conn.exec_driver_sql(f"DROP SCHEMA t_{vanished.id} CASCADE")
+    try:
+        assert await take_snapshots(platform.db.app, today=day, tenant_ids=[counted.id, vanished.id, empty.id]) == 2
+        async with platform.db.owner.connect() as conn:
+            rows: dict[str, str] = dict((await conn.execute(text(
+                "SELECT tenant_id, (device_count, device_with_children_count)::text FROM tenantry.usage_daily "
+                "WHERE day = :d AND tenant_id IN (:a, :b, :c)"), {"d": day, "a": counted.id, "b": vanished.id,
+                                                                  "c": empty.id})).all())
+        assert rows == {counted.id: "(1,2)", empty.id: "(0,0)"}
+    finally:  # the registry must not keep a live tenant without a schema (migrate would report it)
+        async with platform.db.owner.begin() as conn:
+            await conn.exec_driver_sql(f"UPDATE tenantry.tenants SET status = 'DELETED' WHERE id = '{vanished.id}'")

@@ -86,6 +86,38 @@ def act_as_tenant_blocking(conn: psycopg.Connection[Any], tenant_id: str) -> Non
 AfterHook = Callable[[Executor], Awaitable[None]]
 
 
+async def read_in_tenants(engine: AsyncEngine, tenant_ids: Sequence[str], sql: str) -> list[tuple[bytes | None, ...]]:
+    """The single row of the same read statement in each tenant (values as text), in ONE
+    simple-protocol round trip: BEGIN, then each tenant's role switch and the statement, then
+    ROLLBACK (nothing is written). For sweeps over every tenant (usage snapshots): a transaction
+    a tenant cost three round trips each. Raises if any tenant's statement fails (the caller
+    then asks those tenants one by one)."""
+    conn = await connect(engine)
+    try:
+        driver = await _driver(conn)
+        steps = ["BEGIN"]
+        for tenant_id in tenant_ids:
+            steps += [tenant_switch(tenant_id), sql]
+        steps.append("ROLLBACK")
+        pgconn = driver.pgconn
+        pgconn.send_query("; ".join(steps).encode())
+        results = await driver.wait(generators.execute(pgconn))
+        for result in results:
+            if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+                raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
+        rows = []
+        for n in range(len(tenant_ids)):
+            answer = results[2 + 2 * n]
+            rows.append(tuple(answer.get_value(0, k) for k in range(answer.nfields)) if answer.ntuples else ())
+        for tenant_id in tenant_ids:
+            touched_schema(conn, tenant_id)
+    except BaseException:
+        await discard(conn)
+        raise
+    await release(engine, conn)
+    return rows
+
+
 class RequestTransaction:
     """One request's transaction on one pooled connection, shared by the management plane
     (`plane=None`) and any tenant (`plane=<tenant id>`); the role is switched only when the

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.access.acting import tenant_transaction
+from app.access.acting import read_in_tenants, tenant_transaction
 from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
 from app.db.transaction import Executor, transaction
@@ -32,7 +32,6 @@ from app.models.management import (
     usage_daily,
     users,
 )
-from app.models.tenant import devices
 from app.services import audit
 from app.services.periodic import every, exclusively
 from app.services.tenant_lifecycle import parent_at_period
@@ -244,6 +243,31 @@ async def period_rows(engine: AsyncEngine, routed: Routed, *, start: date, end: 
 # --- snapshots and limit warnings --------------------------------------------------------------
 
 
+log = logging.getLogger("tenantry.usage")
+SNAPSHOT_BATCH = 500  # tenants a round trip (and an upsert) of a snapshot sweep
+_DEVICE_COUNTS = "SELECT count(*) FILTER (WHERE parent_id IS NULL), count(*) FROM devices"
+
+
+async def _device_counts(engine: AsyncEngine, tenant_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Root and all devices of each tenant, read inside each tenant under its role, like any request:
+    the whole batch in one round trip, or one tenant at a time if any of them fails (deleted meanwhile)."""
+    try:
+        found = await read_in_tenants(engine, tenant_ids, _DEVICE_COUNTS)
+        return {t: (int(r[0] or 0), int(r[1] or 0)) for t, r in zip(tenant_ids, found, strict=True)}
+    except Exception:
+        out = {}
+        for tenant_id in tenant_ids:
+            ttx = tenant_transaction(engine, tenant_id)
+            try:
+                roots, all_devices = tuple((await ttx.execute(text(_DEVICE_COUNTS))).one())
+                out[tenant_id] = (int(roots), int(all_devices))
+            except Exception:  # gone since the sweep began (deleted): no snapshot, not a zero one
+                log.warning("usage snapshot: tenant %s could not be read; skipped", tenant_id)
+            finally:
+                await ttx.finish(commit=False)
+        return out
+
+
 async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequence[str] | None = None,
                          warning_ratio: float = 0.8) -> int:
     """Snapshot every live tenant (or the given ones) for `today`; returns how many."""
@@ -263,27 +287,25 @@ async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequen
             .where(tenants.c.status != "DELETED", tenants.c.parent_id.isnot(None))
             .group_by(tenants.c.parent_id))).all())
     rows = []
-    for tenant_id in ids:
-        # Device counts are read inside the tenant, under its role, like any request.
-        ttx = tenant_transaction(engine, tenant_id)
-        try:
-            counts: Any = (await ttx.execute(select(
-                func.count().filter(devices.c.parent_id.is_(None)), func.count()).select_from(devices))).one()
-        finally:
-            await ttx.finish(commit=True)
-        rows.append({"tenant_id": tenant_id, "day": today, "device_count": counts[0],
-                     "device_with_children_count": counts[1],
-                     "storage_size": int(sizes.get(tenant_schema(tenant_id), 0)),
-                     "user_count": int(user_counts.get(tenant_id, 0)),
-                     "subtenant_count": int(child_counts.get(tenant_id, 0))})
-    if rows:
+    for start in range(0, len(ids), SNAPSHOT_BATCH):
+        batch = ids[start:start + SNAPSHOT_BATCH]
+        counts = await _device_counts(engine, batch)
+        batch_rows = [{"tenant_id": tenant_id, "day": today, "device_count": counts[tenant_id][0],
+                       "device_with_children_count": counts[tenant_id][1],
+                       "storage_size": int(sizes.get(tenant_schema(tenant_id), 0)),
+                       "user_count": int(user_counts.get(tenant_id, 0)),
+                       "subtenant_count": int(child_counts.get(tenant_id, 0))}
+                      for tenant_id in batch if tenant_id in counts]
+        if not batch_rows:
+            continue
+        # Written batch by batch: memory stays bounded, and a failure keeps the batches before it.
         async with transaction(engine) as tx:
-            for chunk in range(0, len(rows), 1000):
-                upsert = pg_insert(usage_daily).values(rows[chunk:chunk + 1000])
-                await tx.execute(upsert.on_conflict_do_update(
-                    index_elements=[usage_daily.c.tenant_id, usage_daily.c.day],
-                    set_={c: upsert.excluded[c] for c in USAGE_SNAPSHOTS}))
-            await check_limit_warnings(tx, rows, ratio=warning_ratio)
+            upsert = pg_insert(usage_daily).values(batch_rows)
+            await tx.execute(upsert.on_conflict_do_update(
+                index_elements=[usage_daily.c.tenant_id, usage_daily.c.day],
+                set_={c: upsert.excluded[c] for c in USAGE_SNAPSHOTS}))
+            await check_limit_warnings(tx, batch_rows, ratio=warning_ratio)
+        rows += batch_rows
     return len(rows)
 
 
@@ -327,7 +349,6 @@ async def check_limit_warnings(tx: Executor, usage_rows: Sequence[dict[str, Any]
 
 async def periodic_snapshots(engine: AsyncEngine, interval_seconds: float, *, warning_ratio: float) -> None:
     """The server's snapshot loop; an advisory lock lets one worker process take them at a time."""
-    log = logging.getLogger("tenantry.usage")
 
     async def take() -> None:
         taken = await take_snapshots(engine, today=utc_today_date(), warning_ratio=warning_ratio)
