@@ -62,13 +62,16 @@ async def raise_alarm(db: Executor, scope: Scope, *, device_id: str, type: str, 
         raise Forbidden("a device may only raise its own alarms")
     await require_devices(db, scope, [key])
     stmt = pg_insert(alarms).values(device_id=key, type=check_text(type, "type"), severity=severity,
-                                    text=check_text(text_, "text", 2000))
-    # Race-free de-duplication: the partial unique index admits one open alarm per device+type.
+                                    text=check_text(text_, "text", 2000), first_raised_at=func.now(),
+                                    last_raised_at=func.now(), updated_at=func.now())
+    # Race-free de-duplication: the partial unique index admits one open alarm per device+type. The
+    # times come from VALUES (`excluded`): Citus refuses now() in DO UPDATE SET on distributed tables.
     stmt = stmt.on_conflict_do_update(
         index_elements=[alarms.c.device_id, alarms.c.type],
         index_where=text("status <> 'CLEARED'"),
-        set_={"count": alarms.c.count + 1, "last_raised_at": func.now(), "updated_at": func.now(),
-              "severity": stmt.excluded.severity, "text": stmt.excluded.text},
+        set_={"count": alarms.c.count + 1, "last_raised_at": stmt.excluded.last_raised_at,
+              "updated_at": stmt.excluded.updated_at, "severity": stmt.excluded.severity,
+              "text": stmt.excluded.text},
     )
     row = (await db.execute(stmt.returning(*COLUMNS))).one()
     return to_record(AlarmRecord, row)

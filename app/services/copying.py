@@ -247,10 +247,8 @@ async def _copy_inventory(session: _Session, rows: Sequence[Any], kind: str, cou
                 counts.skipped += 1
             continue
         new_id = (await session.execute(insert(devices).values(**values).returning(devices.c.id))).scalar_one()
-        await session.execute(pg_insert(provenance).values(source_tenant=src, kind=kind, source_id=row.id,
-                                                           target_id=new_id).on_conflict_do_update(
-            index_elements=[provenance.c.source_tenant, provenance.c.kind, provenance.c.source_id],
-            set_={"target_id": new_id, "copied_at": func.now()}))
+        await session.execute(_remember(pg_insert(provenance).values(source_tenant=src, kind=kind, source_id=row.id,
+                                                                     target_id=new_id, copied_at=func.now())))
         mapping[row.id] = new_id
         counts.devices += 1
     for row in rows:  # parent links inside the copied set
@@ -277,10 +275,8 @@ async def _copy_groups(session: _Session, rows: Sequence[Any], members: Sequence
             continue
         new_id = (await session.execute(insert(groups).values(name=row.name, parent_id=parent)
                                         .returning(groups.c.id))).scalar_one()
-        await session.execute(pg_insert(provenance).values(source_tenant=src, kind="group", source_id=row.id,
-                                                           target_id=new_id).on_conflict_do_update(
-            index_elements=[provenance.c.source_tenant, provenance.c.kind, provenance.c.source_id],
-            set_={"target_id": new_id, "copied_at": func.now()}))
+        await session.execute(_remember(pg_insert(provenance).values(source_tenant=src, kind="group", source_id=row.id,
+                                                                     target_id=new_id, copied_at=func.now())))
         mapping[row.id] = new_id
         counts.groups += 1
     pairs = [{"group_id": mapping[m.group_id], "device_id": device_map[m.device_id]}
@@ -578,3 +574,11 @@ async def fail_interrupted(engine: AsyncEngine) -> int:
         ).values(status="FAILED", error="interrupted: the server stopped during the copy; nothing was written",
                  finished_at=func.now()))
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _remember(stmt: Any) -> Any:
+    """Provenance upsert: the values come from VALUES (`excluded`), never from a function in
+    DO UPDATE SET, which Citus refuses on distributed tables (the tenant schemas there)."""
+    return stmt.on_conflict_do_update(
+        index_elements=[provenance.c.source_tenant, provenance.c.kind, provenance.c.source_id],
+        set_={"target_id": stmt.excluded.target_id, "copied_at": stmt.excluded.copied_at})

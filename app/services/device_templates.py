@@ -126,9 +126,10 @@ async def _write_copies(sync: _Sync, template: Any, tenant_ids: Sequence[str]) -
               "version": template.version}
     for tenant_id in tenant_ids:
         await sync.as_tenant(tenant_id)
-        stmt = pg_insert(shared_templates).values(**values)
+        # Values from VALUES (`excluded`), not now() in DO UPDATE SET: Citus refuses functions there.
+        stmt = pg_insert(shared_templates).values(**values, updated_at=func.now())
         await sync.execute(stmt.on_conflict_do_update(index_elements=[shared_templates.c.template_id],
-                                                      set_={**values, "updated_at": func.now()}))
+                                                      set_={c: stmt.excluded[c] for c in (*values, "updated_at")}))
     await sync.as_app()
 
 
