@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
+from app.db.transaction import split_statements
 from app.models import management, tenant
 from app.platform import Platform
 from app.tenancy.alembic_chains import alembic_config, head_revision
@@ -87,3 +88,26 @@ async def test_models_match_the_migrations_of_both_chains(platform: Platform) ->
             await conn.exec_driver_sql("RESET search_path; DROP SCHEMA ddl_models CASCADE")
     assert tenant_diff == []
     assert management_diff == []
+
+
+async def test_the_ddl_run_one_statement_per_call_builds_the_same_schema(platform: Platform) -> None:
+    """What Citus needs (it refuses several DDL statements in one call): the split DDL is the same DDL."""
+    statements = split_statements(tenant_ddl().sql)
+    assert len(statements) > 20
+    assert not any(s.rstrip().endswith(";") for s in statements)
+    async with platform.db.owner.connect() as conn:
+        for schema in ("ddl_check_whole", "ddl_check_split"):
+            await conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        await conn.exec_driver_sql(
+            f"BEGIN; SELECT set_config('search_path', 'ddl_check_whole', true); {tenant_ddl().sql}; COMMIT")
+        await conn.exec_driver_sql("BEGIN; SELECT set_config('search_path', 'ddl_check_split', true)")
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
+        await conn.exec_driver_sql("COMMIT")
+        await conn.commit()
+    try:
+        assert await _catalog(platform, "ddl_check_split") == await _catalog(platform, "ddl_check_whole")
+    finally:
+        async with platform.db.owner.connect() as conn:
+            await conn.exec_driver_sql("DROP SCHEMA ddl_check_whole CASCADE; DROP SCHEMA ddl_check_split CASCADE")
+            await conn.commit()

@@ -9,6 +9,7 @@ request that cannot get one in time is refused as UNAVAILABLE, never left hangin
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -93,6 +94,14 @@ class Transaction:
             conn = await self._connection()
             await conn.exec_driver_sql(sql)
 
+    async def exec_ddl(self, sql: str) -> None:
+        """DDL text of several statements: in one round trip, or one statement per call on Citus."""
+        if await is_citus(self._engine):
+            for statement in split_statements(sql):
+                await self.exec_driver_sql(statement)
+        else:
+            await self.exec_driver_sql(sql)
+
     async def finish(self, *, commit: bool) -> None:
         """COMMIT or ROLLBACK and return the connection to the pool."""
         async with self._lock:
@@ -112,6 +121,35 @@ class Transaction:
                     await discard(conn)
                     raise
                 await release(self._engine, conn)
+
+
+_STATEMENT_END = re.compile(r";[ \t]*\n")
+
+
+def split_statements(sql: str) -> list[str]:
+    """DDL text (ours, and Alembic's offline output: one statement per `;` at a line end, no function
+    bodies) as separate statements, comment-only pieces dropped."""
+    out = []
+    for piece in _STATEMENT_END.split(sql + "\n"):
+        body = piece.strip().rstrip(";").strip()
+        if body and any(line.strip() and not line.strip().startswith("--") for line in body.splitlines()):
+            out.append(body)
+    return out
+
+
+_citus: dict[str, bool] = {}
+
+
+async def is_citus(engine: AsyncEngine) -> bool:
+    """Whether the database runs Citus (asked once per database). Citus forwards a DDL string to its
+    workers as one prepared statement, so there DDL goes one statement per call (citusdata/citus#6608)."""
+    key = engine.url.render_as_string(hide_password=True)
+    if key not in _citus:
+        async with engine.connect() as conn:
+            found = (await conn.exec_driver_sql(
+                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")).scalar()
+        _citus[key] = bool(found)
+    return _citus[key]
 
 
 async def copy_in(conn: AsyncConnection, copy_sql: str, data: bytes) -> None:

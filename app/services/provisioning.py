@@ -99,11 +99,12 @@ async def build_schema(tx: Transaction, *, schema: str, role: str, ddl_sql: str,
     """Role, schema, the tenant DDL at head, and grants (the expensive part of provisioning)."""
     await tx.exec_driver_sql(f"CREATE ROLE {role} {'LOGIN' if login else 'NOLOGIN'} NOINHERIT")
     on_step("role")
-    await tx.exec_driver_sql(f"CREATE SCHEMA {schema}; {_default_privileges_sql(schema, role)}")
+    await tx.exec_ddl(f"CREATE SCHEMA {schema}; {_default_privileges_sql(schema, role)}")
     on_step("schema")
-    await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true); {ddl_sql}")
+    await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true)")
+    await tx.exec_ddl(ddl_sql)
     on_step("ddl")
-    await tx.exec_driver_sql(_grants_sql(schema, role, app_role))
+    await tx.exec_ddl(_grants_sql(schema, role, app_role))
     on_step("grants")
 
 
@@ -117,7 +118,7 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
                                   .with_for_update(skip_locked=True))).scalars().all()
         for spare in stale:
             name = spare_schema(spare)
-            await tx.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
+            await tx.exec_ddl(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
             await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
     made = 0
     while True:
@@ -368,4 +369,4 @@ async def drop_tenant_schema(tx: Transaction, tenant_id: str) -> None:
     await tx.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     exists = await tx.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
     if exists.first() is not None:
-        await tx.exec_driver_sql(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        await tx.exec_ddl(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engines import make_engine
+from app.db.transaction import is_citus, split_statements
 from app.errors import AppError
 from app.models.management import tenants
 from app.settings import Settings
@@ -179,6 +180,7 @@ async def migrate_one(owner: AsyncEngine, tenant_id: str, scripts: UpgradeScript
                       lock_timeout_ms: int) -> str | None:
     """One tenant to head in one transaction; its error (also kept in the registry), or None."""
     schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
+    citus = await is_citus(owner)  # there, DDL goes one statement per call
     # The engines run in autocommit: the transaction is this one's own BEGIN … COMMIT.
     async with owner.connect() as conn:
         try:
@@ -192,9 +194,10 @@ async def migrate_one(owner: AsyncEngine, tenant_id: str, scripts: UpgradeScript
                 upgrade = scripts.from_revision(version)
             except Exception as exc:  # an unknown revision: Alembic says which
                 raise RuntimeError(f"cannot upgrade from revision {version!r}: {exc}") from None
-            if upgrade:
-                await conn.exec_driver_sql(upgrade)
-            await conn.exec_driver_sql(await _grants(conn, schema, role, app_role))
+            grants = await _grants(conn, schema, role, app_role)
+            for sql in (split_statements(upgrade) + split_statements(grants) if citus else [upgrade, grants]):
+                if sql:
+                    await conn.exec_driver_sql(sql)
             await conn.execute(update(tenants).where(tenants.c.id == tenant_id)
                                .values(schema_version=scripts.head, migration_error=None))
             await conn.exec_driver_sql("COMMIT")
