@@ -56,6 +56,8 @@ def settings(data_dir: Path) -> Settings:
         admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD,
         cors_origins=("https://app.example.com",),
+        # On Citus (make test-citus) tenant roles log in to the workers.
+        tenant_roles_login=os.environ.get("TENANTRY_TENANT_ROLES_LOGIN", "") in {"1", "true"},
         # Cheap argon2 keeps the suite fast; production uses the defaults.
         argon2_time_cost=1,
         argon2_memory_kib=1024,

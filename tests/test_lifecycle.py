@@ -114,4 +114,5 @@ async def test_no_child_is_created_under_a_parent_suspended_meanwhile(api: Api, 
                       template="standard", admin_email=ent.admin_email)
     with pytest.raises(Conflict, match="not active"):
         await provision_tenant(platform.db.owner, spec, app_role=platform.settings.app_role,
-                               tenant_roles_login=False, invitation_ttl=timedelta(hours=1), actor=SYSTEM)
+                               tenant_roles_login=platform.settings.tenant_roles_login,
+                               invitation_ttl=timedelta(hours=1), actor=SYSTEM)

@@ -65,7 +65,8 @@ async def test_a_failure_after_any_step_leaves_nothing(platform: Platform, step:
     with pytest.raises(Injected):
         await provision_tenant(
             platform.db.owner, _spec(parent, domain, email, "argon2-hash" if with_password else None),
-            app_role=platform.settings.app_role, tenant_roles_login=False, invitation_ttl=timedelta(hours=48),
+            app_role=platform.settings.app_role,
+            tenant_roles_login=platform.settings.tenant_roles_login, invitation_ttl=timedelta(hours=48),
             actor=SYSTEM, on_step=fail_at,
         )
     assert await _traces(platform, domain, email) == {
@@ -79,7 +80,8 @@ async def test_concurrent_creates_of_one_domain_yield_one_tenant(platform: Platf
     async def attempt(i: int) -> str:
         result = await provision_tenant(
             platform.db.owner, _spec(parent, domain, f"race{i}-{domain}@x.test", None),
-            app_role=platform.settings.app_role, tenant_roles_login=False, invitation_ttl=timedelta(hours=1),
+            app_role=platform.settings.app_role,
+            tenant_roles_login=platform.settings.tenant_roles_login, invitation_ttl=timedelta(hours=1),
             actor=SYSTEM)
         return result.tenant.id
 
@@ -101,7 +103,8 @@ async def _spares(platform: Platform) -> list[str]:
 async def test_a_spare_schema_becomes_the_tenant_and_comes_back_on_failure(api: Api, world: World,
                                                                         platform: Platform) -> None:
     settings = platform.settings
-    await fill_spares(platform.db.owner, count=2, app_role=settings.app_role, tenant_roles_login=False)
+    await fill_spares(platform.db.owner, count=2, app_role=settings.app_role,
+                      tenant_roles_login=settings.tenant_roles_login)
     spares = await _spares(platform)
     assert len(spares) == 2
     parent = await _management(platform)
@@ -112,7 +115,7 @@ async def test_a_spare_schema_becomes_the_tenant_and_comes_back_on_failure(api: 
 
     with pytest.raises(Injected):
         await provision_tenant(platform.db.owner, _spec(parent, unique("sp"), f"{unique('sp')}@x.test", "h"),
-                               app_role=settings.app_role, tenant_roles_login=False,
+                               app_role=settings.app_role, tenant_roles_login=settings.tenant_roles_login,
                                invitation_ttl=timedelta(hours=1), actor=SYSTEM, on_step=fail)
     assert await _spares(platform) == spares  # the rename was rolled back with the rest
 
@@ -127,17 +130,19 @@ async def test_a_spare_schema_becomes_the_tenant_and_comes_back_on_failure(api: 
     assert made.data["createDevice"]["id"]
     other = await world.tenant()
     await assert_denied(platform, other.id, f"SELECT * FROM t_{t.id}.devices")
-    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role, tenant_roles_login=False)
+    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role,
+                      tenant_roles_login=settings.tenant_roles_login)
 
 
 async def test_keepers_in_several_workers_never_overshoot_the_spare_pool(platform: Platform) -> None:
     # Each worker process runs its own keeper; three racing on separate connections must still
     # leave exactly `count` spares, not three times as many.
     settings = platform.settings
-    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role, tenant_roles_login=False)
+    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role,
+                      tenant_roles_login=settings.tenant_roles_login)
     before = len(await _spares(platform))
     made = await asyncio.gather(*(fill_spares(platform.db.owner, count=before + 2, app_role=settings.app_role,
-                                              tenant_roles_login=False) for _ in range(3)))
+                                              tenant_roles_login=settings.tenant_roles_login) for _ in range(3)))
     assert sum(made) == 2
     spares = await _spares(platform)
     assert len(spares) == before + 2
