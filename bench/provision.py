@@ -21,8 +21,9 @@ import contextlib
 import sys
 
 from app.db.transaction import transaction
-from app.services.provisioning import _grants_sql, fill_spares, keep_spares
+from app.services.provisioning import fill_spares, keep_spares
 from app.tenancy.ddl import tenant_ddl
+from app.tenancy.grants import grants_sql
 from app.tenancy.naming import new_tenant_id, tenant_schema
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct, timed
 
@@ -45,7 +46,7 @@ async def main(n: int) -> None:
                 await tx.exec_driver_sql(f"CREATE ROLE {name} NOLOGIN NOINHERIT")
                 await tx.exec_driver_sql(f"CREATE SCHEMA {name}")
                 await tx.exec_driver_sql(f"SELECT set_config('search_path', '{name}', true); {tenant_ddl().sql}")
-                await tx.exec_driver_sql(_grants_sql(name, name, b.platform.settings.app_role))
+                await tx.exec_driver_sql(grants_sql(name, name, b.platform.settings.app_role))
 
         await timed(via_graphql, 3)  # warm-up: caches, pools
         await timed(raw_ddl, 3)

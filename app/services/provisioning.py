@@ -34,6 +34,7 @@ from app.services.invitations import queue_invitation_mail
 from app.services.limits import check_allocation
 from app.services.users import UserRecord, create_user, user_by_email
 from app.tenancy.ddl import tenant_ddl
+from app.tenancy.grants import default_privileges_sql, grants_sql
 from app.tenancy.naming import checked_identifier, new_spare_id, new_tenant_id, spare_schema, tenant_role, tenant_schema
 from app.tenancy.registry import TenantRecord, select_tenants
 from app.tenancy.templates import load_template
@@ -74,37 +75,17 @@ class Provisioned:
     admin: AdminOutcome
 
 
-def _default_privileges_sql(schema: str, role: str) -> str:
-    """Set before the DDL: every table and sequence it creates is granted to the tenant role as it
-    is created. `GRANT … ON ALL TABLES IN SCHEMA` afterwards scanned all of pg_class, which grows
-    with every tenant (336 ms a call at 8,000 tenants: issue 14's measurement)."""
-    return f"""
-        GRANT USAGE ON SCHEMA {schema} TO {role};
-        ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
-        ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role};
-    """
-
-
-def _grants_sql(schema: str, role: str, app_role: str) -> str:
-    """After the DDL: what the default privileges must not give, and the app role's membership."""
-    return f"""
-        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role};
-        REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role};
-        GRANT {role} TO {app_role};
-    """
-
-
 async def build_schema(tx: Transaction, *, schema: str, role: str, ddl_sql: str, app_role: str, login: bool,
                        on_step: Callable[[str], None] = lambda step: None) -> None:
     """Role, schema, the tenant DDL at head, and grants (the expensive part of provisioning)."""
     await tx.exec_driver_sql(f"CREATE ROLE {role} {'LOGIN' if login else 'NOLOGIN'} NOINHERIT")
     on_step("role")
-    await tx.exec_ddl(f"CREATE SCHEMA {schema}; {_default_privileges_sql(schema, role)}")
+    await tx.exec_ddl(f"CREATE SCHEMA {schema}; {default_privileges_sql(schema, role)}")
     on_step("schema")
     await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true)")
     await tx.exec_ddl(ddl_sql)
     on_step("ddl")
-    await tx.exec_ddl(_grants_sql(schema, role, app_role))
+    await tx.exec_ddl(grants_sql(schema, role, app_role))
     on_step("grants")
 
 

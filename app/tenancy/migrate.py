@@ -23,6 +23,7 @@ from app.errors import AppError
 from app.models.management import tenants
 from app.settings import Settings
 from app.tenancy.alembic_chains import alembic_config, head_revision
+from app.tenancy.grants import default_privileges_sql, existing_objects_sql, grants_sql
 from app.tenancy.naming import MANAGEMENT_SCHEMA, checked_identifier, tenant_role, tenant_schema
 
 
@@ -214,12 +215,5 @@ async def _grants(conn: AsyncConnection, schema: str, role: str, app_role: str) 
     privileges were set at provisioning gets them, and its existing tables granted, once."""
     has_defaults = (await conn.exec_driver_sql(
         f"SELECT EXISTS (SELECT FROM pg_default_acl WHERE defaclnamespace = '{schema}'::regnamespace)")).scalar()
-    once = "" if has_defaults else (
-        f"GRANT USAGE ON SCHEMA {schema} TO {role}; "
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}; "
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role}; "
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; "
-        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; ")
-    return once + (f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.alembic_version FROM {role}; "
-                   f"REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit_log FROM {role}; "
-                   f"GRANT {role} TO {app_role}")
+    once = "" if has_defaults else default_privileges_sql(schema, role) + existing_objects_sql(schema, role)
+    return once + grants_sql(schema, role, app_role)
