@@ -75,12 +75,10 @@ class AccessGate:
         access = self.request(authorization=authorization, tenant_header=tenant_header)
         try:
             token = credentials.bearer(authorization)
-            if credentials.is_device_token(token):
-                return await access._route_device(token), None
-            if credentials.is_api_token(token):
-                return await access._route_api_token(token), None
-            principal = access.principal()
-            routed = await access._route_user(principal, tenant_header)
+            routed = await access._route(token)
+            principal = routed.principal
+            if principal.api_token_id is not None or principal.is_device:
+                return routed, None
             if principal.session_family is not None and not await credentials.session_alive(
                     access.management_db, principal.session_family):
                 raise Unauthenticated("this login session has ended")
@@ -151,12 +149,7 @@ class RequestAccess:
             token = credentials.bearer(self.authorization)
             async with self._lock:
                 if self._routed is None:
-                    if credentials.is_device_token(token):
-                        routed = await self._route_device(token)
-                    elif credentials.is_api_token(token):
-                        routed = await self._route_api_token(token)
-                    else:
-                        routed = await self._route_user(self.principal(), self.tenant_header)
+                    routed = await self._route(token)
                     self._routed = routed
                     self.ids.tenant = routed.tenant.id
                     try:
@@ -218,6 +211,14 @@ class RequestAccess:
         await self.tx.finish(commit=commit)
 
     # --- the rules -------------------------------------------------------------------------------------
+
+    async def _route(self, token: str) -> Routed:
+        """The routing for a bearer token of any kind (no rate-limit charge: `routed()` adds it)."""
+        if credentials.is_device_token(token):
+            return await self._route_device(token)
+        if credentials.is_api_token(token):
+            return await self._route_api_token(token)
+        return await self._route_user(self.principal(), self.tenant_header)
 
     async def _route_user(self, principal: Principal, requested: str | None) -> Routed:
         """The tenant from X-Tenant-ID, else the token's default tenant; membership required."""
