@@ -99,12 +99,7 @@ async def read_in_tenants(engine: AsyncEngine, tenant_ids: Sequence[str], sql: s
         for tenant_id in tenant_ids:
             steps += [tenant_switch(tenant_id), sql]
         steps.append("ROLLBACK")
-        pgconn = driver.pgconn
-        pgconn.send_query("; ".join(steps).encode())
-        results = await driver.wait(generators.execute(pgconn))
-        for result in results:
-            if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
-                raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
+        results = await _simple_query(driver, "; ".join(steps))
         rows = []
         for n in range(len(tenant_ids)):
             answer = results[2 + 2 * n]
@@ -194,12 +189,7 @@ class RequestTransaction:
             commit = last and not self._always and not self._announced
             driver = await _driver(self._conn)
             query = "; ".join([*steps, sql, *(["COMMIT"] if commit else [])])
-            pgconn = driver.pgconn
-            pgconn.send_query(query.encode())
-            results = await driver.wait(generators.execute(pgconn))
-            for result in results:
-                if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
-                    raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
+            results = await _simple_query(driver, query)
             answer = results[len(steps)]
             values = tuple(answer.get_value(0, n) for n in range(answer.nfields)) if answer.ntuples else (None,)
             if driver.info.encoding != "utf-8":  # a non-UTF-8 database: recode
@@ -278,6 +268,18 @@ class RequestTransaction:
             if conn.in_transaction():  # SQLAlchemy's bookkeeping only: the database's transaction ended above
                 await conn.rollback()
             await release(self._engine, conn)
+
+
+async def _simple_query(driver: psycopg.AsyncConnection[Any], query: str) -> list[Any]:
+    """Every result of a multi-statement query sent in one simple-protocol round trip on libpq;
+    the first failed statement raised as psycopg would raise it."""
+    pgconn = driver.pgconn
+    pgconn.send_query(query.encode())
+    results = await driver.wait(generators.execute(pgconn))
+    for result in results:
+        if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+            raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
+    return list(results)
 
 
 async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
