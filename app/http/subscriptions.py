@@ -86,7 +86,7 @@ class Operations:
         context.access.ids.tenant = session.tenant_id  # the session is routed: its events' ids speak of it
         return context
 
-    def _document(self, payload: Any) -> tuple[DocumentNode, OperationDefinitionNode, dict[str, Any] | None,
+    def _document(self, payload: Any) -> tuple[str, DocumentNode, OperationDefinitionNode, dict[str, Any] | None,
                                                  str | None]:
         from app.http.graphql import _format_error  # one error format for every transport
 
@@ -118,15 +118,15 @@ class Operations:
         if len(operations) != 1:
             raise Refused([{"message": "name the operation to run (operationName)" if operations else
                             f"no operation named {operation_name!r}", "extensions": {"code": "INVALID_INPUT"}}])
-        return document, operations[0], variables, operation_name
+        return query, document, operations[0], variables, operation_name
 
     async def run(self, session: Session, key: str, payload: Any, emit: Emit) -> None:
         """Run one operation to its end, emitting each result; Refused before anything ran."""
         from app.http.graphql import _format_error
 
-        document, operation, variables, operation_name = self._document(payload)
+        query, document, operation, variables, operation_name = self._document(payload)
         if operation.operation != AstOperationType.SUBSCRIPTION:
-            await self._single(session, payload, emit)
+            await self._single(session, query, variables, operation_name, emit)
             return
         context = self._context(session, key)
         built = TenantryExecutor.build(self.schema._schema, document, context_value=context,
@@ -182,14 +182,14 @@ class Operations:
             event.__dict__.setdefault("_rendered", {})[key] = rendered
         return rendered
 
-    async def _single(self, session: Session, payload: dict[str, Any], emit: Emit) -> None:
+    async def _single(self, session: Session, query: str, variables: dict[str, Any] | None,
+                      operation_name: str | None, emit: Emit) -> None:
         """A query or mutation over a realtime connection: one result, like a request's."""
         from app.http.graphql import _format_error
 
         context = self._context(session)
-        query = self.endpoint.persisted.resolve(payload.get("query"), payload.get("extensions"))
-        result = await self.schema.execute(query, variable_values=payload.get("variables"), context_value=context,
-                                           operation_name=payload.get("operationName"),
+        result = await self.schema.execute(query, variable_values=variables, context_value=context,
+                                           operation_name=operation_name,
                                            allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})
         errors = result.errors or []
         await context.finish(commit=not errors)

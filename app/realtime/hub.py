@@ -103,7 +103,7 @@ class Subscription:
         self.needs = needs  # any one of these permissions keeps it alive
         self.data = data  # needs data access (parentAccess FULL for parent-level callers)
         self.select = select
-        self._items: deque[tuple[Delivery, int]] = deque(maxlen=capacity)
+        self._items: deque[Delivery] = deque(maxlen=capacity)
         self._wake = asyncio.Event()
         self.missed = 0
         self.last_missed = 0
@@ -124,7 +124,7 @@ class Subscription:
             return
         if len(self._items) == self._items.maxlen:
             self.missed += 1  # the deque drops the oldest
-        self._items.append((delivery, self.missed))
+        self._items.append(delivery)
         self._wake.set()
 
     def close(self) -> None:
@@ -140,7 +140,7 @@ class Subscription:
                 raise StopAsyncIteration
             self._wake.clear()
             await self._wake.wait()
-        delivery, _ = self._items.popleft()
+        delivery = self._items.popleft()
         # Dropped since the last one handed out: reported with this one (`extensions.missed`).
         self.last_missed, self.missed = self.missed, 0
         return delivery, self.last_missed
@@ -346,8 +346,8 @@ class Hub:
             if kind == "tenant":
                 if any(key[1] == "tenant" for key in self._topics):
                     grouped[(MANAGEMENT, "tenant")].append(note)
-            elif (tenant if kind != "copyjob" else MANAGEMENT, kind) in self._topics:
-                grouped[(tenant if kind != "copyjob" else MANAGEMENT, kind)].append(note)
+            elif (key := (tenant if kind != "copyjob" else MANAGEMENT, kind)) in self._topics:
+                grouped[key].append(note)
         by_tenant: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
         for (tenant, kind), notes in grouped.items():
             by_tenant[tenant].append((kind, notes))
