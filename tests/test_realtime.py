@@ -62,6 +62,14 @@ async def _listening(platform: Platform, subscriptions: int) -> None:
     raise AssertionError(f"{hub.subscription_count} live subscriptions, expected {subscriptions}")
 
 
+async def _first_alarm(platform: Platform, session: Any) -> asyncio.Future[dict[str, Any]]:
+    """Subscribe to ALARMS: the first event to come, once the hub holds the subscription."""
+    before = platform.realtime.subscription_count
+    first: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(session.subscribe(gql(ALARMS)).__anext__())
+    await _listening(platform, before + 1)
+    return first
+
+
 def _transport(server: str, tenant: TenantHandle | None = None, *, token: str | None = None,
                tenant_id: str | None = None) -> WebsocketsTransport:
     return WebsocketsTransport(
@@ -172,11 +180,8 @@ async def test_a_rolled_back_write_announces_nothing(server: str, api: Api, worl
                                                      platform: Platform) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
-    before = platform.realtime.subscription_count
     async with Client(transport=_transport(server, tenant)) as session:
-        stream = session.subscribe(gql(ALARMS))
-        first = asyncio.ensure_future(stream.__anext__())
-        await _listening(platform, before + 1)
+        first = await _first_alarm(platform, session)
         failed = await api.gql("""mutation($d: ID!, $m: ID!) {
             a: raiseAlarm(input: {deviceId: $d, type: "rolled-back", severity: MAJOR, text: "x"}) { id }
             b: raiseAlarm(input: {deviceId: $m, type: "x", severity: MAJOR, text: "x"}) { id } }""",
@@ -404,11 +409,8 @@ async def test_deliveries_are_metered_as_subscription_events(server: str, api: A
                                                              platform: Platform) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
-    before = platform.realtime.subscription_count
     async with Client(transport=_transport(server, tenant)) as session:
-        stream = session.subscribe(gql(ALARMS))
-        first = asyncio.ensure_future(stream.__anext__())
-        await _listening(platform, before + 1)
+        first = await _first_alarm(platform, session)
         await api.gql(RAISE, {"d": device, "t": "metered"}, token=tenant.token, tenant=tenant.id)
         await asyncio.wait_for(first, 10)
     pending = sum(c.get("subscription_event_count", 0) for (t, _), c in platform.meter._pending.items()
@@ -437,11 +439,8 @@ async def test_a_write_through_another_server_process_reaches_this_ones_subscrib
                     if (await client.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.05)
-            before = platform.realtime.subscription_count
             async with Client(transport=_transport(server, tenant)) as session:
-                stream = session.subscribe(gql(ALARMS))
-                first = asyncio.ensure_future(stream.__anext__())
-                await _listening(platform, before + 1)
+                first = await _first_alarm(platform, session)
                 written = await client.post("/graphql", json={"query": RAISE, "variables": {"d": device, "t": "other"}},
                                             headers={"authorization": f"Bearer {tenant.token}",
                                                      "x-tenant-id": tenant.id})
