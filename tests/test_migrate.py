@@ -115,10 +115,12 @@ async def test_the_server_keeps_answering_while_a_tenant_migrates(world: World, 
             report = await migrate_tenants(platform.db.owner, app_role=platform.settings.app_role, only=[t.id])
             assert report.migrated == [t.id], report
             async with platform.db.owner.begin() as conn:
-                await conn.exec_driver_sql(
-                    f"BEGIN; ALTER TABLE t_{t.id}.devices DROP COLUMN expand_note; "
-                    f"UPDATE t_{t.id}.alembic_version SET version_num = '{head}'; "
-                    f"UPDATE tenantry.tenants SET schema_version = '{head}' WHERE id = '{t.id}'; COMMIT")
+                # One statement per call: Citus forwards DDL to the worker as one prepared statement.
+                for statement in ("BEGIN", f"ALTER TABLE t_{t.id}.devices DROP COLUMN expand_note",
+                                  f"UPDATE t_{t.id}.alembic_version SET version_num = '{head}'",
+                                  f"UPDATE tenantry.tenants SET schema_version = '{head}' WHERE id = '{t.id}'",
+                                  "COMMIT"):
+                    await conn.exec_driver_sql(statement)
         await asyncio.sleep(0.2)
     finally:
         stop.set()

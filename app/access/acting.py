@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.notify import notify_sql
 from app.db.transaction import (
+    WORKER_XID,
     Executor,
     Params,
     Transaction,
@@ -40,6 +41,7 @@ from app.db.transaction import (
     copy_in,
     discard,
     driver_execute,
+    is_citus,
     release,
     touched_schema,
 )
@@ -212,6 +214,11 @@ class RequestTransaction:
             conn = await self._connection(plane)
             await conn.exec_driver_sql(sql)
 
+    async def worker_xid(self, plane: str | None) -> int | None:
+        if plane is None or not await is_citus(self._engine):
+            return None
+        return int((await self.execute(plane, WORKER_XID)).scalar_one())
+
     def always(self, hook: AfterHook) -> None:
         self._always.append(hook)
 
@@ -338,6 +345,9 @@ class PlaneView:
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)
+
+    async def worker_xid(self) -> int | None:
+        return await self._shared.worker_xid(self.plane)
 
     def announce(self, payloads: Sequence[str]) -> None:
         """Queue change announcements for this request's COMMIT (app.services.changes)."""

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Executable
+from sqlalchemy import Executable, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,6 +37,11 @@ class BulkExecutor(Executor, Protocol):
     """An Executor that also takes COPY … FROM STDIN (the bulk measurement path)."""
 
     async def copy_text(self, copy_sql: str, data: bytes) -> None: ...
+
+    async def worker_xid(self) -> int | None:
+        """The id of the transaction writing this plane's rows as their `xmin` shows it, when that is
+        not the session's own: on Citus, the worker's local transaction. None elsewhere."""
+        ...
 
 
 class Transaction:
@@ -94,6 +99,11 @@ class Transaction:
             conn = await self._connection()
             await conn.exec_driver_sql(sql)
 
+    async def worker_xid(self) -> int | None:
+        if not await is_citus(self._engine):
+            return None
+        return int((await self.execute(WORKER_XID)).scalar_one())
+
     async def exec_ddl(self, sql: str) -> None:
         """DDL text of several statements: in one round trip, or one statement per call on Citus."""
         if await is_citus(self._engine):
@@ -138,6 +148,9 @@ def split_statements(sql: str) -> list[str]:
 
 
 _citus: dict[str, bool] = {}
+# Routed to the worker holding the tenant schema (every tenant schema has alembic_version), so the
+# function runs in the worker's part of the distributed transaction: the xid its rows carry.
+WORKER_XID = text("SELECT pg_current_xact_id()::text::bigint % 4294967296 FROM alembic_version LIMIT 1")
 
 
 async def is_citus(engine: AsyncEngine) -> bool:

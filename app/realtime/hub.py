@@ -575,7 +575,7 @@ async def _fetch_measurements(db: Executor, notes: list[dict[str, Any]]) -> list
                 measurements.c.time.between(datetime.fromisoformat(note["lo"]), datetime.fromisoformat(note["hi"])),
                 text("measurements.xmin = CAST(CAST(:xid AS text) AS xid)"))
             .order_by(measurements.c.device_id, measurements.c.time, measurements.c.id),
-            {"xid": note["x"]})).all()
+            {"xid": note.get("w", note["x"])})).all()  # w: the worker's xid on Citus
         per_device: dict[int, list[Any]] = defaultdict(list)
         for row in rows:
             per_device[row.device_id].append(to_record(measurement_service.MeasurementRecord, row))

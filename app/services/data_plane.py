@@ -81,8 +81,10 @@ async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> 
         times = [m.time for m in batch]
         # A batch names a few devices many times: each distinct id is decoded once.
         device_ids = sorted({devices.require_id(d, "device") for d in {m.device_id for m in batch}})
+        # On Citus the rows' xmin is the worker's transaction id, not the one the NOTIFY appends.
+        worker: dict[str, Any] = {"w": xid} if (xid := await plane.db.worker_xid()) is not None else {}
         await plane.announce("measurement", "created", d=device_ids,
-                             lo=min(times).isoformat(), hi=max(times).isoformat())
+                             lo=min(times).isoformat(), hi=max(times).isoformat(), **worker)
     return stored
 
 
