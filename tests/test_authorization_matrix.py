@@ -21,29 +21,29 @@ from tests.oidc_provider import FakeProvider
 from tests.test_sso import _configure, _sign_in
 
 OPERATIONS = ("mgmt read", "mgmt write", "data read", "data write", "people", "tokens", "sso", "copy", "migrate",
-              "usage", "export", "options", "node")
+              "usage", "export", "options", "node", "placement")
 A, F, S = "allow", "FORBIDDEN", "TENANT_SUSPENDED"
 
 # caller → expected outcome per operation, in the order of OPERATIONS.
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "ADMIN": (A, A, A, A, A, A, A, A, A, A, A, A, A),
-    "MANAGER": (A, F, A, A, F, F, F, A, A, F, F, F, A),
-    "OPERATOR": (A, F, A, F, F, F, F, F, F, F, F, F, A),
-    "READER": (A, F, A, F, F, F, F, F, F, F, F, F, A),
-    "custom role (devices:read+write)": (A, F, A, A, F, F, F, A, F, F, F, F, A),
+    "ADMIN": (A, A, A, A, A, A, A, A, A, A, A, A, A, F),
+    "MANAGER": (A, F, A, A, F, F, F, A, A, F, F, F, A, F),
+    "OPERATOR": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
+    "READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
+    "custom role (devices:read+write)": (A, F, A, A, F, F, F, A, F, F, F, F, A, F),
     # Creating a device outside its groups is refused; inside them it is allowed (tests/test_access.py).
-    "group-scoped MANAGER": (A, F, A, F, F, F, F, F, F, F, F, F, A),
-    "parent-level ADMIN, parentAccess MANAGEMENT_ONLY": (A, F, F, F, F, F, F, F, F, A, A, F, F),
-    "parent-level ADMIN, parentAccess FULL": (A, F, A, A, A, F, F, A, A, A, A, F, A),
-    "management ADMIN (no SUBTREE scope)": (F, F, F, F, F, F, F, F, F, F, F, F, F),
+    "group-scoped MANAGER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
+    "parent-level ADMIN, parentAccess MANAGEMENT_ONLY": (A, F, F, F, F, F, F, F, F, A, A, F, F, F),
+    "parent-level ADMIN, parentAccess FULL": (A, F, A, A, A, F, F, A, A, A, A, F, A, F),
+    "management ADMIN (no SUBTREE scope)": (F, F, F, F, F, F, F, F, F, F, F, F, F, F),
     # "mgmt write" is setParentAccess: only the tenant's own admins in person open its data to parents.
     # Copy and migration need a user's own access token.
-    "API token (ADMIN's, all permissions)": (A, F, A, A, A, A, A, F, F, A, A, A, A),
-    "API token whose creator is now READER": (A, F, A, F, F, F, F, F, F, F, F, F, A),
-    "device token": (A, F, F, F, F, F, F, F, F, F, F, F, F),
-    "SSO user (T's provider: MANAGER)": (A, F, A, A, F, F, F, F, F, F, F, F, A),
-    "inherited-SSO user (E's provider: ADMIN)": (A, F, F, F, F, F, F, F, F, A, A, F, F),
-    "user of a suspended tenant": (S, S, S, S, S, S, S, S, S, S, S, S, S),
+    "API token (ADMIN's, all permissions)": (A, F, A, A, A, A, A, F, F, A, A, A, A, F),
+    "API token whose creator is now READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
+    "device token": (A, F, F, F, F, F, F, F, F, F, F, F, F, F),
+    "SSO user (T's provider: MANAGER)": (A, F, A, A, F, F, F, F, F, F, F, F, A, F),
+    "inherited-SSO user (E's provider: ADMIN)": (A, F, F, F, F, F, F, F, F, A, A, F, F, F),
+    "user of a suspended tenant": (S, S, S, S, S, S, S, S, S, S, S, S, S, S),
 }
 
 
@@ -201,6 +201,8 @@ def _operations(api: Api, http: httpx.AsyncClient) -> dict[str, Callable[[Caller
         "usage": lambda c: gql(c, '{ usage(from: "2026-01-01", to: "2026-01-02") { deviceCount } }'),
         # By global id: the same rights as the typed reads (a node of T, looked up from T).
         "node": lambda c: gql(c, "query($i: ID!) { node(id: $i) { id } }", {"i": nowhere(c.tree.t)}),
+        # Where T lives (Citus node, size): the operator's alone, never a tenant's callers.
+        "placement": lambda c: gql(c, "{ tenant { placement { node } } }"),
         "export": export,
         "options": lambda c: gql(c, 'mutation { setTenantOption(input: {category: "m", key: "k", value: "v"}) '
                                     "{ isSet } }"),

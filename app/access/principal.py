@@ -12,6 +12,7 @@ from uuid import UUID
 from app.access.scope import UNRESTRICTED, Scope
 from app.auth.roles import DEVICE_PERMISSIONS, permissions_of
 from app.errors import Forbidden
+from app.tenancy.naming import MANAGEMENT_TENANT_ID
 from app.tenancy.registry import TenantRecord
 
 OPERATOR_ID = UUID(int=0)
@@ -125,6 +126,13 @@ class Routed:
         if not self.has_data_access:
             raise Forbidden(f"tenant {self.tenant.id} does not grant parent-level access to its data "
                             "(parentAccess is MANAGEMENT_ONLY)")
+
+    def require_operator(self, permission: str) -> None:
+        """Things of the whole installation (where tenants are placed, moving them): a member of
+        the management tenant (the root: no route into it is parent-level) holding `permission`."""
+        if self.tenant.id != MANAGEMENT_TENANT_ID:
+            raise Forbidden("only the operator (the management tenant's admins) may see or change this")
+        self.require(permission)
 
     def require_own_member(self, what: str) -> None:
         """Things only a tenant's own members may do (never through parent-level routing)."""

@@ -24,6 +24,7 @@ from app.graphql.loaders import Loaders, SharedLoader, build_loaders
 from app.platform import Platform
 from app.realtime.hub import MANAGEMENT, Select, Session, Subscription
 from app.services.data_plane import Plane
+from app.services.placement import Placement, tenant_placements
 from app.services.usage import LimitUsage, limit_usage
 
 
@@ -37,6 +38,7 @@ class Context:
     usage: Counter[str] = field(default_factory=Counter)
     _loaders: Loaders | None = None
     _limit_usage: DataLoader[str, LimitUsage] | None = None
+    _placements: DataLoader[str, Placement | None] | None = None
     log_fields: dict[str, str | None] | None = None  # tenant, operation and error code for the access log
     # A subscription's connection (app.http.subscriptions) and the client's id for this operation.
     session: Session | None = None
@@ -125,6 +127,17 @@ class Context:
 
             self._limit_usage = SharedLoader(load_fn=load)
         return self._limit_usage
+
+    @property
+    def placements(self) -> DataLoader[str, Placement | None]:
+        """Each tenant's node and size, one round trip per Citus node for a page of tenants."""
+        if self._placements is None:
+            async def load(ids: list[str]) -> list[Placement | None]:
+                found = await tenant_placements(self.platform, self.management_db, await self.routed(), ids)
+                return [found.get(i) for i in ids]
+
+            self._placements = SharedLoader(load_fn=load)
+        return self._placements
 
     @property
     def loaders(self) -> Loaders:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.access.acting import read_in_tenants, tenant_transaction
 from app.access.principal import Routed
 from app.auth.roles import TENANT_ADMIN
-from app.db.transaction import Executor, transaction
+from app.db.transaction import Executor, is_citus, transaction
 from app.errors import InvalidInput, NotFound
 from app.models.management import (
     USAGE_COUNTERS,
@@ -35,7 +35,8 @@ from app.models.management import (
 from app.services import audit
 from app.services.periodic import every, exclusively
 from app.services.tenant_lifecycle import parent_at_period
-from app.tenancy.naming import is_tenant_id, tenant_schema
+from app.tenancy.naming import is_tenant_id
+from app.tenancy.placement import placements
 from app.tenancy.registry import Registry, TenantRecord
 
 MAX_RANGE_DAYS = 400
@@ -276,10 +277,6 @@ async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequen
         if tenant_ids is not None:
             stmt = stmt.where(tenants.c.id.in_(tenant_ids))
         ids = list((await tx.execute(stmt.order_by(tenants.c.id))).scalars())
-        sizes: dict[str, int] = dict(tuple(r) for r in (await tx.execute(text(
-            "SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 't\\_%' AND c.relkind = 'r' "
-            "GROUP BY n.nspname"))).all())
         user_counts: dict[str, int] = dict(tuple(r) for r in (await tx.execute(
             select(memberships.c.tenant_id, func.count()).group_by(memberships.c.tenant_id))).all())
         child_counts: dict[str, int] = dict(tuple(r) for r in (await tx.execute(
@@ -287,12 +284,15 @@ async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequen
             .where(tenants.c.status != "DELETED", tenants.c.parent_id.isnot(None))
             .group_by(tenants.c.parent_id))).all())
     rows = []
+    citus = await is_citus(engine)
     for start in range(0, len(ids), SNAPSHOT_BATCH):
         batch = ids[start:start + SNAPSHOT_BATCH]
         counts = await _device_counts(engine, batch)
+        async with transaction(engine) as tx:  # on Citus, sizes as the nodes holding the schemas see them
+            sizes = await placements(tx, batch, citus=citus)
         batch_rows = [{"tenant_id": tenant_id, "day": today, "device_count": counts[tenant_id][0],
                        "device_with_children_count": counts[tenant_id][1],
-                       "storage_size": int(sizes.get(tenant_schema(tenant_id), 0)),
+                       "storage_size": sizes[tenant_id].size_bytes if tenant_id in sizes else 0,
                        "user_count": int(user_counts.get(tenant_id, 0)),
                        "subtenant_count": int(child_counts.get(tenant_id, 0))}
                       for tenant_id in batch if tenant_id in counts]

@@ -57,6 +57,14 @@ class TenantLimits:
     request_burst: int | None
 
 
+@strawberry.type(description="Where a tenant's data lives and how much it stores.")
+class TenantPlacement:
+    node: str | None = strawberry.field(description="host:port of the Citus node holding the tenant's schema; "
+                                                    "null on a single PostgreSQL server.")
+    size_bytes: Long = strawberry.field(description="Tables, indexes and TOAST of the tenant's schema, as stored "
+                                                    "on that node (bytes, now; usage snapshots keep the history).")
+
+
 @strawberry.type
 class Tenant:
     id: strawberry.ID
@@ -99,6 +107,12 @@ class Tenant:
             storage_bytes=_long(r.storage_bytes), storage_used=Long(used.storage),
             requests_per_second=r.requests_per_second, request_burst=r.request_burst,
         )
+
+    @strawberry.field(description="Where the tenant's schema lives (its Citus node) and its size now. The "
+                                  "operator's alone (the management tenant's admins); null for a deleted tenant.")
+    async def placement(self, info: Info) -> TenantPlacement | None:
+        found = await info.context.placements.load(self.id)
+        return TenantPlacement(node=found.node, size_bytes=Long(found.size_bytes)) if found else None
 
     @strawberry.field(description="The parent, when the caller may see it (its own tenant or below).")
     async def parent(self, info: Info) -> Tenant | None:
