@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck schema bench install clean lock
+.PHONY: run test test-citus lint typecheck schema bench install clean lock
 
 # Installs the locked versions (requirements.lock), then the project itself without resolving again.
 $(STAMP): pyproject.toml requirements.lock
@@ -37,6 +37,10 @@ test: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## The scale-out part of the suite on a throwaway three-node Citus cluster (see tests/citus/run.sh).
+test-citus: $(STAMP)
+	bash tests/citus/run.sh
 
 # The code is formatted by hand at 120 columns (ruff's formatter would rewrap most files), so
 # lint is ruff's checks; mypy strict runs in `make typecheck` and `make test`.
