@@ -31,6 +31,12 @@ fi
 [ -f /usr/lib/postgresql/15/lib/citus.so ] || command -v apt-get >/dev/null ||
     skip "Citus is built against Debian's PostgreSQL 15, installed with apt-get (not found)"
 
+if [ ! -f /usr/lib/postgresql/15/lib/citus.so ]; then
+    echo "test-citus: building Citus from $src (about a minute)"
+    log=$(mktemp)
+    # A machine that cannot build it (no package mirror, no compiler) is skipped with the reason.
+    "${as_root[@]}" bash "$src/build.sh" >"$log" 2>&1 || { tail -20 "$log" >&2; skip "Citus did not build (log above)"; }
+fi
 echo "test-citus: Citus from $src; (re)creating the cluster"
 "${as_root[@]}" bash "$src/cluster.sh" create
 stop() { "${as_root[@]}" bash "$src/cluster.sh" stop >/dev/null 2>&1 || true; }
