@@ -6,6 +6,7 @@ these machines are noisy, so only same-run comparisons mean anything.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -77,9 +78,13 @@ async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = 
     configure_logging("console")
     data_dir = Path(tempfile.mkdtemp(prefix="tnb-", dir="/tmp"))
     try:
-        settings = Settings(database_url=embedded_database_url(data_dir), data_dir=data_dir,
-                            secret_key="bench-secret-key-bench-secret-key-0123",
-                            admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD, **overrides)
+        # TENANTRY_BENCH_DATABASE_URL: measure on another server (e.g. a Citus coordinator, with
+        # TENANTRY_TENANT_ROLES_LOGIN=1) instead of a throwaway embedded one.
+        url = os.environ.get("TENANTRY_BENCH_DATABASE_URL") or embedded_database_url(data_dir)
+        login = os.environ.get("TENANTRY_TENANT_ROLES_LOGIN", "") in {"1", "true"}
+        settings = Settings(database_url=url, data_dir=data_dir, secret_key="bench-secret-key-bench-secret-key-0123",
+                            admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD,
+                            **{"tenant_roles_login": login, **overrides})
         platform = Platform.create(settings)
         await migrate_management(platform.db.owner, settings, app_role_password(settings))
         await bootstrap(platform)

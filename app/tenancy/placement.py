@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import orjson
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.transaction import Executor, is_citus, transaction
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.tenancy.naming import tenant_schema
 
 __all__ = ["MoveProgress", "Moved", "Placement", "move", "nodes", "parse_node", "placements", "rebalance_plan",
@@ -117,9 +118,18 @@ async def schema_placements(db: Executor, schemas: Sequence[str], *, citus: bool
     command = _NODE_SIZES.format(schemas="{" + ",".join(sorted({r.schema for r in shards})) + "}",
                                  shards="{" + ",".join(r.shard for r in shards) + "}")
     sizes: dict[int, dict[str, int]] = {}
+    failed: dict[int, str] = {}
     for r in (await db.execute(text("SELECT nodeid, success, result FROM run_command_on_all_nodes(:command)"),
                                {"command": command})).all():
-        sizes[r.nodeid] = orjson.loads(r.result) if r.success else {}
+        if r.success:
+            sizes[r.nodeid] = orjson.loads(r.result)
+        else:
+            failed[r.nodeid] = r.result
+    # A size of 0 for a node that did not answer would pass for an empty tenant (and lift its
+    # storage limit): refuse instead, naming the node.
+    for r in shards:
+        if r.nodeid in failed:
+            raise Unavailable(f"Citus node {_node(r.nodename, r.nodeport)} did not answer: {failed[r.nodeid]}")
     total: dict[str, int] = defaultdict(int)
     where: dict[str, str] = {}
     for r in shards:
@@ -172,6 +182,8 @@ async def move(owner: AsyncEngine, schema: str, node: str, *,
             await conn.execute(text("SELECT citus_schema_move(CAST(:schema AS regnamespace), :host, :port)"),
                                {"schema": schema, "host": host, "port": port})
             await conn.commit()
+    except DBAPIError as exc:  # Citus cleans a failed move up: the schema stays whole where it was
+        raise Conflict(f"moving {schema} to {target} failed; it stays on {found.node}: {exc.orig}") from exc
     finally:
         done.set()
         stall = await watcher
