@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import date
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -93,10 +93,11 @@ async def test_the_operator_alone_sees_where_a_tenant_lives_and_its_size(api: Ap
     assert parent.code == "FORBIDDEN"
 
     # Usage snapshots store the same size (on Citus: as the worker holding it measures it).
-    await take_snapshots(platform.db.app, today=date.today(), tenant_ids=[t.id])
+    today = datetime.now(UTC).date()
+    await take_snapshots(platform.db.app, today=today, tenant_ids=[t.id])
     async with platform.db.owner.connect() as conn:
         stored = (await conn.execute(text("SELECT storage_size FROM tenantry.usage_daily WHERE tenant_id = :t "
-                                          "AND day = current_date"), {"t": t.id})).scalar_one()
+                                          "AND day = :d"), {"t": t.id, "d": today})).scalar_one()
     assert stored == await _sql_size(platform, t.id)
 
 
