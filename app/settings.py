@@ -94,7 +94,7 @@ class Settings:
     public_url: str | None = None
     # Identity-provider issuers tenants may configure; empty → any http(s) issuer.
     oidc_allowed_issuers: tuple[str, ...] = ()
-    # Spare tenant schemas kept ready (provisioning renames one instead of running the DDL).
+    # Spare tenant schemas kept ready (provisioning takes one as it is instead of running the DDL).
     spare_schemas: int = 5
     # Copies estimated above this many rows run as background jobs.
     copy_inline_rows: int = 50_000

@@ -56,9 +56,12 @@ async def rebalance(platform: Platform, routed: Routed, *, by: str, dry_run: boo
     done: list[Moved] = []
     for schema, target in [] if dry_run else plan:
         moved = await move(platform.db.owner, schema, target, on_progress=on_progress)
-        tenant_id = schema.removeprefix("t_")  # a tenant's id, or a spare's (s…) of the provisioning pool
-        moved = replace(moved, tenant_id=tenant_id)
-        if is_tenant_id(tenant_id):
+        tenant_id = schema.removeprefix("t_")
+        async with transaction(platform.db.app) as tx:
+            record = await platform.registry.tenant(tx, tenant_id) if is_tenant_id(tenant_id) else None
+        # A spare of the provisioning pool has its future tenant's id but no tenant (nor audit log) yet.
+        moved = replace(moved, tenant_id=tenant_id if record is not None else f"{tenant_id} (spare)")
+        if record is not None:
             await _audit(platform, routed, tenant_id, moved)
         done.append(moved)
         if on_moved is not None:

@@ -14,7 +14,7 @@ MANAGEMENT_TENANT_ID = "management"
 MANAGEMENT_SCHEMA = "tenantry"
 
 _TENANT_ID = re.compile(r"^(management|t[0-9]{9})$")
-_SPARE_ID = re.compile(r"^s[0-9]{9}$")
+_SPARE_ID = re.compile(r"^[st][0-9]{9}$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -36,12 +36,10 @@ def tenant_schema(tenant_id: str) -> str:
     return name
 
 
-def new_spare_id() -> str:
-    return "s" + str(secrets.randbelow(900_000_000) + 100_000_000)
-
-
 def spare_schema(spare_id: str) -> str:
-    """Schema (and role) name of a spare, made ahead of time and renamed when a tenant takes it."""
+    """Schema (and role) name of a spare of the provisioning pool. A spare is made under the id of
+    the tenant that will take it (`t…`), so taking it renames nothing; spares of earlier releases
+    (`s…`, renamed when taken) are only ever dropped."""
     if not _SPARE_ID.match(spare_id):
         raise ValueError(f"not a spare id: {spare_id!r}")
     return f"t_{spare_id}"
