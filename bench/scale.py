@@ -22,6 +22,7 @@ import asyncio
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,17 +111,54 @@ async def main(n: int, parallel: int) -> None:
         names = {"r": "tables", "i": "indexes", "S": "sequences", "t": "TOAST tables"}
         print("  one tenant schema's relations: " + ", ".join(f"{c} {names.get(k, k)}" for k, c in kinds))
 
-        # The normal path at N: the server's warm pool of spares (refilled between requests).
-        await fill_spares(platform.db.owner, count=30, app_role=platform.settings.app_role,
-                          tenant_roles_login=platform.settings.tenant_roles_login)
-        warm = []
-        for i in range(30):
-            t0 = time.perf_counter()
-            await b.gql(CREATE, {"i": {"domain": f"warm-{i}", "company": f"Warm {i}", "adminEmail": ADMIN_EMAIL}},
-                        token=token, tenant="management")
-            warm.append(time.perf_counter() - t0)
+        # The normal path at N: the server's warm pool of spares. Meanwhile four clients read in 100
+        # tenants: every role change makes each backend rebuild the app role's membership list at its
+        # next SET ROLE (O(tenants)), so what provisioning does to roles shows in their latency.
+        async with platform.db.owner.connect() as conn:
+            readable = list((await conn.execute(text(
+                "SELECT id FROM tenantry.tenants WHERE id <> 'management' LIMIT 100"))).scalars())
+
+        async def reads_during(work: Callable[[], Awaitable[object]]) -> list[float]:
+            stop, latencies = asyncio.Event(), []
+
+            async def reader(k: int) -> None:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    await b.gql("{ devices { totalCount } }", token=token, tenant=readable[k % len(readable)])
+                    latencies.append(time.perf_counter() - t0)
+                    k += 4
+
+            readers = [asyncio.create_task(reader(k)) for k in range(4)]
+            await work()
+            stop.set()
+            await asyncio.gather(*readers)
+            return latencies
+
+        def refill() -> Awaitable[int]:
+            return fill_spares(platform.db.owner, count=30, app_role=platform.settings.app_role,
+                               tenant_roles_login=platform.settings.tenant_roles_login)
+
+        made = iter(range(10**6))
+
+        async def creates(samples: list[float]) -> None:
+            for i in range(30):
+                t0 = time.perf_counter()
+                await b.gql(CREATE, {"i": {"domain": f"warm-{next(made)}", "company": f"Warm {i}",
+                                           "adminEmail": ADMIN_EMAIL}}, token=token, tenant="management")
+                samples.append(time.perf_counter() - t0)
+
+        warm: list[float] = []
+        await refill()
+        await creates(warm)
         print(f"provisioning at {n} tenants from the warm pool (30 spares): p50 {median(warm) * 1000:.1f} ms, "
               f"p95 {pct(warm, 0.95) * 1000:.1f} ms")
+        await refill()
+        phases = {"idle": lambda: asyncio.sleep(3), "30 creates from the pool": lambda: creates([]),
+                  "the keeper building 30 spares": refill}
+        for name, work in phases.items():
+            seen = await reads_during(work)
+            print(f"  reads in 100 tenants (4 clients) during {name}: p50 {median(seen) * 1000:.1f} ms, "
+                  f"p99 {pct(seen, 0.99) * 1000:.1f} ms, max {max(seen) * 1000:.0f} ms ({len(seen)} reads)")
 
         # --- a new migration over every tenant -----------------------------------------------------------
         scratch = Path(tempfile.mkdtemp(prefix="tnt-chains-"))
