@@ -97,7 +97,7 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
     (or of the old naming) are dropped. Returns how many were made.
 
     Spares are built a few per transaction: every change to roles makes each PostgreSQL backend
-    rebuild its list of the application role's memberships at its next SET ROLE, which at 10,000
+    rebuild its list of the application role's memberships at its next role switch, which at 10,000
     tenant roles costs tens of milliseconds (PostgreSQL 16; ~240 ms on 15) per backend and change."""
     ddl = tenant_ddl()
     app_role = checked_identifier(app_role)
