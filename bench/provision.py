@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
 
 from app.db.transaction import transaction
@@ -27,6 +28,7 @@ from app.tenancy.grants import grants_sql
 from app.tenancy.naming import new_tenant_id, tenant_schema
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct, timed
 
+RUN = secrets.token_hex(3)  # domains stay unique on a server kept between runs (TENANTRY_BENCH_DATABASE_URL)
 CREATE = """mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) { id } }"""
 
 
@@ -37,16 +39,17 @@ async def main(n: int) -> None:
 
         async def via_graphql() -> None:
             i = next(counter)
-            await b.gql(CREATE, {"i": {"domain": f"bench-{i}", "company": f"Bench {i}", "adminEmail": ADMIN_EMAIL}},
-                        token=token, tenant="management")
+            await b.gql(CREATE, {"i": {"domain": f"bench-{RUN}-{i}", "company": f"Bench {i}",
+                                       "adminEmail": ADMIN_EMAIL}}, token=token, tenant="management")
 
         async def raw_ddl() -> None:
             name = tenant_schema(new_tenant_id())
             async with transaction(b.platform.db.owner) as tx:
                 await tx.exec_driver_sql(f"CREATE ROLE {name} NOLOGIN NOINHERIT")
                 await tx.exec_driver_sql(f"CREATE SCHEMA {name}")
-                await tx.exec_driver_sql(f"SELECT set_config('search_path', '{name}', true); {tenant_ddl().sql}")
-                await tx.exec_driver_sql(grants_sql(name, name, b.platform.settings.app_role))
+                await tx.exec_driver_sql(f"SELECT set_config('search_path', '{name}', true)")
+                await tx.exec_ddl(tenant_ddl().sql)  # one statement per call on Citus, as provisioning does
+                await tx.exec_ddl(grants_sql(name, name, b.platform.settings.app_role))
 
         await timed(via_graphql, 3)  # warm-up: caches, pools
         await timed(raw_ddl, 3)
@@ -56,9 +59,10 @@ async def main(n: int) -> None:
         for _ in range(5):
             cold += await timed(via_graphql, n // 10)
             raw_samples += await timed(raw_ddl, n // 10)
-        # Warm: the server's pool keeper had time to prepare spares; provisioning renames one.
+        # Warm: the server's pool keeper had time to prepare spares; provisioning takes one as it is.
         settings = b.platform.settings
-        await fill_spares(b.platform.db.owner, count=n, app_role=settings.app_role, tenant_roles_login=False)
+        await fill_spares(b.platform.db.owner, count=n, app_role=settings.app_role,
+                          tenant_roles_login=settings.tenant_roles_login)
         warm = await timed(via_graphql, n)
 
     w50, w95 = median(warm) * 1000, pct(warm, 0.95) * 1000
@@ -79,13 +83,14 @@ async def burst(size: int, rounds: int) -> None:
 
         async def create() -> None:
             i = next(counter)
-            await b.gql(CREATE, {"i": {"domain": f"burst-{i}", "company": f"Burst {i}", "adminEmail": ADMIN_EMAIL}},
-                        token=token, tenant="management")
+            await b.gql(CREATE, {"i": {"domain": f"burst-{RUN}-{i}", "company": f"Burst {i}",
+                                       "adminEmail": ADMIN_EMAIL}}, token=token, tenant="management")
 
         await timed(create, 3)  # warm-up: caches, pools
         no_pool = await timed(create, size)
         keeper = asyncio.create_task(keep_spares(b.platform.db.owner, count=settings.spare_schemas,
-                                                 app_role=settings.app_role, tenant_roles_login=False))
+                                                 app_role=settings.app_role,
+                                                 tenant_roles_login=settings.tenant_roles_login))
         try:
             await asyncio.sleep(3)  # the keeper fills its base pool, as after a quiet period
             print(f"{size} creates back to back, no spare pool: p50 {median(no_pool) * 1000:.1f} ms, "
