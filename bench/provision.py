@@ -1,7 +1,7 @@
 """Provisioning latency: N subtenants through GraphQL vs the raw DDL in a transaction.
 
     python -m bench.provision [N]
-    python -m bench.provision --burst 100 [--rounds 3]
+    python -m bench.provision --burst 100 [--rounds 3] [--base SPARES]
 
 `--burst B`: a parent's automation onboarding B subtenants back to back while the server's pool keeper
 runs (its default pool of TENANTRY_SPARE_SCHEMAS, refilled as spares are taken and sized by recent
@@ -20,13 +20,17 @@ import asyncio
 import contextlib
 import secrets
 import sys
+from typing import Any
+
+from sqlalchemy import func, select
 
 from app.db.transaction import transaction
+from app.models.management import spare_schemas
 from app.services.provisioning import fill_spares, keep_spares
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.grants import grants_sql
 from app.tenancy.naming import new_tenant_id, tenant_schema
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct, timed
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, median, pct, timed
 
 RUN = secrets.token_hex(3)  # domains stay unique on a server kept between runs (TENANTRY_BENCH_DATABASE_URL)
 CREATE = """mutation($i: CreateSubtenantInput!) { createSubtenant(input: $i) { id } }"""
@@ -75,8 +79,9 @@ async def main(n: int) -> None:
     print(f"ratio to raw DDL p50: warm {w50 / r50:.2f}x, no spares {c50 / r50:.2f}x")
 
 
-async def burst(size: int, rounds: int) -> None:
-    async with bench_platform() as b:
+async def burst(size: int, rounds: int, base: int | None) -> None:
+    overrides: dict[str, Any] = {"spare_schemas": base} if base is not None else {}
+    async with bench_platform(**overrides) as b:
         settings = b.platform.settings
         token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
         counter = iter(range(10**9))
@@ -93,6 +98,10 @@ async def burst(size: int, rounds: int) -> None:
                                                  tenant_roles_login=settings.tenant_roles_login))
         try:
             await asyncio.sleep(3)  # the keeper fills its base pool, as after a quiet period
+            for _ in range(600):  # a big base pool takes longer to fill (Citus: ~0.4 s a spare)
+                if await _spares(b) >= settings.spare_schemas:
+                    break
+                await asyncio.sleep(1)
             print(f"{size} creates back to back, no spare pool: p50 {median(no_pool) * 1000:.1f} ms, "
                   f"p99 {pct(no_pool, 0.99) * 1000:.1f} ms")
             for round_ in range(rounds):
@@ -107,10 +116,16 @@ async def burst(size: int, rounds: int) -> None:
                 await keeper
 
 
+async def _spares(b: Bench) -> int:
+    async with b.platform.db.owner.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(spare_schemas))).scalar_one())
+
+
 if __name__ == "__main__":
     if "--burst" in sys.argv:
         at = sys.argv.index("--burst")
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 3
-        asyncio.run(burst(int(sys.argv[at + 1]), rounds))
+        base = int(sys.argv[sys.argv.index("--base") + 1]) if "--base" in sys.argv else None
+        asyncio.run(burst(int(sys.argv[at + 1]), rounds, base))
     else:
         asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100))
