@@ -69,8 +69,9 @@ class Settings:
     page_size_cap: int = 500
     pool_size: int = 10
     # A pooled connection is closed once it has worked in this many tenant schemas (backend catalog
-    # caches grow with each; app.db.transaction.limit_schemas_per_connection).
-    schemas_per_connection: int = 500
+    # caches grow with each; on Citus, so do its cached connections to the workers, one per tenant
+    # role): None is 500, or 20 on Citus (app.db.transaction.limit_schemas_per_connection).
+    schemas_per_connection: int | None = None
     # Longest wait for a pooled connection or an in-flight slot before UNAVAILABLE (503).
     pool_wait_seconds: float = 2.0
     # Requests of one process doing database work at once; 0 → the pool's size + overflow - 2,
@@ -156,7 +157,8 @@ class Settings:
             max_body_bytes=_int(env, "TENANTRY_MAX_BODY_BYTES", 1024 * 1024),
             page_size_cap=_int(env, "TENANTRY_PAGE_SIZE_CAP", 500),
             pool_size=_int(env, "TENANTRY_POOL_SIZE", 10),
-            schemas_per_connection=_int(env, "TENANTRY_SCHEMAS_PER_CONNECTION", 500),
+            schemas_per_connection=(_int(env, "TENANTRY_SCHEMAS_PER_CONNECTION", 500)
+                                    if env.get("TENANTRY_SCHEMAS_PER_CONNECTION") else None),
             pool_wait_seconds=_float(env, "TENANTRY_POOL_WAIT", 2.0),
             max_in_flight_setting=_int(env, "TENANTRY_MAX_IN_FLIGHT", 0),
             oidc_allowed_issuers=tuple(i.strip().rstrip("/") for i in

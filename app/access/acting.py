@@ -43,6 +43,7 @@ from app.db.transaction import (
     driver_execute,
     is_citus,
     release,
+    schemas_per_connection,
     touched_schema,
 )
 from app.errors import CommitOutcomeUnknown
@@ -93,25 +94,29 @@ async def read_in_tenants(engine: AsyncEngine, tenant_ids: Sequence[str], sql: s
     simple-protocol round trip: BEGIN, then each tenant's role switch and the statement, then
     ROLLBACK (nothing is written). For sweeps over every tenant (usage snapshots): a transaction
     a tenant cost three round trips each. Raises if any tenant's statement fails (the caller
-    then asks those tenants one by one)."""
-    conn = await connect(engine)
-    try:
-        driver = await _driver(conn)
-        steps = ["BEGIN"]
-        for tenant_id in tenant_ids:
-            steps += [tenant_switch(tenant_id), sql]
-        steps.append("ROLLBACK")
-        results = await _simple_query(driver, "; ".join(steps))
-        rows = []
-        for n in range(len(tenant_ids)):
-            answer = results[2 + 2 * n]
-            rows.append(tuple(answer.get_value(0, k) for k in range(answer.nfields)) if answer.ntuples else ())
-        for tenant_id in tenant_ids:
-            touched_schema(conn, tenant_id)
-    except BaseException:
-        await discard(conn)
-        raise
-    await release(engine, conn)
+    then asks those tenants one by one). At most a connection's share of tenant schemas goes to one
+    connection (TENANTRY_SCHEMAS_PER_CONNECTION: on Citus each tenant role costs a worker connection)."""
+    chunk = await schemas_per_connection(engine) or len(tenant_ids) or 1
+    rows: list[tuple[bytes | None, ...]] = []
+    for start in range(0, len(tenant_ids), chunk):
+        part = tenant_ids[start:start + chunk]
+        conn = await connect(engine)
+        try:
+            driver = await _driver(conn)
+            steps = ["BEGIN"]
+            for tenant_id in part:
+                steps += [tenant_switch(tenant_id), sql]
+            steps.append("ROLLBACK")
+            results = await _simple_query(driver, "; ".join(steps))
+            for n in range(len(part)):
+                answer = results[2 + 2 * n]
+                rows.append(tuple(answer.get_value(0, k) for k in range(answer.nfields)) if answer.ntuples else ())
+            for tenant_id in part:
+                touched_schema(conn, tenant_id)
+        except BaseException:
+            await discard(conn)
+            raise
+        await release(engine, conn)
     return rows
 
 

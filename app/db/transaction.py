@@ -119,7 +119,7 @@ class Transaction:
             conn, self._conn = self._conn, None
             if conn is None:
                 return
-            if not commit and _over_limit(self._engine, conn):
+            if not commit and await _over_limit(self._engine, conn):
                 await conn.invalidate()  # its transaction ends with the backend
                 await conn.close()
             elif not commit:
@@ -265,15 +265,23 @@ async def release_kept(engine: AsyncEngine) -> None:
 
 
 # Schemas a pooled connection may have touched before it is closed (per engine; unset: no limit).
-_schema_limits: dict[AsyncEngine, int] = {}
+_schema_limits: dict[AsyncEngine, int | None] = {}
 _TOUCHED = "tenantry_schemas_touched"
+SCHEMAS_PER_CONNECTION = 500
+# On Citus a coordinator backend also keeps one cached connection to a worker for every tenant role
+# it acted as there (Citus caches per node *and user*, citus.max_cached_conns_per_worker each), so a
+# backend that served 500 tenants held ~250 worker connections and a few of them exhausted a
+# worker's max_connections. 20 bounds it at ~pool size x 20 worker connections in all, reconnecting
+# to the coordinator once every 20 distinct tenants.
+CITUS_SCHEMAS_PER_CONNECTION = 20
 
 
-def limit_schemas_per_connection(engine: AsyncEngine, limit: int) -> None:
-    """Close `engine`'s pooled connections once they have worked in `limit` schemas: a PostgreSQL
-    backend caches the catalog entries of every relation it touched (tens of KB a tenant schema) and
-    never gives them back, so a long-lived connection of a server with 10,000 tenants would grow to
-    gigabytes. (Time-based recycling, pool_recycle, bounds it too, but only slowly.)"""
+def limit_schemas_per_connection(engine: AsyncEngine, limit: int | None) -> None:
+    """Close `engine`'s pooled connections once they have worked in `limit` schemas (None: 500, or
+    20 on Citus): a PostgreSQL backend caches the catalog entries of every relation it touched (tens
+    of KB a tenant schema) and never gives them back, so a long-lived connection of a server with
+    10,000 tenants would grow to gigabytes. (Time-based recycling, pool_recycle, bounds it too, but
+    only slowly.)"""
     _schema_limits[engine] = limit
 
 
@@ -282,15 +290,25 @@ def touched_schema(conn: AsyncConnection, schema: str) -> None:
     conn.info.setdefault(_TOUCHED, set()).add(schema)
 
 
-def _over_limit(engine: AsyncEngine, conn: AsyncConnection) -> bool:
-    limit = _schema_limits.get(engine)
+async def schemas_per_connection(engine: AsyncEngine) -> int | None:
+    """How many tenant schemas one of `engine`'s connections may work in (None: no limit)."""
+    if engine not in _schema_limits:
+        return None
+    limit = _schema_limits[engine]
+    if limit is None:
+        limit = CITUS_SCHEMAS_PER_CONNECTION if await is_citus(engine) else SCHEMAS_PER_CONNECTION
+    return limit
+
+
+async def _over_limit(engine: AsyncEngine, conn: AsyncConnection) -> bool:
+    limit = await schemas_per_connection(engine)
     return limit is not None and len(conn.info.get(_TOUCHED, ())) > limit
 
 
 async def release(engine: AsyncEngine, conn: AsyncConnection) -> None:
     """Give back a connection whose transaction is finished: kept for the next request when
     clean, otherwise returned to the pool; closed when it has touched too many schemas."""
-    if _over_limit(engine, conn):
+    if await _over_limit(engine, conn):
         await conn.invalidate()  # the pool opens a fresh backend in its place
         await conn.close()
         return
