@@ -224,7 +224,12 @@ async def _provision(
                                              spare_schemas.c.id.startswith("t"))
             .order_by(spare_schemas.c.created_at).limit(1).with_for_update(skip_locked=True)
         )).scalar_one_or_none()
-        tenant_id = spec.tenant_id or spare or new_tenant_id()
+        tenant_id = spec.tenant_id or spare
+        if tenant_id is None:
+            tenant_id = new_tenant_id()
+            # Nor a waiting spare's id: that spare holds the role and schema of that name already.
+            while (await tx.execute(select(spare_schemas.c.id).where(spare_schemas.c.id == tenant_id))).first():
+                tenant_id = new_tenant_id()
         schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
         # 1. registry row. The unique index on live domains turns a concurrent duplicate into CONFLICT.
         values: dict[str, Any] = {
