@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -74,6 +74,14 @@ class Transaction:
                 touched_schema(conn, self._schema)
             self._conn = conn
         return self._conn
+
+    async def touch(self, schemas: Iterable[str]) -> None:
+        """Count schemas this transaction read the catalog entries of (sizes of every tenant) against
+        its connection's limit, as if it had worked in them: they stay cached in the backend alike."""
+        async with self._lock:
+            conn = await self._connection()
+            for schema in schemas:
+                touched_schema(conn, schema)
 
     @property
     def opened(self) -> bool:
