@@ -219,6 +219,13 @@ class RequestTransaction:
             conn = await self._connection(plane)
             await conn.exec_driver_sql(sql)
 
+    async def touch(self, schemas: Sequence[str]) -> None:
+        """Count tenant schemas whose catalog entries this request loaded against the connection's limit."""
+        async with self._lock:
+            conn = await self._connection(None)
+            for schema in schemas:
+                touched_schema(conn, schema)
+
     async def worker_xid(self, plane: str | None) -> int | None:
         if plane is None or not await is_citus(self._engine):
             return None
@@ -353,6 +360,9 @@ class PlaneView:
 
     async def worker_xid(self) -> int | None:
         return await self._shared.worker_xid(self.plane)
+
+    async def touch(self, schemas: Sequence[str]) -> None:
+        await self._shared.touch(schemas)
 
     def announce(self, payloads: Sequence[str]) -> None:
         """Queue change announcements for this request's COMMIT (app.services.changes)."""

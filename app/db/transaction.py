@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class Transaction:
             self._conn = conn
         return self._conn
 
-    async def touch(self, schemas: Iterable[str]) -> None:
+    async def touch(self, schemas: Sequence[str]) -> None:
         """Count schemas this transaction read the catalog entries of (sizes of every tenant) against
         its connection's limit, as if it had worked in them: they stay cached in the backend alike."""
         async with self._lock:
@@ -291,6 +291,14 @@ def limit_schemas_per_connection(engine: AsyncEngine, limit: int | None) -> None
     10,000 tenants would grow to gigabytes. (Time-based recycling, pool_recycle, bounds it too, but
     only slowly.)"""
     _schema_limits[engine] = limit
+
+
+async def count_schemas(db: Executor, schemas: Sequence[str]) -> None:
+    """Count schemas whose tables `db` opened without working in them (sizing every tenant) against its
+    connection's limit, where `db` keeps one (a Transaction, a request's plane)."""
+    touch = getattr(db, "touch", None)
+    if touch is not None:
+        await touch(schemas)
 
 
 def touched_schema(conn: AsyncConnection, schema: str) -> None:

@@ -289,9 +289,6 @@ async def take_snapshots(engine: AsyncEngine, *, today: date, tenant_ids: Sequen
         batch = ids[start:start + SNAPSHOT_BATCH]
         counts = await _device_counts(engine, batch)
         async with transaction(engine) as tx:  # on Citus, sizes as the nodes holding the schemas see them
-            # Sizing a table opens it: its catalog entries stay in the backend, so the batch counts
-            # against the connection's schema limit (one sweep left a backend at 1.1 GB, issue 14).
-            await tx.touch(batch)
             sizes = await placements(tx, batch, citus=citus)
         batch_rows = [{"tenant_id": tenant_id, "day": today, "device_count": counts[tenant_id][0],
                        "device_with_children_count": counts[tenant_id][1],
