@@ -30,12 +30,12 @@ from rich.progress import (
 from rich.table import Table
 
 from app.access.principal import Routed
+from app.db.naming import MANAGEMENT_TENANT_ID
 from app.db.transaction import transaction
 from app.errors import AppError
 from app.logs import configure_logging
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
-from app.tenancy.naming import MANAGEMENT_TENANT_ID
 from app.tenancy.registry import TenantRecord
 
 # uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated). Without
@@ -166,7 +166,7 @@ class _MigrationProgress:
 
 
 def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.bootstrap import bootstrap
+    from app.services.tenants.bootstrap import bootstrap
 
     async def work(platform: Platform) -> int:
         with _working("bootstrapping the management tenant"):
@@ -193,7 +193,7 @@ def _tenant_table(records: list[TenantRecord]) -> Table:
 
 async def _all_tenants(platform: Platform, routed: Routed, status: str | None = None) -> list[TenantRecord]:
     """The management tenant and every tenant below it, in pages of 500."""
-    from app.services.tenants import TenantFilter, list_subtree
+    from app.services.tenants.queries import TenantFilter, list_subtree
 
     records: list[TenantRecord] = [routed.tenant] if status in (None, routed.tenant.status) else []
     after = None
@@ -224,7 +224,7 @@ def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants import NewTenant, create_subtenant, managed_tenant
+    from app.services.tenants.queries import NewTenant, create_subtenant, managed_tenant
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)
@@ -244,7 +244,7 @@ def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
 
 def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
     def command(settings: Settings, args: argparse.Namespace) -> int:
-        from app.services import tenants as service
+        from app.services.tenants import queries as service
 
         async def work(platform: Platform) -> int:
             routed = await _operator(platform)
@@ -260,7 +260,7 @@ def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
 
 
 def cmd_tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants import delete_tenant
+    from app.services.tenants.queries import delete_tenant
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)
@@ -273,7 +273,7 @@ def cmd_tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_placement(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.placement import tenant_placements
+    from app.services.tenants.placement import tenant_placements
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)
@@ -328,7 +328,7 @@ def _move_progress(out: Console) -> Callable[[Any], None]:
 
 
 def cmd_tenants_move(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.placement import move_tenant
+    from app.services.tenants.placement import move_tenant
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)
@@ -343,7 +343,7 @@ def cmd_tenants_move(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_rebalance(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.placement import Moved, rebalance
+    from app.services.tenants.placement import Moved, rebalance
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)
@@ -370,7 +370,7 @@ def cmd_tenants_rebalance(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.accounts import list_users
+    from app.services.sessions.accounts import list_users
 
     async def work(platform: Platform) -> int:
         async with transaction(platform.db.app) as tx:
@@ -393,7 +393,7 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_users_reset_password(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.accounts import operator_set_password
+    from app.services.sessions.accounts import operator_set_password
 
     password = args.password or secrets.token_urlsafe(12)
 
@@ -410,7 +410,7 @@ def cmd_users_reset_password(settings: Settings, args: argparse.Namespace) -> in
 
 def _users_disabled(disabled: bool) -> Callable[[Settings, argparse.Namespace], int]:
     def command(settings: Settings, args: argparse.Namespace) -> int:
-        from app.services.accounts import set_disabled
+        from app.services.sessions.accounts import set_disabled
 
         async def work(platform: Platform) -> int:
             async with transaction(platform.db.app) as tx:
@@ -424,7 +424,7 @@ def _users_disabled(disabled: bool) -> Callable[[Settings, argparse.Namespace], 
 
 
 def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.retention import apply_to_all
+    from app.services.data.retention import apply_to_all
 
     async def work(platform: Platform) -> int:
         table = Table("tenant", "measurements", "events", "alarms", "operations")
@@ -447,7 +447,7 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.usage import take_snapshots, utc_today_date
+    from app.services.usage.statistics import take_snapshots, utc_today_date
 
     async def work(platform: Platform) -> int:
         with _working("taking usage snapshots"):
@@ -460,7 +460,7 @@ def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_usage_export(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.usage_export import ExportOptions, export
+    from app.services.usage.export import ExportOptions, export
 
     async def work(platform: Platform) -> int:
         routed = await _operator(platform)

@@ -1,6 +1,6 @@
 """The input boundary: what any value from outside must satisfy before it reaches a service.
 
-Checked once, where GraphQL coerces values (`app.graphql.boundary` wires these into the String,
+Checked once, where GraphQL coerces values (`app.graphql.engine.boundary` wires these into the String,
 ID, Float, JSON and DateTime scalars) and by the services that parse ids and cursors. Bad input
 is INVALID_INPUT naming the field, never INTERNAL; what is accepted stays readable and
 aggregatable forever. The documented limits:

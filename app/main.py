@@ -32,10 +32,13 @@ from app.http.oidc import OidcEndpoints
 from app.http.tracing import configure_tracing
 from app.logs import configure_logging
 from app.models.management import copy_jobs, spare_schemas
-from app.platform import Platform
-from app.services import housekeeping, outbox, retention, usage
-from app.services.metrics import MULTIPROCESS_DIR
-from app.services.provisioning import keep_spares
+from app.runtime import outbox
+from app.runtime.metrics import MULTIPROCESS_DIR
+from app.runtime.platform import Platform
+from app.services import housekeeping
+from app.services.data import retention
+from app.services.tenants.provisioning import keep_spares
+from app.services.usage import statistics as usage
 from app.settings import Settings
 from app.tenancy.ddl import tenant_ddl
 

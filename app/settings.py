@@ -99,7 +99,7 @@ class Settings:
     spare_schemas: int = 5
     # Copies estimated above this many rows run as background jobs.
     copy_inline_rows: int = 50_000
-    # Read queries the planner can answer in SQL alone skip GraphQL execution (app.graphql.compiled).
+    # Read queries the planner can answer in SQL alone skip GraphQL execution (app.graphql.engine.compiled).
     compiled_reads: bool = True
     # Operator's allow-list of GraphQL documents (app.http.persisted); unset → any document.
     trusted_documents: Path | None = None

@@ -25,8 +25,8 @@ from app.db.engines import app_role_password
 from app.ids import decode
 from app.logs import configure_logging
 from app.main import create_app
-from app.platform import Platform
-from app.services.bootstrap import bootstrap
+from app.runtime.platform import Platform
+from app.services.tenants.bootstrap import bootstrap
 from app.settings import Settings
 from app.tenancy.migrate import migrate_management
 

@@ -16,8 +16,8 @@ import time
 from sqlalchemy import text
 
 from app.access.scope import Scope
-from app.services import copying
-from app.services.audit import SYSTEM
+from app.services.audit.records import SYSTEM
+from app.services.sharing import copying
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median
 
 

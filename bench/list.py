@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from app.access.acting import tenant_transaction
 from app.access.scope import UNRESTRICTED
-from app.platform import Platform
-from app.services.devices import list_devices
+from app.runtime.platform import Platform
+from app.services.inventory.devices import list_devices
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, generic_path, interleaved, median
 
 QUERY = "{ devices(first: 100) { edges { cursor node { id name type owner fragments createdAt updatedAt } } " \

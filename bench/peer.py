@@ -8,7 +8,7 @@ the runs interleaved over two rounds (the best of each is printed):
   (a) one device by id, 3 fields;  (b) 100 devices (edges/cursor/node, pageInfo), 3 fields.
 Servers: `plain` — a Starlette endpoint in the same app doing the same routed transaction
 (BEGIN + set_config, one SELECT, COMMIT) and orjson, the 1.0x baseline; `compiled` — GraphQL
-answered by app.graphql.compiled; `generic` — the same app with the planner off (what
+answered by app.graphql.engine.compiled; `generic` — the same app with the planner off (what
 TENANTRY_COMPILED_READS=0 serves); `postgraphile` — PostGraphile 5 (amber preset) serving the
 same tenant schema with the same per-request role and search_path (pgSettings), installed
 with npm into a scratch directory (skipped with a message without npm). Printed per run:
@@ -39,10 +39,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.access.acting import tenant_transaction
+from app.db.naming import tenant_role, tenant_schema
 from app.models.tenant import devices
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.services.pagination import encode_cursor
-from app.tenancy.naming import tenant_role, tenant_schema
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median
 from bench.common import local_id as _local
 from bench.concurrency import Request as WrkRequest

@@ -25,12 +25,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app.db.naming import new_tenant_id, tenant_schema
 from app.db.transaction import transaction
 from app.models.management import spare_schemas
-from app.services.provisioning import fill_spares, keep_spares
+from app.services.tenants.provisioning import fill_spares, keep_spares
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.grants import grants_sql
-from app.tenancy.naming import new_tenant_id, tenant_schema
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, median, pct, timed
 
 RUN = secrets.token_hex(3)  # domains stay unique on a server kept between runs (TENANTRY_BENCH_DATABASE_URL)

@@ -7,7 +7,7 @@ TENANTS tenants with one device each, SUBSCRIBERS WebSocket connections (graphql
 spread evenly over the tenants, each subscribed to `alarms { kind alarm { id type … } }`.
 A writer raises RATE alarms a second, round-robin over the tenants, for SECONDS: every 10 ms one
 round trip runs the tick's alarms, each in its tenant's role and announced as the app announces
-it (app.services.changes: NOTIFY in the writing transaction), then COMMIT. Printed:
+it (app.runtime.announcements: NOTIFY in the writing transaction), then COMMIT. Printed:
 - delivery latency from COMMIT returning in the writer to the message parsed in the client
   (p50/p99/max), events raised and messages delivered a second, messages lost;
 - server memory per idle subscription (RSS after the subscribers connected, minus before, / N)
@@ -36,7 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from app.access.acting import tenant_switch
-from app.services import alarms as alarm_service
+from app.services.data import alarms as alarm_service
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, local_id, pct
 from bench.concurrency import Request as WrkRequest
 from bench.concurrency import _script, _wrk
@@ -49,7 +49,7 @@ POLL = "{ alarms(filter: {status: [ACTIVE]}, first: 20) { edges { node { id type
 
 def _tick_sql(batch: list[tuple[str, int, int]]) -> str:
     """One round trip: each alarm inserted under its tenant's role and announced like
-    app.services.changes announces it ({"t", "k", "o", "rows", "x"}: the record), then COMMIT."""
+    app.runtime.announcements announces it ({"t", "k", "o", "rows", "x"}: the record), then COMMIT."""
     steps = ["BEGIN"]
     for tenant, device, seq in batch:
         steps.append(tenant_switch(tenant))

@@ -25,8 +25,8 @@ from starlette.routing import Route
 from app.access.acting import tenant_transaction
 from app.db.transaction import transaction
 from app.models.tenant import devices
-from app.platform import Platform
-from app.services.devices import DEVICE_COLUMNS
+from app.runtime.platform import Platform
+from app.services.inventory.devices import DEVICE_COLUMNS
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, generic_path, interleaved, median, timed
 from bench.common import local_id as _local
 

@@ -34,8 +34,8 @@ from app.access.acting import tenant_switch
 from app.db.engines import make_engine
 from app.db.transaction import SCHEMAS_PER_CONNECTION, is_citus
 from app.models.management import tenants
-from app.services.provisioning import fill_spares
-from app.services.usage import take_snapshots
+from app.services.tenants.provisioning import fill_spares
+from app.services.usage.statistics import take_snapshots
 from app.tenancy import alembic_chains
 from app.tenancy.migrate import migrate_tenants
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, pct

@@ -27,8 +27,8 @@ from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
 from app.ids import encode
 from app.main import create_app
-from app.platform import Platform
-from app.services.bootstrap import bootstrap
+from app.runtime.platform import Platform
+from app.services.tenants.bootstrap import bootstrap
 from app.settings import Settings
 from app.tenancy.migrate import migrate_management
 from tests.oidc_provider import FakeProvider

@@ -10,8 +10,8 @@ from uuid import UUID
 from app.access.scope import Scope
 from app.db.engines import make_engine
 from app.ids import decode
-from app.services import copying
-from app.services.audit import SYSTEM
+from app.services.audit.records import SYSTEM
+from app.services.sharing import copying
 
 
 def _local(global_id: str) -> int:

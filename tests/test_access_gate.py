@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from app.access.acting import management_transaction
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, World, unique
 from tests.test_people import _latest_token
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, World, unique
 from tests.test_cli import run  # noqa: F401 - the shell fixture
 

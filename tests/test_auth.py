@@ -10,7 +10,7 @@ from joserfc.jwk import OctKey
 
 from app.auth.tokens import AccessTokens
 from app.errors import Unauthenticated
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Api, World
 
 ME = "{ me { user { email } memberships { tenant { id kind } role } } }"

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, TenantHandle, World, nowhere, unique
 from tests.oidc_provider import FakeProvider
 from tests.test_sso import _configure, _sign_in

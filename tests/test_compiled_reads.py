@@ -24,9 +24,9 @@ from starlette.applications import Starlette
 
 from app.http.graphql import GraphQLEndpoint
 from app.ids import encode
-from app.platform import Platform
+from app.runtime.platform import Platform
+from app.services.data.timeseries import encode_time_cursor
 from app.services.pagination import encode_cursor
-from app.services.timeseries import encode_time_cursor
 from app.settings import Settings
 from bench.common import generic_path
 from tests.conftest import Api, TenantHandle, World, nowhere
@@ -517,7 +517,7 @@ async def test_compiled_reads_are_metered_and_parent_level_ones_audited(api: Api
 
 
 def test_an_integer_cursor_needs_no_urlsafe_translation() -> None:
-    """The compiled path writes encode_cursor(id) as plain base64 (app.graphql.compiled._CURSOR):
+    """The compiled path writes encode_cursor(id) as plain base64 (app.graphql.engine.compiled._CURSOR):
     exact only because "k:<digits>" never yields "+" or "/" and stays below a line's length."""
     import base64
 

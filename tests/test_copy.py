@@ -20,9 +20,9 @@ from app.access.scope import Scope
 from app.db.engines import app_database_url, owner_database_url
 from app.ids import decode
 from app.main import create_app
-from app.platform import Platform
-from app.services import copying
-from app.services.audit import SYSTEM
+from app.runtime.platform import Platform
+from app.services.audit.records import SYSTEM
+from app.services.sharing import copying
 from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import Api, World
 
 QUERY = """{ devices(first: 50) { edges { node { id groups { name } children { id } externalIds { value }

@@ -1,4 +1,4 @@
-"""The fast execution paths (app.graphql.execution) give graphql-core's results, valid or not.
+"""The fast execution paths (app.graphql.engine.execution) give graphql-core's results, valid or not.
 
 Each case runs twice: through graphql-core's own functions and through ours, on a small
 schema that has every shape the compiled code handles (non-null, lists, nested lists,
@@ -34,8 +34,8 @@ from graphql.execution import executor as graphql_executor
 from graphql.execution.executor import Executor
 from graphql.utilities import coerce_input_value
 
-from app.graphql import execution
-from app.graphql.execution import AttributeResolver, TenantryExecutor, coercer
+from app.graphql.engine import execution
+from app.graphql.engine.execution import AttributeResolver, TenantryExecutor, coercer
 from app.graphql.schema import build_schema
 
 

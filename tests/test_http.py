@@ -13,10 +13,10 @@ from graphql import GraphQLError
 from starlette.applications import Starlette
 
 from app.graphql.context import Context
-from app.graphql.fast_path import cache_info
+from app.graphql.engine.fast_path import cache_info
 from app.http.graphql import _format_error
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api
 

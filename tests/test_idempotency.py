@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from app.platform import Platform
-from app.services import idempotency
+from app.runtime import idempotency
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
 
 BATCH = """mutation($d: ID!, $v: Float!) { createMeasurements(input: [

@@ -1,4 +1,4 @@
-"""The input boundary (app/inputs.py, wired into coercion by app/graphql/boundary.py): each kind
+"""The input boundary (app/inputs.py, wired into coercion by app/graphql/engine/boundary.py): each kind
 of value that once answered INTERNAL, or was accepted and then broke every later read."""
 
 from __future__ import annotations

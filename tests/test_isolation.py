@@ -18,7 +18,7 @@ from app.access.acting import tenant_transaction
 from app.db.engines import app_database_url, owner_database_url
 from app.models.management import metadata as management_metadata
 from app.models.tenant import devices
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
 from tests.conftest import Api, TenantHandle, World, assert_denied
 

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text
 
 from app.errors import Conflict
-from app.platform import Platform
-from app.services.audit import SYSTEM
-from app.services.provisioning import TenantSpec, provision_tenant
+from app.runtime.platform import Platform
+from app.services.audit.records import SYSTEM
+from app.services.tenants.provisioning import TenantSpec, provision_tenant
 from tests.conftest import Api, World
 
 SUSPEND = "mutation($id: ID!) { suspendTenant(id: $id) { id status } }"

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from app.platform import Platform
-from app.services.usage import take_snapshots
+from app.runtime.platform import Platform
+from app.services.usage.statistics import take_snapshots
 from tests.conftest import Api, TenantHandle, World, unique
 
 UPDATE = "mutation($id: ID!, $l: TenantLimitsInput!) { updateTenant(id: $id, input: {limits: $l}) { id } }"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api, World
 

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.tenancy import alembic_chains
 from app.tenancy.alembic_chains import alembic_config, head_revision
 from app.tenancy.migrate import migrate_tenants

@@ -6,8 +6,8 @@ import asyncio
 
 from sqlalchemy import text
 
-from app.platform import Platform
-from app.services.outbox import deliver
+from app.runtime.outbox import deliver
+from app.runtime.platform import Platform
 from tests.conftest import Api, World, unique
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, World, assert_denied, unique
 
 MEMBERS = "{ members { edges { node { user { id email } role scope } } } }"

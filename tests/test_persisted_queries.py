@@ -12,7 +12,7 @@ import pytest
 
 from app.http.persisted import load_trusted
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import World
 
 DEVICES = "query Devices { devices(first: 5) { totalCount edges { node { name } } } }"

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app.db.naming import tenant_schema
 from app.db.transaction import is_citus, transaction
-from app.platform import Platform
-from app.services.placement import move_tenant, tenant_placements
-from app.services.usage import take_snapshots
-from app.tenancy.naming import tenant_schema
+from app.runtime.platform import Platform
+from app.services.tenants.placement import move_tenant, tenant_placements
+from app.services.usage.statistics import take_snapshots
 from tests.conftest import Api, TenantHandle, World
 from tests.test_cli import run  # noqa: F401 - the `tenantry` subprocess fixture
 from tests.test_copy import COPY, _seed, _target_state

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from app.access.acting import RequestTransaction
 from app.db.engines import make_engine
 from app.db.transaction import driver_execute, is_citus, limit_schemas_per_connection, transaction
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.tenancy.placement import placements
 from tests.conftest import World
 

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from app.db.naming import spare_schema
 from app.errors import Conflict
-from app.platform import Platform
-from app.services import provisioning
-from app.services.audit import SYSTEM
-from app.services.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
-from app.tenancy.naming import spare_schema
+from app.runtime.platform import Platform
+from app.services.audit.records import SYSTEM
+from app.services.tenants import provisioning
+from app.services.tenants.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
 from app.tenancy.registry import TenantRecord
 from tests.conftest import Api, World, assert_denied, unique
 

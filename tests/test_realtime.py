@@ -25,8 +25,8 @@ from gql.transport.websockets import WebsocketsTransport
 from starlette.applications import Starlette
 
 from app.access.principal import Routed
-from app.platform import Platform
 from app.realtime.hub import Delivery, Hub
+from app.runtime.platform import Platform
 from tests.conftest import Api, TenantHandle, World, nowhere
 
 ALARMS = "subscription { alarms { kind alarm { id type deviceId severity count status } } }"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from app.platform import Platform
-from app.services.retention import apply_to_tenant
+from app.runtime.platform import Platform
+from app.services.data.retention import apply_to_tenant
 from tests.conftest import Api, World
 
 NOW = datetime(2027, 6, 1, tzinfo=UTC)

@@ -9,8 +9,8 @@ from sqlalchemy.engine import make_url
 
 from app.db.engines import app_role_password
 from app.errors import AppError
-from app.platform import Platform
-from app.services.bootstrap import bootstrap
+from app.runtime.platform import Platform
+from app.services.tenants.bootstrap import bootstrap
 from app.tenancy.migrate import migrate_management
 
 

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import text
 
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import Api, World, unique
 
 SIGN_UP = """mutation($e: String!, $p: String!, $c: String!, $i: String) {

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import text
 
 from app.main import create_app
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import ADMIN_EMAIL, Api, World
 from tests.oidc_provider import FakeProvider
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 

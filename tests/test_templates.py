@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import Api, World, assert_denied
 
 CREATE = """mutation($i: DeviceTemplateInput!) { createDeviceTemplate(input: $i) { id version readOnly } }"""

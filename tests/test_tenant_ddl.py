@@ -12,7 +12,7 @@ from sqlalchemy import Connection, text
 
 from app.db.transaction import split_statements
 from app.models import management, tenant
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.tenancy.alembic_chains import alembic_config, head_revision
 from app.tenancy.ddl import tenant_ddl
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from app.access.acting import management_transaction
-from app.platform import Platform
-from app.services import tenant_options
+from app.runtime.platform import Platform
+from app.services.tenants import options as tenant_options
 from tests.conftest import Api, TenantHandle, World
 
 MOVE = "mutation($id: ID!, $p: ID!) { moveTenant(id: $id, newParentId: $p) { id depth parent { id } } }"

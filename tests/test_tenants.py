@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from app.platform import Platform
+from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, World, unique
 
 TENANT_FIELDS = "id domain company kind status depth allowCreateTenants parentId schemaVersion"

@@ -13,7 +13,7 @@ from app.access.acting import RequestTransaction
 from app.errors import CommitOutcomeUnknown
 from app.main import create_app
 from app.models.tenant import devices
-from app.platform import Platform
+from app.runtime.platform import Platform
 from app.settings import Settings
 from tests.conftest import Api, World
 

@@ -12,9 +12,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from app.platform import Platform
-from app.services.metrics import RequestMetrics
-from app.services.usage import take_snapshots
+from app.runtime.metrics import RequestMetrics
+from app.runtime.platform import Platform
+from app.services.usage.statistics import take_snapshots
 from tests.conftest import Api, TenantHandle, World
 
 TODAY = datetime.now(UTC).date()
@@ -234,7 +234,7 @@ async def test_counts_are_flushed_on_graceful_shutdown(world: World, platform: P
 async def test_the_meter_flushes_more_tenants_than_one_statement_takes(platform: Platform) -> None:
     """One INSERT for every pending tenant passed PostgreSQL's 65,535 parameters above ~5,000
     tenants; the failed flush kept its rows, so every later flush failed as well."""
-    from app.services.metering import Meter
+    from app.runtime.metering import Meter
 
     meter = Meter(platform.db.owner)  # its own meter: the shared one is flushed by other tests
     ids = [f"tflush{n:06d}" for n in range(6_000)]

@@ -5,7 +5,7 @@ first on the search_path; management-plane statements run as the application rol
 reads no tenant table) with the management schema on the path. Both settings are
 transaction-local (`set_config(…, true)`), so nothing leaks into the next checkout of a pooled
 connection — a session-level SET would. Identifiers are inlined because the simple protocol
-takes no parameters; they come only from `app.tenancy.naming`, which validates them.
+takes no parameters; they come only from `app.db.naming`, which validates them.
 
 - `RequestTransaction`: one request's single transaction on ONE pooled connection. The
   management lookups of routing and the tenant's work share it, switching role between them
@@ -31,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 from app.db.notify import notify_sql
 from app.db.transaction import (
     WORKER_XID,
@@ -47,7 +48,6 @@ from app.db.transaction import (
     touched_schema,
 )
 from app.errors import CommitOutcomeUnknown
-from app.tenancy.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 
 # The management plane: back to the application role, management schema on the path.
 APP_SWITCH = f"SELECT set_config('role', 'none', true), set_config('search_path', '{MANAGEMENT_SCHEMA}', true)"
@@ -138,7 +138,7 @@ class RequestTransaction:
         # parent-level access): run before COMMIT, or after a ROLLBACK in a short transaction
         # of their own on the same connection.
         self._always: list[AfterHook] = []
-        # Change announcements (app.services.changes), sent in one statement just before COMMIT.
+        # Change announcements (app.runtime.announcements), sent in one statement just before COMMIT.
         self._announced: list[str] = []
 
     @property
@@ -365,7 +365,7 @@ class PlaneView:
         await self._shared.touch(schemas)
 
     def announce(self, payloads: Sequence[str]) -> None:
-        """Queue change announcements for this request's COMMIT (app.services.changes)."""
+        """Queue change announcements for this request's COMMIT (app.runtime.announcements)."""
         self._shared.announce(payloads)
 
     @property

@@ -37,10 +37,10 @@ from app.access.principal import DEVICE_USER_ID, Principal, Reach, Routed
 from app.access.scope import Scope
 from app.auth.roles import BUILTIN_ROLES, METRICS_READ, permissions_of
 from app.auth.tokens import AccessTokens
+from app.db.naming import MANAGEMENT_TENANT_ID, is_tenant_id
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound, RateLimited, TenantSuspended, Unauthenticated
 from app.models.management import audit_log
-from app.tenancy.naming import MANAGEMENT_TENANT_ID, is_tenant_id
 from app.tenancy.registry import MembershipInfo, Registry, TenantRecord
 
 

@@ -11,8 +11,8 @@ from uuid import UUID
 
 from app.access.scope import UNRESTRICTED, Scope
 from app.auth.roles import DEVICE_PERMISSIONS, permissions_of
+from app.db.naming import MANAGEMENT_TENANT_ID
 from app.errors import Forbidden
-from app.tenancy.naming import MANAGEMENT_TENANT_ID
 from app.tenancy.registry import TenantRecord
 
 OPERATOR_ID = UUID(int=0)

@@ -1,5 +1,5 @@
 """Channel names and the NOTIFY statement shared by the request transaction and the services
-(app.services.changes explains the protocol)."""
+(app.runtime.announcements explains the protocol)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ACCESS = "tenantry_access"
 
 
 def notify_sql(batch: Iterable[str]) -> str:
-    """One simple-protocol statement sending `batch` (JSON text from app.services.changes). Quotes
+    """One simple-protocol statement sending `batch` (JSON text from app.runtime.announcements). Quotes
     are doubled; a backslash in JSON only ever precedes `"`, `\\`, `/` or a letter, never a quote,
     so the literal is read the same whatever standard_conforming_strings says."""
     literals = ",".join("'" + p.replace("'", "''") + "'" for p in batch)

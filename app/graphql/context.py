@@ -21,11 +21,11 @@ from app.access.principal import Principal, Routed
 from app.access.scope import Scope
 from app.errors import Forbidden, InvalidInput
 from app.graphql.loaders import Loaders, SharedLoader, build_loaders
-from app.platform import Platform
 from app.realtime.hub import MANAGEMENT, Select, Session, Subscription
+from app.runtime.platform import Platform
 from app.services.data_plane import Plane
-from app.services.placement import Placement, tenant_placements
-from app.services.usage import LimitUsage, limit_usage
+from app.services.tenants.placement import Placement, tenant_placements
+from app.services.usage.statistics import LimitUsage, limit_usage
 
 
 @dataclass

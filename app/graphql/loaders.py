@@ -16,10 +16,10 @@ from strawberry.dataloader import DataLoader
 
 from app.access.scope import Scope
 from app.db.transaction import BulkExecutor
-from app.services import alarms as alarm_service
-from app.services import devices as inventory
-from app.services.alarms import AlarmRecord
-from app.services.devices import DeviceRecord, ExternalId, GroupRecord
+from app.services.data import alarms as alarm_service
+from app.services.data.alarms import AlarmRecord
+from app.services.inventory import devices as inventory
+from app.services.inventory.devices import DeviceRecord, ExternalId, GroupRecord
 
 K = TypeVar("K")
 V = TypeVar("V")

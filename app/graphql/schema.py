@@ -1,7 +1,7 @@
 """The GraphQL schema, assembled from the per-domain types and tuned for speed.
 
 Parsing and validation are cached (a small request otherwise spends most of its time
-re-validating the same document), in one extension (app.graphql.fast_path). The depth
+re-validating the same document), in one extension (app.graphql.engine.fast_path). The depth
 and alias rules are built ONCE here: the stock limiter extensions create a new rule class
 per request, which changes the validation cache key every time and silently disables the
 cache (strawberry #4635).
@@ -23,20 +23,20 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from app.graphql import boundary, execution
-from app.graphql.execution import AttributeResolver, TenantryExecutor
-from app.graphql.fast_path import FastPath
+from app.graphql.engine import boundary, execution
+from app.graphql.engine.execution import AttributeResolver, TenantryExecutor
+from app.graphql.engine.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
-from app.graphql.types.access import AccessMutations, AccessQueries
-from app.graphql.types.auth import AuthMutations, AuthQueries, SignUpMutations
+from app.graphql.types.custom_roles import AccessMutations, AccessQueries
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
-from app.graphql.types.devices import DeviceMutations, DeviceQueries
+from app.graphql.types.device_templates import TemplateMutations, TemplateQueries
+from app.graphql.types.inventory import DeviceMutations, DeviceQueries
 from app.graphql.types.nodes import NodeQueries
 from app.graphql.types.options import OptionMutations, OptionQueries
 from app.graphql.types.people import PeopleMutations, PeopleQueries
 from app.graphql.types.realtime import Subscriptions
+from app.graphql.types.sessions import AuthMutations, AuthQueries, SignUpMutations
 from app.graphql.types.sharing import MigrationMutations, SharingMutations, SharingQueries
-from app.graphql.types.templates import TemplateMutations, TemplateQueries
 from app.graphql.types.tenants import TenantMutations, TenantQueries
 from app.graphql.types.usage import UsageQueries
 from app.settings import Settings

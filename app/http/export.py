@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import AppError, InvalidInput
-from app.platform import Platform
-from app.services.usage_export import ExportOptions, export
+from app.runtime.platform import Platform
+from app.services.usage.export import ExportOptions, export
 
 STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "TENANT_SUSPENDED": 403,
           "RATE_LIMITED": 429, "INVALID_INPUT": 400, "UNAVAILABLE": 503}

@@ -28,15 +28,15 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.graphql import OperationType
 
 from app.errors import AppError, CommitOutcomeUnknown, Unavailable
-from app.graphql import compiled
 from app.graphql.context import Context
+from app.graphql.engine import compiled
 from app.graphql.schema import TenantrySchema
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
 from app.http.subscriptions import Operations, serve_sse, serve_websocket, wants_event_stream
 from app.http.tracing import annotate
 from app.logs import BufferedLineHandler
-from app.platform import Platform
-from app.services import idempotency
+from app.runtime import idempotency
+from app.runtime.platform import Platform
 
 log = logging.getLogger("tenantry.graphql")
 GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from app.access.acting import management_transaction
+from app.db.naming import is_tenant_id
 from app.errors import AppError, InvalidInput, NotFound, TenantSuspended
-from app.platform import Platform
-from app.services import sso
-from app.services.auth import start_session
-from app.tenancy.naming import is_tenant_id
+from app.runtime.platform import Platform
+from app.services.sessions import sso
+from app.services.sessions.login import start_session
 from app.tenancy.registry import TenantRecord
 
 STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "INVALID_INPUT": 400,

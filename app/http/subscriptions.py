@@ -41,12 +41,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.types.graphql import OperationType
 
 from app.errors import AppError
-from app.graphql import fast_path
 from app.graphql.context import Context
-from app.graphql.execution import TenantryExecutor
+from app.graphql.engine import fast_path
+from app.graphql.engine.execution import TenantryExecutor
 from app.http.persisted import PersistedQueryError
-from app.platform import Platform
 from app.realtime.hub import Session
+from app.runtime.platform import Platform
 
 log = logging.getLogger("tenantry.realtime")
 PROTOCOL = "graphql-transport-ws"

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from app.tenancy.naming import MANAGEMENT_SCHEMA
+from app.db.naming import MANAGEMENT_SCHEMA
 
 metadata = MetaData(schema=MANAGEMENT_SCHEMA)
 

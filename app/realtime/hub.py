@@ -1,6 +1,6 @@
 """The realtime hub: one per process, between PostgreSQL's notifications and live subscriptions.
 
-- One LISTEN connection per process (`tenantry_changes`, `tenantry_access`; app.services.changes
+- One LISTEN connection per process (`tenantry_changes`, `tenantry_access`; app.runtime.announcements
   describes the payloads). Writers NOTIFY inside their transaction, so only committed changes
   arrive, from any worker process.
 - Notifications are drained in batches; for each (tenant, kind) that has subscribers, the rows
@@ -50,13 +50,13 @@ from app.db.transaction import Executor
 from app.errors import AppError, LimitExceeded
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, measurements, operations
-from app.services import alarms as alarm_service
-from app.services import copying
-from app.services import devices as device_service
-from app.services import events as event_service
-from app.services import measurements as measurement_service
-from app.services import operations as operation_service
+from app.services.data import alarms as alarm_service
+from app.services.data import events as event_service
+from app.services.data import measurements as measurement_service
+from app.services.data import operations as operation_service
+from app.services.inventory import devices as device_service
 from app.services.rows import to_record
+from app.services.sharing import copying
 from app.tenancy.registry import TenantRecord, select_tenants
 
 log = logging.getLogger("tenantry.realtime")
@@ -508,7 +508,7 @@ def _datetime_fields(record: Any) -> frozenset[str]:
 
 
 def _from_json(record: type[R], row: dict[str, Any]) -> R:
-    """A record as the writer announced it (app.services.changes sends dataclasses as JSON)."""
+    """A record as the writer announced it (app.runtime.announcements sends dataclasses as JSON)."""
     for name in _datetime_fields(cast(Any, record)):
         value = row.get(name)
         if isinstance(value, str):

@@ -1,6 +1,6 @@
 """Use cases of the data plane: each checks limits, writes, counts usage and audits, in that order.
 
-The data functions (`app.services.devices`, `…events`, `…alarms`, …) only read and write
+The data functions (`app.services.inventory.devices`, `…events`, `…alarms`, …) only read and write
 one tenant's tables within a caller's scope. What a request does around them — the storage
 and device limits, the usage counters metered once the request commits, the tenant's audit
 trail and limit warnings — is decided here, so resolvers stay as thin as `createSubtenant`'s
@@ -18,19 +18,13 @@ from typing import Any
 from app.access.principal import Actor, Routed
 from app.access.scope import Scope
 from app.db.transaction import BulkExecutor, Executor
-from app.services import (
-    alarms,
-    changes,
-    data_audit,
-    device_templates,
-    device_tokens,
-    devices,
-    events,
-    limits,
-    operations,
-)
-from app.services.measurements import NewMeasurement, create_measurements
-from app.services.usage import check_limit_warnings
+from app.runtime import announcements
+from app.services.audit import data_audit
+from app.services.data import alarms, events, operations
+from app.services.data.measurements import NewMeasurement, create_measurements
+from app.services.inventory import device_templates, device_tokens, devices
+from app.services.tenants import limits
+from app.services.usage.statistics import check_limit_warnings
 from app.tenancy.registry import TenantRecord
 
 
@@ -63,8 +57,8 @@ class Plane:
 
     async def announce(self, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
                        **extra: Any) -> None:
-        """Tell realtime subscribers, once this commits (app.services.changes)."""
-        await changes.announce(self.db, self.tenant.id, kind, op, ids, rows, **extra)
+        """Tell realtime subscribers, once this commits (app.runtime.announcements)."""
+        await announcements.announce(self.db, self.tenant.id, kind, op, ids, rows, **extra)
 
     async def audit(self, action: str, target: str | None, changes: list[dict[str, Any]] | None = None) -> None:
         await data_audit.record(self.db, actor=self.actor, action=action, target=target, changes=changes,
@@ -181,7 +175,7 @@ async def update_device(plane: Plane, device_id: str, changes: devices.DeviceCha
 async def delete_device(plane: Plane, device_id: str) -> None:
     await devices.delete_device(plane.db, plane.scope, device_id)
     await plane.announce("device", "DELETED", [devices.require_id(device_id, "device")])
-    await changes.access_changed(plane.db, tenant_id=plane.tenant.id)  # its device tokens went with it
+    await announcements.access_changed(plane.db, tenant_id=plane.tenant.id)  # its device tokens went with it
     await plane.audit("device.deleted", device_id)
 
 
@@ -202,6 +196,6 @@ async def issue_device_token(plane: Plane, device_id: int) -> str:
 async def revoke_device_tokens(plane: Plane, device_id: int) -> int:
     await devices.require_devices(plane.db, plane.scope, [device_id])
     revoked = await device_tokens.revoke_all(plane.db, device_id=device_id)
-    await changes.access_changed(plane.db, tenant_id=plane.tenant.id)  # its live subscriptions end
+    await announcements.access_changed(plane.db, tenant_id=plane.tenant.id)  # its live subscriptions end
     await plane.audit("device_token.revoked", str(device_id))
     return revoked

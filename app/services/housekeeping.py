@@ -12,8 +12,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.services import copying, idempotency
-from app.services.periodic import every
+from app.runtime import idempotency
+from app.runtime.periodic import every
+from app.services.sharing import copying
 
 log = logging.getLogger("tenantry.housekeeping")
 

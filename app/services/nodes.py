@@ -10,11 +10,11 @@ from sqlalchemy import select
 from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.models.tenant import alarms, events, groups, measurements, operations
-from app.services import alarms as alarm_service
-from app.services import devices as device_service
-from app.services import events as event_service
-from app.services import measurements as measurement_service
-from app.services import operations as operation_service
+from app.services.data import alarms as alarm_service
+from app.services.data import events as event_service
+from app.services.data import measurements as measurement_service
+from app.services.data import operations as operation_service
+from app.services.inventory import devices as device_service
 from app.services.rows import to_record
 
 # Rows that belong to a device: (table, columns, record), visible when their device is in scope.

@@ -18,13 +18,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.engines import make_engine
+from app.db.naming import MANAGEMENT_SCHEMA, checked_identifier, tenant_role, tenant_schema
 from app.db.transaction import is_citus, split_statements
 from app.errors import AppError
 from app.models.management import tenants
 from app.settings import Settings
 from app.tenancy.alembic_chains import alembic_config, head_revision
 from app.tenancy.grants import default_privileges_sql, existing_objects_sql, grants_sql
-from app.tenancy.naming import MANAGEMENT_SCHEMA, checked_identifier, tenant_role, tenant_schema
 
 
 @dataclass

@@ -26,9 +26,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.naming import tenant_schema
 from app.db.transaction import Executor, count_schemas, is_citus, transaction
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
-from app.tenancy.naming import tenant_schema
 
 __all__ = ["MoveProgress", "Moved", "Placement", "move", "nodes", "parse_node", "placements", "rebalance_plan",
            "require_citus", "schema_placements"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
+from app.db.naming import MANAGEMENT_SCHEMA
 from app.models.management import metadata
-from app.tenancy.naming import MANAGEMENT_SCHEMA
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
+from app.db.naming import checked_identifier
 from app.models.tenant import metadata
-from app.tenancy.naming import checked_identifier
 
 config = context.config
 

@@ -21,16 +21,16 @@ from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.node import Node
 from app.graphql.scalars import JSON
-from app.graphql.types.devices import Alarm, AlarmSeverity, AlarmStatus
+from app.graphql.types.inventory import Alarm, AlarmSeverity, AlarmStatus
 from app.ids import here
-from app.services import alarms as alarm_service
 from app.services import data_plane as use_case
-from app.services import events as event_service
-from app.services import measurements as measurement_service
-from app.services import operations as operation_service
-from app.services.events import EventRecord
-from app.services.measurements import MeasurementRecord, NewMeasurement, SeriesBucket
-from app.services.operations import OperationRecord
+from app.services.data import alarms as alarm_service
+from app.services.data import events as event_service
+from app.services.data import measurements as measurement_service
+from app.services.data import operations as operation_service
+from app.services.data.events import EventRecord
+from app.services.data.measurements import MeasurementRecord, NewMeasurement, SeriesBucket
+from app.services.data.operations import OperationRecord
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")  # `from` is a Python keyword
@@ -149,7 +149,7 @@ class AlarmFilter:
 
 
 def alarm_filter(filter: AlarmFilter | None) -> alarm_service.AlarmFilter | None:
-    """The service's filter (also what the compiled read path builds: app.graphql.compiled)."""
+    """The service's filter (also what the compiled read path builds: app.graphql.engine.compiled)."""
     return alarm_service.AlarmFilter(
         device_id=filter.device_id, type=filter.type,
         status=[s.value for s in filter.status] if filter.status else None,

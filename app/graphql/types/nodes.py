@@ -13,7 +13,7 @@ from app.errors import InvalidInput
 from app.graphql.context import Context
 from app.graphql.node import Node
 from app.graphql.types.data import Event, Measurement, Operation
-from app.graphql.types.devices import Alarm, Device, Group
+from app.graphql.types.inventory import Alarm, Device, Group
 from app.ids import decode
 from app.services import nodes as service
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from app.graphql.context import Context
-from app.services import tenant_options as service
+from app.services.tenants import options as service
 
 Info = strawberry.Info[Context, None]
 

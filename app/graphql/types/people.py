@@ -10,16 +10,18 @@ from uuid import UUID
 import strawberry
 
 from app.access.credentials import ApiTokenRecord
+from app.db.naming import is_tenant_id
 from app.errors import InvalidInput, NotFound
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON
-from app.graphql.types.auth import Membership, User
+from app.graphql.types.sessions import Membership, User
 from app.graphql.types.tenants import Tenant
-from app.services import api_tokens, data_audit, invitations, members, sso
-from app.services import audit as audit_service
-from app.services.users import UserRecord
-from app.tenancy.naming import is_tenant_id
+from app.services.audit import data_audit
+from app.services.audit import records as audit_service
+from app.services.people import api_tokens, invitations, members
+from app.services.people.users import UserRecord
+from app.services.sessions import sso
 
 Info = strawberry.Info[Context, None]
 

@@ -18,13 +18,13 @@ from app.auth.roles import DEVICES_READ, OPERATIONS_DEVICE, TENANT_ADMIN
 from app.errors import InvalidInput, NotFound
 from app.graphql.context import Context
 from app.graphql.types.data import AlarmFilter, Event, Measurement, Operation, OperationStatus, alarm_filter
-from app.graphql.types.devices import Alarm, Device
+from app.graphql.types.inventory import Alarm, Device
 from app.graphql.types.sharing import CopyJob
 from app.graphql.types.tenants import Tenant
 from app.ids import here
 from app.realtime.hub import Delivery, Subscription
-from app.services import copying
-from app.services.devices import require_id
+from app.services.inventory.devices import require_id
+from app.services.sharing import copying
 
 Info = strawberry.Info[Context, None]
 FINISHED = {"SUCCEEDED", "FAILED"}

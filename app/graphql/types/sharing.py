@@ -13,8 +13,8 @@ from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRI
 from app.errors import NotFound
 from app.graphql.context import Context
 from app.ids import encode
-from app.services import copying, migration
-from app.services.devices import require_id
+from app.services.inventory.devices import require_id
+from app.services.sharing import copying, migration
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")

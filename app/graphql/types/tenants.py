@@ -11,8 +11,8 @@ from strawberry import UNSET
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.scalars import JSON, Long
-from app.services import tenant_lifecycle as lifecycle
-from app.services import tenants as service
+from app.services.tenants import lifecycle
+from app.services.tenants import queries as service
 from app.tenancy.registry import TenantRecord
 
 Info = strawberry.Info[Context, None]
@@ -182,7 +182,7 @@ class TenantFilter:
 
 
 def tenant_filter(filter: TenantFilter | None) -> service.TenantFilter:
-    """The service's filter (also what the compiled read path builds: app.graphql.compiled)."""
+    """The service's filter (also what the compiled read path builds: app.graphql.engine.compiled)."""
     return service.TenantFilter(
         status=filter.status.value if filter and filter.status else None,
         kind=filter.kind.value if filter and filter.kind else None,

@@ -9,7 +9,7 @@ import strawberry
 
 from app.graphql.context import Context
 from app.graphql.scalars import JSON, Long
-from app.services import usage as service
+from app.services.usage import statistics as service
 
 Info = strawberry.Info[Context, None]
 

@@ -56,7 +56,7 @@ def upgrade() -> None:
         _id(),
         # No foreign key here: at ingest rates the per-row check costs a third of the insert.
         # Writers lock the devices they write for (FOR KEY SHARE, once per batch) and a device's
-        # deletion deletes its measurements explicitly (app.services.devices.delete_device).
+        # deletion deletes its measurements explicitly (app.services.inventory.devices.delete_device).
         sa.Column("device_id", sa.BigInteger(), nullable=False),
         sa.Column("time", TS, nullable=False),
         sa.Column("type", sa.Text(), nullable=False),

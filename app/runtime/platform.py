@@ -1,0 +1,87 @@
+"""The process-wide parts every request and command shares, built once from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from app.access.admission import InFlight, RateLimiter
+from app.access.credentials import LastUsed
+from app.access.gate import AccessGate
+from app.auth.passwords import Passwords
+from app.auth.tokens import AccessTokens
+from app.db.engines import Database
+from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
+from app.realtime.hub import Hub
+from app.runtime.metering import Meter
+from app.runtime.metrics import RequestMetrics
+from app.runtime.throttle import LoginThrottle
+from app.settings import Settings
+from app.tenancy.registry import Registry
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    registry: Registry
+    passwords: Passwords
+    access_tokens: AccessTokens
+    meter: Meter
+    metrics: RequestMetrics
+    rate_limiter: RateLimiter
+    api_token_use: LastUsed
+    login_throttle: LoginThrottle
+    # The wall clock of business rules (invitation expiry…); tests replace it instead of sleeping.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Background work started by requests (copy jobs): referenced here so it is not collected.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    gate: AccessGate = field(init=False)
+    realtime: Hub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = AccessGate(
+            engine=self.db.app, registry=self.registry, access_tokens=self.access_tokens,
+            rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
+            in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds),
+        )
+        s = self.settings
+        self.realtime = Hub(engine=self.db.app, gate=self.gate, per_connection=s.subscriptions_per_connection,
+                            per_tenant=s.subscriptions_per_tenant, queue_size=s.subscription_queue,
+                            recheck_seconds=s.subscription_recheck_seconds, counted=self._count_deliveries)
+
+    def _count_deliveries(self, tenant_id: str, n: int) -> None:
+        if self.settings.metering:
+            self.meter.add(tenant_id, {"subscription_event_count": n})
+
+    @classmethod
+    def create(cls, settings: Settings) -> Platform:
+        db = Database.connect(settings)
+        # Requests keep a few clean connections between them (app.db.transaction._Kept).
+        keep_connections(db.app, limit=max(1, settings.pool_size // 2))
+        limit_schemas_per_connection(db.app, settings.schemas_per_connection)
+        metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
+        return cls(
+            settings=settings,
+            db=db,
+            meter=Meter(db.app, flushed=lambda outcome: metrics.usage_flushes.labels(outcome).inc()),
+            metrics=metrics,
+            rate_limiter=RateLimiter(),
+            api_token_use=LastUsed(),
+            login_throttle=LoginThrottle(),
+            registry=Registry(ttl=settings.registry_ttl_seconds),
+            passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib),
+            access_tokens=AccessTokens(
+                secret=settings.resolved_secret_key(),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                ttl_seconds=settings.access_token_ttl_seconds,
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.realtime.stop()
+        await release_kept(self.db.app)
+        await self.db.dispose()

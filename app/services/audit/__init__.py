@@ -1,0 +1,1 @@
+"""Audit logs: the management plane's records and each tenant's data-plane records."""

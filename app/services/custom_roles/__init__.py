@@ -1,0 +1,1 @@
+"""Custom roles (app.graphql.types.custom_roles): named permission sets and group-scoped members."""

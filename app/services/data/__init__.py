@@ -1,0 +1,1 @@
+"""Device data (app.graphql.types.data): measurements, events, alarms, operations and retention."""

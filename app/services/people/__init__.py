@@ -1,0 +1,1 @@
+"""People (app.graphql.types.people): users, members, invitations and API tokens."""

@@ -1,0 +1,1 @@
+"""Sessions (app.graphql.types.sessions): login and refresh, passwords, single sign-on, sign-up."""

@@ -1,0 +1,157 @@
+"""Login, refresh-token rotation with reuse detection, logout, and a user's memberships."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, insert, select, update
+
+from app.access.principal import Reach
+from app.auth.tokens import new_secret, secret_hash
+from app.db.naming import is_tenant_id
+from app.db.transaction import Executor, transaction
+from app.errors import Forbidden, Unauthenticated
+from app.models.management import memberships, refresh_tokens, tenants, users
+from app.runtime.platform import Platform
+from app.services.audit import records as audit
+from app.services.people.users import UserRecord, user_by_email, user_by_id
+from app.tenancy.registry import TENANT_COLUMNS, TenantRecord
+
+BAD_CREDENTIALS = "invalid email or password"
+REFRESH_PREFIX = "trt_"
+
+
+@dataclass(frozen=True)
+class Session:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: UserRecord
+    tenant_id: str | None
+
+
+@dataclass(frozen=True)
+class MembershipRecord:
+    tenant: TenantRecord
+    role: str
+    scope: str
+
+
+async def login(platform: Platform, db: Executor, *, email: str, password: str, tenant_id: str | None,
+                address: str | None = None, request_id: str | None = None) -> Session:
+    email = email.strip()
+    platform.login_throttle.check(email, address)
+    user = await user_by_email(db, email)
+    # The same error, and the same argon2 work, whether the email or the password is wrong.
+    if not await platform.passwords.verify(user.password_hash if user else None, password) or user is None:
+        platform.login_throttle.failed(email, address)
+        # Audited in the tenant asked for only if it exists (else in the management tenant's).
+        known = tenant_id if tenant_id and is_tenant_id(tenant_id) and await platform.registry.tenant(
+            db, tenant_id) is not None else "management"
+        async with transaction(platform.db.app) as tx:  # committed although the request fails
+            await audit.record(tx, tenant_id=known,
+                               actor=audit.Actor("anonymous", address), action="login.failed", target=email[:200],
+                               request_id=request_id)
+        raise Unauthenticated(BAD_CREDENTIALS)
+    platform.login_throttle.succeeded(email)
+    if user.disabled:  # said only after the right password: nobody else learns the account's state
+        raise Unauthenticated("this account is disabled")
+    default_tenant = await _default_tenant(db, user.id, tenant_id)
+    async with transaction(platform.db.app) as tx:
+        await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+        await audit.record(tx, tenant_id=default_tenant or "management", actor=audit.Actor.user(user.id),
+                           action="login.succeeded", target=user.email, request_id=request_id)
+        return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
+
+
+async def start_session(platform: Platform, user: UserRecord, tenant_id: str | None,
+                        reach: Reach | None = None) -> Session:
+    """A new login session (token family) for a user who just proved who they are otherwise;
+    `reach` limits it (a single sign-on session reaches only its provider's tenant)."""
+    async with transaction(platform.db.app) as tx:
+        await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+        return await _issue(platform, tx, user, tenant_id, family_id=uuid.uuid4(),
+                            reach=reach.encode() if reach else None)
+
+
+async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str | None:
+    live = select(memberships.c.tenant_id).join(tenants, tenants.c.id == memberships.c.tenant_id).where(
+        memberships.c.user_id == user_id, tenants.c.status != "DELETED"
+    )
+    if asked is not None:
+        found = (await db.execute(live.where(memberships.c.tenant_id == asked))).first()
+        if found is None:
+            raise Forbidden(f"you are not a member of tenant {asked}")
+        return asked
+    rows = (await db.execute(live.limit(2))).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: str | None,
+                 *, family_id: UUID, reach: str | None = None) -> Session:
+    secret = new_secret(REFRESH_PREFIX)
+    await tx.execute(insert(refresh_tokens).values(
+        family_id=family_id,
+        user_id=user.id,
+        tenant_id=tenant_id,
+        token_hash=secret_hash(secret),
+        expires_at=datetime.now(UTC) + timedelta(seconds=platform.settings.refresh_token_ttl_seconds),
+        reach=reach,
+    ))
+    access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id, reach=reach,
+                                          family=str(family_id))
+    return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
+
+
+async def refresh(platform: Platform, *, refresh_token: str) -> Session:
+    """Rotate a refresh token. Presenting an already-rotated token revokes its whole family."""
+    reused_family: Any = None
+    async with transaction(platform.db.app) as tx:
+        row = (await tx.execute(
+            select(refresh_tokens).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
+            .with_for_update()
+        )).first()
+        if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
+            raise Unauthenticated("invalid or expired refresh token")
+        if row.rotated_at is not None:
+            await tx.execute(update(refresh_tokens).where(
+                refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
+            ).values(revoked_at=func.now()))
+            reused_family = row.family_id
+        else:
+            await tx.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id)
+                             .values(rotated_at=func.now()))
+            user = await user_by_id(tx, row.user_id)
+            if user is None or user.disabled:  # (disabling revokes the families too)
+                raise Unauthenticated("invalid or expired refresh token")
+            return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
+    # Raised after the commit so the family stays revoked.
+    raise Unauthenticated("refresh token reuse detected; please log in again", family=str(reused_family))
+
+
+async def logout(platform: Platform, *, refresh_token: str) -> bool:
+    async with transaction(platform.db.app) as tx:
+        row = (await tx.execute(
+            select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
+        )).first()
+        if row is None:
+            return False
+        await tx.execute(update(refresh_tokens).where(
+            refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
+        ).values(revoked_at=func.now()))
+    return True
+
+
+async def memberships_of(db: Executor, user_id: UUID) -> list[MembershipRecord]:
+    stmt = (
+        select(memberships.c.role, memberships.c.scope, *TENANT_COLUMNS)
+        .join(tenants, tenants.c.id == memberships.c.tenant_id)
+        .where(memberships.c.user_id == user_id, tenants.c.status != "DELETED")
+        .order_by(tenants.c.depth, tenants.c.domain)
+    )
+    rows = (await db.execute(stmt)).all()
+    return [MembershipRecord(TenantRecord.from_row(r), r.role, r.scope) for r in rows]

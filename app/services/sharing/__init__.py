@@ -1,0 +1,1 @@
+"""Sharing across tenants (app.graphql.types.sharing): copyData jobs and device migration."""

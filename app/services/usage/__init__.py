@@ -1,0 +1,1 @@
+"""Usage (app.graphql.types.usage): daily statistics, summaries, snapshots and exports."""
