@@ -173,5 +173,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         lifespan=lifespan,
     )
     app.state.platform = live
+    app.state.realtime = endpoint.operations.hub
     app.state.graphql = endpoint  # tests compare its two read paths
     return app

@@ -27,6 +27,7 @@ from app.db.embedded import embedded_database_url
 from app.db.engines import app_role_password
 from app.ids import encode
 from app.main import create_app
+from app.realtime.hub import Hub
 from app.runtime.platform import Platform
 from app.services.tenants.bootstrap import bootstrap
 from app.settings import Settings
@@ -76,6 +77,13 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
 @pytest.fixture(scope="session")
 def app(platform: Platform) -> Starlette:
     return create_app(platform=platform)
+
+
+@pytest.fixture(scope="session")
+def hub(app: Starlette) -> Hub:
+    """The realtime hub of the app under test (owned by its subscription transport)."""
+    hub: Hub = app.state.realtime
+    return hub
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,8 @@ async def server(app: Starlette) -> AsyncIterator[str]:
     await task
 
 
-async def _listening(platform: Platform, subscriptions: int) -> None:
+async def _listening(hub: Hub, subscriptions: int) -> None:
     """Wait until the hub listens and holds `subscriptions` live subscriptions."""
-    hub = platform.realtime
     for _ in range(500):
         if hub.listening.is_set() and hub.subscription_count >= subscriptions:
             return
@@ -62,11 +61,11 @@ async def _listening(platform: Platform, subscriptions: int) -> None:
     raise AssertionError(f"{hub.subscription_count} live subscriptions, expected {subscriptions}")
 
 
-async def _first_alarm(platform: Platform, session: Any) -> asyncio.Future[dict[str, Any]]:
+async def _first_alarm(hub: Hub, session: Any) -> asyncio.Future[dict[str, Any]]:
     """Subscribe to ALARMS: the first event to come, once the hub holds the subscription."""
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     first: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(session.subscribe(gql(ALARMS)).__anext__())
-    await _listening(platform, before + 1)
+    await _listening(hub, before + 1)
     return first
 
 
@@ -126,14 +125,14 @@ class Raw:
 
 
 async def test_a_subscriber_receives_its_tenants_alarms_and_never_another_tenants(
-        server: str, api: Api, world: World, platform: Platform) -> None:
+        server: str, api: Api, world: World, hub: Hub) -> None:
     a, b = await world.tenant(), await world.tenant()
     device_a, device_b = await _device(api, a), await _device(api, b)
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     async with Client(transport=_transport(server, a)) as session:
         received = session.subscribe(gql(ALARMS))
         first = asyncio.ensure_future(received.__anext__())
-        await _listening(platform, before + 1)
+        await _listening(hub, before + 1)
         await api.gql(RAISE, {"d": device_b, "t": "b-only"}, token=b.token, tenant=b.id)
         raised = (await api.gql(RAISE, {"d": device_a, "t": "a-1"}, token=a.token, tenant=a.id)).data["raiseAlarm"]
         event = await asyncio.wait_for(first, 10)
@@ -152,16 +151,16 @@ async def test_a_subscriber_receives_its_tenants_alarms_and_never_another_tenant
 
 
 async def test_200_interleaved_writes_in_two_tenants_reach_only_their_own_subscribers(
-        server: str, api: Api, world: World, platform: Platform) -> None:
+        server: str, api: Api, world: World, hub: Hub) -> None:
     a, b = await world.tenant(), await world.tenant()
     device_a, device_b = await _device(api, a), await _device(api, b)
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     async with Client(transport=_transport(server, a)) as sa, Client(transport=_transport(server, b)) as sb:
         stream_a = sa.subscribe(gql("subscription { events { type deviceId } }"))
         stream_b = sb.subscribe(gql("subscription { events { type deviceId } }"))
         got_a = asyncio.ensure_future(_collect(stream_a, 100, 30))
         got_b = asyncio.ensure_future(_collect(stream_b, 100, 30))
-        await _listening(platform, before + 2)
+        await _listening(hub, before + 2)
         create = """mutation($d: ID!, $t: String!) { createEvent(input: {deviceId: $d, type: $t, text: "x",
                     time: "2026-01-01T00:00:00Z"}) { id } }"""
 
@@ -177,11 +176,11 @@ async def test_200_interleaved_writes_in_two_tenants_reach_only_their_own_subscr
 
 
 async def test_a_rolled_back_write_announces_nothing(server: str, api: Api, world: World,
-                                                     platform: Platform) -> None:
+                                                     hub: Hub) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
     async with Client(transport=_transport(server, tenant)) as session:
-        first = await _first_alarm(platform, session)
+        first = await _first_alarm(hub, session)
         failed = await api.gql("""mutation($d: ID!, $m: ID!) {
             a: raiseAlarm(input: {deviceId: $d, type: "rolled-back", severity: MAJOR, text: "x"}) { id }
             b: raiseAlarm(input: {deviceId: $m, type: "x", severity: MAJOR, text: "x"}) { id } }""",
@@ -193,7 +192,7 @@ async def test_a_rolled_back_write_announces_nothing(server: str, api: Api, worl
 
 
 async def test_group_scoped_members_and_device_tokens_receive_only_what_they_may_see(
-        server: str, api: Api, world: World, platform: Platform) -> None:
+        server: str, api: Api, world: World, hub: Hub) -> None:
     tenant = await world.tenant()
     group = (await api.gql('mutation { createGroup(name: "g") { id } }', token=tenant.token,
                            tenant=tenant.id)).data["createGroup"]["id"]
@@ -201,14 +200,14 @@ async def test_group_scoped_members_and_device_tokens_receive_only_what_they_may
     _, scoped = await world.member(tenant, "OPERATOR", [group])
     device_token = (await api.gql("mutation($d: ID!) { createDeviceToken(deviceId: $d) { token } }", {"d": inside},
                                   token=tenant.token, tenant=tenant.id)).data["createDeviceToken"]["token"]
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     async with Client(transport=_transport(server, token=scoped, tenant_id=tenant.id)) as member, \
             Client(transport=_transport(server, token=device_token, tenant_id=tenant.id)) as agent:
         alarms = member.subscribe(gql(ALARMS))
         operations = agent.subscribe(gql("subscription { operations(status: PENDING) { deviceId description } }"))
         got_alarm = asyncio.ensure_future(alarms.__anext__())
         got_operation = asyncio.ensure_future(operations.__anext__())
-        await _listening(platform, before + 2)
+        await _listening(hub, before + 2)
         for device in (outside, inside):
             await api.gql(RAISE, {"d": device, "t": f"on-{device}"}, token=tenant.token, tenant=tenant.id)
             await api.gql('mutation($d: ID!) { createOperation(input: {deviceId: $d, description: "reboot"}) { id } }',
@@ -303,10 +302,10 @@ async def test_a_reader_without_a_permission_is_refused_at_subscribe(server: str
         assert error["payload"][0]["extensions"]["code"] == "FORBIDDEN"
 
 
-async def test_subscription_caps_answer_limit_exceeded(server: str, world: World, platform: Platform,
+async def test_subscription_caps_answer_limit_exceeded(server: str, world: World, hub: Hub,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     tenant = await world.tenant()
-    monkeypatch.setattr(platform.realtime, "per_connection", 2)
+    monkeypatch.setattr(hub, "per_connection", 2)
     async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
         assert (await raw.receive())["type"] == "connection_ack"
         for key in ("1", "2", "3"):
@@ -315,8 +314,8 @@ async def test_subscription_caps_answer_limit_exceeded(server: str, world: World
         assert refused["id"] == "3"
         assert refused["payload"][0]["extensions"] == {"code": "LIMIT_EXCEEDED", "limit": "subscriptionsPerConnection",
                                                        "max": 2}
-    monkeypatch.setattr(platform.realtime, "per_connection", 100)
-    monkeypatch.setattr(platform.realtime, "per_tenant", 1)
+    monkeypatch.setattr(hub, "per_connection", 100)
+    monkeypatch.setattr(hub, "per_tenant", 1)
     async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
         assert (await raw.receive())["type"] == "connection_ack"
         await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
@@ -326,7 +325,7 @@ async def test_subscription_caps_answer_limit_exceeded(server: str, world: World
 
 
 async def test_a_slow_consumer_loses_the_oldest_events_and_is_told_how_many(platform: Platform,
-                                                                            world: World) -> None:
+                                                                            world: World, hub: Hub) -> None:
     tenant = await world.tenant()
     hub = Hub(engine=platform.db.app, gate=platform.gate, per_connection=10, per_tenant=10, queue_size=3,
               recheck_seconds=60)
@@ -344,10 +343,10 @@ async def test_a_slow_consumer_loses_the_oldest_events_and_is_told_how_many(plat
 
 
 async def test_measurements_devices_and_copy_jobs_stream(server: str, api: Api, world: World,
-                                                         platform: Platform) -> None:
+                                                         hub: Hub) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     async with Client(transport=_transport(server, tenant)) as session:
         request = gql('subscription($d: ID!) { measurements(deviceId: $d, type: "t") { deviceId type series value } }')
         request.variable_values = {"d": device}
@@ -355,7 +354,7 @@ async def test_measurements_devices_and_copy_jobs_stream(server: str, api: Api, 
         devices = session.subscribe(gql("subscription { devices { kind id device { name } } }"))
         got_measurements = asyncio.ensure_future(measurements.__anext__())
         got_devices = asyncio.ensure_future(_collect(devices, 2))
-        await _listening(platform, before + 2)
+        await _listening(hub, before + 2)
         batch = [{"deviceId": device, "time": f"2026-01-01T00:00:0{i}Z", "type": t, "series": "s", "value": i}
                  for i, t in enumerate(["t", "other", "t"])]
         await api.gql("mutation($m: [MeasurementInput!]!) { createMeasurements(input: $m) }", {"m": batch},
@@ -372,18 +371,18 @@ async def test_measurements_devices_and_copy_jobs_stream(server: str, api: Api, 
 
 
 async def test_sse_streams_a_subscription_until_access_ends(server: str, api: Api, world: World,
-                                                            platform: Platform) -> None:
+                                                            hub: Hub) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
     user_id, token = await world.member(tenant, "READER")
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     headers = {"authorization": f"Bearer {token}", "x-tenant-id": tenant.id, "accept": "text/event-stream"}
     async with httpx.AsyncClient(base_url=f"http://{server}", timeout=20) as client, \
             client.stream("POST", "/graphql", json={"query": ALARMS}, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.aiter_lines()
-        await _listening(platform, before + 1)
+        await _listening(hub, before + 1)
         await api.gql(RAISE, {"d": device, "t": "sse"}, token=tenant.token, tenant=tenant.id)
         events: list[tuple[str, str]] = []
         event = ""
@@ -406,11 +405,11 @@ async def test_sse_streams_a_subscription_until_access_ends(server: str, api: Ap
 
 
 async def test_deliveries_are_metered_as_subscription_events(server: str, api: Api, world: World,
-                                                             platform: Platform) -> None:
+                                                             platform: Platform, hub: Hub) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
     async with Client(transport=_transport(server, tenant)) as session:
-        first = await _first_alarm(platform, session)
+        first = await _first_alarm(hub, session)
         await api.gql(RAISE, {"d": device, "t": "metered"}, token=tenant.token, tenant=tenant.id)
         await asyncio.wait_for(first, 10)
     pending = sum(c.get("subscription_event_count", 0) for (t, _), c in platform.meter._pending.items()
@@ -419,7 +418,7 @@ async def test_deliveries_are_metered_as_subscription_events(server: str, api: A
 
 
 async def test_a_write_through_another_server_process_reaches_this_ones_subscribers(
-        server: str, api: Api, world: World, platform: Platform, tmp_path: Any) -> None:
+        server: str, api: Api, world: World, platform: Platform, tmp_path: Any, hub: Hub) -> None:
     tenant = await world.tenant()
     device = await _device(api, tenant)
     settings = platform.settings
@@ -440,7 +439,7 @@ async def test_a_write_through_another_server_process_reaches_this_ones_subscrib
                         break
                 await asyncio.sleep(0.05)
             async with Client(transport=_transport(server, tenant)) as session:
-                first = await _first_alarm(platform, session)
+                first = await _first_alarm(hub, session)
                 written = await client.post("/graphql", json={"query": RAISE, "variables": {"d": device, "t": "other"}},
                                             headers={"authorization": f"Bearer {tenant.token}",
                                                      "x-tenant-id": tenant.id})
@@ -453,13 +452,13 @@ async def test_a_write_through_another_server_process_reaches_this_ones_subscrib
 
 
 async def test_a_parent_hears_of_its_subtree_and_copy_job_ids_are_checked(server: str, api: Api, world: World,
-                                                                          platform: Platform) -> None:
+                                                                          hub: Hub) -> None:
     parent = await world.tenant(kind="ENTERPRISE")
-    before = platform.realtime.subscription_count
+    before = hub.subscription_count
     async with Client(transport=_transport(server, parent)) as session:
         stream = session.subscribe(gql("subscription { tenants { kind tenant { domain status } } }"))
         got = asyncio.ensure_future(_collect(stream, 2))
-        await _listening(platform, before + 1)
+        await _listening(hub, before + 1)
         child = await world.tenant(parent)
         await api.gql("mutation($i: ID!) { suspendTenant(id: $i) { id } }", {"i": child.id}, token=parent.token,
                       tenant=parent.id)

@@ -45,7 +45,7 @@ from app.graphql.context import Context
 from app.graphql.engine import fast_path
 from app.graphql.engine.execution import TenantryExecutor
 from app.http.persisted import PersistedQueryError
-from app.realtime.hub import Session
+from app.realtime.hub import Hub, Session
 from app.runtime.platform import Platform
 
 log = logging.getLogger("tenantry.realtime")
@@ -69,11 +69,22 @@ class Operations:
         self.platform: Platform = endpoint.platform
         self.schema = endpoint.schema
         self.rules = tuple(specified_rules) + tuple(self.schema.extra_validation_rules)
+        # The realtime hub is this transport's: built with it, stopped when the platform closes.
+        s = self.platform.settings
+        self.hub = Hub(engine=self.platform.db.app, gate=self.platform.gate,
+                       per_connection=s.subscriptions_per_connection, per_tenant=s.subscriptions_per_tenant,
+                       queue_size=s.subscription_queue, recheck_seconds=s.subscription_recheck_seconds,
+                       counted=self._count_deliveries)
+        self.platform.on_close(self.hub.stop)
+
+    def _count_deliveries(self, tenant_id: str, n: int) -> None:
+        if self.platform.settings.metering:
+            self.platform.meter.add(tenant_id, {"subscription_event_count": n})
 
     async def open_session(self, *, authorization: str | None, tenant_header: str | None,
                            on_end: Callable[[str], None]) -> Session:
         """The gate's answer for these credentials (AppError when refused), as a live session."""
-        hub = self.platform.realtime
+        hub = self.hub
         hub.start()
         routed, expires_at = await self.platform.gate.recheck(authorization=authorization, tenant_header=tenant_header)
         return hub.session(authorization=authorization, tenant_header=tenant_header, routed=routed,

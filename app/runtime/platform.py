@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -14,7 +14,6 @@ from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
 from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
-from app.realtime.hub import Hub
 from app.runtime.metering import Meter
 from app.runtime.metrics import RequestMetrics
 from app.runtime.throttle import LoginThrottle
@@ -39,7 +38,9 @@ class Platform:
     # Background work started by requests (copy jobs): referenced here so it is not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     gate: AccessGate = field(init=False)
-    realtime: Hub = field(init=False)
+    # What higher layers built on this platform and must stop before it closes (the realtime hub,
+    # owned by the transport that serves subscriptions): the platform imports none of them.
+    _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.gate = AccessGate(
@@ -47,14 +48,10 @@ class Platform:
             rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
             in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds),
         )
-        s = self.settings
-        self.realtime = Hub(engine=self.db.app, gate=self.gate, per_connection=s.subscriptions_per_connection,
-                            per_tenant=s.subscriptions_per_tenant, queue_size=s.subscription_queue,
-                            recheck_seconds=s.subscription_recheck_seconds, counted=self._count_deliveries)
 
-    def _count_deliveries(self, tenant_id: str, n: int) -> None:
-        if self.settings.metering:
-            self.meter.add(tenant_id, {"subscription_event_count": n})
+    def on_close(self, stop: Callable[[], Awaitable[None]]) -> None:
+        """Run `stop` when the platform closes, before its pools are disposed."""
+        self._closing.append(stop)
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -82,6 +79,8 @@ class Platform:
         )
 
     async def close(self) -> None:
-        await self.realtime.stop()
+        stops, self._closing = self._closing, []
+        for stop in stops:
+            await stop()
         await release_kept(self.db.app)
         await self.db.dispose()
