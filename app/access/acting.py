@@ -19,7 +19,8 @@ takes no parameters; they come only from `app.db.naming`, which validates them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -131,6 +132,7 @@ class RequestTransaction:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._plane: str | None = None
+        self._between = False  # the connection is held, but no transaction is open on it (own_transaction)
         self._lock = asyncio.Lock()
         self._finished = False
         self.wrote = False  # whether an INSERT/UPDATE/DELETE ran (its rollback loses work)
@@ -156,6 +158,9 @@ class RequestTransaction:
                 await discard(conn)
                 raise
             self._conn, self._plane = conn, plane
+        elif self._between:
+            await driver_execute(self._conn, "BEGIN; " + _switch(plane))
+            self._plane, self._between = plane, False
         elif plane != self._plane:
             await driver_execute(self._conn, _switch(plane))
             self._plane = plane
@@ -183,9 +188,9 @@ class RequestTransaction:
             if self._finished:
                 raise RuntimeError("transaction already finished")
             steps: list[str] = []
-            if self._conn is None:
-                self._conn = await connect(self._engine)
-                self._plane = plane
+            if self._conn is None or self._between:
+                self._conn = self._conn or await connect(self._engine)
+                self._plane, self._between = plane, False
                 steps = ["BEGIN", _switch(plane)]
             elif plane != self._plane:
                 steps = [_switch(plane)]
@@ -240,6 +245,42 @@ class RequestTransaction:
     def plane(self, plane: str | None) -> PlaneView:
         return PlaneView(self, plane)
 
+    @asynccontextmanager
+    async def own_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """Lend this request's connection, outside any transaction, to a use case that runs a
+        transaction of its own (a cross-tenant copy or migration in REPEATABLE READ, which must
+        be chosen at BEGIN). The request's work so far is committed first, with its hooks and
+        announcements, and the request goes on afterwards in a new transaction on the same
+        connection: the pool is never asked for a second connection while this one is held."""
+        async with self._lock:
+            if self._finished:
+                raise RuntimeError("transaction already finished")
+            if self._conn is None:
+                self._conn = await connect(self._engine)
+            elif not self._between:
+                await self._commit_so_far(self._conn)
+            self._between, self.wrote = True, False
+            conn = self._conn
+            try:
+                yield conn
+            except BaseException:
+                if not await _usable(conn):  # interrupted half-way: nothing on it can be trusted
+                    self._conn = None
+                    await discard(conn)
+                raise
+
+    async def _commit_so_far(self, conn: AsyncConnection) -> None:
+        hooks, self._always = self._always, []
+        announced, self._announced = self._announced, []
+        if hooks and self._plane is not None:
+            await driver_execute(conn, APP_SWITCH)
+        for hook in hooks:
+            await hook(_Direct(conn))
+        try:
+            await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
+        except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise CommitOutcomeUnknown() from exc
+
     async def finish(self, *, commit: bool) -> None:
         """COMMIT or ROLLBACK (once) and return the connection to the pool."""
         async with self._lock:
@@ -249,6 +290,9 @@ class RequestTransaction:
             hooks, self._always = self._always, []
             announced, self._announced = self._announced, []
             conn, self._conn = self._conn, None
+            if conn is not None and self._between:  # a lent connection came back: hooks need a transaction
+                await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                self._plane, self._between = None, False
             if conn is not None and not await _usable(conn):
                 # A statement was interrupted (graphql-core cancels the other resolvers of a request
                 # once a non-null field fails): nothing of this transaction can be kept. The
@@ -367,6 +411,11 @@ class PlaneView:
     def announce(self, payloads: Sequence[str]) -> None:
         """Queue change announcements for this request's COMMIT (app.runtime.announcements)."""
         self._shared.announce(payloads)
+
+    def always(self, hook: AfterHook) -> None:
+        """Run `hook` before COMMIT, or after a ROLLBACK in a short transaction of its own on the
+        same connection: a management-plane write kept whatever the request's outcome."""
+        self._shared.always(hook)
 
     @property
     def opened(self) -> bool:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import ids
 from app.access import credentials
@@ -206,6 +207,11 @@ class RequestAccess:
             raise Forbidden("operators only")
         routed.require(permission)
         return routed
+
+    def own_transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """The request's connection, lent outside its transaction to a use case that runs one of
+        its own (copyData, migrateDevices): see RequestTransaction.own_transaction."""
+        return self.tx.own_transaction()
 
     async def finish(self, *, commit: bool) -> None:
         await self.tx.finish(commit=commit)

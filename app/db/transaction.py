@@ -370,6 +370,19 @@ async def discard(conn: AsyncConnection) -> None:
 
 
 @asynccontextmanager
+async def transaction_on(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """A transaction on a connection the caller holds outside any transaction (a request's own,
+    lent to a use case): committed when the block succeeds, rolled back otherwise."""
+    await driver_execute(conn, "BEGIN")
+    try:
+        yield conn
+    except BaseException:
+        await asyncio.shield(driver_execute(conn, "ROLLBACK"))
+        raise
+    await driver_execute(conn, "COMMIT")
+
+
+@asynccontextmanager
 async def transaction(engine: AsyncEngine, prefix: str = "BEGIN") -> AsyncIterator[Transaction]:
     """A transaction that commits when the block succeeds and rolls back otherwise."""
     tx = Transaction(engine, prefix)

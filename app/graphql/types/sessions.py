@@ -84,11 +84,11 @@ class AuthMutations:
     @strawberry.mutation(description="Rotate a refresh token; presenting a rotated one revokes its family.")
     async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
         ctx = info.context
-        return await _payload(ctx, await service.refresh(ctx.platform, refresh_token=refresh_token))
+        return await _payload(ctx, await service.refresh(ctx.platform, ctx.management_db, refresh_token=refresh_token))
 
     @strawberry.mutation(description="Revoke the refresh token's family (every token rotated from one login).")
     async def logout(self, info: Info, refresh_token: str) -> bool:
-        return await service.logout(info.context.platform, refresh_token=refresh_token)
+        return await service.logout(info.context.management_db, refresh_token=refresh_token)
 
     @strawberry.mutation(description="Change your password (the current one is required); ends your other sessions.")
     async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:

@@ -121,9 +121,10 @@ class SharingMutations:
                                                write=writes)
 
         platform = ctx.platform
-        job_id = await copying.start(platform.db.app, spec, source=source, requested_by=principal.user_id,
-                                     request_id=ctx.request_id, inline_rows=platform.settings.copy_inline_rows,
-                                     background=platform.background)
+        async with ctx.access.own_transaction() as conn:
+            job_id = await copying.start(conn, spec, source=source, requested_by=principal.user_id,
+                                         request_id=ctx.request_id, inline_rows=platform.settings.copy_inline_rows,
+                                         background=platform.background)
         job = await copying.job_by_id(ctx.management_db, job_id, requested_by=principal.user_id)
         if job is None:  # pragma: no cover - just written
             raise NotFound("copy job vanished")
@@ -175,9 +176,10 @@ class MigrationMutations:
         routed_source, routed_target = await ctx.access.data_move(
             source_id, target_tenant_id, read=migration.PERMISSIONS, write=migration.PERMISSIONS, whole_source=True)
         source, target = routed_source.tenant, routed_target.tenant
-        result = await migration.migrate(ctx.platform.db.app, source=source, target=target,
-                                         device_ids=[require_id(d, "device", tenant=source.id) for d in device_ids],
-                                         actor=ctx.principal().actor, request_id=ctx.request_id)
+        wanted = [require_id(d, "device", tenant=source.id) for d in device_ids]
+        async with ctx.access.own_transaction() as conn:
+            result = await migration.migrate(conn, source=source, target=target, device_ids=wanted,
+                                             actor=ctx.principal().actor, request_id=ctx.request_id)
         return DeviceMigration(
             source_tenant_id=strawberry.ID(source.id), target_tenant_id=strawberry.ID(target.id),
             moved=[MovedDevice(source_id=strawberry.ID(encode("Device", source.id, m.source_id)),

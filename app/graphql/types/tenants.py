@@ -280,8 +280,8 @@ class TenantMutations:
     @strawberry.mutation(description="The routed tenant's own ADMINs: may parent-level users reach its data?")
     async def set_parent_access(self, info: Info, policy: ParentAccess) -> Tenant:
         ctx = info.context
-        return Tenant.of(await service.set_parent_access(ctx.platform, await ctx.routed(), policy=policy.value,
-                                                         request_id=ctx.request_id))
+        return Tenant.of(await service.set_parent_access(ctx.platform, ctx.management_db, await ctx.routed(),
+                                                         policy=policy.value, request_id=ctx.request_id))
 
     @strawberry.mutation(description="Management only: drop a leaf tenant's schema and role; the row stays DELETED.")
     async def delete_tenant(self, info: Info, id: strawberry.ID) -> bool:

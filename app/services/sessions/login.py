@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy import func, insert, select, update
 
+from app.access.acting import PlaneView
 from app.access.principal import Reach
 from app.auth.tokens import new_secret, secret_hash
 from app.db.naming import is_tenant_id
@@ -41,8 +41,9 @@ class MembershipRecord:
     scope: str
 
 
-async def login(platform: Platform, db: Executor, *, email: str, password: str, tenant_id: str | None,
+async def login(platform: Platform, db: PlaneView, *, email: str, password: str, tenant_id: str | None,
                 address: str | None = None, request_id: str | None = None) -> Session:
+    """A new session for the right email and password, on the request's own transaction."""
     email = email.strip()
     platform.login_throttle.check(email, address)
     user = await user_by_email(db, email)
@@ -52,20 +53,21 @@ async def login(platform: Platform, db: Executor, *, email: str, password: str, 
         # Audited in the tenant asked for only if it exists (else in the management tenant's).
         known = tenant_id if tenant_id and is_tenant_id(tenant_id) and await platform.registry.tenant(
             db, tenant_id) is not None else "management"
-        async with transaction(platform.db.app) as tx:  # committed although the request fails
-            await audit.record(tx, tenant_id=known,
-                               actor=audit.Actor("anonymous", address), action="login.failed", target=email[:200],
-                               request_id=request_id)
+
+        async def audit_failure(tx: Executor) -> None:
+            await audit.record(tx, tenant_id=known, actor=audit.Actor("anonymous", address), action="login.failed",
+                               target=email[:200], request_id=request_id)
+
+        db.always(audit_failure)  # kept although the request fails, on the request's connection
         raise Unauthenticated(BAD_CREDENTIALS)
     platform.login_throttle.succeeded(email)
     if user.disabled:  # said only after the right password: nobody else learns the account's state
         raise Unauthenticated("this account is disabled")
     default_tenant = await _default_tenant(db, user.id, tenant_id)
-    async with transaction(platform.db.app) as tx:
-        await tx.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
-        await audit.record(tx, tenant_id=default_tenant or "management", actor=audit.Actor.user(user.id),
-                           action="login.succeeded", target=user.email, request_id=request_id)
-        return await _issue(platform, tx, user, default_tenant, family_id=uuid.uuid4())
+    await db.execute(update(users).where(users.c.id == user.id).values(last_login_at=func.now()))
+    await audit.record(db, tenant_id=default_tenant or "management", actor=audit.Actor.user(user.id),
+                       action="login.succeeded", target=user.email, request_id=request_id)
+    return await _issue(platform, db, user, default_tenant, family_id=uuid.uuid4())
 
 
 async def start_session(platform: Platform, user: UserRecord, tenant_id: str | None,
@@ -107,42 +109,41 @@ async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: 
     return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
 
 
-async def refresh(platform: Platform, *, refresh_token: str) -> Session:
+async def refresh(platform: Platform, db: PlaneView, *, refresh_token: str) -> Session:
     """Rotate a refresh token. Presenting an already-rotated token revokes its whole family."""
-    reused_family: Any = None
-    async with transaction(platform.db.app) as tx:
-        row = (await tx.execute(
-            select(refresh_tokens).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
-            .with_for_update()
-        )).first()
-        if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
-            raise Unauthenticated("invalid or expired refresh token")
-        if row.rotated_at is not None:
-            await tx.execute(update(refresh_tokens).where(
-                refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
-            ).values(revoked_at=func.now()))
-            reused_family = row.family_id
-        else:
-            await tx.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id)
-                             .values(rotated_at=func.now()))
-            user = await user_by_id(tx, row.user_id)
-            if user is None or user.disabled:  # (disabling revokes the families too)
-                raise Unauthenticated("invalid or expired refresh token")
-            return await _issue(platform, tx, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
-    # Raised after the commit so the family stays revoked.
-    raise Unauthenticated("refresh token reuse detected; please log in again", family=str(reused_family))
+    row = (await db.execute(
+        select(refresh_tokens).where(refresh_tokens.c.token_hash == secret_hash(refresh_token)).with_for_update()
+    )).first()
+    if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
+        raise Unauthenticated("invalid or expired refresh token")
+    if row.rotated_at is not None:
+        family_id = row.family_id
+
+        async def revoke_family(tx: Executor) -> None:
+            await _revoke_family(tx, family_id)
+
+        db.always(revoke_family)  # the family stays revoked although this request fails
+        raise Unauthenticated("refresh token reuse detected; please log in again", family=str(family_id))
+    await db.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id).values(rotated_at=func.now()))
+    user = await user_by_id(db, row.user_id)
+    if user is None or user.disabled:  # (disabling revokes the families too)
+        raise Unauthenticated("invalid or expired refresh token")
+    return await _issue(platform, db, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
 
 
-async def logout(platform: Platform, *, refresh_token: str) -> bool:
-    async with transaction(platform.db.app) as tx:
-        row = (await tx.execute(
-            select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
-        )).first()
-        if row is None:
-            return False
-        await tx.execute(update(refresh_tokens).where(
-            refresh_tokens.c.family_id == row.family_id, refresh_tokens.c.revoked_at.is_(None)
-        ).values(revoked_at=func.now()))
+async def _revoke_family(db: Executor, family_id: UUID) -> None:
+    await db.execute(update(refresh_tokens).where(
+        refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None)
+    ).values(revoked_at=func.now()))
+
+
+async def logout(db: Executor, *, refresh_token: str) -> bool:
+    row = (await db.execute(
+        select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == secret_hash(refresh_token))
+    )).first()
+    if row is None:
+        return False
+    await _revoke_family(db, row.family_id)
     return True
 
 

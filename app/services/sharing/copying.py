@@ -22,12 +22,12 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from sqlalchemy import Text, and_, cast, func, insert, literal, select, text, update
+from sqlalchemy import Text, and_, cast, func, insert, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,7 +35,7 @@ from app.access.acting import act_as_tenant, act_as_tenant_blocking
 from app.access.principal import Actor, Routed
 from app.access.scope import Scope
 from app.db.naming import tenant_schema
-from app.db.transaction import connect, transaction
+from app.db.transaction import Executor, connect, transaction, transaction_on
 from app.errors import AppError, InvalidInput, NotFound
 from app.models.management import copy_jobs
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
@@ -127,18 +127,23 @@ def _time_filter(table: Any, spec: CopySpec, column: Any = None) -> Any:
 async def estimate(engine: AsyncEngine, spec: CopySpec, scope: Scope) -> int:
     """Roughly how many rows the copy moves (measurements dominate), read under the source role."""
     async with engine.connect() as conn:
-        session = _Session(conn, spec)
-        await (await session.driver()).execute(b"BEGIN")
-        try:
-            await session.act_as(spec.source_tenant)
-            ids = await _selection(session, scope)
-            if "MEASUREMENTS" not in spec.include or not ids:
-                return len(ids)
-            stmt = select(func.count()).select_from(measurements).where(
-                measurements.c.device_id.in_(ids), _time_filter(measurements, spec))
-            return int((await session.execute(stmt)).scalar_one())
-        finally:
-            await (await session.driver()).execute(b"ROLLBACK")
+        return await estimate_on(conn, spec, scope)
+
+
+async def estimate_on(conn: AsyncConnection, spec: CopySpec, scope: Scope) -> int:
+    """`estimate` on a connection the caller holds outside any transaction."""
+    session = _Session(conn, spec)
+    await (await session.driver()).execute(b"BEGIN")
+    try:
+        await session.act_as(spec.source_tenant)
+        ids = await _selection(session, scope)
+        if "MEASUREMENTS" not in spec.include or not ids:
+            return len(ids)
+        stmt = select(func.count()).select_from(measurements).where(
+            measurements.c.device_id.in_(ids), _time_filter(measurements, spec))
+        return int((await session.execute(stmt)).scalar_one())
+    finally:
+        await (await session.driver()).execute(b"ROLLBACK")
 
 
 async def _selection(session: _Session, scope: Scope) -> list[int]:
@@ -164,55 +169,67 @@ async def run_copy(
     engine: AsyncEngine, spec: CopySpec, *, source_scope: Scope, actor: Actor, request_id: str | None = None,
     on_step: Callable[[str, CopyCounts], Any] = lambda step, counts: None,
 ) -> CopyCounts:
+    """The copy, on a connection of its own."""
+    async with engine.connect() as conn:
+        return await copy_on(conn, spec, source_scope=source_scope, actor=actor, request_id=request_id,
+                             on_step=on_step)
+
+
+async def copy_on(
+    conn: AsyncConnection, spec: CopySpec, *, source_scope: Scope, actor: Actor, request_id: str | None = None,
+    on_step: Callable[[str, CopyCounts], Any] = lambda step, counts: None,
+) -> CopyCounts:
+    """The copy in ONE REPEATABLE READ transaction on `conn` (held by the caller, outside any
+    transaction), switching role between the source and the target."""
+    engine = conn.engine
     spec.check()
     counts = CopyCounts()
     src = spec.source_tenant
-    async with engine.connect() as conn:
-        session = _Session(conn, spec)
-        driver = await session.driver()
-        await driver.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
-        try:
-            await session.act_as(src)
-            device_ids = await _selection(session, source_scope)
-            device_rows = (await session.execute(
-                select(devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,
-                       devices.c.parent_id).where(devices.c.id.in_(device_ids)).order_by(devices.c.id))).all()
-            group_rows: list[Any] = []
-            memberships: list[Any] = []
-            if spec.group_id is not None and "INVENTORY" in spec.include:
-                ids: Any = select(group_closure([spec.group_id]).c.id) if spec.include_subgroups else [spec.group_id]
-                group_rows = list((await session.execute(select(groups.c.id, groups.c.name, groups.c.parent_id)
-                                                         .where(groups.c.id.in_(ids)).order_by(groups.c.id))).all())
-                memberships = list((await session.execute(select(group_devices.c.group_id, group_devices.c.device_id)
-                                                          .where(group_devices.c.group_id.in_(
-                                                              [g.id for g in group_rows])))).all())
+    session = _Session(conn, spec)
+    driver = await session.driver()
+    await driver.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
+    try:
+        await session.act_as(src)
+        device_ids = await _selection(session, source_scope)
+        device_rows = (await session.execute(
+            select(devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,
+                   devices.c.parent_id).where(devices.c.id.in_(device_ids)).order_by(devices.c.id))).all()
+        group_rows: list[Any] = []
+        memberships: list[Any] = []
+        if spec.group_id is not None and "INVENTORY" in spec.include:
+            ids: Any = select(group_closure([spec.group_id]).c.id) if spec.include_subgroups else [spec.group_id]
+            group_rows = list((await session.execute(select(groups.c.id, groups.c.name, groups.c.parent_id)
+                                                     .where(groups.c.id.in_(ids)).order_by(groups.c.id))).all())
+            memberships = list((await session.execute(select(group_devices.c.group_id, group_devices.c.device_id)
+                                                      .where(group_devices.c.group_id.in_(
+                                                          [g.id for g in group_rows])))).all())
 
-            # Inventory, under the target role.
-            await session.act_as(spec.target_tenant)
-            device_map = await _copy_inventory(session, device_rows, "device", counts)
-            if group_rows:
-                await _copy_groups(session, group_rows, memberships, device_map, counts)
-            await _step(on_step, "inventory", counts)
+        # Inventory, under the target role.
+        await session.act_as(spec.target_tenant)
+        device_map = await _copy_inventory(session, device_rows, "device", counts)
+        if group_rows:
+            await _copy_groups(session, group_rows, memberships, device_map, counts)
+        await _step(on_step, "inventory", counts)
 
-            if "MEASUREMENTS" in spec.include and device_map:
-                await _copy_measurements(session, device_map, counts, on_step, engine)
-            for kind, table, time_column in (("EVENTS", events, events.c.time),
-                                              ("ALARMS", alarms, alarms.c.updated_at)):
-                if kind in spec.include and device_map:
-                    await _copy_rows(session, table, time_column, device_map, counts)
-                    await _step(on_step, kind.lower(), counts)
+        if "MEASUREMENTS" in spec.include and device_map:
+            await _copy_measurements(session, device_map, counts, on_step, engine)
+        for kind, table, time_column in (("EVENTS", events, events.c.time),
+                                          ("ALARMS", alarms, alarms.c.updated_at)):
+            if kind in spec.include and device_map:
+                await _copy_rows(session, table, time_column, device_map, counts)
+                await _step(on_step, kind.lower(), counts)
 
-            changes = [{"attribute": k, "previous": None, "new": v} for k, v in counts.as_json().items() if v]
-            await data_audit.record(session, actor=actor, action="data.copied_in", target=src, changes=changes,
-                                    request_id=request_id)
-            await session.act_as(src)
-            await data_audit.record(session, actor=actor, action="data.copied_out", target=spec.target_tenant,
-                                    changes=changes, request_id=request_id)
-            await _step(on_step, "commit", counts)
-            await driver.execute(b"COMMIT")
-        except BaseException:
-            await asyncio.shield(driver.execute(b"ROLLBACK"))
-            raise
+        changes = [{"attribute": k, "previous": None, "new": v} for k, v in counts.as_json().items() if v]
+        await data_audit.record(session, actor=actor, action="data.copied_in", target=src, changes=changes,
+                                request_id=request_id)
+        await session.act_as(src)
+        await data_audit.record(session, actor=actor, action="data.copied_out", target=spec.target_tenant,
+                                changes=changes, request_id=request_id)
+        await _step(on_step, "commit", counts)
+        await driver.execute(b"COMMIT")
+    except BaseException:
+        await asyncio.shield(driver.execute(b"ROLLBACK"))
+        raise
     return counts
 
 
@@ -446,21 +463,42 @@ JOB_COLUMNS = (copy_jobs.c.id, copy_jobs.c.source_tenant, copy_jobs.c.target_ten
                copy_jobs.c.counts, copy_jobs.c.error, copy_jobs.c.created_at, copy_jobs.c.finished_at)
 
 
-async def start(engine: AsyncEngine, spec: CopySpec, *, source: Routed, requested_by: UUID, request_id: str | None,
-                inline_rows: int, background: set[asyncio.Task[None]]) -> UUID:
-    """Run a checked, authorised copy: small ones inline (the job is recorded SUCCEEDED), larger
-    ones as a background job (QUEUED → RUNNING → SUCCEEDED | FAILED) referenced in `background`
-    until done. Returns the job id either way."""
-    if await estimate(engine, spec, source.scope) > inline_rows:
-        job_id, task = await start_job(engine, spec, source_scope=source.scope, actor=source.actor,
-                                       requested_by=requested_by, request_id=request_id)
+async def start(conn: AsyncConnection, spec: CopySpec, *, source: Routed, requested_by: UUID,
+                request_id: str | None, inline_rows: int, background: set[asyncio.Task[None]]) -> UUID:
+    """Run a checked, authorised copy on `conn`, the request's own connection lent outside its
+    transaction (app.access.acting.RequestTransaction.own_transaction): small ones inline (the job is
+    recorded SUCCEEDED), larger ones as a background job (QUEUED → RUNNING → SUCCEEDED | FAILED)
+    referenced in `background` until done, which takes its connections once the request has
+    given its own back. Returns the job id either way."""
+    if await estimate_on(conn, spec, source.scope) > inline_rows:
+        job_id = uuid.uuid4()
+        async with transaction_on(conn) as tx:
+            await insert_job(tx, spec, requested_by=requested_by, status="QUEUED", job_id=job_id)
+        task = asyncio.create_task(_run_queued(conn.engine, job_id, spec, source.scope, source.actor, request_id))
         background.add(task)
         task.add_done_callback(background.discard)
         return job_id
-    counts = await run_copy(engine, spec, source_scope=source.scope, actor=source.actor, request_id=request_id)
-    job_id = await create_job(engine, spec, requested_by=requested_by, status="SUCCEEDED")
-    await update_job(engine, job_id, counts=counts.as_json(), finished_at=datetime.now().astimezone())
-    return job_id
+    counts = await copy_on(conn, spec, source_scope=source.scope, actor=source.actor, request_id=request_id)
+    async with transaction_on(conn) as tx:
+        return await insert_job(tx, spec, requested_by=requested_by, status="SUCCEEDED", counts=counts.as_json(),
+                                finished_at=datetime.now().astimezone())
+
+
+async def _run_queued(engine: AsyncEngine, job_id: UUID, spec: CopySpec, source_scope: Scope, actor: Actor,
+                      request_id: str | None) -> None:
+    """A QUEUED job started by a request: its lease first, then the run (`fail_interrupted` gives a
+    QUEUED job a grace period to be leased, so a job whose process died before leasing fails too)."""
+    try:
+        lease = await JobLease.take(engine, job_id)
+    except AppError as exc:
+        await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
+        return
+    await _run_job(engine, lease, spec, source_scope, actor, request_id, None)
+
+
+# How long a QUEUED job may wait for its task to lease it (the task waits for a pooled connection
+# while requests hold them) before housekeeping takes its process for dead.
+QUEUED_GRACE = timedelta(minutes=1)
 
 
 def _lease_key(job_id: UUID) -> str:
@@ -542,12 +580,18 @@ async def _run_job(engine: AsyncEngine, lease: JobLease, spec: CopySpec, source_
 
 async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str,
                      job_id: UUID | None = None) -> UUID:
-    job_id = job_id or uuid.uuid4()
     async with transaction(engine) as tx:
-        await tx.execute(insert(copy_jobs).values(
-            id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant,
-            requested_by=requested_by, spec=spec.as_json(), status=status, heartbeat_at=func.now()))
-        await announcements.announce(tx, "*", "copyjob", status, job=str(job_id))
+        return await insert_job(tx, spec, requested_by=requested_by, status=status, job_id=job_id)
+
+
+async def insert_job(db: Executor, spec: CopySpec, *, requested_by: UUID, status: str, job_id: UUID | None = None,
+                     **values: Any) -> UUID:
+    """A job row (and its announcement) in the caller's transaction."""
+    job_id = job_id or uuid.uuid4()
+    await db.execute(insert(copy_jobs).values(
+        id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant, requested_by=requested_by,
+        spec=spec.as_json(), status=status, heartbeat_at=func.now(), **values))
+    await announcements.announce(db, "*", "copyjob", status, job=str(job_id))
     return job_id
 
 
@@ -569,7 +613,8 @@ async def fail_interrupted(engine: AsyncEngine) -> int:
     touched, since the copy's transaction never committed. Run at start and periodically."""
     async with transaction(engine) as tx:
         result = await tx.execute(update(copy_jobs).where(
-            copy_jobs.c.status.in_(["QUEUED", "RUNNING"]),
+            or_(copy_jobs.c.status == "RUNNING",
+                and_(copy_jobs.c.status == "QUEUED", copy_jobs.c.heartbeat_at < func.now() - QUEUED_GRACE)),
             func.pg_try_advisory_xact_lock(func.hashtextextended(literal("copy-job:") + cast(copy_jobs.c.id, Text),
                                                                  0)),
         ).values(status="FAILED", error="interrupted: the server stopped during the copy; nothing was written",

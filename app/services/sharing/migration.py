@@ -13,12 +13,13 @@ and that is free now), so moving a device back restores it as it was, credential
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.access.acting import act_as_app
 from app.access.principal import Actor
@@ -75,24 +76,25 @@ class MigrationResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-async def migrate(engine: AsyncEngine, *, source: TenantRecord, target: TenantRecord,
+async def migrate(conn: AsyncConnection, *, source: TenantRecord, target: TenantRecord,
                   device_ids: list[int], actor: Actor, request_id: str | None = None) -> MigrationResult:
+    """The move in ONE REPEATABLE READ transaction on `conn` (held by the caller outside any
+    transaction: the request's own, lent by the gate)."""
     if source.id == target.id:
         raise InvalidInput("the devices are already in that tenant", field="targetTenantId")
     if not device_ids:
         raise InvalidInput("give at least one device", field="deviceIds")
     result = MigrationResult()
-    async with engine.connect() as conn:
-        session = _Session(conn, CopySpec(source_tenant=source.id, target_tenant=target.id, device_ids=(1,)))
-        driver = await session.driver()
-        await driver.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
-        try:
-            await _migrate(engine, session, driver, source, target, sorted(set(device_ids)), actor, request_id,
-                           result)
-            await driver.execute(b"COMMIT")
-        except BaseException:
-            await driver.execute(b"ROLLBACK")
-            raise
+    session = _Session(conn, CopySpec(source_tenant=source.id, target_tenant=target.id, device_ids=(1,)))
+    driver = await session.driver()
+    await driver.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ")
+    try:
+        await _migrate(conn.engine, session, driver, source, target, sorted(set(device_ids)), actor, request_id,
+                       result)
+        await driver.execute(b"COMMIT")
+    except BaseException:
+        await asyncio.shield(driver.execute(b"ROLLBACK"))
+        raise
     return result
 
 

@@ -280,19 +280,18 @@ async def update_tenant(
         return record
     limits = {k: v for k, v in values.items() if k in LIMIT_FIELDS}
     try:
-        async with transaction(platform.db.app) as tx:
-            if limits:
-                if record.parent_id is not None:
-                    current = {k: getattr(record, k) for k in LIMIT_FIELDS}
-                    await check_allocation(tx, parent_id=record.parent_id, child_id=record.id,
-                                           wanted=current | limits)
-                await check_own_allocations(tx, tenant_id=record.id, new=limits)
-            row = (await tx.execute(
-                update(tenants).where(tenants.c.id == record.id)
-                .values(**values, updated_at=func.now()).returning(*select_tenants().selected_columns)
-            )).one()
-            await audit.record(tx, tenant_id=record.id, actor=routed.actor, action="tenant.updated",
-                               target=record.id, changes=audit.diff(before, values), request_id=request_id)
+        if limits:
+            if record.parent_id is not None:
+                current = {k: getattr(record, k) for k in LIMIT_FIELDS}
+                await check_allocation(db, parent_id=record.parent_id, child_id=record.id,
+                                       wanted=current | limits)
+            await check_own_allocations(db, tenant_id=record.id, new=limits)
+        row = (await db.execute(
+            update(tenants).where(tenants.c.id == record.id)
+            .values(**values, updated_at=func.now()).returning(*select_tenants().selected_columns)
+        )).one()
+        await audit.record(db, tenant_id=record.id, actor=routed.actor, action="tenant.updated",
+                           target=record.id, changes=audit.diff(before, values), request_id=request_id)
     except IntegrityError as exc:
         raise Conflict(f"domain {values.get('domain')!r} is already taken", field="domain") from exc
     platform.registry.forget_tenants([record.id])
@@ -304,21 +303,20 @@ async def suspend_tenant(
 ) -> TenantRecord:
     """Suspend a tenant and every ACTIVE tenant below it (remembering why, for activation)."""
     record = await managed_tenant(platform, db, routed, tenant_id)
-    async with transaction(platform.db.app) as tx:
-        changed = (await tx.execute(
-            update(tenants)
-            .where(
-                tenants.c.path.contains([record.id]),
-                or_(tenants.c.status == "ACTIVE", tenants.c.id == record.id),
-                tenants.c.status != "DELETED",
-            )
-            .values(status="SUSPENDED", suspended_from=record.id, updated_at=func.now())
-            .returning(tenants.c.id)
-        )).scalars().all()
-        for tid in changed:
-            await audit.record(tx, tenant_id=tid, actor=routed.actor, action="tenant.suspended", target=tid,
-                               changes=[{"attribute": "status", "previous": "ACTIVE", "new": "SUSPENDED"}],
-                               request_id=request_id)
+    changed = (await db.execute(
+        update(tenants)
+        .where(
+            tenants.c.path.contains([record.id]),
+            or_(tenants.c.status == "ACTIVE", tenants.c.id == record.id),
+            tenants.c.status != "DELETED",
+        )
+        .values(status="SUSPENDED", suspended_from=record.id, updated_at=func.now())
+        .returning(tenants.c.id)
+    )).scalars().all()
+    for tid in changed:
+        await audit.record(db, tenant_id=tid, actor=routed.actor, action="tenant.suspended", target=tid,
+                           changes=[{"attribute": "status", "previous": "ACTIVE", "new": "SUSPENDED"}],
+                           request_id=request_id)
     platform.registry.forget_tenants(changed)
     return await _reload(platform, db, record.id)
 
@@ -332,21 +330,20 @@ async def activate_tenant(
         parent = await platform.registry.tenant(db, record.parent_id)
         if parent is not None and parent.status != "ACTIVE":
             raise Conflict("the parent tenant is suspended; activate it first")
-    async with transaction(platform.db.app) as tx:
-        changed = (await tx.execute(
-            update(tenants)
-            .where(
-                tenants.c.path.contains([record.id]),
-                tenants.c.status == "SUSPENDED",
-                or_(tenants.c.id == record.id, tenants.c.suspended_from == record.id),
-            )
-            .values(status="ACTIVE", suspended_from=None, updated_at=func.now())
-            .returning(tenants.c.id)
-        )).scalars().all()
-        for tid in changed:
-            await audit.record(tx, tenant_id=tid, actor=routed.actor, action="tenant.activated", target=tid,
-                               changes=[{"attribute": "status", "previous": "SUSPENDED", "new": "ACTIVE"}],
-                               request_id=request_id)
+    changed = (await db.execute(
+        update(tenants)
+        .where(
+            tenants.c.path.contains([record.id]),
+            tenants.c.status == "SUSPENDED",
+            or_(tenants.c.id == record.id, tenants.c.suspended_from == record.id),
+        )
+        .values(status="ACTIVE", suspended_from=None, updated_at=func.now())
+        .returning(tenants.c.id)
+    )).scalars().all()
+    for tid in changed:
+        await audit.record(db, tenant_id=tid, actor=routed.actor, action="tenant.activated", target=tid,
+                           changes=[{"attribute": "status", "previous": "SUSPENDED", "new": "ACTIVE"}],
+                           request_id=request_id)
     platform.registry.forget_tenants(changed)
     return await _reload(platform, db, record.id)
 
@@ -385,13 +382,15 @@ async def delete_tenant(
 
 
 async def _reload(platform: Platform, db: Executor, tenant_id: str) -> TenantRecord:
-    record = await platform.registry.tenant(db, tenant_id)
-    if record is None:  # pragma: no cover - rows are never removed
+    """The row as this request's transaction sees it now, read past the registry's cache (which
+    must never hold what may still roll back)."""
+    row = (await db.execute(select_tenants().where(tenants.c.id == tenant_id))).first()
+    if row is None:  # pragma: no cover - rows are never removed
         raise NotFound(f"tenant {tenant_id} not found")
-    return record
+    return TenantRecord.from_row(row)
 
 
-async def set_parent_access(platform: Platform, routed: Routed, *, policy: str,
+async def set_parent_access(platform: Platform, db: Executor, routed: Routed, *, policy: str,
                             request_id: str | None = None) -> TenantRecord:
     """Whether parent-level users may reach this tenant's data: its own ADMINs decide."""
     _require_admin(routed)
@@ -400,12 +399,10 @@ async def set_parent_access(platform: Platform, routed: Routed, *, policy: str,
     if policy not in ("MANAGEMENT_ONLY", "FULL"):
         raise InvalidInput("parentAccess must be MANAGEMENT_ONLY or FULL", field="policy")
     tenant = routed.tenant
-    async with transaction(platform.db.app) as tx:
-        await tx.execute(update(tenants).where(tenants.c.id == tenant.id)
-                         .values(parent_access=policy, updated_at=func.now()))
-        await audit.record(tx, tenant_id=tenant.id, actor=routed.actor, action="tenant.parent_access",
-                           target=tenant.id, changes=[{"attribute": "parentAccess", "previous": tenant.parent_access,
-                                                       "new": policy}], request_id=request_id)
+    await db.execute(update(tenants).where(tenants.c.id == tenant.id)
+                     .values(parent_access=policy, updated_at=func.now()))
+    await audit.record(db, tenant_id=tenant.id, actor=routed.actor, action="tenant.parent_access",
+                       target=tenant.id, changes=[{"attribute": "parentAccess", "previous": tenant.parent_access,
+                                                   "new": policy}], request_id=request_id)
     platform.registry.forget_tenants([tenant.id])
-    async with transaction(platform.db.app) as tx:
-        return await _reload(platform, tx, tenant.id)
+    return await _reload(platform, db, tenant.id)
