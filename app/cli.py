@@ -36,6 +36,7 @@ from app.errors import AppError
 from app.logs import configure_logging
 from app.runtime.platform import Platform
 from app.settings import Settings
+from app.stopping import stop_requested
 from app.tenancy.registry import TenantRecord
 
 # uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated). Without
@@ -87,8 +88,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                     proxy_headers=True, access_log=False, ws=WEBSOCKETS,
                     ws_per_message_deflate=False)
     else:
-        from app.entry import stop_requested
-
         # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
         uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
                     proxy_headers=True, access_log=False, ws=WEBSOCKETS,

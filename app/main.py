@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from app.db.transaction import Executor
 from app.errors import AppError
 from app.graphql.schema import build_schema
+from app.http.errors import error_response
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
 from app.http.middleware import RequestIdMiddleware
@@ -69,9 +70,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             await access.require_operator()
             await _database_gauges(access.management_db)
         except AppError as exc:
-            status = {"UNAUTHENTICATED": 401, "UNAVAILABLE": 503, "RATE_LIMITED": 429}.get(exc.code, 403)
-            return JSONResponse({"errors": [{"message": exc.message, "extensions": {"code": exc.code}}]},
-                                status_code=status, headers={"www-authenticate": "Bearer"} if status == 401 else None)
+            return error_response(exc)
         finally:
             await access.finish(commit=False)
         return Response(live.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from app.graphql.context import Context
 from app.graphql.engine.fast_path import cache_info
-from app.http.graphql import _format_error
+from app.http.errors import format_graphql_error
 from app.main import create_app
 from app.runtime.platform import Platform
 from app.settings import Settings
@@ -155,7 +155,7 @@ def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
     context = Context.of(platform, request_id="req-42", authorization=None, tenant_header="t000000001")
     error = GraphQLError("boom: password=hunter2", path=["x"], original_error=RuntimeError("boom: password=hunter2"))
     with caplog.at_level(logging.ERROR, logger="tenantry.graphql"):
-        formatted = _format_error(error, "req-42", context)
+        formatted = format_graphql_error(error, "req-42", context)
     assert formatted["extensions"] == {"code": "INTERNAL", "requestId": "req-42"}
     assert "hunter2" not in formatted["message"]
     assert any("req-42" in r.getMessage() and r.exc_info for r in caplog.records)

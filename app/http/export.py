@@ -9,16 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import date
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import AppError, InvalidInput
+from app.http.errors import error_response
 from app.runtime.platform import Platform
 from app.services.usage.export import ExportOptions, export
-
-STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "TENANT_SUSPENDED": 403,
-          "RATE_LIMITED": 429, "INVALID_INPUT": 400, "UNAVAILABLE": 503}
 
 
 def _date(request: Request, name: str) -> date:
@@ -48,10 +45,7 @@ class UsageExportEndpoint:
             stream = export(self.platform.db.app, routed, options)
             first = await anext(stream)  # authorisation and range errors surface before streaming starts
         except AppError as exc:
-            error = {"errors": [{"message": exc.message, "extensions": {"code": exc.code, **exc.extensions}}]}
-            headers = {"retry-after": str(exc.extensions["retryAfter"])} if "retryAfter" in exc.extensions else None
-            return Response(orjson.dumps(error), status_code=STATUS.get(exc.code, 400),
-                            media_type="application/json", headers=headers)
+            return error_response(exc)
         finally:
             await access.finish(commit=False)
 

@@ -15,11 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule, get_operation_ast, parse, validate
 from graphql import OperationType as AstOperationType
-from graphql.error import GraphQLSyntaxError
-from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,10 +24,20 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, CommitOutcomeUnknown, Unavailable
+from app.errors import AppError, CommitOutcomeUnknown, Unauthenticated, Unavailable
 from app.graphql.context import Context
 from app.graphql.engine import compiled
 from app.graphql.schema import TenantrySchema
+from app.http.errors import (
+    GRAPHQL_RESPONSE,
+    JSON,
+    RequestError,
+    error_response,
+    format_graphql_error,
+    graphql_status,
+    is_request_error,
+)
+from app.http.payload import unpack
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
 from app.http.subscriptions import Operations, serve_sse, serve_websocket, wants_event_stream
 from app.http.tracing import annotate
@@ -41,21 +48,8 @@ from app.runtime.platform import Platform
 log = logging.getLogger("tenantry.graphql")
 GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 
-GRAPHQL_RESPONSE = "application/graphql-response+json"
-JSON = "application/json"
 # Which path answered (README, "Compiled reads"): the generic one sends no header.
 _COMPILED = {"tenantry-read-path": "compiled"}
-_COMPLEXITY_MARKERS = ("exceeds maximum operation depth", "aliases found", "tokens. Parsing aborted")
-
-
-class RequestError(Exception):
-    """The HTTP request is not a GraphQL request we can run (→ 4xx, no execution)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def _negotiate(accept: str) -> str:
@@ -101,7 +95,8 @@ class GraphQLEndpoint:
                                         extra_rules=schema.extra_validation_rules) if settings.compiled_reads else None
         trusted = load_trusted(settings.trusted_documents) if settings.trusted_documents else None
         self.persisted = PersistedQueries(trusted=trusted)
-        self.operations = Operations(self)  # subscriptions and other operations over WebSockets and SSE
+        # Subscriptions and other operations over WebSockets and SSE.
+        self.operations = Operations(platform, schema, self.persisted)
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
         self._ide_html = (GRAPHIQL_DIR / "index.html").read_text()
 
@@ -151,15 +146,11 @@ class GraphQLEndpoint:
                 return await serve_sse(self.operations, request, await self._read_payload(request))
             media_type = _negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
-            extensions = payload.get("extensions")
-            if extensions is not None and not isinstance(extensions, dict):
-                raise RequestError(400, "'extensions' must be a JSON object")
-            payload["query"] = self.persisted.resolve(payload.get("query"), extensions)
-            query, variables, operation_name = _unpack(payload)
-        except RequestError as exc:
-            return _error_response(exc.status, exc.message, JSON, exc.headers)
+            query, variables, operation_name = unpack(payload, self.persisted)
         except PersistedQueryError as exc:
-            return _error_response(exc.status, exc.message, media_type, code=exc.code)
+            return error_response(exc, media_type)
+        except RequestError as exc:
+            return error_response(exc, JSON)
         allowed = {OperationType.QUERY} if request.method == "GET" else {
             OperationType.QUERY, OperationType.MUTATION}
         context = Context.of(
@@ -175,7 +166,7 @@ class GraphQLEndpoint:
             async with self.platform.gate.in_flight.slot():
                 return await self._run(context, query, variables, operation_name, allowed, media_type, key)
         except Unavailable as exc:  # no in-flight slot: refused before anything ran
-            return _error_response(503, exc.message, media_type, _retry_after(exc), code=exc.code)
+            return error_response(exc, media_type)
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
@@ -183,8 +174,7 @@ class GraphQLEndpoint:
         if self.platform.settings.production and context.access.authorization is None and _introspects(
                 self.schema, query):
             await context.finish(commit=False)
-            return _error_response(401, "introspection needs authentication in production", media_type,
-                                   {"www-authenticate": "Bearer"}, code="UNAUTHENTICATED")
+            return error_response(Unauthenticated("introspection needs authentication in production"), media_type)
         claim = None
         if idempotency_key is not None:
             try:
@@ -193,8 +183,7 @@ class GraphQLEndpoint:
                     if claim else None
             except AppError as exc:
                 await context.finish(commit=False)
-                status = {"INVALID_INPUT": 400, "CONFLICT": 409, "UNAVAILABLE": 503}.get(exc.code, 400)
-                return _error_response(status, exc.message, media_type, _retry_after(exc), code=exc.code)
+                return error_response(exc, media_type)
             if stored is not None:  # a retry: the first answer, nothing run again
                 await context.finish(commit=False)
                 return Response(stored, media_type=media_type, headers={"idempotent-replayed": "true"})
@@ -209,13 +198,14 @@ class GraphQLEndpoint:
             )
         except InvalidOperationTypeError:
             await context.finish(commit=False)
-            return _error_response(405, "mutations are only accepted over POST", media_type, {"Allow": "POST"})
+            return error_response(RequestError(405, "mutations are only accepted over POST", {"Allow": "POST"}),
+                                  media_type)
         except MissingQueryError:
             await context.finish(commit=False)
-            return _error_response(400, "no GraphQL query in the request", media_type)
+            return error_response(RequestError(400, "no GraphQL query in the request"), media_type)
         except CannotGetOperationTypeError as exc:
             await context.finish(commit=False)
-            return _error_response(400, exc.as_http_error_reason(), media_type)
+            return error_response(RequestError(400, exc.as_http_error_reason()), media_type)
         except BaseException:
             await context.finish(commit=False)
             raise
@@ -267,34 +257,21 @@ class GraphQLEndpoint:
     def _answer(self, context: Context, data: Any, errors: list[GraphQLError], committed: bool, media_type: str,
                 query: str, operation_name: str | None) -> Response:
         request_id = context.request_id
-        formatted = [_format_error(e, request_id, context) for e in errors]
+        formatted = [format_graphql_error(e, request_id, context) for e in errors]
         self._meter(context, committed, formatted)
-        status = 200
-        headers = None
         codes = {f.get("extensions", {}).get("code") for f in formatted}
         # A request error (unparsable or invalid document, variables that do not coerce): nothing
         # ran, so the body has no `data` (GraphQL spec). GraphQL-over-HTTP: 4xx for the
         # graphql-response+json media type, 200 for legacy application/json clients.
-        request_error = data is None and bool(errors) and all(_is_request_error(e) for e in errors)
+        request_error = data is None and bool(errors) and all(is_request_error(e) for e in errors)
         body: dict[str, Any] = {} if request_error else {"data": data}
         if formatted:
             body["errors"] = formatted
-        if request_error and media_type == GRAPHQL_RESPONSE:
-            status = 400
-        if context.retry_after is not None:
-            headers = {"retry-after": str(context.retry_after)}
-            if codes == {"RATE_LIMITED"}:
-                status = 429  # nothing was done: the client should slow down
+        status, headers = graphql_status(formatted, request_error=request_error, media_type=media_type)
         routed = context.access.routed_or_none
         context.log_fields = {"tenant": routed.tenant.id if routed else None,
                               "operation": operation_name or _first_operation_name(query),
                               "code": next((str(c) for c in codes if c), None)}
-        if "UNAVAILABLE" in codes:
-            # The database could not serve this request: nothing was saved, retry later.
-            status = 503
-            retry = [f["extensions"].get("retryAfter", 1) for f in formatted
-                     if f["extensions"]["code"] == "UNAVAILABLE"]
-            headers = {"retry-after": str(max(retry))}
         return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
 
     async def _claim(self, context: Context, key: str, query: str, variables: dict[str, Any] | None,
@@ -377,58 +354,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _unpack(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
-    query = payload.get("query")
-    variables = payload.get("variables")
-    operation_name = payload.get("operationName")
-    if not isinstance(query, str) or not query.strip():
-        raise RequestError(400, "'query' must be a non-empty string")
-    if variables is not None and not isinstance(variables, dict):
-        raise RequestError(400, "'variables' must be a JSON object")
-    if operation_name is not None and not isinstance(operation_name, str):
-        raise RequestError(400, "'operationName' must be a string")
-    return query, variables, operation_name
-
-
-def _is_request_error(error: GraphQLError) -> bool:
-    """Parse, validation and variable errors carry no path: the document never ran."""
-    return error.path is None and (error.original_error is None or isinstance(error.original_error, GraphQLSyntaxError))
-
-
-def _code_for_request_error(error: GraphQLError) -> str:
-    if any(marker in error.message for marker in _COMPLEXITY_MARKERS):
-        return "QUERY_TOO_COMPLEX"
-    return "INVALID_INPUT"
-
-
-def _format_error(error: GraphQLError, request_id: str, context: Context) -> dict[str, Any]:
-    formatted: dict[str, Any] = {"message": error.message}
-    if error.locations:
-        formatted["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
-    if error.path:
-        formatted["path"] = error.path
-    original = error.original_error
-    if _database_unavailable(original):
-        original = Unavailable("the database connection was lost; nothing was saved, retry later", retryAfter=5)
-    if isinstance(original, AppError):
-        formatted["message"] = original.message
-        formatted["extensions"] = {"code": original.code, **original.extensions}
-    elif original is None or isinstance(original, GraphQLSyntaxError):
-        formatted["extensions"] = {"code": _code_for_request_error(error)}
-    elif isinstance(original, GraphQLError):  # e.g. variable coercion inside execution
-        formatted["extensions"] = {"code": "INVALID_INPUT"}
-    else:
-        routed = context.access.routed_or_none
-        log.error(
-            "unexpected error [request %s, tenant %s]: %s", request_id,
-            routed.tenant.id if routed else context.access.tenant_header, error.message,
-            exc_info=original, extra={"request_id": request_id},
-        )
-        formatted["message"] = f"internal error (request id {request_id})"
-        formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
-    return formatted
-
-
 access_log = logging.getLogger("tenantry.access")
 _OPERATION = re.compile(r"^\s*(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Za-z]*)")
 
@@ -467,22 +392,3 @@ def _introspects(schema: TenantrySchema, query: str) -> bool:
     except GraphQLError:
         return False  # execution reports the syntax error
     return bool(validate(schema._schema, document, [NoSchemaIntrospectionCustomRule]))
-
-
-def _database_unavailable(error: BaseException | None) -> bool:
-    """The database went away under a statement (restart, failover, connection killed)."""
-    if isinstance(error, sa_exc.DBAPIError):
-        return bool(error.connection_invalidated) or isinstance(error.orig, psycopg.OperationalError)
-    return isinstance(error, psycopg.OperationalError)
-
-
-def _retry_after(exc: AppError) -> dict[str, str] | None:
-    value = exc.extensions.get("retryAfter")
-    return {"retry-after": str(value)} if value is not None else None
-
-
-def _error_response(status: int, message: str, media_type: str, headers: dict[str, str] | None = None,
-                    *, code: str | None = None) -> Response:
-    code = code or ("INVALID_INPUT" if status < 500 else "INTERNAL")
-    body = {"errors": [{"message": message, "extensions": {"code": code}}]}
-    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)

@@ -17,13 +17,11 @@ from starlette.responses import RedirectResponse, Response
 from app.access.acting import management_transaction
 from app.db.naming import is_tenant_id
 from app.errors import AppError, InvalidInput, NotFound, TenantSuspended
+from app.http.errors import error_response
 from app.runtime.platform import Platform
 from app.services.sessions import sso
 from app.services.sessions.login import start_session
 from app.tenancy.registry import TenantRecord
-
-STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "INVALID_INPUT": 400,
-          "TENANT_SUSPENDED": 403, "CONFLICT": 409, "UNAVAILABLE": 503}
 
 
 def _check_tenant(tenant: TenantRecord | None, tenant_id: str) -> None:
@@ -31,11 +29,6 @@ def _check_tenant(tenant: TenantRecord | None, tenant_id: str) -> None:
         raise NotFound(f"tenant {tenant_id} has no single sign-on")
     if tenant.status == "SUSPENDED":  # no sign-in changes the memberships of a suspended tenant
         raise TenantSuspended(f"tenant {tenant_id} is suspended")
-
-
-def _error(exc: AppError) -> Response:
-    body = {"errors": [{"message": exc.message, "extensions": {"code": exc.code, **exc.extensions}}]}
-    return Response(orjson.dumps(body), status_code=STATUS.get(exc.code, 400), media_type="application/json")
 
 
 class OidcEndpoints:
@@ -72,7 +65,7 @@ class OidcEndpoints:
                                       next_url=self._check_next(request.query_params.get("next")),
                                       secret_key=secret_key, link_user=link_user)
         except AppError as exc:
-            return _error(exc)
+            return error_response(exc)
         finally:
             await tx.finish(commit=False)
         return RedirectResponse(url, status_code=302)
@@ -101,7 +94,7 @@ class OidcEndpoints:
             self.platform.registry.forget_membership(user.id, reach.tenant_id)
             session = await start_session(self.platform, user, tenant.id, reach)
         except AppError as exc:
-            return _error(exc)
+            return error_response(exc)
         finally:
             if not committed:
                 await tx.finish(commit=False)

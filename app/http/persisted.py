@@ -21,16 +21,18 @@ from typing import Any
 
 import orjson
 
+from app.http.errors import RequestError
+
 NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"  # Apollo clients resend the document on this code
 NOT_ALLOWED = "FORBIDDEN"
 
 
-class PersistedQueryError(Exception):
+class PersistedQueryError(RequestError):
+    """A persisted-query lookup that cannot run (PersistedQueryNotFound tells Apollo clients to
+    send the document)."""
+
     def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
+        super().__init__(status, message, code=code)
 
 
 def sha256(document: str) -> str:

@@ -44,7 +44,10 @@ from app.errors import AppError
 from app.graphql.context import Context
 from app.graphql.engine import fast_path
 from app.graphql.engine.execution import TenantryExecutor
-from app.http.persisted import PersistedQueryError
+from app.graphql.schema import TenantrySchema
+from app.http.errors import RequestError, entry, error_response, format_graphql_error, invalid
+from app.http.payload import unpack
+from app.http.persisted import PersistedQueries
 from app.realtime.hub import Hub, Session
 from app.runtime.platform import Platform
 
@@ -64,10 +67,10 @@ class Refused(Exception):
 class Operations:
     """Runs operations of realtime sessions (WebSocket connections, SSE streams)."""
 
-    def __init__(self, endpoint: Any) -> None:  # app.http.graphql.GraphQLEndpoint
-        self.endpoint = endpoint
-        self.platform: Platform = endpoint.platform
-        self.schema = endpoint.schema
+    def __init__(self, platform: Platform, schema: TenantrySchema, persisted: PersistedQueries) -> None:
+        self.platform = platform
+        self.schema = schema
+        self.persisted = persisted
         self.rules = tuple(specified_rules) + tuple(self.schema.extra_validation_rules)
         # The realtime hub is this transport's: built with it, stopped when the platform closes.
         s = self.platform.settings
@@ -99,42 +102,28 @@ class Operations:
 
     def _document(self, payload: Any) -> tuple[str, DocumentNode, OperationDefinitionNode, dict[str, Any] | None,
                                                  str | None]:
-        from app.http.graphql import _format_error  # one error format for every transport
-
         if not isinstance(payload, dict):
-            raise Refused([{"message": "the payload must be an object", "extensions": {"code": "INVALID_INPUT"}}])
-        extensions = payload.get("extensions")
+            raise Refused([invalid("the payload must be an object")])
         try:
-            if extensions is not None and not isinstance(extensions, dict):
-                raise PersistedQueryError(400, "'extensions' must be a JSON object", "INVALID_INPUT")
-            query = self.endpoint.persisted.resolve(payload.get("query"), extensions)
-        except PersistedQueryError as exc:
-            raise Refused([{"message": exc.message, "extensions": {"code": exc.code}}]) from None
-        variables, operation_name = payload.get("variables"), payload.get("operationName")
-        if not isinstance(query, str) or not query.strip():
-            raise Refused([{"message": "'query' must be a non-empty string", "extensions": {"code": "INVALID_INPUT"}}])
-        if variables is not None and not isinstance(variables, dict):
-            raise Refused([{"message": "'variables' must be a JSON object", "extensions": {"code": "INVALID_INPUT"}}])
-        if operation_name is not None and not isinstance(operation_name, str):
-            raise Refused([{"message": "'operationName' must be a string", "extensions": {"code": "INVALID_INPUT"}}])
+            query, variables, operation_name = unpack(payload, self.persisted)
+        except RequestError as exc:
+            raise Refused([entry(exc)]) from None
         try:
             document = fast_path._parse(query, self.platform.settings.max_query_tokens)
         except GraphQLError as exc:
-            raise Refused([_format_error(exc, "-", _NO_CONTEXT)]) from None
+            raise Refused([format_graphql_error(exc, "-", None)]) from None
         errors = fast_path._validate(self.schema._schema, document, self.rules)
         if errors:
-            raise Refused([_format_error(e, "-", _NO_CONTEXT) for e in errors])
+            raise Refused([format_graphql_error(e, "-", None) for e in errors])
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
                       and (operation_name is None or (d.name is not None and d.name.value == operation_name))]
         if len(operations) != 1:
-            raise Refused([{"message": "name the operation to run (operationName)" if operations else
-                            f"no operation named {operation_name!r}", "extensions": {"code": "INVALID_INPUT"}}])
+            raise Refused([invalid("name the operation to run (operationName)" if operations else
+                                   f"no operation named {operation_name!r}")])
         return query, document, operations[0], variables, operation_name
 
     async def run(self, session: Session, key: str, payload: Any, emit: Emit) -> None:
         """Run one operation to its end, emitting each result; Refused before anything ran."""
-        from app.http.graphql import _format_error
-
         query, document, operation, variables, operation_name = self._document(payload)
         if operation.operation != AstOperationType.SUBSCRIPTION:
             await self._single(session, query, variables, operation_name, emit)
@@ -143,7 +132,7 @@ class Operations:
         built = TenantryExecutor.build(self.schema._schema, document, context_value=context,
                                        raw_variable_values=variables, operation_name=operation_name)
         if isinstance(built, list):
-            raise Refused([_format_error(e, context.request_id, context) for e in built])
+            raise Refused([format_graphql_error(e, context.request_id, context) for e in built])
         try:
             stream = create_source_event_stream(built)
             if not isinstance(stream, ExecutionResult) and asyncio.iscoroutine(stream):
@@ -152,7 +141,7 @@ class Operations:
             await context.finish(commit=False)
         if isinstance(stream, ExecutionResult):
             session.close(key)
-            raise Refused([_format_error(e, context.request_id, context) for e in stream.errors or []])
+            raise Refused([format_graphql_error(e, context.request_id, context) for e in stream.errors or []])
         subscription = session.subscriptions.get(key)
         variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
         try:
@@ -170,8 +159,6 @@ class Operations:
 
     async def _render(self, executor: Any, event: object, key: object, session: Session) -> bytes:
         """The event's result for this selection, rendered once for every subscriber sharing `key`."""
-        from app.http.graphql import _format_error
-
         # Kept on the event itself (every subscriber holds the same object): it goes when they are done,
         # so nothing accumulates for the collector to traverse.
         rendered_for: dict[object, bytes] | None = getattr(event, "__dict__", {}).get("_rendered")
@@ -187,7 +174,7 @@ class Operations:
             await context.finish(commit=False)
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
-            body["errors"] = [_format_error(e, context.request_id, context) for e in result.errors]
+            body["errors"] = [format_graphql_error(e, context.request_id, context) for e in result.errors]
         rendered = orjson.dumps(body)
         if hasattr(event, "__dict__"):  # every subscription event is a strawberry object or a list
             event.__dict__.setdefault("_rendered", {})[key] = rendered
@@ -196,8 +183,6 @@ class Operations:
     async def _single(self, session: Session, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, emit: Emit) -> None:
         """A query or mutation over a realtime connection: one result, like a request's."""
-        from app.http.graphql import _format_error
-
         context = self._context(session)
         result = await self.schema.execute(query, variable_values=variables, context_value=context,
                                            operation_name=operation_name,
@@ -206,19 +191,8 @@ class Operations:
         await context.finish(commit=not errors)
         body: dict[str, Any] = {"data": None if errors and context.wrote_tenant_data else result.data}
         if errors:
-            body["errors"] = [_format_error(e, context.request_id, context) for e in errors]
+            body["errors"] = [format_graphql_error(e, context.request_id, context) for e in errors]
         await emit(body)
-
-
-class _NoContext:
-    """For errors formatted before any request context exists (parse and validation errors)."""
-
-    class access:  # mirrors Context.access
-        routed_or_none = None
-        tenant_header = None
-
-
-_NO_CONTEXT: Any = _NoContext()
 
 
 def _credentials(payload: Any) -> tuple[str | None, str | None]:
@@ -342,7 +316,7 @@ class WebSocketConnection:
         except Exception:
             log.exception("realtime: operation %s failed", key)
             await self._send({"id": key, "type": "error", "payload": [
-                {"message": "internal error", "extensions": {"code": "INTERNAL"}}]})
+                entry(AppError("internal error"))]})
             return
         finally:
             if self.tasks.get(key) is asyncio.current_task():
@@ -397,9 +371,7 @@ async def serve_sse(operations: Operations, request: Request, payload: dict[str,
                                                 tenant_header=request.headers.get("x-tenant-id"),
                                                 on_end=ended.put_nowait)
     except AppError as exc:
-        status = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "TENANT_SUSPENDED": 403}.get(exc.code, 400)
-        return Response(orjson.dumps({"errors": [{"message": exc.message, "extensions": {"code": exc.code}}]}),
-                        status_code=status, media_type="application/json")
+        return error_response(exc)
     keepalive = operations.platform.settings.keepalive_seconds
 
     async def events() -> AsyncIterator[bytes]:
@@ -417,7 +389,7 @@ async def serve_sse(operations: Operations, request: Request, payload: dict[str,
             except Exception:
                 log.exception("realtime: SSE operation failed")
                 await out.put(b"event: next\ndata: " + orjson.dumps(
-                    {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}) + b"\n\n")
+                    {"errors": [entry(AppError("internal error"))]}) + b"\n\n")
             finally:
                 await out.put(None)
 

@@ -1,0 +1,26 @@
+"""What a GraphQL request carries, checked once for every transport (HTTP, SSE, WebSocket)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.http.errors import RequestError
+from app.http.persisted import PersistedQueries
+
+
+def unpack(payload: dict[str, Any], persisted: PersistedQueries) -> tuple[str, dict[str, Any] | None, str | None]:
+    """The document (resolved from a persisted query where one is named), its variables and its
+    operation name; RequestError naming what is malformed."""
+    extensions = payload.get("extensions")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestError(400, "'extensions' must be a JSON object")
+    query = persisted.resolve(payload.get("query"), extensions)
+    variables = payload.get("variables")
+    operation_name = payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "'query' must be a non-empty string")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "'variables' must be a JSON object")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "'operationName' must be a string")
+    return query, variables, operation_name
