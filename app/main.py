@@ -11,28 +11,21 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, multiprocess
-from sqlalchemy import func, select
+from prometheus_client import multiprocess
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.db.transaction import Executor
-from app.errors import AppError
 from app.graphql.schema import build_schema
-from app.http.errors import error_response
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
 from app.http.middleware import RequestIdMiddleware
 from app.http.oidc import OidcEndpoints
+from app.http.operator import OperatorEndpoints
 from app.http.tracing import configure_tracing
 from app.logs import configure_logging
-from app.models.management import copy_jobs, spare_schemas
 from app.runtime import outbox
 from app.runtime.metrics import MULTIPROCESS_DIR
 from app.runtime.platform import Platform
@@ -57,95 +50,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     live = platform or Platform.create(settings)
     endpoint = GraphQLEndpoint(build_schema(settings), live, tracer if tracer is not None else configure_tracing())
     oidc = OidcEndpoints(live)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def metrics(request: Request) -> Response:
-        # Operator-only: the per-tenant series name every tenant, whose existence is never
-        # disclosed to outsiders. A management-tenant token (user or API token) with metrics:read.
-        access = live.gate.request(authorization=request.headers.get("authorization"), tenant_header=None,
-                                   request_id=request.state.request_id)
-        try:
-            await access.require_operator()
-            await _database_gauges(access.management_db)
-        except AppError as exc:
-            return error_response(exc)
-        finally:
-            await access.finish(commit=False)
-        return Response(live.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    async def _database_gauges(db: Executor) -> None:
-        """State kept in the database, read at scrape time: spare schemas, copy jobs by status."""
-        live.metrics.spare_schemas.set((await db.execute(select(func.count()).select_from(spare_schemas)))
-                                       .scalar_one())
-        rows = (await db.execute(select(copy_jobs.c.status, func.count().label("n"))
-                                 .group_by(copy_jobs.c.status))).all()
-        by_status: dict[str, int] = {row.status: row.n for row in rows}
-        for status in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED"):
-            live.metrics.copy_jobs.labels(status).set(by_status.get(status, 0))
-
-    async def readyz(request: Request) -> Response:
-        # A fresh connection, not a pooled one: a server whose PostgreSQL refuses new connections
-        # (slots used up, in recovery, down) is not ready, even while its pool still holds some.
-        url = live.db.app.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            async with await psycopg.AsyncConnection.connect(url, connect_timeout=2, autocommit=True) as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, OSError) as exc:
-            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503,
-                                headers={"retry-after": "5"})
-        return JSONResponse({"status": "ready"})
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
-        background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
-                      # At once and every 30 s: copy jobs of a process that died become FAILED
-                      # (their target untouched), expired idempotency keys go.
-                      asyncio.create_task(housekeeping.periodic(live.db.app, 30.0, live.clock)),
-                      asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
-                                                          sender=settings.mail_from))]
-        if settings.spare_schemas > 0:
-            background.append(asyncio.create_task(keep_spares(
-                live.db.owner, count=settings.spare_schemas, app_role=settings.app_role,
-                tenant_roles_login=settings.tenant_roles_login)))
-        if settings.retention_interval_seconds > 0:
-            background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
-        if settings.usage_snapshot_seconds > 0:
-            background.append(asyncio.create_task(usage.periodic_snapshots(
-                live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))
-        if stop_requested is not None and stop_requested():
-            # A stop arrived before uvicorn listened for signals (app.entry): hand it over now.
-            signal.raise_signal(signal.SIGTERM)
-        # What start-up built (modules, schema, compiled plans) lives as long as the process: out of
-        # the collector's way, so full collections traverse only what requests and subscriptions
-        # made (bench/realtime.py saw 170-320 ms pauses before).
-        gc.collect()
-        gc.freeze()
-        yield
-        tasks = [*background, *live.background]
-        for task in tasks:
-            task.cancel()
-        # Bounded: a stop completes within seconds whatever a background task is doing (a copy
-        # job marks itself FAILED on cancellation; one that does not finish in time is left to
-        # the next start's housekeeping, which finds its lease free).
-        done, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT) if tasks else (set(), set())
-        for task in done:  # collected: a step cut short by the stop is expected, not "never retrieved"
-            if not task.cancelled():
-                task.exception()
-        if stuck:
-            logging.getLogger("tenantry").warning("%d background task(s) did not stop in %.0f s", len(stuck),
-                                                  SHUTDOWN_WAIT)
-        try:
-            await asyncio.wait_for(live.meter.flush(), timeout=SHUTDOWN_WAIT)  # nothing counted is lost
-        except (TimeoutError, Exception):
-            logging.getLogger("tenantry").exception("could not flush the usage counters at shutdown")
-        if os.environ.get(MULTIPROCESS_DIR):  # this worker's live gauges leave the sums
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-        if owned:
-            await live.close()
-
+    operator = OperatorEndpoints(live)
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.cors_origins:
         middleware.append(Middleware(
@@ -161,17 +66,81 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app = Starlette(
         routes=[*static,
             Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            Route("/healthz", operator.healthz, methods=["GET"]),
+            Route("/readyz", operator.readyz, methods=["GET"]),
+            Route("/metrics", operator.metrics, methods=["GET"]),
             Route("/export/usage.csv", UsageExportEndpoint(live).handle, methods=["GET"]),
             Route("/auth/oidc/callback", oidc.callback, methods=["GET"]),
             Route("/auth/oidc/{tenant_id}/login", oidc.login, methods=["GET"]),
         ],
         middleware=middleware,
-        lifespan=lifespan,
+        lifespan=_lifespan(live, settings, owned=owned, stop_requested=stop_requested),
     )
     app.state.platform = live
     app.state.realtime = endpoint.operations.hub
     app.state.graphql = endpoint  # tests compare its two read paths
     return app
+
+
+def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested: Callable[[], bool] | None
+              ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Start-up and shutdown: the background loops run while the app serves."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
+        background = _start_background(live, settings)
+        if stop_requested is not None and stop_requested():
+            # A stop arrived before uvicorn listened for signals (app.stopping): hand it over now.
+            signal.raise_signal(signal.SIGTERM)
+        # What start-up built (modules, schema, compiled plans) lives as long as the process: out of
+        # the collector's way, so full collections traverse only what requests and subscriptions
+        # made (bench/realtime.py saw 170-320 ms pauses before).
+        gc.collect()
+        gc.freeze()
+        yield
+        await _stop_background([*background, *live.background])
+        try:
+            await asyncio.wait_for(live.meter.flush(), timeout=SHUTDOWN_WAIT)  # nothing counted is lost
+        except (TimeoutError, Exception):
+            logging.getLogger("tenantry").exception("could not flush the usage counters at shutdown")
+        if os.environ.get(MULTIPROCESS_DIR):  # this worker's live gauges leave the sums
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        if owned:
+            await live.close()
+
+    return lifespan
+
+
+def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[None]]:
+    background = [asyncio.create_task(live.meter.run(settings.usage_flush_seconds)),
+                  # At once and every 30 s: copy jobs of a process that died become FAILED
+                  # (their target untouched), expired idempotency keys go.
+                  asyncio.create_task(housekeeping.periodic(live.db.app, 30.0, live.clock)),
+                  asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
+                                                      sender=settings.mail_from))]
+    if settings.spare_schemas > 0:
+        background.append(asyncio.create_task(keep_spares(
+            live.db.owner, count=settings.spare_schemas, app_role=settings.app_role,
+            tenant_roles_login=settings.tenant_roles_login)))
+    if settings.retention_interval_seconds > 0:
+        background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
+    if settings.usage_snapshot_seconds > 0:
+        background.append(asyncio.create_task(usage.periodic_snapshots(
+            live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))
+    return background
+
+
+async def _stop_background(tasks: list[asyncio.Task[None]]) -> None:
+    """Bounded: a stop completes within seconds whatever a background task is doing (a copy job
+    marks itself FAILED on cancellation; one that does not finish in time is left to the next
+    start's housekeeping, which finds its lease free)."""
+    for task in tasks:
+        task.cancel()
+    done, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT) if tasks else (set(), set())
+    for task in done:  # collected: a step cut short by the stop is expected, not "never retrieved"
+        if not task.cancelled():
+            task.exception()
+    if stuck:
+        logging.getLogger("tenantry").warning("%d background task(s) did not stop in %.0f s", len(stuck),
+                                              SHUTDOWN_WAIT)

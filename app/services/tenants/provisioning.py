@@ -37,7 +37,7 @@ from app.services.tenants.limits import check_allocation
 from app.tenancy.ddl import tenant_ddl
 from app.tenancy.grants import default_privileges_sql, grants_sql
 from app.tenancy.registry import TenantRecord, select_tenants
-from app.tenancy.templates import load_template
+from app.tenancy.templates import Template, load_template
 
 STEPS = ("registry", "role", "schema", "ddl", "grants", "version", "seed", "admin", "audit")
 
@@ -210,128 +210,137 @@ async def _provision(
     request_id: str | None = None,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> Provisioned:
+    """ONE owner transaction, in named steps: the registry row, the schema (a spare's, else built
+    now), the version stamp, the template seed, the first admin and the audit. A failure anywhere
+    leaves nothing behind (and gives a spare back)."""
     template = load_template(spec.template)  # INVALID_INPUT before anything is written
     ddl = tenant_ddl()
     app_role = checked_identifier(app_role)
-    parent = spec.parent
-
     async with transaction(owner) as tx:
-        # A spare of the warm pool, made ahead of time under a tenant id of its own, becomes this
-        # tenant as it is: no role or schema is created or renamed in the request. Else a new id,
-        # and the DDL runs now. A rollback gives the spare back.
-        spare = None if spec.tenant_id is not None else (await tx.execute(
-            select(spare_schemas.c.id).where(spare_schemas.c.revision == ddl.revision,
-                                             spare_schemas.c.id.startswith("t"))
-            .order_by(spare_schemas.c.created_at).limit(1).with_for_update(skip_locked=True)
-        )).scalar_one_or_none()
-        tenant_id = spec.tenant_id or spare
-        if tenant_id is None:
-            tenant_id = new_tenant_id()
-            # Nor a waiting spare's id: that spare holds the role and schema of that name already.
-            while (await tx.execute(select(spare_schemas.c.id).where(spare_schemas.c.id == tenant_id))).first():
-                tenant_id = new_tenant_id()
-        schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
-        # 1. registry row. The unique index on live domains turns a concurrent duplicate into CONFLICT.
-        values: dict[str, Any] = {
-            "id": tenant_id,
-            "domain": spec.domain,
-            "company": spec.company,
-            "kind": spec.kind,
-            "status": "ACTIVE",
-            "parent_id": parent.id if parent else None,
-            "path": [*(parent.path if parent else ()), tenant_id],
-            "depth": parent.depth + 1 if parent else 0,
-            "allow_create_tenants": spec.allow_create_tenants,
-            "contact_name": spec.contact_name,
-            "contact_email": spec.contact_email,
-            "custom_properties": spec.custom_properties,
-            "template": template.name,
-            "schema_version": ddl.revision,
-            **spec.limits,
-        }
-        if parent is not None:
-            # The parent's row stays locked to the end: a concurrent suspend/delete waits and
-            # no child is born under a suspended or deleted parent, and sibling creations
-            # serialise, so the subtenant count and the limit pool are checked race-free.
-            row = (await tx.execute(
-                select(tenants.c.status, tenants.c.max_subtenants).where(tenants.c.id == parent.id).with_for_update()
-            )).one_or_none()
-            if row is None or row.status != "ACTIVE":
-                raise Conflict(f"the parent tenant {parent.id} is not active")
-            if row.max_subtenants is not None:
-                children = (await tx.execute(select(func.count()).select_from(tenants).where(
-                    tenants.c.parent_id == parent.id, tenants.c.status != "DELETED"))).scalar_one()
-                if children >= row.max_subtenants:
-                    raise LimitExceeded(f"maxSubtenants reached ({row.max_subtenants})", limit="maxSubtenants",
-                                        available=0)
-            await check_allocation(tx, parent_id=parent.id, child_id=None, wanted=spec.limits)
-        if spec.limits.get("max_users") == 0:
-            raise LimitExceeded("maxUsers is 0, but the first admin is a user", limit="maxUsers", available=0)
-        try:
-            await tx.execute(insert(tenants).values(**values))
-        except IntegrityError as exc:
-            if _constraint(exc) == "tenants_domain_live_key":
-                raise Conflict(f"domain {spec.domain!r} is already taken", field="domain") from exc
-            raise
+        spare, tenant_id = await _claim_id(tx, spec, ddl.revision)
+        await _check_parent(tx, spec)
+        await _insert_registry_row(tx, spec, tenant_id, template=template.name, revision=ddl.revision)
         on_step("registry")
-
-        # 2-5. role, schema, DDL, grants: the spare's, else built now. Identifiers come from
-        # app.db.naming only.
-        if spare is not None:
-            await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
-            for step in ("role", "schema", "ddl", "grants"):
-                on_step(step)
-        else:
-            await build_schema(tx, schema=schema, role=role, ddl_sql=ddl.sql, app_role=app_role,
-                               login=tenant_roles_login, on_step=on_step)
-        await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true)")
-
-        # 6. version stamp: the DDL wrote alembic_version; make sure it says head.
-        stamped = (await tx.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
-        if stamped != ddl.revision:
-            raise RuntimeError(f"tenant DDL stamped {stamped}, expected {ddl.revision}")
+        await _take_or_build_schema(tx, tenant_id, spare, ddl_sql=ddl.sql, app_role=app_role,
+                                    login=tenant_roles_login, on_step=on_step)
+        await _check_stamp(tx, ddl.revision)
         on_step("version")
-
-        # 7. template seed (search_path is the new schema).
-        if template.options:
-            await tx.execute(
-                insert(tenant_tables.options),
-                [{"category": o.category, "key": o.key, "value": o.value} for o in template.options],
-            )
-        if template.roles:
-            await tx.execute(insert(tenant_tables.roles),
-                             [{"name": r.name, "permissions": list(r.permissions)} for r in template.roles])
-        if template.retention_rules:
-            await tx.execute(insert(tenant_tables.retention_rules), [
-                {"data_type": r.data_type, "type": r.type, "max_age_days": r.max_age_days}
-                for r in template.retention_rules])
+        await _seed(tx, template)
         on_step("seed")
-
-        # 8. first admin.
         outcome = await _first_admin(tx, tenant_id, spec, invitation_ttl)
         on_step("admin")
-
-        # 9. audit.
-        await audit.record(
-            tx,
-            tenant_id=tenant_id,
-            actor=actor,
-            action="tenant.created",
-            target=tenant_id,
-            changes=[{"attribute": k, "previous": None, "new": v}
-                     for k, v in (("domain", spec.domain), ("company", spec.company), ("kind", spec.kind))],
-            request_id=request_id,
-        )
-        if parent is not None:
-            await audit.record(
-                tx, tenant_id=parent.id, actor=actor, action="subtenant.created", target=tenant_id,
-                request_id=request_id,
-            )
+        await _audit_created(tx, spec, tenant_id, actor, request_id)
         on_step("audit")
         row = (await tx.execute(select_tenants().where(tenants.c.id == tenant_id))).one()
     if spare is not None:
         DEMAND.took()  # committed: the keeper now sees one spare fewer
     return Provisioned(tenant=TenantRecord.from_row(row), admin=outcome)
+
+
+async def _claim_id(tx: Transaction, spec: TenantSpec, revision: str) -> tuple[str | None, str]:
+    """(the spare taken, the tenant id). A spare of the warm pool, made ahead of time under a tenant
+    id of its own, becomes this tenant as it is: no role or schema is created or renamed in the
+    request. Else a new id, and the DDL runs now. A rollback gives the spare back."""
+    spare = None if spec.tenant_id is not None else (await tx.execute(
+        select(spare_schemas.c.id).where(spare_schemas.c.revision == revision, spare_schemas.c.id.startswith("t"))
+        .order_by(spare_schemas.c.created_at).limit(1).with_for_update(skip_locked=True)
+    )).scalar_one_or_none()
+    tenant_id = spec.tenant_id or spare
+    if tenant_id is None:
+        tenant_id = new_tenant_id()
+        # Nor a waiting spare's id: that spare holds the role and schema of that name already.
+        while (await tx.execute(select(spare_schemas.c.id).where(spare_schemas.c.id == tenant_id))).first():
+            tenant_id = new_tenant_id()
+    return spare, tenant_id
+
+
+async def _check_parent(tx: Transaction, spec: TenantSpec) -> None:
+    """The parent's row stays locked to the end: a concurrent suspend/delete waits and no child is
+    born under a suspended or deleted parent, and sibling creations serialise, so the subtenant
+    count and the limit pool are checked race-free."""
+    parent = spec.parent
+    if parent is not None:
+        row = (await tx.execute(
+            select(tenants.c.status, tenants.c.max_subtenants).where(tenants.c.id == parent.id).with_for_update()
+        )).one_or_none()
+        if row is None or row.status != "ACTIVE":
+            raise Conflict(f"the parent tenant {parent.id} is not active")
+        if row.max_subtenants is not None:
+            children = (await tx.execute(select(func.count()).select_from(tenants).where(
+                tenants.c.parent_id == parent.id, tenants.c.status != "DELETED"))).scalar_one()
+            if children >= row.max_subtenants:
+                raise LimitExceeded(f"maxSubtenants reached ({row.max_subtenants})", limit="maxSubtenants",
+                                    available=0)
+        await check_allocation(tx, parent_id=parent.id, child_id=None, wanted=spec.limits)
+    if spec.limits.get("max_users") == 0:
+        raise LimitExceeded("maxUsers is 0, but the first admin is a user", limit="maxUsers", available=0)
+
+
+async def _insert_registry_row(tx: Transaction, spec: TenantSpec, tenant_id: str, *, template: str,
+                               revision: str) -> None:
+    """The unique index on live domains turns a concurrent duplicate into CONFLICT."""
+    parent = spec.parent
+    values: dict[str, Any] = {
+        "id": tenant_id, "domain": spec.domain, "company": spec.company, "kind": spec.kind, "status": "ACTIVE",
+        "parent_id": parent.id if parent else None, "path": [*(parent.path if parent else ()), tenant_id],
+        "depth": parent.depth + 1 if parent else 0, "allow_create_tenants": spec.allow_create_tenants,
+        "contact_name": spec.contact_name, "contact_email": spec.contact_email,
+        "custom_properties": spec.custom_properties, "template": template, "schema_version": revision,
+        **spec.limits,
+    }
+    try:
+        await tx.execute(insert(tenants).values(**values))
+    except IntegrityError as exc:
+        if _constraint(exc) == "tenants_domain_live_key":
+            raise Conflict(f"domain {spec.domain!r} is already taken", field="domain") from exc
+        raise
+
+
+async def _take_or_build_schema(tx: Transaction, tenant_id: str, spare: str | None, *, ddl_sql: str, app_role: str,
+                                login: bool, on_step: Callable[[str], None]) -> None:
+    """Role, schema, DDL and grants: the spare's, else built now (identifiers from app.db.naming
+    only); then the new schema is the search path for the seed."""
+    schema = tenant_schema(tenant_id)
+    if spare is not None:
+        await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
+        for step in ("role", "schema", "ddl", "grants"):
+            on_step(step)
+    else:
+        await build_schema(tx, schema=schema, role=tenant_role(tenant_id), ddl_sql=ddl_sql, app_role=app_role,
+                           login=login, on_step=on_step)
+    await tx.exec_driver_sql(f"SELECT set_config('search_path', '{schema}', true)")
+
+
+async def _check_stamp(tx: Transaction, revision: str) -> None:
+    """The DDL wrote alembic_version: make sure it says head."""
+    stamped = (await tx.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+    if stamped != revision:
+        raise RuntimeError(f"tenant DDL stamped {stamped}, expected {revision}")
+
+
+async def _seed(tx: Transaction, template: Template) -> None:
+    """What the template gives a new tenant (search_path is the new schema)."""
+    if template.options:
+        await tx.execute(insert(tenant_tables.options),
+                         [{"category": o.category, "key": o.key, "value": o.value} for o in template.options])
+    if template.roles:
+        await tx.execute(insert(tenant_tables.roles),
+                         [{"name": r.name, "permissions": list(r.permissions)} for r in template.roles])
+    if template.retention_rules:
+        await tx.execute(insert(tenant_tables.retention_rules), [
+            {"data_type": r.data_type, "type": r.type, "max_age_days": r.max_age_days}
+            for r in template.retention_rules])
+
+
+async def _audit_created(tx: Transaction, spec: TenantSpec, tenant_id: str, actor: audit.Actor,
+                         request_id: str | None) -> None:
+    created = [{"attribute": k, "previous": None, "new": v}
+               for k, v in (("domain", spec.domain), ("company", spec.company), ("kind", spec.kind))]
+    await audit.record(tx, tenant_id=tenant_id, actor=actor, action="tenant.created", target=tenant_id,
+                       changes=created, request_id=request_id)
+    if spec.parent is not None:
+        await audit.record(tx, tenant_id=spec.parent.id, actor=actor, action="subtenant.created", target=tenant_id,
+                           request_id=request_id)
 
 
 async def _first_admin(
