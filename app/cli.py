@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib.metadata
 import os
-import secrets
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,42 +22,30 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from app.access.principal import Routed
+from app.commands.common import console, err, run, working
+from app.commands.data import cmd_retention_run, cmd_usage_export, cmd_usage_snapshot
+from app.commands.tenants import (
+    cmd_tenants_create,
+    cmd_tenants_delete,
+    cmd_tenants_list,
+    cmd_tenants_move,
+    cmd_tenants_placement,
+    cmd_tenants_rebalance,
+    lifecycle_command,
+)
+from app.commands.users import cmd_users_list, cmd_users_reset_password, disabled_command
 from app.db.naming import MANAGEMENT_TENANT_ID
-from app.db.transaction import transaction
 from app.errors import AppError
 from app.logs import configure_logging
 from app.runtime.platform import Platform
 from app.settings import Settings
 from app.stopping import stop_requested
-from app.tenancy.registry import TenantRecord
 
 # uvicorn's sans-I/O protocol on the `websockets` package (its legacy one is deprecated). Without
 # permessage-deflate: subscription messages are small, and a compressor per connection cost
 # ~25 us a message and most of a connection's memory (bench/realtime.py).
 WEBSOCKETS = "websockets-sansio"
-
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-
-def _run(settings: Settings, work: Callable[[Platform], Awaitable[int]]) -> int:
-    async def main() -> int:
-        platform = Platform.create(settings)
-        try:
-            return await work(platform)
-        finally:
-            await platform.close()
-
-    return asyncio.run(main())
-
-
-async def _operator(platform: Platform) -> Routed:
-    async with transaction(platform.db.app) as tx:
-        return await platform.gate.operator(tx)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -113,7 +96,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             err.print(f"[red]failed[/red] {tenant_id}: {error}")
         return 1 if report.failed else 0
 
-    return _run(settings, work)
+    return run(settings, work)
 
 
 class _MigrationProgress:
@@ -168,7 +151,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     from app.services.tenants.bootstrap import bootstrap
 
     async def work(platform: Platform) -> int:
-        with _working("bootstrapping the management tenant"):
+        with working("bootstrapping the management tenant"):
             result = await bootstrap(platform)
         state = "created" if result.created_tenant else "already present"
         console.print(f"management tenant: {state}; admin: {result.admin_email}")
@@ -177,303 +160,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
                           f"{result.generated_password}")
         return 0
 
-    return _run(settings, work)
-
-
-def _tenant_table(records: list[TenantRecord]) -> Table:
-    table = Table("id", "domain", "company", "kind", "status", "parent", "depth", "schema", "created")
-    for r in records:
-        status = {"ACTIVE": "[green]ACTIVE[/green]", "SUSPENDED": "[yellow]SUSPENDED[/yellow]"}.get(
-            r.status, f"[dim]{r.status}[/dim]")
-        table.add_row(r.id, r.domain, r.company, r.kind, status, r.parent_id or "", str(r.depth),
-                      r.schema_version or "", r.created_at.strftime("%Y-%m-%d %H:%M"))
-    return table
-
-
-async def _all_tenants(platform: Platform, routed: Routed, status: str | None = None) -> list[TenantRecord]:
-    """The management tenant and every tenant below it, in pages of 500."""
-    from app.services.tenants.queries import TenantFilter, list_subtree
-
-    records: list[TenantRecord] = [routed.tenant] if status in (None, routed.tenant.status) else []
-    after = None
-    async with transaction(platform.db.app) as tx:
-        while True:
-            page = await list_subtree(tx, routed, first=500, after=after, cap=500, filter=TenantFilter(status=status))
-            records.extend(page.items)
-            if not page.has_next_page:
-                return records
-            after = page.cursors[-1]
-
-
-def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        records = await _all_tenants(platform, routed, args.status)
-        if args.json:
-            for r in records:
-                sys.stdout.write(orjson.dumps({"id": r.id, "domain": r.domain, "company": r.company, "kind": r.kind,
-                                               "status": r.status, "parentId": r.parent_id, "depth": r.depth,
-                                               "schemaVersion": r.schema_version,
-                                               "createdAt": r.created_at}).decode() + "\n")
-        else:
-            console.print(_tenant_table(records))
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants.queries import NewTenant, create_subtenant, managed_tenant
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        async with transaction(platform.db.app) as tx:
-            if args.parent != MANAGEMENT_TENANT_ID:
-                parent = await managed_tenant(platform, tx, routed, args.parent)
-                routed = await platform.gate.operator(tx, parent.id)
-            record = await create_subtenant(platform, tx, routed, NewTenant(
-                domain=args.domain, company=args.company, admin_email=args.admin_email, kind=args.kind,
-                admin_password=args.admin_password, template=args.template,
-            ))
-        console.print(_tenant_table([record]))
-        return 0
-
-    return _run(settings, work)
-
-
-def _lifecycle(action: str) -> Callable[[Settings, argparse.Namespace], int]:
-    def command(settings: Settings, args: argparse.Namespace) -> int:
-        from app.services.tenants import queries as service
-
-        async def work(platform: Platform) -> int:
-            routed = await _operator(platform)
-            fn = service.suspend_tenant if action == "suspend" else service.activate_tenant
-            async with transaction(platform.db.app) as tx:
-                record = await fn(platform, tx, routed, args.tenant_id)
-            console.print(_tenant_table([record]))
-            return 0
-
-        return _run(settings, work)
-
-    return command
-
-
-def cmd_tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants.queries import delete_tenant
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        async with transaction(platform.db.app) as tx:
-            await delete_tenant(platform, tx, routed, args.tenant_id)
-        console.print(f"tenant {args.tenant_id}: deleted (schema and role dropped; usage history kept)")
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_tenants_placement(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants.placement import tenant_placements
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        ids = args.tenant_id or [r.id for r in await _all_tenants(platform, routed) if r.status != "DELETED"]
-        rows = []
-        for start in range(0, len(ids), 500):  # one round trip per node and 500 tenants
-            batch = ids[start:start + 500]
-            async with transaction(platform.db.app) as tx:
-                found = await tenant_placements(platform, tx, routed, batch)
-            rows += [(t, found[t]) for t in batch if t in found]
-        if args.json:
-            for tenant_id, p in rows:
-                sys.stdout.write(orjson.dumps({"id": tenant_id, "node": p.node, "sizeBytes": p.size_bytes}).decode()
-                                 + "\n")
-            return 0
-        table = Table("id", "node", "size")
-        for tenant_id, p in rows:
-            table.add_row(tenant_id, p.node or "(this server)", _size(p.size_bytes))
-        console.print(table)
-        per_node: dict[str, list[int]] = {}
-        for _, p in rows:
-            per_node.setdefault(p.node or "(this server)", []).append(p.size_bytes)
-        for node, sizes in sorted(per_node.items()):
-            console.print(f"{node}: {len(sizes)} tenants, {_size(sum(sizes))}", highlight=False)
-        return 0
-
-    return _run(settings, work)
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value, unit = float(n) / 1024, "kB"
-    for bigger in ("MB", "GB", "TB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
-
-
-def _move_progress(out: Console) -> Callable[[Any], None]:
-    """A move's progress as Citus reports it: a line per phase change (and every ~2 s while copying)."""
-    last: list[Any] = [None, 0.0]
-
-    def show(p: Any) -> None:
-        now = time.monotonic()
-        if p.phase != last[0] or now - last[1] >= 2.0:
-            last[0], last[1] = p.phase, now
-            out.print(f"  {p.phase}: {_size(p.copied_bytes)} of {_size(p.total_bytes)} copied", highlight=False)
-
-    return show
-
-
-def cmd_tenants_move(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants.placement import move_tenant
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        err.print(f"moving {args.tenant_id} to {args.node} (online: reads go on, writes wait for the last catch-up)")
-        moved = await move_tenant(platform, routed, args.tenant_id, args.node, on_progress=_move_progress(err))
-        console.print(f"tenant {moved.tenant_id}: moved {moved.source} -> {moved.target}, {_size(moved.size_bytes)} "
-                      f"in {moved.seconds:.1f} s; longest write stall {moved.longest_write_stall_ms:.0f} ms",
-                      highlight=False)
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_tenants_rebalance(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.tenants.placement import Moved, rebalance
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        count = [0, 0]
-
-        def planned(plan: list[tuple[str, str]]) -> None:
-            count[1] = len(plan)
-            console.print(f"rebalance by {args.by}: {len(plan)} schema move(s)", highlight=False)
-            if args.dry_run:
-                for schema, target in plan:
-                    console.print(f"  {schema.removeprefix('t_')} -> {target}", highlight=False)
-
-        def moved(m: Moved) -> None:
-            count[0] += 1
-            console.print(f"[{count[0]}/{count[1]}] {m.tenant_id}: {m.source} -> {m.target}, {_size(m.size_bytes)} "
-                          f"in {m.seconds:.1f} s, longest write stall {m.longest_write_stall_ms:.0f} ms",
-                          highlight=False)
-
-        await rebalance(platform, routed, by=args.by, dry_run=args.dry_run, on_plan=planned, on_moved=moved,
-                        on_progress=_move_progress(err))
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.sessions.accounts import list_users
-
-    async def work(platform: Platform) -> int:
-        async with transaction(platform.db.app) as tx:
-            found = await list_users(tx)
-        if args.json:
-            for u in found:
-                sys.stdout.write(orjson.dumps({"id": str(u.id), "email": u.email, "createdAt": u.created_at,
-                                               "lastLoginAt": u.last_login_at, "disabled": u.disabled,
-                                               "memberships": u.memberships}).decode() + "\n")
-            return 0
-        table = Table("id", "email", "memberships", "last login", "disabled")
-        for u in found:
-            table.add_row(str(u.id), u.email, str(u.memberships),
-                          u.last_login_at.isoformat(timespec="seconds") if u.last_login_at else "-",
-                          "yes" if u.disabled else "")
-        console.print(table)
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_users_reset_password(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.sessions.accounts import operator_set_password
-
-    password = args.password or secrets.token_urlsafe(12)
-
-    async def work(platform: Platform) -> int:
-        async with transaction(platform.db.app) as tx:
-            user = await operator_set_password(platform, tx, email=args.email, password=password)
-        console.print(f"{user.email}: password set; every session of this user ended")
-        if not args.password:
-            console.print(f"generated password (shown once): {password}")
-        return 0
-
-    return _run(settings, work)
-
-
-def _users_disabled(disabled: bool) -> Callable[[Settings, argparse.Namespace], int]:
-    def command(settings: Settings, args: argparse.Namespace) -> int:
-        from app.services.sessions.accounts import set_disabled
-
-        async def work(platform: Platform) -> int:
-            async with transaction(platform.db.app) as tx:
-                user = await set_disabled(platform, tx, email=args.email, disabled=disabled)
-            console.print(f"{user.email}: {'disabled (sessions ended, API tokens stopped)' if disabled else 'enabled'}")
-            return 0
-
-        return _run(settings, work)
-
-    return command
-
-
-def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.data.retention import apply_to_all
-
-    async def work(platform: Platform) -> int:
-        table = Table("tenant", "measurements", "events", "alarms", "operations")
-
-        def row(tenant_id: str, deleted: dict[str, int]) -> None:
-            if any(deleted.values()):
-                table.add_row(tenant_id, *(str(deleted[k]) for k in ("MEASUREMENT", "EVENT", "ALARM", "OPERATION")))
-
-        with _working("applying retention rules: tenants done") as tick:
-            def progress(tenant_id: str, deleted: dict[str, int]) -> None:
-                row(tenant_id, deleted)
-                tick(1)
-
-            totals = await apply_to_all(platform.db.app, batch_size=args.batch_size, progress=progress)
-        console.print(table)
-        console.print(f"deleted: {totals}")
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.usage.statistics import take_snapshots, utc_today_date
-
-    async def work(platform: Platform) -> int:
-        with _working("taking usage snapshots"):
-            taken = await take_snapshots(platform.db.app, today=utc_today_date(),
-                                         warning_ratio=settings.limit_warning_ratio)
-        console.print(f"usage snapshots taken for {taken} tenants")
-        return 0
-
-    return _run(settings, work)
-
-
-def cmd_usage_export(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.usage.export import ExportOptions, export
-
-    async def work(platform: Platform) -> int:
-        routed = await _operator(platform)
-        options = ExportOptions(start=args.start, end=args.end, granularity=args.granularity, fmt=args.format,
-                                separator=args.separator, decimal=args.decimal)
-        out = sys.stdout.buffer
-        with _working("exporting usage: bytes written") as tick:
-            async for chunk in export(platform.db.app, routed, options):
-                out.write(chunk)
-                tick(len(chunk))
-        out.flush()
-        return 0
-
-    return _run(settings, work)
+    return run(settings, work)
 
 
 def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
@@ -486,16 +173,6 @@ def cmd_export_schema(settings: Settings, args: argparse.Namespace) -> int:
         Path(args.output).write_text(sdl)
         console.print(f"wrote {args.output}")
     return 0
-
-
-@contextlib.contextmanager
-def _working(what: str) -> Iterator[Callable[[int], None]]:
-    """A spinner on standard error (standard output stays clean for exports and --json) with a
-    running count, for commands that may take more than a second."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f}"),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task(what, total=None)
-        yield lambda n: progress.advance(task, n)
 
 
 def _version() -> str:
@@ -526,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
     export.set_defaults(fn=cmd_export_schema)
 
+    _tenant_commands(sub)
+    _user_commands(sub)
+    _data_commands(sub)
+    return p
+
+
+def _tenant_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tenants = sub.add_parser("tenants", help="manage tenants as the operator").add_subparsers(
         dest="tenants_command", required=True)
     listing = tenants.add_parser("list", help="every tenant in a table")
@@ -545,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     for action in ("suspend", "activate"):
         cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
         cmd.add_argument("tenant_id", help="the tenant's id (t + nine digits)")
-        cmd.set_defaults(fn=_lifecycle(action))
+        cmd.set_defaults(fn=lifecycle_command(action))
     placement = tenants.add_parser("placement", help="the node holding each tenant (Citus) and its size")
     placement.add_argument("tenant_id", nargs="*", help="only these tenants (default: all)")
     placement.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -562,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("tenant_id", help="the tenant's id (t + nine digits)")
     delete.set_defaults(fn=cmd_tenants_delete)
 
+
+def _user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = sub.add_parser("users", help="manage user accounts as the operator").add_subparsers(
         dest="users_command", required=True)
     users_list = users.add_parser("list", help="every user, with memberships and last login")
@@ -575,7 +261,10 @@ def parser() -> argparse.ArgumentParser:
         cmd = users.add_parser(name, help=f"{name} a user (disable: no sign-in anywhere, sessions and API "
                                           "tokens stop)" if disabled else f"{name} a disabled user")
         cmd.add_argument("email", help="the user's email")
-        cmd.set_defaults(fn=_users_disabled(disabled))
+        cmd.set_defaults(fn=disabled_command(disabled))
+
+
+def _data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     retention = sub.add_parser("retention", help="data retention").add_subparsers(dest="retention_command",
                                                                                     required=True)
     run_retention = retention.add_parser("run", help="apply every tenant's retention rules now")
@@ -594,7 +283,6 @@ def parser() -> argparse.ArgumentParser:
     usage_export.add_argument("--separator", default=",", help="CSV field separator (one character)")
     usage_export.add_argument("--decimal", choices=[".", ","], default=".", help="decimal mark in CSV")
     usage_export.set_defaults(fn=cmd_usage_export)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
