@@ -32,6 +32,14 @@ def _number(env: dict[str, str], name: str, default: N, kind: type[N]) -> N:
         raise SystemExit(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from exc
 
 
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+    value = env.get(name, default)
+    value = value.upper() if upper else value
+    if value not in allowed:
+        raise SystemExit(f"{name} must be one of: {', '.join(allowed)}")
+    return value
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     return _number(env, name, default, int)
 
@@ -124,15 +132,9 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         origins = tuple(o.strip() for o in env.get("TENANTRY_CORS_ORIGINS", "").split(",") if o.strip())
-        log_format = env.get("TENANTRY_LOG_FORMAT", "console")
-        if log_format not in {"console", "json"}:
-            raise SystemExit("TENANTRY_LOG_FORMAT must be 'console' or 'json'")
-        log_level = env.get("TENANTRY_LOG_LEVEL", "INFO").upper()
-        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise SystemExit("TENANTRY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-        environment = env.get("TENANTRY_ENV", "development")
-        if environment not in {"development", "production"}:
-            raise SystemExit("TENANTRY_ENV must be 'development' or 'production'")
+        log_format = _choice(env, "TENANTRY_LOG_FORMAT", "console", ("console", "json"))
+        log_level = _choice(env, "TENANTRY_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True)
+        environment = _choice(env, "TENANTRY_ENV", "development", ("development", "production"))
         public_url = env.get("TENANTRY_PUBLIC_URL") or None
         if environment == "production" and public_url is None:
             # Without it the OIDC redirect URI would come from each request's Host header.

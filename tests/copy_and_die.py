@@ -11,7 +11,7 @@ from app.access.scope import Scope
 from app.db.engines import make_engine
 from app.ids import decode
 from app.services.audit.records import SYSTEM
-from app.services.sharing import copying
+from app.services.sharing import copying, jobs
 
 
 def _local(global_id: str) -> int:
@@ -32,7 +32,7 @@ async def main(url: str, source: str, target: str, device: str, marker: str) -> 
             await asyncio.sleep(3600)
 
     # The server's own job path: a lease, a QUEUED row, the task that runs it.
-    job_id, task = await copying.start_job(engine, spec, source_scope=Scope(), actor=SYSTEM,
+    job_id, task = await jobs.start_job(engine, spec, source_scope=Scope(), actor=SYSTEM,
                                            requested_by=UUID(int=0), request_id=None, on_step=hang)
     job.append(job_id)
     await task

@@ -22,7 +22,7 @@ from app.ids import decode
 from app.main import create_app
 from app.runtime.platform import Platform
 from app.services.audit.records import SYSTEM
-from app.services.sharing import copying
+from app.services.sharing import copying, jobs
 from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,11 +205,11 @@ async def test_a_killed_copy_leaves_the_target_untouched_and_its_job_failed(
     job_id = marker.read_text()
     # Found at once (a restart right after the kill): the dead process's lease is gone. A live
     # job of this process, holding its lease, is left alone.
-    live = await copying.JobLease.take(platform.db.app, uuid.uuid4())
+    live = await jobs.JobLease.take(platform.db.app, uuid.uuid4())
     try:
-        await copying.create_job(platform.db.app, copying.CopySpec(source.id, target.id, (1,)),
+        await jobs.create_job(platform.db.app, copying.CopySpec(source.id, target.id, (1,)),
                                  requested_by=uuid.UUID(int=0), status="RUNNING", job_id=live.job_id)
-        assert await copying.fail_interrupted(platform.db.app) >= 1
+        assert await jobs.fail_interrupted(platform.db.app) >= 1
         async with platform.db.owner.connect() as conn:
             alive = (await conn.execute(text("SELECT status FROM tenantry.copy_jobs WHERE id = :j"),
                                         {"j": live.job_id})).scalar_one()

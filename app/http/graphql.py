@@ -170,7 +170,6 @@ class GraphQLEndpoint:
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
-        request_id = context.request_id
         if self.platform.settings.production and context.access.authorization is None and _introspects(
                 self.schema, query):
             await context.finish(commit=False)
@@ -210,27 +209,30 @@ class GraphQLEndpoint:
             await context.finish(commit=False)
             raise
 
-        data = result.data
-        errors = result.errors or []
+        data, errors, committed = await self._commit(context, claim, result.data, list(result.errors or []))
+        return self._answer(context, data, errors, committed, media_type, query, operation_name)
+
+    async def _commit(self, context: Context, claim: idempotency.Claim | None, data: Any,
+                      errors: list[GraphQLError]) -> tuple[Any, list[GraphQLError], bool]:
+        """Finish the request's transaction: COMMIT when nothing failed (with the idempotent answer,
+        kept exactly when the mutation's writes are), else ROLLBACK. What the client is told."""
         committed = not errors
         try:
-            if claim is not None and committed:  # kept exactly when the mutation's writes are
+            if claim is not None and committed:
                 await idempotency.remember(context.management_db, claim, orjson.dumps({"data": data}),
                                            now=self.platform.clock())
             await context.finish(commit=committed)
         except CommitOutcomeUnknown as exc:
-            log.warning("connection lost during COMMIT [request %s]: outcome unknown", request_id)
+            log.warning("connection lost during COMMIT [request %s]: outcome unknown", context.request_id)
             self.platform.metrics.database_errors.labels("commit_unknown").inc()
-            committed = False
-            data, errors = None, [GraphQLError(exc.message, original_error=exc)]
+            return None, [GraphQLError(exc.message, original_error=exc)], False
         except Exception:
-            log.exception("commit failed", extra={"request_id": request_id})
-            committed = False
-            data, errors = None, [GraphQLError("could not save the changes", original_error=RuntimeError())]
+            log.exception("commit failed", extra={"request_id": context.request_id})
+            return None, [GraphQLError("could not save the changes", original_error=RuntimeError())], False
         if errors and data is not None and context.wrote_tenant_data:
             # The request's data-plane writes were rolled back together: report none of them.
             data = None
-        return self._answer(context, data, errors, committed, media_type, query, operation_name)
+        return data, errors, committed
 
     async def _compiled(self, context: Context, query: str, variables: dict[str, Any] | None,
                         operation_name: str | None, media_type: str) -> Response | None:

@@ -56,7 +56,7 @@ from app.services.data import measurements as measurement_service
 from app.services.data import operations as operation_service
 from app.services.inventory import devices as device_service
 from app.services.rows import to_record
-from app.services.sharing import copying
+from app.services.sharing import jobs
 from app.tenancy.registry import TenantRecord, select_tenants
 
 log = logging.getLogger("tenantry.realtime")
@@ -395,10 +395,10 @@ class Hub:
             for kind, notes in work:
                 if kind == "copyjob":
                     ids = list({UUID(n["job"]) for n in notes})
-                    rows = (await tx.execute(select(*copying.JOB_COLUMNS, copy_jobs.c.requested_by)
+                    rows = (await tx.execute(select(*jobs.JOB_COLUMNS, copy_jobs.c.requested_by)
                                              .where(copy_jobs.c.id.in_(ids)))).all()
                     for row in rows:
-                        delivery = Delivery("copyjob", row.status, copying.CopyJob(*tuple(row)[:-1]))
+                        delivery = Delivery("copyjob", row.status, jobs.CopyJob(*tuple(row)[:-1]))
                         for subscription in list(self._topics.get((MANAGEMENT, "copyjob"), ())):
                             if subscription.routed.principal.user_id == row.requested_by:
                                 chosen = subscription.select(delivery)

@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.runtime import idempotency
 from app.runtime.periodic import every
-from app.services.sharing import copying
+from app.services.sharing import jobs
 
 log = logging.getLogger("tenantry.housekeeping")
 
 
 async def run_once(engine: AsyncEngine, *, now: datetime) -> None:
-    failed = await copying.fail_interrupted(engine)
+    failed = await jobs.fail_interrupted(engine)
     if failed:
         log.warning("marked %d copy job(s) of a stopped process FAILED", failed)
     await idempotency.purge(engine, now=now)

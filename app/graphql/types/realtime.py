@@ -24,7 +24,7 @@ from app.graphql.types.tenants import Tenant
 from app.ids import here
 from app.realtime.hub import Delivery, Subscription
 from app.services.inventory.devices import require_id
-from app.services.sharing import copying
+from app.services.sharing import jobs
 
 Info = strawberry.Info[Context, None]
 FINISHED = {"SUCCEEDED", "FAILED"}
@@ -178,7 +178,7 @@ class Subscriptions:
             raise InvalidInput("not a copy job id", field="id") from None
         subscription = await ctx.subscribe("copyjob", (), lambda d: d if d.value.id == key else None, data=False,
                                            management=True)
-        current = await copying.job_by_id(ctx.management_db, key, requested_by=principal.user_id)
+        current = await jobs.job_by_id(ctx.management_db, key, requested_by=principal.user_id)
         if current is None:
             subscription.session.close(info.context.operation_key)
             raise NotFound(f"copy job {id} not found")

@@ -14,7 +14,7 @@ from app.errors import NotFound
 from app.graphql.context import Context
 from app.ids import encode
 from app.services.inventory.devices import require_id
-from app.services.sharing import copying, migration
+from app.services.sharing import copying, jobs, migration
 
 Info = strawberry.Info[Context, None]
 FROM = strawberry.argument(name="from")
@@ -78,7 +78,7 @@ class CopyJob:
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: copying.CopyJob) -> CopyJob:
+    def of(cls, job: jobs.CopyJob) -> CopyJob:
         c = {k: int(job.counts.get(k, 0)) for k in ("devices", "groups", "measurements", "events", "alarms",
                                                     "skipped")}
         return cls(id=strawberry.ID(str(job.id)), status=CopyJobStatus(job.status),
@@ -96,7 +96,7 @@ class SharingQueries:
             key = UUID(id)
         except ValueError:
             return None
-        job = await copying.job_by_id(ctx.management_db, key, requested_by=principal.user_id)
+        job = await jobs.job_by_id(ctx.management_db, key, requested_by=principal.user_id)
         return CopyJob.of(job) if job else None
 
 
@@ -122,10 +122,10 @@ class SharingMutations:
 
         platform = ctx.platform
         async with ctx.access.own_transaction() as conn:
-            job_id = await copying.start(conn, spec, source=source, requested_by=principal.user_id,
+            job_id = await jobs.start(conn, spec, source=source, requested_by=principal.user_id,
                                          request_id=ctx.request_id, inline_rows=platform.settings.copy_inline_rows,
                                          background=platform.background)
-        job = await copying.job_by_id(ctx.management_db, job_id, requested_by=principal.user_id)
+        job = await jobs.job_by_id(ctx.management_db, job_id, requested_by=principal.user_id)
         if job is None:  # pragma: no cover - just written
             raise NotFound("copy job vanished")
         return CopyJob.of(job)

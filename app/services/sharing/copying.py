@@ -17,33 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import psycopg
-from sqlalchemy import Text, and_, cast, func, insert, literal, or_, select, text, update
+from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.access.acting import act_as_tenant, act_as_tenant_blocking
-from app.access.principal import Actor, Routed
+from app.access.principal import Actor
 from app.access.scope import Scope
 from app.db.naming import tenant_schema
-from app.db.transaction import Executor, connect, transaction, transaction_on
-from app.errors import AppError, InvalidInput, NotFound
-from app.models.management import copy_jobs
+from app.errors import InvalidInput, NotFound
 from app.models.tenant import alarms, devices, events, group_devices, groups, measurements, provenance
-from app.runtime import announcements
 from app.services.audit import data_audit
 from app.services.inventory.devices import group_closure
 
-log = logging.getLogger("tenantry.copying")
 KINDS = ("INVENTORY", "MEASUREMENTS", "EVENTS", "ALARMS")
 
 
@@ -442,184 +435,6 @@ async def _copy_rows(session: _Session, table: Any, time_column: Any, device_map
     counts.skipped += len(values) - written
     name = table.name
     setattr(counts, name, getattr(counts, name) + written)
-
-
-# --- jobs -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CopyJob:
-    id: UUID
-    source_tenant: str
-    target_tenant: str
-    status: str
-    counts: dict[str, int]
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-JOB_COLUMNS = (copy_jobs.c.id, copy_jobs.c.source_tenant, copy_jobs.c.target_tenant, copy_jobs.c.status,
-               copy_jobs.c.counts, copy_jobs.c.error, copy_jobs.c.created_at, copy_jobs.c.finished_at)
-
-
-async def start(conn: AsyncConnection, spec: CopySpec, *, source: Routed, requested_by: UUID,
-                request_id: str | None, inline_rows: int, background: set[asyncio.Task[None]]) -> UUID:
-    """Run a checked, authorised copy on `conn`, the request's own connection lent outside its
-    transaction (app.access.acting.RequestTransaction.own_transaction): small ones inline (the job is
-    recorded SUCCEEDED), larger ones as a background job (QUEUED → RUNNING → SUCCEEDED | FAILED)
-    referenced in `background` until done, which takes its connections once the request has
-    given its own back. Returns the job id either way."""
-    if await estimate_on(conn, spec, source.scope) > inline_rows:
-        job_id = uuid.uuid4()
-        async with transaction_on(conn) as tx:
-            await insert_job(tx, spec, requested_by=requested_by, status="QUEUED", job_id=job_id)
-        task = asyncio.create_task(_run_queued(conn.engine, job_id, spec, source.scope, source.actor, request_id))
-        background.add(task)
-        task.add_done_callback(background.discard)
-        return job_id
-    counts = await copy_on(conn, spec, source_scope=source.scope, actor=source.actor, request_id=request_id)
-    async with transaction_on(conn) as tx:
-        return await insert_job(tx, spec, requested_by=requested_by, status="SUCCEEDED", counts=counts.as_json(),
-                                finished_at=datetime.now().astimezone())
-
-
-async def _run_queued(engine: AsyncEngine, job_id: UUID, spec: CopySpec, source_scope: Scope, actor: Actor,
-                      request_id: str | None) -> None:
-    """A QUEUED job started by a request: its lease first, then the run (`fail_interrupted` gives a
-    QUEUED job a grace period to be leased, so a job whose process died before leasing fails too)."""
-    try:
-        lease = await JobLease.take(engine, job_id)
-    except AppError as exc:
-        await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
-        return
-    await _run_job(engine, lease, spec, source_scope, actor, request_id, None)
-
-
-# How long a QUEUED job may wait for its task to lease it (the task waits for a pooled connection
-# while requests hold them) before housekeeping takes its process for dead.
-QUEUED_GRACE = timedelta(minutes=1)
-
-
-def _lease_key(job_id: UUID) -> str:
-    return f"copy-job:{job_id}"  # the same text as 'copy-job:' || id::text in fail_interrupted
-
-
-class JobLease:
-    """A background job's proof of life: a session advisory lock on a connection of its own,
-    taken before the job row exists and released when the job is done. A process that dies
-    drops its connections and so its leases; `fail_interrupted` fails exactly the jobs whose
-    lease nobody holds — at once after a restart, and never another worker's live job."""
-
-    def __init__(self, conn: AsyncConnection, job_id: UUID) -> None:
-        self._conn = conn
-        self.job_id = job_id
-
-    @classmethod
-    async def take(cls, engine: AsyncEngine, job_id: UUID) -> JobLease:
-        conn = await connect(engine)
-        try:
-            await conn.execute(text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": _lease_key(job_id)})
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, job_id)
-
-    async def release(self) -> None:
-        try:
-            await asyncio.shield(self._conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"),
-                                                    {"k": _lease_key(self.job_id)}))
-        finally:
-            await asyncio.shield(self._conn.close())
-
-
-async def start_job(engine: AsyncEngine, spec: CopySpec, *, source_scope: Scope, actor: Actor, requested_by: UUID,
-                    request_id: str | None, on_step: Callable[[str, CopyCounts], Any] | None = None,
-                    ) -> tuple[UUID, asyncio.Task[None]]:
-    """A QUEUED job row under a lease, and the task that runs it."""
-    job_id = uuid.uuid4()
-    lease = await JobLease.take(engine, job_id)
-    try:
-        await create_job(engine, spec, requested_by=requested_by, status="QUEUED", job_id=job_id)
-    except BaseException:
-        await lease.release()
-        raise
-    task = asyncio.create_task(_run_job(engine, lease, spec, source_scope, actor, request_id, on_step))
-    return job_id, task
-
-
-async def _run_job(engine: AsyncEngine, lease: JobLease, spec: CopySpec, source_scope: Scope, actor: Actor,
-                   request_id: str | None, on_step: Callable[[str, CopyCounts], Any] | None) -> None:
-    job_id = lease.job_id
-    try:
-        await update_job(engine, job_id, status="RUNNING")
-
-        async def progress(step: str, counts: CopyCounts) -> None:
-            await update_job(engine, job_id, counts=counts.as_json())
-            if on_step is not None:
-                await on_step(step, counts)
-
-        counts = await run_copy(engine, spec, source_scope=source_scope, actor=actor, request_id=request_id,
-                                on_step=progress)
-    except AppError as exc:
-        await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
-    except asyncio.CancelledError:
-        await update_job(engine, job_id, status="FAILED", finished_at=datetime.now().astimezone(),
-                         error="the server stopped during the copy; nothing was written")
-        raise
-    except Exception:
-        log.exception("copy job %s failed", job_id)
-        await update_job(engine, job_id, status="FAILED", error="internal error",
-                         finished_at=datetime.now().astimezone())
-    else:
-        await update_job(engine, job_id, status="SUCCEEDED", counts=counts.as_json(),
-                         finished_at=datetime.now().astimezone())
-    finally:
-        await lease.release()
-
-
-async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str,
-                     job_id: UUID | None = None) -> UUID:
-    async with transaction(engine) as tx:
-        return await insert_job(tx, spec, requested_by=requested_by, status=status, job_id=job_id)
-
-
-async def insert_job(db: Executor, spec: CopySpec, *, requested_by: UUID, status: str, job_id: UUID | None = None,
-                     **values: Any) -> UUID:
-    """A job row (and its announcement) in the caller's transaction."""
-    job_id = job_id or uuid.uuid4()
-    await db.execute(insert(copy_jobs).values(
-        id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant, requested_by=requested_by,
-        spec=spec.as_json(), status=status, heartbeat_at=func.now(), **values))
-    await announcements.announce(db, "*", "copyjob", status, job=str(job_id))
-    return job_id
-
-
-async def update_job(engine: AsyncEngine, job_id: UUID, **values: Any) -> None:
-    async with transaction(engine) as tx:
-        await tx.execute(update(copy_jobs).where(copy_jobs.c.id == job_id).values(**values, heartbeat_at=func.now()))
-        await announcements.announce(tx, "*", "copyjob", str(values.get("status", "RUNNING")), job=str(job_id))
-
-
-async def job_by_id(db: Any, job_id: UUID, *, requested_by: UUID) -> CopyJob | None:
-    """A job, for the user who asked for it (others learn nothing, not even that it exists)."""
-    row = (await db.execute(select(*JOB_COLUMNS).where(copy_jobs.c.id == job_id,
-                                                       copy_jobs.c.requested_by == requested_by))).first()
-    return CopyJob(*row) if row else None
-
-
-async def fail_interrupted(engine: AsyncEngine) -> int:
-    """Jobs whose process died (their lease is free) are marked FAILED; their target was never
-    touched, since the copy's transaction never committed. Run at start and periodically."""
-    async with transaction(engine) as tx:
-        result = await tx.execute(update(copy_jobs).where(
-            or_(copy_jobs.c.status == "RUNNING",
-                and_(copy_jobs.c.status == "QUEUED", copy_jobs.c.heartbeat_at < func.now() - QUEUED_GRACE)),
-            func.pg_try_advisory_xact_lock(func.hashtextextended(literal("copy-job:") + cast(copy_jobs.c.id, Text),
-                                                                 0)),
-        ).values(status="FAILED", error="interrupted: the server stopped during the copy; nothing was written",
-                 finished_at=func.now()))
-        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _remember(stmt: Any) -> Any:
