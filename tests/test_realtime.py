@@ -25,7 +25,8 @@ from gql.transport.websockets import WebsocketsTransport
 from starlette.applications import Starlette
 
 from app.access.principal import Routed
-from app.realtime.hub import Delivery, Hub
+from app.realtime.deliveries import Delivery
+from app.realtime.hub import Hub
 from app.runtime.platform import Platform
 from tests.conftest import Api, TenantHandle, World, nowhere
 

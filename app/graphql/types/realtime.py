@@ -22,7 +22,8 @@ from app.graphql.types.inventory import Alarm, Device
 from app.graphql.types.sharing import CopyJob
 from app.graphql.types.tenants import Tenant
 from app.ids import here
-from app.realtime.hub import Delivery, Subscription
+from app.realtime.deliveries import Delivery
+from app.realtime.hub import Subscription
 from app.services.inventory.devices import require_id
 from app.services.sharing import jobs
 
