@@ -21,6 +21,7 @@ from app.access.principal import Principal, Routed
 from app.access.scope import Scope
 from app.errors import Forbidden, InvalidInput
 from app.graphql.loaders import Loaders, SharedLoader, build_loaders
+from app.graphql.roots import ROOTS
 from app.realtime.hub import MANAGEMENT, Select, Session, Subscription
 from app.runtime.platform import Platform
 from app.services.data_plane import Plane
@@ -78,6 +79,14 @@ class Context:
         if not routed.permissions.intersection(permissions):
             raise Forbidden(f"this needs one of: {', '.join(permissions)}", permission=permissions[0])
         return routed
+
+    async def root(self, field: str) -> Routed:
+        """Routed, holding what the root field `field` asks (app.graphql.roots, which the compiled
+        read path plans with too)."""
+        needs = ROOTS[field].permissions
+        if not needs:
+            return await self.routed()
+        return await (self.authorize(needs[0]) if len(needs) == 1 else self.authorize_any(*needs))
 
     async def tenant_db(self) -> PlaneView:
         return await self.access.tenant_db()

@@ -68,9 +68,9 @@ from strawberry.utils.str_converters import to_camel_case, to_snake_case
 
 from app.access.principal import Routed
 from app.access.scope import Scope
-from app.auth.roles import DEVICES_READ, OPERATIONS_DEVICE, TENANT_ADMIN
 from app.errors import AppError
 from app.graphql.engine import execution, fast_path
+from app.graphql.roots import ANY, ROOTS, TENANT
 from app.ids import current_tenant
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.services.data import alarms as alarm_service
@@ -592,25 +592,22 @@ async def _root_usage(q: _Statement, field: GraphQLField, details: list[FieldDet
             f"FROM ({q.clause(stmt)}) {u})")
 
 
-TENANT, MANAGEMENT, ANY = "tenant", "management", "any"
-# Root fields: their translation, the permission their resolver asks for first ("a|b": either),
-# and the plane
-# they read (a tenant's data through the data gate, or the management schema).
-_ROOTS: dict[str, tuple[Callable[[_Statement, GraphQLField, list[FieldDetails]], Any], str, str]] = {
-    "device": (_root_device, DEVICES_READ, TENANT),
-    "devices": (_root_devices, DEVICES_READ, TENANT),
-    "group": (_root_group, DEVICES_READ, TENANT),
-    "groups": (_root_groups, DEVICES_READ, TENANT),
-    "alarms": (_root_alarms, DEVICES_READ, TENANT),
-    "events": (_root_events, DEVICES_READ, TENANT),
-    "measurements": (_root_measurements, DEVICES_READ, TENANT),
-    "measurementSeries": (_root_measurement_series, DEVICES_READ, TENANT),
-    "operations": (_root_operations, f"{DEVICES_READ}|{OPERATIONS_DEVICE}", TENANT),
-    "subtenantUsage": (_root_subtenant_usage, TENANT_ADMIN, MANAGEMENT),
-    "usage": (_root_usage, "", MANAGEMENT),
-    "tenant": (_root_tenant, "", ANY),
-    "tenants": (_root_tenants, "", MANAGEMENT),
-    "tenantById": (_root_tenant_by_id, "", ANY),
+# Root fields and their translations; what each asks of the gate first is app.graphql.roots'.
+_ROOTS: dict[str, Callable[[_Statement, GraphQLField, list[FieldDetails]], Any]] = {
+    "device": _root_device,
+    "devices": _root_devices,
+    "group": _root_group,
+    "groups": _root_groups,
+    "alarms": _root_alarms,
+    "events": _root_events,
+    "measurements": _root_measurements,
+    "measurementSeries": _root_measurement_series,
+    "operations": _root_operations,
+    "subtenantUsage": _root_subtenant_usage,
+    "usage": _root_usage,
+    "tenant": _root_tenant,
+    "tenants": _root_tenants,
+    "tenantById": _root_tenant_by_id,
 }
 # Connection types answered by `_connection`, with the fields it knows.
 _CONNECTION_FIELDS = {"edges", "pageInfo", "totalCount"}
@@ -625,7 +622,7 @@ _PAGE_INFO_FIELDS = {"hasNextPage", "endCursor"}
 class Plan:
     operation: OperationDefinitionNode
     fragments: dict[str, FragmentDetails]
-    permissions: tuple[str, ...]  # asked of the gate in this order, as the resolvers would
+    permissions: tuple[tuple[str, ...], ...]  # asked of the gate in this order, as the resolvers would
     plane: str  # TENANT or MANAGEMENT: one plane per compiled operation
     variables: list[GraphQLVariableSignature] | None  # kept: building them costs more than coercing
 
@@ -676,10 +673,10 @@ class Planner:
             if name not in _ROOTS or not _supported(query_type.fields[name], node, fragments):
                 return None
             roots.append(name)
-        planes = {_ROOTS[r][2] for r in roots} - {ANY}
+        planes = {ROOTS[r].plane for r in roots} - {ANY}
         if len(planes) > 1:
             return None
-        permissions = tuple(dict.fromkeys(p for p in (_ROOTS[r][1] for r in roots) if p))
+        permissions = tuple(dict.fromkeys(p for p in (ROOTS[r].permissions for r in roots) if p))
         return Plan(operation, fragments, permissions, planes.pop() if planes else ANY,
                     execution.variable_signatures(self.schema, operation.variable_definitions or ()))
 
@@ -763,8 +760,9 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         coerced = stock
     try:
         routed = await context.routed()
-        for permission in plan.permissions:
-            routed = await context.authorize_any(*permission.split("|"))
+        for permissions in plan.permissions:  # as Context.root asks them
+            routed = await (context.authorize(permissions[0]) if len(permissions) == 1
+                            else context.authorize_any(*permissions))
         db = await context.tenant_db() if plan.plane == TENANT else context.management_db
     except AppError as exc:
         raise Fallback from exc
@@ -782,7 +780,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         if name == "__typename":
             parts.append(f"'{response_name}', 'Query'")
             continue
-        expr = _ROOTS[name][0](q, query_type.fields[name], details)
+        expr = _ROOTS[name](q, query_type.fields[name], details)
         if inspect.isawaitable(expr):
             expr = await expr
         parts.append(f"'{response_name}', {expr}")

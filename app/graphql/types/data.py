@@ -11,7 +11,6 @@ from graphql import GraphQLInputObjectType, GraphQLResolveInfo, GraphQLSchema
 
 from app.auth.roles import (
     ALARMS_WRITE,
-    DEVICES_READ,
     EVENTS_WRITE,
     MEASUREMENTS_WRITE,
     OPERATIONS_DEVICE,
@@ -199,7 +198,7 @@ class DataQueries:
         after: str | None = None,
     ) -> Connection[Measurement]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("measurements")).scope
         page = await measurement_service.list_measurements(
             await ctx.tenant_db(), scope, device_id=device_id, start=from_, end=to, type=type, series=series,
             first=first, after=after, cap=ctx.cap)
@@ -212,7 +211,7 @@ class DataQueries:
         type: str | None = None, series: str | None = None,
     ) -> list[SeriesPoint]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("measurementSeries")).scope
         buckets = await measurement_service.measurement_series(
             await ctx.tenant_db(), scope, device_id=device_id, start=from_, end=to, interval=interval.value,
             type=type, series=series)
@@ -225,7 +224,7 @@ class DataQueries:
         first: int | None = None, after: str | None = None,
     ) -> Connection[Event]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("events")).scope
         page = await event_service.list_events(await ctx.tenant_db(), scope, device_id=device_id, type=type,
                                                start=from_, end=to, first=first, after=after, cap=ctx.cap)
         return Connection.of(page, Event.of)
@@ -234,7 +233,7 @@ class DataQueries:
     async def alarms(self, info: Info, filter: AlarmFilter | None = None, first: int | None = None,
                      after: str | None = None) -> Connection[Alarm]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("alarms")).scope
         f = alarm_filter(filter)
         page = await alarm_service.list_alarms(await ctx.tenant_db(), scope, filter=f, first=first, after=after,
                                                cap=ctx.cap)
@@ -245,7 +244,7 @@ class DataQueries:
                          status: OperationStatus | None = None, first: int | None = None,
                          after: str | None = None) -> Connection[Operation]:
         ctx = info.context
-        scope = (await ctx.authorize_any(DEVICES_READ, OPERATIONS_DEVICE)).scope
+        scope = (await ctx.root("operations")).scope
         page = await operation_service.list_operations(
             await ctx.tenant_db(), scope, device_id=device_id, status=status.value if status else None,
             first=first, after=after, cap=ctx.cap)

@@ -210,7 +210,7 @@ class DeviceQueries:
         self, info: Info, first: int | None = None, after: str | None = None, filter: DeviceFilter | None = None
     ) -> Connection[Device]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("devices")).scope
         db = await ctx.tenant_db()
         f = _filter(filter)
         page = await service.list_devices(db, scope, first=first, after=after, cap=ctx.cap, filter=f)
@@ -219,7 +219,7 @@ class DeviceQueries:
     @strawberry.field
     async def device(self, info: Info, id: strawberry.ID) -> Device | None:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("device")).scope
         record = await service.device_by_id(await ctx.tenant_db(), scope, id)
         return Device.of(record) if record else None
 
@@ -234,7 +234,7 @@ class DeviceQueries:
     async def groups(self, info: Info, first: int | None = None, after: str | None = None,
                      parent_id: strawberry.ID | None = None) -> Connection[Group]:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("groups")).scope
         page = await service.list_groups(
             await ctx.tenant_db(), scope, first=first, after=after, cap=ctx.cap,
             parent_id=require_id(parent_id, "group") if parent_id is not None else None,
@@ -244,7 +244,7 @@ class DeviceQueries:
     @strawberry.field
     async def group(self, info: Info, id: strawberry.ID) -> Group | None:
         ctx = info.context
-        scope = (await ctx.authorize(DEVICES_READ)).scope
+        scope = (await ctx.root("group")).scope
         record = await service.group_by_id(await ctx.tenant_db(), scope, id)
         return Group.of(record) if record else None
 

@@ -195,14 +195,14 @@ def tenant_filter(filter: TenantFilter | None) -> service.TenantFilter:
 class TenantQueries:
     @strawberry.field(description="The tenant this request is routed to.")
     async def tenant(self, info: Info) -> Tenant:
-        return Tenant.of((await info.context.routed()).tenant)
+        return Tenant.of((await info.context.root("tenant")).tenant)
 
     @strawberry.field(description="The caller's visible subtree (ADMIN), not including its own tenant.")
     async def tenants(
         self, info: Info, first: int | None = None, after: str | None = None, filter: TenantFilter | None = None
     ) -> Connection[Tenant]:
         ctx = info.context
-        routed = await ctx.routed()
+        routed = await ctx.root("tenants")
         f = tenant_filter(filter)
         page = await service.list_subtree(ctx.management_db, routed, first=first, after=after, cap=ctx.cap, filter=f)
         return Connection.of(page, Tenant.of, lambda: service.count_subtree(ctx.management_db, routed))
@@ -210,7 +210,7 @@ class TenantQueries:
     @strawberry.field(description="The caller's own tenant or one below it; null for any other id.")
     async def tenant_by_id(self, info: Info, id: strawberry.ID) -> Tenant | None:
         ctx = info.context
-        record = await service.visible_tenant(ctx.platform, ctx.management_db, await ctx.routed(), id)
+        record = await service.visible_tenant(ctx.platform, ctx.management_db, await ctx.root("tenantById"), id)
         return Tenant.of(record) if record else None
 
 

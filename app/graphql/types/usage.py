@@ -83,7 +83,7 @@ class UsageQueries:
     async def usage(self, info: Info, from_: Annotated[date, FROM], to: date,
                     tenant_id: strawberry.ID | None = None) -> list[UsageDay]:
         ctx = info.context
-        routed = await ctx.routed()
+        routed = await ctx.root("usage")
         record = await service.readable_tenant(ctx.management_db, routed, tenant_id, ctx.platform.registry)
         rows = await service.daily(ctx.management_db, tenant_id=record.id, start=from_, end=to)
         return [UsageDay.of(r) for r in rows]
@@ -94,6 +94,6 @@ class UsageQueries:
         include_deleted: bool = True,
     ) -> list[TenantUsageSummary]:
         ctx = info.context
-        rows = await service.summaries(ctx.management_db, await ctx.routed(), start=from_, end=to,
+        rows = await service.summaries(ctx.management_db, await ctx.root("subtenantUsage"), start=from_, end=to,
                                        include_descendants=include_descendants, include_deleted=include_deleted)
         return [TenantUsageSummary.of(r) for r in rows]
