@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("app.realtime",),
     ("app.graphql",),
     ("app.http",),
-    ("app.main", "app.cli", "app.entry"),
+    ("app.main", "app.cli", "app.entry", "app.commands"),
 ]
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60

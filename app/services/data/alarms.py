@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.access.scope import Scope
@@ -20,7 +20,7 @@ from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import alarms
 from app.services.data.timeseries import check_text
-from app.services.inventory.devices import require_devices, require_id
+from app.services.inventory.devices import Keys, keyed, require_devices, require_id
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
 
@@ -127,20 +127,25 @@ def alarm_page(scope: Scope, *, filter: AlarmFilter | None, first: int | None, a
     return stmt.order_by(alarms.c.id).limit(size + 1), size
 
 
+def alarms_statement(scope: Scope, device_keys: Keys, *, status: tuple[str, ...], limit: int) -> Select[Any]:
+    """Up to `limit` alarms per device (in scope, of these statuses; newest first): for a list of
+    devices ranked in one query (the loaders), for the enclosing row's device a LIMIT (the
+    compiled read path)."""
+    where = [keyed(alarms.c.device_id, device_keys), scope.devices(alarms.c.device_id)]
+    if status:
+        where.append(alarms.c.status.in_(status))
+    if isinstance(device_keys, ColumnElement):
+        return select(*COLUMNS).where(*where).order_by(alarms.c.id.desc()).limit(limit)
+    ranked = (select(*COLUMNS, func.row_number().over(partition_by=alarms.c.device_id, order_by=alarms.c.id.desc())
+                     .label("rank")).where(*where).subquery())
+    return (select(*(ranked.c[c.name] for c in COLUMNS)).where(ranked.c.rank <= limit)
+            .order_by(ranked.c.device_id, ranked.c.id.desc()))
+
+
 async def alarms_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int], *, status: tuple[str, ...],
                             limit: int) -> dict[int, list[AlarmRecord]]:
     """Up to `limit` alarms per device (newest first), for many devices in one query."""
-    ranked = (
-        select(*COLUMNS, func.row_number().over(partition_by=alarms.c.device_id, order_by=alarms.c.id.desc())
-               .label("rank"))
-        .where(alarms.c.device_id.in_(device_ids), scope.devices(alarms.c.device_id))
-    )
-    if status:
-        ranked = ranked.where(alarms.c.status.in_(status))
-    sub = ranked.subquery()
-    rows = (await db.execute(select(*(sub.c[c.name] for c in COLUMNS)).where(sub.c.rank <= limit)
-                             .order_by(sub.c.device_id, sub.c.id.desc()))).all()
     out: dict[int, list[AlarmRecord]] = defaultdict(list)
-    for row in rows:
+    for row in (await db.execute(alarms_statement(scope, device_ids, status=status, limit=limit))).all():
         out[row.device_id].append(to_record(AlarmRecord, row))
     return out

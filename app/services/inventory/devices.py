@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import ids
@@ -405,22 +405,54 @@ async def delete_group(db: Executor, scope: Scope, group_id: str) -> None:
 # --- batch loads (DataLoaders) ------------------------------------------------------------------
 
 
-async def groups_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
-    stmt = (select(group_devices.c.device_id, *GROUP_COLUMNS)
+# --- relations of a device ------------------------------------------------------------------------
+# Each relation is ONE statement builder taking its parents' keys: a list of ids (the loaders
+# batch a page's devices) or a column of the enclosing row (the compiled read path nests the
+# statement as a correlated subquery). Both read paths take their rules from here.
+
+Keys = Sequence[int] | ColumnElement[Any]
+
+
+def keyed(column: ColumnElement[Any], keys: Keys) -> ColumnElement[bool]:
+    """`column` matches the parents' keys: IN the list, or equal to the enclosing row's column."""
+    return column == keys if isinstance(keys, ColumnElement) else column.in_(keys)
+
+
+def groups_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
+    """The groups (in scope) each device belongs to, by group id, with the device's id first."""
+    return (select(group_devices.c.device_id, *GROUP_COLUMNS)
             .join(groups, groups.c.id == group_devices.c.group_id)
-            .where(group_devices.c.device_id.in_(device_ids), scope.groups(groups.c.id))
+            .where(keyed(group_devices.c.device_id, device_keys), scope.groups(groups.c.id))
             .order_by(groups.c.id))
+
+
+def children_statement(scope: Scope, parent_keys: Keys) -> Select[Any]:
+    """Child devices (in scope) of the parents, by id."""
+    return (select(*DEVICE_COLUMNS).where(keyed(devices.c.parent_id, parent_keys), scope.devices(devices.c.id))
+            .order_by(devices.c.id))
+
+
+def external_ids_statement(device_keys: Keys) -> Select[Any]:
+    """The devices' external ids, by type and value (the device is in scope already)."""
+    return (select(external_ids.c.type, external_ids.c.value, external_ids.c.device_id)
+            .where(keyed(external_ids.c.device_id, device_keys)).order_by(external_ids.c.type, external_ids.c.value))
+
+
+def devices_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
+    """Devices by id, in scope (a device's parent, a node by global id)."""
+    return select(*DEVICE_COLUMNS).where(keyed(devices.c.id, device_keys), scope.devices(devices.c.id))
+
+
+async def groups_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
     out: dict[int, list[GroupRecord]] = defaultdict(list)
-    for row in (await db.execute(stmt)).all():
+    for row in (await db.execute(groups_statement(scope, device_ids))).all():
         out[row[0]].append(_group(row[1:]))
     return out
 
 
 async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[DeviceRecord]]:
-    stmt = (select(*DEVICE_COLUMNS).where(devices.c.parent_id.in_(device_ids), scope.devices(devices.c.id))
-            .order_by(devices.c.id))
     out: dict[int, list[DeviceRecord]] = defaultdict(list)
-    for row in (await db.execute(stmt)).all():
+    for row in (await db.execute(children_statement(scope, device_ids))).all():
         device = _device(row)
         assert device.parent_id is not None
         out[device.parent_id].append(device)
@@ -428,16 +460,13 @@ async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[i
 
 
 async def external_ids_of_devices(db: Executor, device_ids: Sequence[int]) -> dict[int, list[ExternalId]]:
-    stmt = (select(external_ids.c.type, external_ids.c.value, external_ids.c.device_id)
-            .where(external_ids.c.device_id.in_(device_ids)).order_by(external_ids.c.type, external_ids.c.value))
     out: dict[int, list[ExternalId]] = defaultdict(list)
-    for row in (await db.execute(stmt)).all():
+    for row in (await db.execute(external_ids_statement(device_ids))).all():
         out[row.device_id].append(ExternalId(type=row.type, value=row.value, device_id=row.device_id))
     return out
 
 
 async def devices_by_ids(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, DeviceRecord]:
-    stmt = select(*DEVICE_COLUMNS).where(devices.c.id.in_(device_ids), scope.devices(devices.c.id))
-    return {row.id: _device(row) for row in (await db.execute(stmt)).all()}
+    return {row.id: _device(row) for row in (await db.execute(devices_statement(scope, device_ids))).all()}
 
 

@@ -1,0 +1,386 @@
+"""Compiled reads, the SQL being built: one statement per request whose result is the response's
+JSON (`json_build_object` per object, `json_agg` over a keyset page per connection, the services'
+own relation statements nested as correlated subqueries). app.graphql.engine.compiled plans
+and runs it; app.graphql.engine.compiled_roots translates the root fields."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from graphql import (
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+)
+from graphql.execution.collect_fields import FieldDetails, FragmentDetails, collect_subfields
+from graphql.execution.values import VariableValues, get_argument_values
+from psycopg import sql
+from sqlalchemy import ColumnElement, literal_column, table
+from sqlalchemy import column as sql_column
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import LRUCache
+from strawberry.utils.str_converters import to_camel_case
+
+from app.access.principal import Routed
+from app.access.scope import Scope
+from app.errors import AppError
+from app.ids import current_tenant
+from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
+from app.services.data import alarms as alarm_service
+from app.services.inventory import devices as inventory
+from app.services.usage import statistics as usage_service
+
+if TYPE_CHECKING:
+    from app.graphql.context import Context
+
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+MAX_KEYS = 50  # json_build_object takes at most 100 arguments
+# datetime.isoformat() of a UTC time: six fractional digits, none at all when they are all zero.
+ISO = "replace(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), '.000000+', '+')"
+# encode_cursor of an integer key: urlsafe base64 of "k:<digits>". Plain base64 is the same
+# here: no 6-bit group of "k", ":" and ASCII digits reaches 62 or 63 ("+", "/"), and a 64-bit
+# key gives at most 28 characters, far below the 76 at which PostgreSQL wraps lines.
+CURSOR = "encode(convert_to('k:' || {c}::text, 'UTF8'), 'base64')"
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|__\[POSTCOMPILE_(\w+)\]|%%")
+_COMPILED: Any = LRUCache(1000)  # statement shape → SQLAlchemy's compiled form (its own cache, as in execution)
+
+
+class Fallback(Exception):
+    """This request takes the generic path; nothing was sent to the database for it."""
+
+
+# --- the SQL being built ----------------------------------------------------------------------------
+
+
+class Statement:
+    def __init__(self, schema: GraphQLSchema, operation: OperationDefinitionNode,
+                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed,
+                 context: Context) -> None:
+        self.schema = schema
+        self.routed = routed
+        self.context = context  # the request's management plane and platform (lookups a root makes first)
+        self.operation = operation
+        self.fragments = fragments
+        self.variables = variables
+        self.scope = routed.scope
+        self.cap = context.cap
+        self.setup: list[str] = []  # statements of the same transaction to run first (settings)
+        self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
+        # Conditions the generic path checks first (a device in scope): if one fails, the
+        # request takes the generic path, in the same (read-only) transaction, for its error.
+        self.guards: list[str] = []
+        self._aliases = 0
+
+    @staticmethod
+    def bind(value: Any) -> str:
+        """A value as a SQL literal, quoted by psycopg's own adapters: the statement goes by the
+        simple protocol (with BEGIN, the role switch and COMMIT in one round trip), which takes
+        no parameters. Integers, the common case, are written as they are."""
+        if type(value) is int:
+            return str(value)
+        try:
+            return sql.Literal(value).as_string(None)
+        except psycopg.Error as exc:  # a value PostgreSQL cannot hold (a NUL character): the generic path
+            raise Fallback from exc
+
+    def alias(self, stem: str) -> str:
+        self._aliases += 1
+        return f"{stem}{self._aliases}"
+
+    def clause(self, element: ClauseElement) -> str:
+        """A SQLAlchemy statement or condition from the services, its parameters as literals.
+
+        Compiled once per statement shape (SQLAlchemy's own cache key, which leaves the values
+        out); each request only renders its values into the cached text."""
+        compiled: Any
+        compiled, extracted, _, _ = element._compile_w_cache(
+            _DIALECT, compiled_cache=_COMPILED, column_keys=[])
+        values = compiled.construct_params(extracted_parameters=extracted)
+        expanding = (compiled.bind_names[b] for b in compiled.post_compile_params)
+        if any(not values.get(name, True) for name in expanding):
+            # An empty IN list: SQLAlchemy renders its own always-false form (rare; not cached).
+            compiled = element.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+            values = compiled.params
+        processors: dict[str, Any] = compiled._bind_processors  # as SQLAlchemy sends them (JSON serialised)
+
+        def literal(match: re.Match[str]) -> str:
+            if match.group(0) == "%%":  # pyformat's escape, pointless without parameters
+                return "%"
+            name = match.group(1) or match.group(2)
+            value = values[name]
+            if match.group(2) is not None:  # an expanding IN list
+                return ", ".join(self.bind(v) for v in value)
+            process = processors.get(name)
+            return self.bind(process(value) if process is not None else value)
+
+        return _PLACEHOLDER.sub(literal, compiled.string)
+
+    def subfields(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> dict[str, list[FieldDetails]]:
+        return collect_subfields(self.schema, self.fragments, self.variables, self.operation, type_,
+                                 details).grouped_field_set
+
+    def arguments(self, field: GraphQLField, details: list[FieldDetails]) -> dict[str, Any]:
+        try:
+            return get_argument_values(field, details[0].node, self.variables)
+        except GraphQLError as exc:
+            raise Fallback from exc
+
+    def object(self, type_: GraphQLObjectType, details: list[FieldDetails], row: str) -> str:
+        """json_build_object of the selection on `type_`, reading the row aliased `row`."""
+        fields = self.subfields(type_, details)
+        if len(fields) > MAX_KEYS:
+            raise Fallback
+        resolvers = FIELDS[type_.name]
+        parts = []
+        for response_name, field_details in fields.items():
+            name = field_details[0].node.name.value
+            if name == "__typename":
+                expr = f"'{type_.name}'"
+            else:
+                expr = resolvers[name](self, type_.fields[name], field_details, row)
+            parts.append(f"'{response_name}', {expr}")
+        return f"json_build_object({', '.join(parts)})"
+
+
+@lru_cache(maxsize=4096)
+def scope_sql(scope: Scope, kind: str, column: str) -> str:
+    """Scope's own predicate (devices or groups) on `row.column`, as SQL with its ids inlined
+    (they are integers), cached per scope."""
+    row, name = column.split(".")
+    target = table(row, sql_column(name)).c[name]
+    predicate = scope.devices(target) if kind == "devices" else scope.groups(target)
+    return str(predicate.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
+
+
+def named(field: GraphQLField) -> GraphQLObjectType:
+    type_ = field.type
+    while isinstance(type_, GraphQLNonNull | GraphQLList):
+        type_ = type_.of_type
+    assert isinstance(type_, GraphQLObjectType)
+    return type_
+
+
+# --- field translations -----------------------------------------------------------------------------
+
+Resolve = Callable[[Statement, GraphQLField, list[FieldDetails], str], str]
+
+
+def _column(name: str, fmt: str = "{c}") -> Resolve:
+    def resolve(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+        return fmt.format(c=f"{row}.{name}")
+
+    return resolve
+
+
+def _outer(row: str, column: str) -> ColumnElement[Any]:
+    """The enclosing row's column, for a service's relation statement nested as a correlated subquery."""
+    return literal_column(f"{row}.{column}")
+
+
+def _many(q: Statement, field: GraphQLField, details: list[FieldDetails], statement: ClauseElement,
+          order: str) -> str:
+    """A list relation: the service's statement, aggregated in its order (`order` names the
+    statement's own ORDER BY, on the alias `{r}`)."""
+    r = q.alias("r")
+    return (f"COALESCE((SELECT json_agg({q.object(named(field), details, r)} ORDER BY {order.format(r=r)}) "
+            f"FROM ({q.clause(statement)}) {r}), '[]'::json)")
+
+
+def _device_parent(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    p = q.alias("p")
+    statement = inventory.devices_statement(q.scope, _outer(row, "parent_id"))
+    return f"(SELECT {q.object(named(field), details, p)} FROM ({q.clause(statement)}) {p})"
+
+
+def _device_children(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    return _many(q, field, details, inventory.children_statement(q.scope, _outer(row, "id")), "{r}.id")
+
+
+def _device_groups(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    return _many(q, field, details, inventory.groups_statement(q.scope, _outer(row, "id")), "{r}.id")
+
+
+def _device_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    """Device.alarms: the newest `first` (0-100) alarms of the device, as the loader reads them."""
+    from app.graphql.types.inventory import ALARM_PAGE_CAP
+
+    args = q.arguments(field, details)
+    first = args["first"]
+    if not 0 <= first <= ALARM_PAGE_CAP:
+        raise Fallback  # the generic path answers INVALID_INPUT
+    statuses = tuple(sorted({s.value for s in args.get("status") or ()}))
+    statement = alarm_service.alarms_statement(q.scope, _outer(row, "id"), status=statuses, limit=first)
+    return _many(q, field, details, statement, "{r}.id DESC")
+
+
+def _device_external_ids(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    return _many(q, field, details, inventory.external_ids_statement(_outer(row, "id")), "{r}.type, {r}.value")
+
+
+def _global(type_name: str, column: str) -> Resolve:
+    """The column's global id (app.ids.encode: base64url of "Type:tenant:n", unpadded) for the
+    request's tenant; NULL stays NULL. PostgreSQL's base64 breaks lines only after 76 characters,
+    beyond the longest id."""
+    def resolve(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+        prefix = q.bind(f"{type_name}:{current_tenant()}:")
+        return (f"rtrim(translate(encode(convert_to({prefix} || {row}.{column}::text, 'UTF8'), 'base64'), "
+                f"'+/', '-_'), '=')")
+
+    return resolve
+
+
+_DEVICE_ID = _global("Device", "device_id")
+
+TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
+                  "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
+                  "contactName": "contact_name", "contactEmail": "contact_email",
+                  "customProperties": "custom_properties", "template": "template", "createdAt": "created_at",
+                  "updatedAt": "updated_at", "schemaVersion": "schema_version", "parentAccess": "parent_access"}
+
+FIELDS: dict[str, dict[str, Resolve]] = {
+    "Device": {"id": _global("Device", "id"), "name": _column("name"), "type": _column("type"),
+               "owner": _column("owner"), "fragments": _column("fragments"), "createdAt": _column("created_at", ISO),
+               "updatedAt": _column("updated_at", ISO), "parentId": _global("Device", "parent_id"),
+               "parent": _device_parent,
+               "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids,
+               "alarms": _device_alarms},
+    "Group": {"id": _global("Group", "id"), "name": _column("name"), "parentId": _global("Group", "parent_id"),
+              "createdAt": _column("created_at", ISO)},
+    "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
+    "Tenant": {name: _column(column, ISO if column in ("created_at", "updated_at") else "{c}")
+               for name, column in TENANT_FIELDS.items()},
+    "Alarm": {"id": _global("Alarm", "id"), "deviceId": _DEVICE_ID, "type": _column("type"),
+              "severity": _column("severity"), "status": _column("status"), "text": _column("text"),
+              "count": _column("count"), "firstRaisedAt": _column("first_raised_at", ISO),
+              "lastRaisedAt": _column("last_raised_at", ISO), "updatedAt": _column("updated_at", ISO)},
+    "Event": {"id": _global("Event", "id"), "deviceId": _DEVICE_ID, "time": _column("time", ISO),
+              "type": _column("type"), "text": _column("text"), "attributes": _column("attributes"),
+              "createdAt": _column("created_at", ISO), "updatedAt": _column("updated_at", ISO)},
+    "Measurement": {"id": _global("Measurement", "id"), "deviceId": _DEVICE_ID, "time": _column("time", ISO),
+                    "type": _column("type"), "series": _column("series"), "value": _column("value"),
+                    "unit": _column("unit")},
+    "SeriesPoint": {"series": _column("series"), "bucket": _column("bucket", ISO), "min": _column("min"),
+                    "max": _column("max"), "avg": _column("avg"), "count": _column("count"), "sum": _column("sum")},
+    "Operation": {"id": _global("Operation", "id"), "deviceId": _DEVICE_ID, "status": _column("status"),
+                  "description": _column("description"), "payload": _column("payload"),
+                  "failureReason": _column("failure_reason"), "createdAt": _column("created_at", ISO),
+                  "updatedAt": _column("updated_at", ISO)},
+    "UsageDay": {
+        "day": _column("day", "to_char({c}, 'YYYY-MM-DD')"),
+        "tenantId": lambda q, field, details, row: q.bind(q.tenant_of_rows),
+        **{to_camel_case(c): _column(c) for c in (*USAGE_COUNTERS, *USAGE_SNAPSHOTS)},
+        "totalResourceCreateAndUpdateCount": lambda q, field, details, row: "(" + " + ".join(
+            f"{row}.{c}" for c in usage_service.CREATE_UPDATE) + ")",
+    },
+    "TenantUsageSummary": {
+        "tenantId": _column("id"), "tenantDomain": _column("domain"), "tenantCompany": _column("company"),
+        "parentTenantId": _column("parent_id"), "status": _column("status"),
+        "creationTime": _column("created_at", ISO), "deletionTime": _column("deleted_at", ISO),
+        "customProperties": _column("custom_properties"),
+        **{to_camel_case(c): _column(c) for c in (*USAGE_COUNTERS, *USAGE_SNAPSHOTS, "peak_device_count",
+                                                  "peak_storage_size")},
+        "totalResourceCreateAndUpdateCount": lambda q, field, details, row: "(" + " + ".join(
+            f"{row}.{c}" for c in usage_service.CREATE_UPDATE) + ")",
+    },
+}
+
+
+def int_cursor(row: str) -> str:
+    return CURSOR.format(c=f"{row}.id")
+
+
+def time_cursor(row: str) -> str:
+    """encode_time_cursor: urlsafe base64 of "t:<time.isoformat()>|<id>"."""
+    key = f"'t:' || {ISO.format(c=f'{row}.time')} || '|' || {row}.id::text"
+    return f"replace(translate(encode(convert_to({key}, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A service's page: its statement's rows (size + 1, in key order) as SQL."""
+
+    rows: str
+    size: int
+    key: tuple[str, ...]  # the columns of the order: ("id",) or ("time", "id")
+    cursor: Callable[[str], str]  # a row's cursor, as SQL on the row alias given
+    # totalCount's statement, built only when the selection asks for it (None: null, as the generic path)
+    count: Callable[[], ClauseElement] | None = None
+
+
+def connection(q: Statement, field: GraphQLField, details: list[FieldDetails], page: Page) -> str:
+    """The generic path's Connection over a service's page: edges of the first `size` rows,
+    hasNextPage from the extra row, endCursor the last edge's cursor."""
+    connection_type = named(field)
+    e, s = q.alias("e"), q.alias("s")
+    size = str(page.size)
+    fields = q.subfields(connection_type, details)
+    parts = []
+    for response_name, field_details in fields.items():
+        name = field_details[0].node.name.value
+        if name == "__typename":
+            expr = f"'{connection_type.name}'"
+        elif name == "edges":
+            edge_type = named(connection_type.fields["edges"])
+            node_type = named(edge_type.fields["node"])
+            edge_parts = []
+            for edge_name, edge_details in q.subfields(edge_type, field_details).items():
+                what = edge_details[0].node.name.value
+                if what == "__typename":
+                    edge_parts.append(f"'{edge_name}', '{edge_type.name}'")
+                elif what == "cursor":
+                    edge_parts.append(f"'{edge_name}', {page.cursor(e)}")
+                else:
+                    edge_parts.append(f"'{edge_name}', {q.object(node_type, edge_details, e)}")
+            expr = (f"COALESCE(json_agg(json_build_object({', '.join(edge_parts)}) ORDER BY {e}._n) "
+                    f"FILTER (WHERE {e}._n <= {size}), '[]'::json)")
+        elif name == "pageInfo":
+            info_parts = []
+            for info_name, info_details in q.subfields(named(connection_type.fields["pageInfo"]),
+                                                        field_details).items():
+                what = info_details[0].node.name.value
+                if what == "__typename":
+                    info_parts.append(f"'{info_name}', 'PageInfo'")
+                elif what == "hasNextPage":
+                    info_parts.append(f"'{info_name}', count(*) > {size}")
+                elif page.cursor is int_cursor:  # ascending ids: the last edge's is the largest (no sort)
+                    last = f"max({e}.id) FILTER (WHERE {e}._n <= {size})"
+                    info_parts.append(f"'{info_name}', {CURSOR.format(c=last)}")
+                else:
+                    info_parts.append(f"'{info_name}', (array_agg({page.cursor(e)} ORDER BY {e}._n DESC) "
+                                      f"FILTER (WHERE {e}._n <= {size}))[1]")
+            expr = f"json_build_object({', '.join(info_parts)})"
+        else:  # totalCount
+            expr = f"({q.clause(page.count())})" if page.count is not None else "NULL::int"
+        parts.append(f"'{response_name}', {expr}")
+    if len(parts) > MAX_KEYS:
+        raise Fallback
+    order = ", ".join(f"{s}.{k}" for k in page.key)
+    # Only the columns the selection reads pass the window (PostgreSQL then leaves the others
+    # out of the service's statement too): a page of 100 devices asked for three fields
+    # otherwise carried every device's fragments through.
+    built = ", ".join(parts)
+    used = sorted((set(re.findall(rf"\b{e}\.(\w+)", built)) | set(page.key)) - {"_n"})
+    columns = ", ".join(f"{s}.{c}" for c in used)
+    # GROUP BY (): one row, also when the selection aggregates nothing (pageInfo { __typename }).
+    return (f"(SELECT json_build_object({built}) FROM (SELECT {columns}, row_number() OVER (ORDER BY {order}) "
+            f"AS _n FROM ({page.rows}) {s}) {e} GROUP BY ())")
+
+
+def checked(build: Callable[[], Any]) -> Any:
+    """A service's checks as the generic path runs them: a refusal takes the generic path."""
+    try:
+        return build()
+    except AppError as exc:
+        raise Fallback from exc
