@@ -7,9 +7,11 @@ through the Starlette app, tokens are real JWTs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from starlette.applications import Starlette
@@ -87,6 +90,24 @@ def hub(app: Starlette) -> Hub:
 
 
 @pytest.fixture(scope="session")
+async def server(app: Starlette) -> AsyncIterator[str]:
+    """The real ASGI app behind uvicorn on a loopback port (WebSockets need a real server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws="websockets-sansio",
+                            ws_per_message_deflate=False)
+    running = uvicorn.Server(config)
+    task = asyncio.create_task(running.serve(sockets=[sock]))
+    for _ in range(500):
+        if running.started:
+            break
+        await asyncio.sleep(0.02)
+    yield f"127.0.0.1:{sock.getsockname()[1]}"
+    running.should_exit = True
+    await task
+
+
+@pytest.fixture(scope="session")
 async def http(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tenantry.test") as client:
@@ -127,14 +148,14 @@ class Api:
         self.http = http
 
     async def gql(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
-                  tenant: str | None = None) -> Result:
+                  tenant: str | None = None, operation: str | None = None) -> Result:
         headers = {"accept": "application/graphql-response+json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
         if tenant:
             headers["x-tenant-id"] = tenant
-        response = await self.http.post("/graphql", json={"query": query, "variables": variables or {}},
-                                        headers=headers)
+        body = {"query": query, "variables": variables or {}, **({"operationName": operation} if operation else {})}
+        response = await self.http.post("/graphql", json=body, headers=headers)
         return Result(response.status_code, response.json())
 
     async def login(self, email: str, password: str, tenant: str | None = None) -> dict[str, Any]:

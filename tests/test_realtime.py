@@ -18,11 +18,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
-from starlette.applications import Starlette
 
 from app.access.principal import Routed
 from app.realtime.deliveries import Delivery
@@ -33,24 +31,6 @@ from tests.conftest import Api, TenantHandle, World, nowhere
 ALARMS = "subscription { alarms { kind alarm { id type deviceId severity count status } } }"
 RAISE = """mutation($d: ID!, $t: String!) { raiseAlarm(input: {deviceId: $d, type: $t, severity: MAJOR, text: "x"})
            { id } }"""
-
-
-@pytest.fixture(scope="session")
-async def server(app: Starlette) -> AsyncIterator[str]:
-    """The real ASGI app behind uvicorn on a loopback port (WebSockets need a real server)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws="websockets-sansio",
-                            ws_per_message_deflate=False)
-    running = uvicorn.Server(config)
-    task = asyncio.create_task(running.serve(sockets=[sock]))
-    for _ in range(500):
-        if running.started:
-            break
-        await asyncio.sleep(0.02)
-    yield f"127.0.0.1:{sock.getsockname()[1]}"
-    running.should_exit = True
-    await task
 
 
 async def _listening(hub: Hub, subscriptions: int) -> None:
