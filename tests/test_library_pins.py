@@ -98,7 +98,7 @@ async def test_sqlalchemys_statement_cache_renders_statements_that_answer_as_sql
         alarms.alarms_statement(UNRESTRICTED, [gw[2]], status=("ACTIVE", "CLEARED"), limit=3),
         select(devices.DEVICE_COLUMNS[0]).where(devices.DEVICE_COLUMNS[1] == "it's %% a \\ name"),
     ]
-    rendered = [sql_json.Statement.clause(object.__new__(sql_json.Statement), s) for s in statements]
+    rendered = [sql_json.Statement.clause(s) for s in statements]
     tx = tenant_transaction(platform.db.app, t.id)
     try:
         for statement, sql in zip(statements, rendered, strict=True):

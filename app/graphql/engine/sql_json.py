@@ -24,7 +24,7 @@ from graphql import (
 from graphql.execution.collect_fields import FieldDetails, FragmentDetails, collect_subfields
 from graphql.execution.values import VariableValues, get_argument_values
 from psycopg import sql
-from sqlalchemy import ColumnElement, literal_column, table
+from sqlalchemy import ColumnElement, Select, literal_column, table
 from sqlalchemy import column as sql_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ClauseElement
@@ -99,7 +99,8 @@ class Statement:
         self._aliases += 1
         return f"{stem}{self._aliases}"
 
-    def clause(self, element: ClauseElement) -> str:
+    @staticmethod
+    def clause(element: ClauseElement) -> str:
         """A SQLAlchemy statement or condition from the services, its parameters as literals.
 
         Compiled once per statement shape (SQLAlchemy's own cache key, which leaves the values
@@ -121,9 +122,9 @@ class Statement:
             name = match.group(1) or match.group(2)
             value = values[name]
             if match.group(2) is not None:  # an expanding IN list
-                return ", ".join(self.bind(v) for v in value)
+                return ", ".join(Statement.bind(v) for v in value)
             process = processors.get(name)
-            return self.bind(process(value) if process is not None else value)
+            return Statement.bind(process(value) if process is not None else value)
 
         return _PLACEHOLDER.sub(literal, compiled.string)
 
@@ -189,27 +190,42 @@ def _outer(row: str, column: str) -> ColumnElement[Any]:
     return literal_column(f"{row}.{column}")
 
 
-def _many(q: Statement, field: GraphQLField, details: list[FieldDetails], statement: ClauseElement,
-          order: str) -> str:
-    """A list relation: the service's statement, aggregated in its order (`order` names the
-    statement's own ORDER BY, on the alias `{r}`)."""
+@lru_cache(maxsize=4096)
+def _relation_sql(build: Callable[..., Select[Any]], scope: Scope | None, row: str, column: str,
+                  args: tuple[Any, ...] = (), *, limited: bool = False) -> str:
+    """A service's relation statement for the enclosing row's `row.column`, rendered once per
+    (relation, scope, row alias, arguments): building one (its scope predicate above all) costs
+    about 0.4 ms, as much as the rest of a compiled request. The aggregate orders the rows, so the
+    statement's own ORDER BY goes unless a LIMIT needs it (a sorted subquery is not flattened)."""
+    keys = _outer(row, column)
+    statement = build(keys, *args) if scope is None else build(scope, keys, *args)
+    return Statement.clause(statement if limited else statement.order_by(None))
+
+
+def _many(q: Statement, field: GraphQLField, details: list[FieldDetails], sql: str, order: str) -> str:
+    """A list relation: the service's statement (rendered), aggregated in its order (`order`
+    names the statement's own ORDER BY, on the alias `{r}`)."""
     r = q.alias("r")
     return (f"COALESCE((SELECT json_agg({q.object(named(field), details, r)} ORDER BY {order.format(r=r)}) "
-            f"FROM ({q.clause(statement)}) {r}), '[]'::json)")
+            f"FROM ({sql}) {r}), '[]'::json)")
+
+
+def _alarms(scope: Scope, keys: ColumnElement[Any], status: tuple[str, ...], limit: int) -> Select[Any]:
+    return alarm_service.alarms_statement(scope, keys, status=status, limit=limit)
 
 
 def _device_parent(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
     p = q.alias("p")
-    statement = inventory.devices_statement(q.scope, _outer(row, "parent_id"))
-    return f"(SELECT {q.object(named(field), details, p)} FROM ({q.clause(statement)}) {p})"
+    sql = _relation_sql(inventory.devices_statement, q.scope, row, "parent_id")
+    return f"(SELECT {q.object(named(field), details, p)} FROM ({sql}) {p})"
 
 
 def _device_children(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
-    return _many(q, field, details, inventory.children_statement(q.scope, _outer(row, "id")), "{r}.id")
+    return _many(q, field, details, _relation_sql(inventory.children_statement, q.scope, row, "id"), "{r}.id")
 
 
 def _device_groups(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
-    return _many(q, field, details, inventory.groups_statement(q.scope, _outer(row, "id")), "{r}.id")
+    return _many(q, field, details, _relation_sql(inventory.groups_statement, q.scope, row, "id"), "{r}.id")
 
 
 def _device_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
@@ -221,12 +237,13 @@ def _device_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails
     if not 0 <= first <= ALARM_PAGE_CAP:
         raise Fallback  # the generic path answers INVALID_INPUT
     statuses = tuple(sorted({s.value for s in args.get("status") or ()}))
-    statement = alarm_service.alarms_statement(q.scope, _outer(row, "id"), status=statuses, limit=first)
-    return _many(q, field, details, statement, "{r}.id DESC")
+    sql = _relation_sql(_alarms, q.scope, row, "id", (statuses, first), limited=True)
+    return _many(q, field, details, sql, "{r}.id DESC")
 
 
 def _device_external_ids(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
-    return _many(q, field, details, inventory.external_ids_statement(_outer(row, "id")), "{r}.type, {r}.value")
+    return _many(q, field, details, _relation_sql(inventory.external_ids_statement, None, row, "id"),
+                 "{r}.type, {r}.value")
 
 
 def _global(type_name: str, column: str) -> Resolve:
