@@ -274,12 +274,7 @@ class RequestTransaction:
         announced, self._announced = self._announced, []
         if hooks and self._plane is not None:
             await driver_execute(conn, APP_SWITCH)
-        for hook in hooks:
-            await hook(_Direct(conn))
-        try:
-            await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
-        except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise CommitOutcomeUnknown() from exc
+        await _commit(conn, hooks, announced)
 
     async def finish(self, *, commit: bool) -> None:
         """COMMIT or ROLLBACK (once) and return the connection to the pool."""
@@ -311,13 +306,7 @@ class RequestTransaction:
                 return
             try:
                 if commit:
-                    for hook in hooks:
-                        await hook(_Direct(conn))
-                    try:
-                        await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
-                    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-                        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
-                        raise CommitOutcomeUnknown() from exc
+                    await _commit(conn, hooks, announced)
                 else:
                     await driver_execute(conn, "ROLLBACK")
                     if hooks:
@@ -331,6 +320,17 @@ class RequestTransaction:
             if conn.in_transaction():  # SQLAlchemy's bookkeeping only: the database's transaction ended above
                 await conn.rollback()
             await release(self._engine, conn)
+
+
+async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook], announced: Sequence[str]) -> None:
+    """The kept writes, then the announcements and COMMIT in one round trip."""
+    for hook in hooks:
+        await hook(_Direct(conn))
+    try:
+        await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
+    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
+        raise CommitOutcomeUnknown() from exc
 
 
 async def _simple_query(driver: psycopg.AsyncConnection[Any], query: str) -> list[Any]:
