@@ -47,7 +47,7 @@ class Scope:
     def _group_closure(self) -> Any:
         assert self.group_ids is not None
         closure = select(groups.c.id).where(groups.c.id.in_(self.group_ids)).cte("scope_groups", recursive=True)
-        return closure.union_all(select(groups.c.id).where(groups.c.parent_id == closure.c.id))
+        return closure.union(select(groups.c.id).where(groups.c.parent_id == closure.c.id))  # ends even on a cycle
 
 
 UNRESTRICTED = Scope()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import ids
@@ -259,6 +259,9 @@ async def update_device(db: Executor, scope: Scope, device_id: str, changes: Dev
         values["parent_id"] = None
     elif changes.parent_id is not None:
         await require_devices(db, scope, [changes.parent_id])
+        # One re-parenting at a time per tenant, checked after the lock: two concurrent moves
+        # (a under b, b under a) each passing a check the other had not committed made a cycle.
+        await db.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/device-tree'))"))
         if changes.parent_id in await _descendants_and_self(db, key):
             raise InvalidInput("a device cannot become a child of itself or of its own children", field="parentId")
         values["parent_id"] = changes.parent_id
@@ -273,7 +276,7 @@ async def update_device(db: Executor, scope: Scope, device_id: str, changes: Dev
 
 async def _descendants_and_self(db: Executor, device_id: int) -> set[int]:
     tree = select(devices.c.id).where(devices.c.id == device_id).cte("subtree", recursive=True)
-    tree = tree.union_all(select(devices.c.id).where(devices.c.parent_id == tree.c.id))
+    tree = tree.union(select(devices.c.id).where(devices.c.parent_id == tree.c.id))  # UNION: ends even on a cycle
     return set((await db.execute(select(tree.c.id))).scalars())
 
 
@@ -315,7 +318,7 @@ async def add_external_id(db: Executor, scope: Scope, *, device_id: int, type: s
 def group_closure(group_ids: Sequence[int]) -> Any:
     """A recursive CTE of these groups and all their subgroups."""
     closure = select(groups.c.id).where(groups.c.id.in_(group_ids)).cte("closure", recursive=True)
-    return closure.union_all(select(groups.c.id).where(groups.c.parent_id == closure.c.id))
+    return closure.union(select(groups.c.id).where(groups.c.parent_id == closure.c.id))  # UNION: ends even on a cycle
 
 
 async def require_group(db: Executor, scope: Scope, group_id: int) -> GroupRecord:

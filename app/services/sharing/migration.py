@@ -145,7 +145,7 @@ async def _read_source(session: _Session, source: TenantRecord, wanted: list[int
     if missing:
         raise NotFound(f"device(s) not found: {', '.join(map(str, missing[:10]))}")
     tree = select(devices.c.id).where(devices.c.id.in_(wanted)).cte("moving", recursive=True)
-    tree = tree.union_all(select(devices.c.id).where(devices.c.parent_id == tree.c.id))
+    tree = tree.union(select(devices.c.id).where(devices.c.parent_id == tree.c.id))  # UNION: ends even on a cycle
     rows = list((await session.execute(select(devices).where(devices.c.id.in_(select(tree.c.id)))
                                        .order_by(devices.c.id))).all())
     ids = [r.id for r in rows]
