@@ -11,7 +11,7 @@ from app.access.scope import UNRESTRICTED
 from app.ids import decode
 from app.runtime.platform import Platform
 from app.services.inventory import devices
-from tests.conftest import Api, World
+from tests.conftest import PASSWORD, Api, World
 
 MOVE = "mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }"
 
@@ -58,3 +58,23 @@ async def test_every_tree_query_ends_even_on_a_cycle_made_behind_the_api(api: Ap
     deleted = await asyncio.wait_for(api.gql("mutation($d: ID!) { deleteDevice(id: $d) }", {"d": made.data["a"]["id"]},
                                              token=t.token, tenant=t.id), 10)
     assert deleted.data["deleteDevice"] is True
+
+
+async def test_access_tokens_die_with_their_login_session_over_http(api: Api, world: World) -> None:
+    """logout, changePassword (other sessions) and a reset ended the refresh tokens only: the access
+    tokens of those sessions kept working, and could mint API tokens, until they expired."""
+    t = await world.tenant()
+    first = await api.login(t.admin_email, PASSWORD, t.id)
+    second = await api.login(t.admin_email, PASSWORD, t.id)
+    mint = 'mutation { createApiToken(name: "x", permissions: ["devices:read"]) { token } }'
+    for query in ("{ me { user { email } } }", "{ devices { totalCount } }", mint):
+        assert not (await api.gql(query, token=first["accessToken"], tenant=t.id)).errors
+    await api.gql("mutation($r: String!) { logout(refreshToken: $r) }", {"r": first["refreshToken"]})
+    for query in ("{ me { user { email } } }", "{ devices { totalCount } }", mint):
+        assert (await api.gql(query, token=first["accessToken"], tenant=t.id)).code == "UNAUTHENTICATED", query
+    third = await api.login(t.admin_email, PASSWORD, t.id)
+    changed = await api.gql('mutation($p: String!) { changePassword(currentPassword: $p, newPassword: "new-pass-456") '
+                            "}", {"p": PASSWORD}, token=third["accessToken"])
+    assert changed.data["changePassword"] is True
+    assert (await api.gql(mint, token=second["accessToken"], tenant=t.id)).code == "UNAUTHENTICATED"
+    assert not (await api.gql(mint, token=third["accessToken"], tenant=t.id)).errors  # the session that asked

@@ -133,6 +133,20 @@ class RequestAccess:
                 self.gate.principals[token] = (claims, self._principal)
         return self._principal
 
+    async def authenticated(self) -> Principal:
+        """`principal()`, whose account is enabled and whose login session was not ended (logout, a
+        password change or reset, refresh-token reuse): an access token dies with its session."""
+        principal = self.principal()
+        await self._check_session(principal)
+        return principal
+
+    async def _check_session(self, principal: Principal) -> None:
+        registry, db = self.gate.registry, self.management_db
+        if await registry.user_disabled(db, principal.user_id):
+            raise Unauthenticated("this account is disabled")
+        if principal.session_family is not None and not await registry.session_alive(db, principal.session_family):
+            raise Unauthenticated("this login session has ended: log in again")
+
     @property
     def routed_or_none(self) -> Routed | None:
         """The routing, if it was made (for metering and logs after the request)."""
@@ -232,8 +246,7 @@ class RequestAccess:
         tenant_id = requested or principal.default_tenant_id
         if not tenant_id:
             raise InvalidInput("no tenant selected: send the X-Tenant-ID header or log in with a tenantId")
-        if await registry.user_disabled(db, principal.user_id):
-            raise Unauthenticated("this account is disabled")
+        await self._check_session(principal)
         record = await registry.tenant(db, tenant_id) if is_tenant_id(tenant_id) else None
         member = await registry.membership(db, principal.user_id, tenant_id) if record is not None else None
         via = None

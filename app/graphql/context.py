@@ -57,8 +57,9 @@ class Context:
         return self.platform.settings.page_size_cap
 
     # The gate's answers, under the names resolvers use.
-    def principal(self) -> Principal:
-        return self.access.principal()
+    async def user(self) -> Principal:
+        """The authenticated user, with a live account and login session (UNAUTHENTICATED otherwise)."""
+        return await self.access.authenticated()
 
     @property
     def management_db(self) -> PlaneView:

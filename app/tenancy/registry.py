@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Row
 
 from app.db.transaction import Executor
-from app.models.management import memberships, tenants, users
+from app.models.management import memberships, refresh_tokens, tenants, users
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,8 @@ class Registry:
         self._role_flight: _SingleFlight[tuple[UUID, str], MembershipInfo | None] = _SingleFlight()
         self._disabled: _TTLCache[UUID, bool] = _TTLCache(ttl, clock)
         self._disabled_flight: _SingleFlight[UUID, bool] = _SingleFlight()
+        self._sessions: _TTLCache[UUID, bool] = _TTLCache(ttl, clock)
+        self._session_flight: _SingleFlight[UUID, bool] = _SingleFlight()
         self.lookups = 0  # database round trips made (tests check that misses are merged)
 
     async def tenant(self, db: Executor, tenant_id: str) -> TenantRecord | None:
@@ -209,6 +211,30 @@ class Registry:
         self._disabled.put(user_id, disabled)
         return disabled
 
+    async def session_alive(self, db: Executor, family: UUID) -> bool:
+        """Whether a login session (refresh-token family) still stands: logout, a password change or
+        reset and refresh-token reuse end it, and with it every access token issued in it (cached
+        like the rest: seen here at once, in other processes within the TTL)."""
+        while True:
+            found, alive = self._sessions.get(family)
+            if found:
+                return bool(alive)
+            try:
+                return await self._session_flight.run(family, lambda: self._load_session(db, family))
+            except _Retry:
+                continue
+
+    async def _load_session(self, db: Executor, family: UUID) -> bool:
+        self.lookups += 1
+        row = (await db.execute(select(refresh_tokens.c.id).where(
+            refresh_tokens.c.family_id == family, refresh_tokens.c.revoked_at.is_(None)).limit(1))).first()
+        self._sessions.put(family, row is not None)
+        return row is not None
+
+    def forget_sessions(self) -> None:
+        """Drop every cached session state (after sessions were ended in this process)."""
+        self._sessions.clear()
+
     def forget_user(self, user_id: UUID) -> None:
         self._disabled.drop([user_id])
 
@@ -222,3 +248,4 @@ class Registry:
         self._tenants.clear()
         self._roles.clear()
         self._disabled.clear()
+        self._sessions.clear()

@@ -274,7 +274,7 @@ class PeopleMutations:
     @strawberry.mutation(description="Accept an invitation as the logged-in user (same email).")
     async def accept_invitation(self, info: Info, token: str) -> Membership:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         record, _ = await invitations.accept(ctx.management_db, principal, token, now=ctx.platform.clock(),
                                              request_id=ctx.request_id)
         ctx.platform.registry.forget_membership(principal.user_id, record.tenant_id)
@@ -320,7 +320,7 @@ class PeopleMutations:
                                      "in to an existing account by email alone.")
     async def start_single_sign_on_link(self, info: Info, tenant_id: strawberry.ID) -> SingleSignOnLink:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         tenant = str(tenant_id)
         if not is_tenant_id(tenant):
             raise InvalidInput("not a tenant id", field="tenantId")

@@ -172,7 +172,7 @@ class Subscriptions:
                                          "finishes (the stream then completes).")
     async def copy_job(self, info: Info, id: strawberry.ID) -> AsyncIterator[CopyJob]:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         try:
             key = UUID(id)
         except ValueError:

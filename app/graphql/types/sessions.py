@@ -62,7 +62,7 @@ class AuthQueries:
     @strawberry.field(description="The caller and every tenant it can enter.")
     async def me(self, info: Info) -> Me:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         user = await user_by_id(ctx.management_db, principal.user_id)
         if user is None or user.disabled:
             raise Unauthenticated("the user of this token no longer exists or is disabled")
@@ -88,12 +88,14 @@ class AuthMutations:
 
     @strawberry.mutation(description="Revoke the refresh token's family (every token rotated from one login).")
     async def logout(self, info: Info, refresh_token: str) -> bool:
-        return await service.logout(info.context.management_db, refresh_token=refresh_token)
+        ended = await service.logout(info.context.management_db, refresh_token=refresh_token)
+        info.context.platform.registry.forget_sessions()  # the session's access tokens stop here at once
+        return ended
 
     @strawberry.mutation(description="Change your password (the current one is required); ends your other sessions.")
     async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
         ctx = info.context
-        await accounts.change_password(ctx.platform, ctx.management_db, ctx.principal(), current=current_password,
+        await accounts.change_password(ctx.platform, ctx.management_db, await ctx.user(), current=current_password,
                                        new=new_password, address=ctx.client, request_id=ctx.request_id)
         return True
 

@@ -91,7 +91,7 @@ class SharingQueries:
     @strawberry.field(description="A copy job you asked for (its status and progress).")
     async def copy_job(self, info: Info, id: strawberry.ID) -> CopyJob | None:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         try:
             key = UUID(id)
         except ValueError:
@@ -106,7 +106,7 @@ class SharingMutations:
                                      "from one tenant to another. Small copies finish inline; large ones run as jobs.")
     async def copy_data(self, info: Info, input: CopyDataInput) -> CopyJob:
         ctx = info.context
-        principal = ctx.principal()
+        principal = await ctx.user()
         spec = copying.CopySpec(
             source_tenant=input.source_tenant_id, target_tenant=input.target_tenant_id,
             # the source's ids, whichever tenant this request is routed to
@@ -179,7 +179,7 @@ class MigrationMutations:
         wanted = [require_id(d, "device", tenant=source.id) for d in device_ids]
         async with ctx.access.own_transaction() as conn:
             result = await migration.migrate(conn, source=source, target=target, device_ids=wanted,
-                                             actor=ctx.principal().actor, request_id=ctx.request_id)
+                                             actor=(await ctx.user()).actor, request_id=ctx.request_id)
         return DeviceMigration(
             source_tenant_id=strawberry.ID(source.id), target_tenant_id=strawberry.ID(target.id),
             moved=[MovedDevice(source_id=strawberry.ID(encode("Device", source.id, m.source_id)),

@@ -68,6 +68,7 @@ async def change_password(platform: Platform, db: Executor, principal: Principal
     check_password_policy(new)
     await _set_password(platform, db, user.id, new)
     await _end_sessions(db, user.id, keep=principal.session_family)
+    platform.registry.forget_sessions()  # its access tokens stop here at once
     await audit.record(db, tenant_id="management", actor=principal.actor, action="password.changed",
                        target=user.email, request_id=request_id)
 
@@ -110,6 +111,7 @@ async def reset_password(platform: Platform, db: Executor, *, token: str, new: s
     await _set_password(platform, db, user.id, new)
     await db.execute(update(password_resets).where(password_resets.c.id == row.id).values(used_at=now))
     await _end_sessions(db, user.id)
+    platform.registry.forget_sessions()  # its access tokens stop here at once
     await audit.record(db, tenant_id="management", actor=Actor.user(user.id), action="password.reset",
                        target=user.email, request_id=request_id)
 
@@ -137,6 +139,7 @@ async def operator_set_password(platform: Platform, db: Executor, *, email: str,
     user = await _by_email(db, email)
     await _set_password(platform, db, user.id, password)
     await _end_sessions(db, user.id)
+    platform.registry.forget_sessions()  # its access tokens stop here at once
     await audit.record(db, tenant_id="management", actor=Principal.operator().actor, action="password.reset",
                        target=user.email)
     return user
@@ -148,6 +151,7 @@ async def set_disabled(platform: Platform, db: Executor, *, email: str, disabled
         disabled_at=func.now() if disabled else None))
     if disabled:
         await _end_sessions(db, user.id)
+        platform.registry.forget_sessions()  # its access tokens stop here at once
     await audit.record(db, tenant_id="management", actor=Principal.operator().actor,
                        action="user.disabled" if disabled else "user.enabled", target=user.email)
     platform.registry.forget_user(user.id)

@@ -123,6 +123,7 @@ async def refresh(platform: Platform, db: PlaneView, *, refresh_token: str) -> S
             await _revoke_family(tx, family_id)
 
         db.always(revoke_family)  # the family stays revoked although this request fails
+        platform.registry.forget_sessions()
         raise Unauthenticated("refresh token reuse detected; please log in again", family=str(family_id))
     await db.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id).values(rotated_at=func.now()))
     user = await user_by_id(db, row.user_id)
