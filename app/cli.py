@@ -51,6 +51,18 @@ WEBSOCKETS = "websockets-sansio"
 # --- commands ------------------------------------------------------------------------------------
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How `tenantry serve` runs uvicorn. A client's address (login throttling, audit) comes from
+    X-Forwarded-For only when the peer is a proxy the operator lists (TENANTRY_TRUSTED_PROXIES):
+    uvicorn's default trusts any client on 127.0.0.1, and rotating the header reset the throttle.
+    A WebSocket message is a request: the request body's size limit, refused before it is parsed."""
+    trusted = ",".join(settings.trusted_proxies)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
+            "ws_max_size": settings.max_body_bytes, "log_config": None,
+            # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
+            "access_log": False, "ws": WEBSOCKETS, "ws_per_message_deflate": False}
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,14 +79,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         # Worker processes build their own app from the environment; the registry cache's
         # one-second TTL keeps them in step (a suspension reaches every worker within it).
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
-                    proxy_headers=True, access_log=False, ws=WEBSOCKETS,
-                    ws_per_message_deflate=False)
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                    **uvicorn_options(settings))
     else:
-        # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
-        uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port, log_config=None,
-                    proxy_headers=True, access_log=False, ws=WEBSOCKETS,
-                    ws_per_message_deflate=False)
+        uvicorn.run(create_app(settings, stop_requested=stop_requested), host=host, port=port,
+                    **uvicorn_options(settings))
     return 0
 
 

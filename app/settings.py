@@ -71,6 +71,8 @@ class Settings:
     jwt_issuer: str = "tenantry"
     jwt_audience: str = "tenantry-api"
     max_body_bytes: int = 1024 * 1024
+    # Proxies whose X-Forwarded-For names the client (addresses or CIDRs); none: the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
     max_query_depth: int = 15
     max_query_aliases: int = 30
     max_query_tokens: int = 4000
@@ -157,6 +159,7 @@ class Settings:
             access_token_ttl_seconds=_int(env, "TENANTRY_ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl_seconds=_int(env, "TENANTRY_REFRESH_TOKEN_TTL", 30 * 24 * 3600),
             max_body_bytes=_int(env, "TENANTRY_MAX_BODY_BYTES", 1024 * 1024),
+            trusted_proxies=tuple(p.strip() for p in env.get("TENANTRY_TRUSTED_PROXIES", "").split(",") if p.strip()),
             page_size_cap=_int(env, "TENANTRY_PAGE_SIZE_CAP", 500),
             pool_size=_int(env, "TENANTRY_POOL_SIZE", 10),
             schemas_per_connection=(_int(env, "TENANTRY_SCHEMAS_PER_CONNECTION", 500)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
 
+import httpx
+import orjson
+import websockets
 from sqlalchemy import text
+from websockets.typing import Subprotocol
 
 from app.access.acting import tenant_transaction
 from app.access.scope import UNRESTRICTED
+from app.cli import uvicorn_options
 from app.ids import decode
 from app.runtime.platform import Platform
+from app.runtime.throttle import MAX_PER_ADDRESS
 from app.services.inventory import devices
+from app.settings import Settings
 from tests.conftest import PASSWORD, Api, World
 
+ROOT = Path(__file__).resolve().parent.parent
 MOVE = "mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }"
 
 
@@ -78,3 +91,72 @@ async def test_access_tokens_die_with_their_login_session_over_http(api: Api, wo
     assert changed.data["changePassword"] is True
     assert (await api.gql(mint, token=second["accessToken"], tenant=t.id)).code == "UNAUTHENTICATED"
     assert not (await api.gql(mint, token=third["accessToken"], tenant=t.id)).errors  # the session that asked
+
+
+LOGIN = 'mutation($e: String!) { login(email: $e, password: "wrong-password") { accessToken } }'
+
+
+def test_serve_trusts_forwarded_headers_only_from_the_operators_proxies() -> None:
+    """uvicorn's own default trusts X-Forwarded-For from any client on 127.0.0.1."""
+    plain = uvicorn_options(Settings.from_env({}))
+    assert (plain["proxy_headers"], plain["forwarded_allow_ips"]) == (False, None)
+    assert plain["ws_max_size"] == Settings.from_env({}).max_body_bytes
+    behind = uvicorn_options(Settings.from_env({"TENANTRY_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}))
+    assert (behind["proxy_headers"], behind["forwarded_allow_ips"]) == (True, "10.0.0.5,10.1.0.0/16")
+
+
+async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settings: Settings, tmp_path: Path) -> None:
+    """A real `tenantry serve`: 50 failed logins from one address (under other emails and forged
+    X-Forwarded-For headers) and the next is RATE_LIMITED."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTRY_", "PROMETHEUS_"))}
+    env |= {"PYTHONPATH": str(ROOT), "TENANTRY_DATABASE_URL": str(settings.database_url),
+            "TENANTRY_SECRET_KEY": str(settings.secret_key), "TENANTRY_DATA_DIR": str(tmp_path),
+            "TENANTRY_SPARE_SCHEMAS": "0", "TENANTRY_PORT": str(port)}
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "serve", cwd=ROOT, env=env,
+                                                  stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            codes = []
+            for n in range(MAX_PER_ADDRESS + 1):
+                answer = await client.post("/graphql", json={"query": LOGIN, "variables": {"e": f"x{n}@nobody.test"}},
+                                           headers={"x-forwarded-for": f"198.51.100.{n}"})
+                codes.append(answer.json()["errors"][0]["extensions"]["code"])
+    finally:
+        server.terminate()
+        await server.wait()
+    assert codes[:MAX_PER_ADDRESS] == ["UNAUTHENTICATED"] * MAX_PER_ADDRESS
+    assert codes[-1] == "RATE_LIMITED"
+
+
+async def test_operations_over_a_websocket_carry_the_client_address_and_its_limits(server: str, world: World,
+                                                                                   settings: Settings) -> None:
+    """Failed logins sent over one socket were never throttled by address, and a 15 MiB message was
+    parsed on the event loop: a socket is no way around a request's limits."""
+    t = await world.tenant()
+    async with websockets.connect(f"ws://{server}/graphql", subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+        await ws.send(orjson.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {t.token}"}})
+                      .decode())
+        assert orjson.loads(await ws.recv())["type"] == "connection_ack"
+        codes = []
+        for n in range(MAX_PER_ADDRESS + 1):
+            await ws.send(orjson.dumps({"id": str(n), "type": "subscribe", "payload": {
+                "query": LOGIN, "variables": {"e": f"ws{n}-{t.id}@nobody.test"}}}).decode())
+            while (message := orjson.loads(await ws.recv()))["type"] != "next":
+                pass
+            codes.append(message["payload"]["errors"][0]["extensions"]["code"])
+        assert codes[-1] == "RATE_LIMITED", codes[-3:]
+        await ws.send("x" * (settings.max_body_bytes + 1))
+        async with asyncio.timeout(10):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(2 * MAX_PER_ADDRESS + 5):  # the operations' `complete` messages first
+                    await ws.recv()
+    assert ws.close_code == 1009

@@ -40,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError
+from app.errors import AppError, Unavailable
 from app.graphql.context import Context
 from app.graphql.engine import fast_path
 from app.graphql.engine.execution import TenantryExecutor
@@ -85,17 +85,17 @@ class Operations:
             self.platform.meter.add(tenant_id, {"subscription_event_count": n})
 
     async def open_session(self, *, authorization: str | None, tenant_header: str | None,
-                           on_end: Callable[[str], None]) -> Session:
+                           on_end: Callable[[str], None], client: str | None = None) -> Session:
         """The gate's answer for these credentials (AppError when refused), as a live session."""
         hub = self.hub
         hub.start()
         routed, expires_at = await self.platform.gate.recheck(authorization=authorization, tenant_header=tenant_header)
         return hub.session(authorization=authorization, tenant_header=tenant_header, routed=routed,
-                           expires_at=expires_at, on_end=on_end)
+                           expires_at=expires_at, on_end=on_end, client=client)
 
     def _context(self, session: Session, key: str = "") -> Context:
         context = Context.of(self.platform, request_id=secrets.token_hex(16), authorization=session.authorization,
-                             tenant_header=session.tenant_header)
+                             tenant_header=session.tenant_header, client=session.client)
         context.session, context.operation_key = session, key
         context.access.ids.tenant = session.tenant_id  # the session is routed: its events' ids speak of it
         return context
@@ -182,13 +182,20 @@ class Operations:
 
     async def _single(self, session: Session, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, emit: Emit) -> None:
-        """A query or mutation over a realtime connection: one result, like a request's."""
+        """A query or mutation over a realtime connection: one result, like a request's, in one of
+        the process's in-flight slots (a socket is no way around the cap)."""
         context = self._context(session)
-        result = await self.schema.execute(query, variable_values=variables, context_value=context,
-                                           operation_name=operation_name,
-                                           allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})
-        errors = result.errors or []
-        await context.finish(commit=not errors)
+        try:
+            async with self.platform.gate.in_flight.slot():
+                result = await self.schema.execute(
+                    query, variable_values=variables, context_value=context, operation_name=operation_name,
+                    allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})
+                errors = result.errors or []
+                await context.finish(commit=not errors)
+        except Unavailable as exc:  # no slot: refused before anything ran
+            await context.finish(commit=False)
+            await emit({"errors": [entry(exc)]})
+            return
         body: dict[str, Any] = {"data": None if errors and context.wrote_tenant_data else result.data}
         if errors:
             body["errors"] = [format_graphql_error(e, context.request_id, context) for e in errors]
@@ -216,6 +223,7 @@ class WebSocketConnection:
         self.ws = websocket
         self._asgi_send = send  # messages go straight to the server (Starlette's wrapper re-checks its state)
         self.settings = operations.platform.settings
+        self.max_message = self.settings.max_body_bytes  # a message is a request: the same limit
         self.session: Session | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
@@ -234,20 +242,27 @@ class WebSocketConnection:
             except TimeoutError:
                 await self.close(4408, "Connection initialisation timeout")
                 return
+            if len(first) > self.max_message:
+                await self.close(1009, "Message too big")
+                return
             message = self._message(first)
             if message is None or message.get("type") != "connection_init":
                 await self.close(4400 if message is None else 4401, "Unauthorized" if message else "Invalid message")
                 return
             authorization, tenant = _credentials(message.get("payload"))
             try:
-                self.session = await self.operations.open_session(authorization=authorization, tenant_header=tenant,
-                                                                  on_end=self._ended)
+                self.session = await self.operations.open_session(
+                    authorization=authorization, tenant_header=tenant, on_end=self._ended,
+                    client=self.ws.client.host if self.ws.client else None)
             except AppError as exc:
                 await self.close(4403, f"Forbidden: {exc.message}")
                 return
             await self._send({"type": "connection_ack"})
             while self._closing is None:
                 raw = await self.ws.receive_text()
+                if len(raw) > self.max_message:  # refused before it is parsed (the request body limit)
+                    await self.close(1009, "Message too big")
+                    return
                 message = self._message(raw)
                 if message is None:
                     await self.close(4400, "Invalid message")
@@ -369,7 +384,8 @@ async def serve_sse(operations: Operations, request: Request, payload: dict[str,
     try:
         session = await operations.open_session(authorization=request.headers.get("authorization"),
                                                 tenant_header=request.headers.get("x-tenant-id"),
-                                                on_end=ended.put_nowait)
+                                                on_end=ended.put_nowait,
+                                                client=request.client.host if request.client else None)
     except AppError as exc:
         return error_response(exc)
     keepalive = operations.platform.settings.keepalive_seconds

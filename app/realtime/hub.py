@@ -119,8 +119,9 @@ class Session:
     """One connection's credentials and subscriptions (a WebSocket, or one SSE stream)."""
 
     def __init__(self, hub: Hub, *, authorization: str | None, tenant_header: str | None, routed: Routed,
-                 expires_at: int | None, on_end: Callable[[str], None]) -> None:
+                 expires_at: int | None, on_end: Callable[[str], None], client: str | None = None) -> None:
         self.hub = hub
+        self.client = client  # the peer's address, as a request's: login throttling and audit
         self.authorization = authorization
         self.tenant_header = tenant_header
         self.routed = routed
@@ -219,9 +220,9 @@ class Hub:
         self._tasks = []
 
     def session(self, *, authorization: str | None, tenant_header: str | None, routed: Routed,
-                expires_at: int | None, on_end: Callable[[str], None]) -> Session:
+                expires_at: int | None, on_end: Callable[[str], None], client: str | None = None) -> Session:
         session = Session(self, authorization=authorization, tenant_header=tenant_header, routed=routed,
-                          expires_at=expires_at, on_end=on_end)
+                          expires_at=expires_at, on_end=on_end, client=client)
         self.sessions.add(session)
         return session
 
