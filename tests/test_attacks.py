@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import websockets
 from sqlalchemy import text
 from websockets.typing import Subprotocol
@@ -20,7 +21,7 @@ from app.access.scope import UNRESTRICTED
 from app.cli import uvicorn_options
 from app.ids import decode
 from app.runtime.platform import Platform
-from app.runtime.throttle import MAX_PER_ADDRESS
+from app.runtime.throttle import MAX_PER_ADDRESS, LoginThrottle
 from app.services.inventory import devices
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, World
@@ -137,11 +138,12 @@ async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settin
     assert codes[-1] == "RATE_LIMITED"
 
 
-async def test_operations_over_a_websocket_carry_the_client_address_and_its_limits(server: str, world: World,
-                                                                                   settings: Settings) -> None:
+async def test_operations_over_a_websocket_carry_the_client_address_and_its_limits(
+        server: str, world: World, settings: Settings, platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     """Failed logins sent over one socket were never throttled by address, and a 15 MiB message was
     parsed on the event loop: a socket is no way around a request's limits."""
     t = await world.tenant()
+    monkeypatch.setattr(platform, "login_throttle", LoginThrottle())  # this test's failures stay its own
     async with websockets.connect(f"ws://{server}/graphql", subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
         await ws.send(orjson.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {t.token}"}})
                       .decode())
