@@ -194,9 +194,12 @@ async def test_production_turns_graphiql_off_and_refuses_anonymous_introspection
         assert (await client.get("/graphql", headers={"accept": "text/html"})).status_code == 404
         assert (await client.get("/graphiql/graphiql.min.js")).status_code == 404
         for query in ("{ __schema { types { name } } }", '{ __type(name: "Tenant") { name } }'):
-            refused = await client.post("/graphql", json={"query": query})
-            assert refused.status_code == 401
-            assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+            # Any Authorization header used to pass: the caller must be one the gate verifies.
+            for headers in ({}, {"authorization": "Bearer x"}, {"authorization": "Basic Zm9vOmJhcg=="},
+                            {"authorization": "Bearer tapi_t123456789_forged"}):
+                refused = await client.post("/graphql", json={"query": query}, headers=headers)
+                assert refused.status_code == 401, headers
+                assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         assert (await client.post("/graphql", json={"query": "{ __typename }"})).status_code == 200
         login = await client.post("/graphql", json={
             "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",

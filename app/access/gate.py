@@ -140,6 +140,15 @@ class RequestAccess:
         await self._check_session(principal)
         return principal
 
+    async def verified(self) -> None:
+        """The caller is someone the gate knows (UNAUTHENTICATED otherwise): a user with a live login
+        session, or an API or device token that routes. Any header at all is not enough."""
+        token = credentials.bearer(self.authorization)
+        if credentials.is_device_token(token) or credentials.is_api_token(token):
+            await self.routed()
+        else:
+            await self.authenticated()
+
     async def _check_session(self, principal: Principal) -> None:
         registry, db = self.gate.registry, self.management_db
         if await registry.user_disabled(db, principal.user_id):

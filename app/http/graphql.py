@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ class GraphQLEndpoint:
                                         extra_rules=schema.extra_validation_rules) if settings.compiled_reads else None
         trusted = load_trusted(settings.trusted_documents) if settings.trusted_documents else None
         self.persisted = PersistedQueries(trusted=trusted)
+        # Whether a document asks for __schema or __type, per document (production asks it of each request).
+        self._introspects = lru_cache(maxsize=1024)(lambda query: _introspects(schema, query))
         # Subscriptions and other operations over WebSockets and SSE.
         self.operations = Operations(platform, schema, self.persisted)
         # Our own page and vendored build (app/http/static/graphiql): no CDN, works offline.
@@ -170,10 +173,12 @@ class GraphQLEndpoint:
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
-        if self.platform.settings.production and context.access.authorization is None and _introspects(
-                self.schema, query):
-            await context.finish(commit=False)
-            return error_response(Unauthenticated("introspection needs authentication in production"), media_type)
+        if self.platform.settings.production and self._introspects(query):
+            try:
+                await context.access.verified()
+            except AppError:  # a verified caller, not just any Authorization header
+                await context.finish(commit=False)
+                return error_response(Unauthenticated("introspection needs authentication in production"), media_type)
         claim = None
         if idempotency_key is not None:
             try:
