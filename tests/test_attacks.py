@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import sys
@@ -19,6 +20,7 @@ from websockets.typing import Subprotocol
 from app.access.acting import tenant_transaction
 from app.access.scope import UNRESTRICTED
 from app.cli import uvicorn_options
+from app.http.persisted import PersistedQueries, PersistedQueryError
 from app.ids import decode
 from app.runtime.platform import Platform
 from app.runtime.throttle import MAX_PER_ADDRESS, LoginThrottle
@@ -162,3 +164,48 @@ async def test_operations_over_a_websocket_carry_the_client_address_and_its_limi
                 for _ in range(2 * MAX_PER_ADDRESS + 5):  # the operations' `complete` messages first
                     await ws.recv()
     assert ws.close_code == 1009
+
+
+def _hashed(query: str) -> dict[str, object]:
+    return {"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(query.encode()).hexdigest()}}
+
+
+async def test_persisted_documents_are_no_oracle_and_anonymous_ones_are_not_kept(http: httpx.AsyncClient,
+                                                                                world: World) -> None:
+    """Another tenant's inline secret was found by hash-only lookups (151 tries for a PIN), and
+    anonymous registrations kept 1 MiB documents for good."""
+    a, b = await world.tenant(), await world.tenant()
+    secret = '{ devices(filter: {nameContains: "PIN-4711"}) { totalCount } }'
+
+    async def send(token: str | None, tenant: str | None, query: str | None) -> dict[str, object]:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if tenant:
+            headers["x-tenant-id"] = tenant
+        body: dict[str, object] = {"extensions": _hashed(secret), **({"query": query} if query else {})}
+        response = await http.post("/graphql", json=body, headers=headers)
+        return response.json()  # type: ignore[no-any-return]
+
+    assert "data" in await send(a.token, a.id, secret)  # A registers it
+    assert "data" in await send(a.token, a.id, None)  # and finds it by hash
+    probe = await send(b.token, b.id, None)  # B's guess finds nothing
+    assert probe["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"  # type: ignore[index]
+    anonymous_probe = await send(None, None, None)
+    assert anonymous_probe["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"  # type: ignore[index]
+    anonymous = "query Anon { __typename }"
+    await http.post("/graphql", json={"query": anonymous, "extensions": _hashed(anonymous)})
+    again = await http.post("/graphql", json={"extensions": _hashed(anonymous)})
+    assert again.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+
+def test_registered_documents_are_bounded_in_bytes() -> None:
+    cache = PersistedQueries(max_bytes=1000)
+    documents = [f"query Q{n} {{ __typename }} # {'x' * 400}" for n in range(5)]
+    for n, document in enumerate(documents):
+        cache.resolve(document, _hashed(document), scope=f"caller-{n % 2}")
+    assert cache.bytes <= 1000
+    with pytest.raises(PersistedQueryError):
+        cache.resolve(None, _hashed(documents[0]), scope="caller-0")  # the oldest went first
+    assert cache.resolve(None, _hashed(documents[4]), scope="caller-0") == documents[4]
+    huge = "query Big { __typename } #" + "x" * PersistedQueries.MAX_DOCUMENT
+    assert cache.resolve(huge, _hashed(huge), scope="caller-0") == huge  # runs, is not kept
+    assert cache.bytes <= 1000

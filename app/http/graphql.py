@@ -149,7 +149,8 @@ class GraphQLEndpoint:
                 return await serve_sse(self.operations, request, await self._read_payload(request))
             media_type = _negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
-            query, variables, operation_name = unpack(payload, self.persisted)
+            query, variables, operation_name = unpack(payload, self.persisted,
+                                                      request.headers.get("authorization"))
         except PersistedQueryError as exc:
             return error_response(exc, media_type)
         except RequestError as exc:

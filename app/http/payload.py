@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from app.http.errors import RequestError
-from app.http.persisted import PersistedQueries
+from app.http.persisted import PersistedQueries, scope_of
 
 
-def unpack(payload: dict[str, Any], persisted: PersistedQueries) -> tuple[str, dict[str, Any] | None, str | None]:
-    """The document (resolved from a persisted query where one is named), its variables and its
-    operation name; RequestError naming what is malformed."""
+def unpack(payload: dict[str, Any], persisted: PersistedQueries, authorization: str | None
+           ) -> tuple[str, dict[str, Any] | None, str | None]:
+    """The document (resolved from a persisted query where one is named, among those the same
+    credential registered), its variables and its operation name; RequestError naming what is
+    malformed."""
     extensions = payload.get("extensions")
     if extensions is not None and not isinstance(extensions, dict):
         raise RequestError(400, "'extensions' must be a JSON object")
-    query = persisted.resolve(payload.get("query"), extensions)
+    query = persisted.resolve(payload.get("query"), extensions, scope_of(authorization))
     variables = payload.get("variables")
     operation_name = payload.get("operationName")
     if not isinstance(query, str) or not query.strip():

@@ -59,14 +59,29 @@ def load_trusted(path: Path) -> dict[str, str]:
     return documents
 
 
-class PersistedQueries:
-    def __init__(self, *, trusted: dict[str, str] | None = None, capacity: int = 5000) -> None:
-        self.trusted = trusted
-        self.capacity = capacity
-        self._known: OrderedDict[str, str] = OrderedDict()
+ANONYMOUS = ""  # the scope of requests without credentials: their documents are never kept
 
-    def resolve(self, query: object, extensions: dict[str, Any] | None) -> object:
-        """The document to run: the request's own, or the one its hash names."""
+
+def scope_of(authorization: str | None) -> str:
+    """The namespace a caller's registered documents live in: its credential (hashed). A hash-only
+    lookup finds only what the same credential registered, so one caller's documents (a PIN sent
+    inline, say) are never another's oracle, and nothing is kept for anonymous callers."""
+    return hashlib.sha256(authorization.encode()).hexdigest()[:32] if authorization else ANONYMOUS
+
+
+class PersistedQueries:
+    """Registered documents per (scope, hash), least recently used first out, bounded in bytes."""
+
+    MAX_DOCUMENT = 64 * 1024  # larger documents run but are not kept
+
+    def __init__(self, *, trusted: dict[str, str] | None = None, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.trusted = trusted
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._known: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def resolve(self, query: object, extensions: dict[str, Any] | None, scope: str = ANONYMOUS) -> object:
+        """The document to run: the request's own, or the one its hash names in the caller's scope."""
         persisted = extensions.get("persistedQuery") if extensions else None
         if persisted is None:
             if self.trusted is not None and not (isinstance(query, str) and sha256(query) in self.trusted):
@@ -86,14 +101,21 @@ class PersistedQueries:
                                           NOT_ALLOWED)
             return document
         if query is None:
-            known = self._known.get(digest)
+            known = self._known.get((scope, digest))
             if known is None:
                 raise PersistedQueryError(200, "PersistedQueryNotFound", NOT_FOUND)
-            self._known.move_to_end(digest)
+            self._known.move_to_end((scope, digest))
             return known
         if not isinstance(query, str) or sha256(query) != digest:
             raise PersistedQueryError(400, "provided sha does not match query", "INVALID_INPUT")
-        self._known[digest] = query
-        if len(self._known) > self.capacity:
-            self._known.popitem(last=False)
+        self._keep((scope, digest), query)
         return query
+
+    def _keep(self, key: tuple[str, str], query: str) -> None:
+        if key[0] == ANONYMOUS or len(query) > self.MAX_DOCUMENT or key in self._known:
+            return
+        self._known[key] = query
+        self.bytes += len(query)
+        while self.bytes > self.max_bytes:
+            _, evicted = self._known.popitem(last=False)
+            self.bytes -= len(evicted)

@@ -100,12 +100,12 @@ class Operations:
         context.access.ids.tenant = session.tenant_id  # the session is routed: its events' ids speak of it
         return context
 
-    def _document(self, payload: Any) -> tuple[str, DocumentNode, OperationDefinitionNode, dict[str, Any] | None,
-                                                 str | None]:
+    def _document(self, payload: Any, authorization: str | None
+                  ) -> tuple[str, DocumentNode, OperationDefinitionNode, dict[str, Any] | None, str | None]:
         if not isinstance(payload, dict):
             raise Refused([invalid("the payload must be an object")])
         try:
-            query, variables, operation_name = unpack(payload, self.persisted)
+            query, variables, operation_name = unpack(payload, self.persisted, authorization)
         except RequestError as exc:
             raise Refused([entry(exc)]) from None
         try:
@@ -124,7 +124,7 @@ class Operations:
 
     async def run(self, session: Session, key: str, payload: Any, emit: Emit) -> None:
         """Run one operation to its end, emitting each result; Refused before anything ran."""
-        query, document, operation, variables, operation_name = self._document(payload)
+        query, document, operation, variables, operation_name = self._document(payload, session.authorization)
         if operation.operation != AstOperationType.SUBSCRIPTION:
             await self._single(session, query, variables, operation_name, emit)
             return
