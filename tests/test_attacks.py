@@ -26,7 +26,7 @@ from app.runtime.platform import Platform
 from app.runtime.throttle import MAX_PER_ADDRESS, LoginThrottle
 from app.services.inventory import devices
 from app.settings import Settings
-from tests.conftest import PASSWORD, Api, World
+from tests.conftest import PASSWORD, Api, World, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 MOVE = "mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }"
@@ -209,3 +209,44 @@ def test_registered_documents_are_bounded_in_bytes() -> None:
     huge = "query Big { __typename } #" + "x" * PersistedQueries.MAX_DOCUMENT
     assert cache.resolve(huge, _hashed(huge), scope="caller-0") == huge  # runs, is not kept
     assert cache.bytes <= 1000
+
+
+CREATE = """mutation($d: String!) { createSubtenant(input: {domain: $d, company: "C", adminEmail: "x@race.test",
+  adminPassword: "a-long-passphrase"}) { id } }"""
+
+
+async def test_a_subtenant_created_while_its_parent_is_demoted_is_refused(api: Api, world: World,
+                                                                          platform: Platform) -> None:
+    ent = await world.tenant(kind="ENTERPRISE")
+    async with platform.db.owner.connect() as conn:  # a demotion under way (its row locked, not yet committed)
+        await conn.exec_driver_sql("BEGIN")  # the owner engine autocommits otherwise
+        await conn.execute(text("UPDATE tenantry.tenants SET kind = 'STANDARD', allow_create_tenants = false "
+                                "WHERE id = :t"), {"t": ent.id})
+        request = asyncio.create_task(api.gql(CREATE, {"d": unique("race")}, token=ent.token, tenant=ent.id))
+        await asyncio.sleep(0.5)
+        assert not request.done(), request.result().body
+        await conn.exec_driver_sql("COMMIT")
+    answer = await request  # the demotion committed first: its parent is STANDARD now
+    assert answer.code == "FORBIDDEN"
+    async with platform.db.owner.connect() as conn:
+        children = (await conn.execute(text("SELECT count(*) FROM tenantry.tenants WHERE parent_id = :t"),
+                                       {"t": ent.id})).scalar_one()
+    assert children == 0
+
+
+async def test_a_subtenant_created_while_its_parent_moves_takes_the_new_path(api: Api, world: World,
+                                                                             platform: Platform) -> None:
+    old, new = await world.tenant(kind="ENTERPRISE"), await world.tenant(kind="ENTERPRISE")
+    moving = await world.tenant(old, kind="ENTERPRISE")
+    async with platform.db.owner.connect() as conn:  # a move of `moving` under `new`, not yet committed
+        await conn.exec_driver_sql("BEGIN")
+        await conn.execute(text("UPDATE tenantry.tenants SET parent_id = :n, path = ARRAY['management', :n, :m], "
+                                "depth = 2 WHERE id = :m"), {"n": new.id, "m": moving.id})
+        request = asyncio.create_task(api.gql(CREATE, {"d": unique("race")}, token=moving.token, tenant=moving.id))
+        await asyncio.sleep(0.5)
+        assert not request.done(), request.result().body
+        await conn.exec_driver_sql("COMMIT")
+    child = (await request).data["createSubtenant"]["id"]
+    async with platform.db.owner.connect() as conn:
+        path = (await conn.execute(text("SELECT path FROM tenantry.tenants WHERE id = :c"), {"c": child})).scalar_one()
+    assert path == ["management", new.id, moving.id, child]

@@ -76,6 +76,9 @@ async def move_tenant(db: Executor, routed: Routed, tenant_id: str, new_parent_i
         if record.status != "ACTIVE":
             raise TenantSuspended(f"tenant {record.id} is suspended: activate it before moving")
     _check_can_adopt(new_parent)
+    # Lock the whole subtree first: a subtenant being created under one of its tenants holds that
+    # parent's row, so this waits for it, and the next statements (a new snapshot) include it.
+    await db.execute(select(tenants.c.id).where(tenants.c.path.contains([tenant.id])).with_for_update())
     subtree = (await db.execute(select(tenants.c.id, tenants.c.depth).where(
         tenants.c.path.contains([tenant.id])))).all()
     deepest = max(r.depth for r in subtree) - tenant.depth + new_parent.depth + 1

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth.tokens import new_secret, secret_hash
 from app.db.naming import checked_identifier, new_tenant_id, spare_schema, tenant_role, tenant_schema
 from app.db.transaction import Transaction, transaction
-from app.errors import Conflict, LimitExceeded
+from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded
 from app.models import tenant as tenant_tables
 from app.models.management import invitations, memberships, spare_schemas, tenants
 from app.services.audit import records as audit
@@ -58,6 +58,7 @@ class TenantSpec:
     custom_properties: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, int | None] = field(default_factory=dict)
     tenant_id: str | None = None  # generated when None (bootstrap passes "management")
+    max_depth: int | None = None  # levels of the tree, checked against the parent as it is under lock
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ async def _provision(
     app_role = checked_identifier(app_role)
     async with transaction(owner) as tx:
         spare, tenant_id = await _claim_id(tx, spec, ddl.revision)
-        await _check_parent(tx, spec)
+        spec = replace(spec, parent=await _check_parent(tx, spec))
         await _insert_registry_row(tx, spec, tenant_id, template=template.name, revision=ddl.revision)
         on_step("registry")
         await _take_or_build_schema(tx, tenant_id, spare, ddl_sql=ddl.sql, app_role=app_role,
@@ -254,26 +255,32 @@ async def _claim_id(tx: Transaction, spec: TenantSpec, revision: str) -> tuple[s
     return spare, tenant_id
 
 
-async def _check_parent(tx: Transaction, spec: TenantSpec) -> None:
-    """The parent's row stays locked to the end: a concurrent suspend/delete waits and no child is
-    born under a suspended or deleted parent, and sibling creations serialise, so the subtenant
-    count and the limit pool are checked race-free."""
-    parent = spec.parent
-    if parent is not None:
-        row = (await tx.execute(
-            select(tenants.c.status, tenants.c.max_subtenants).where(tenants.c.id == parent.id).with_for_update()
-        )).one_or_none()
-        if row is None or row.status != "ACTIVE":
-            raise Conflict(f"the parent tenant {parent.id} is not active")
-        if row.max_subtenants is not None:
-            children = (await tx.execute(select(func.count()).select_from(tenants).where(
-                tenants.c.parent_id == parent.id, tenants.c.status != "DELETED"))).scalar_one()
-            if children >= row.max_subtenants:
-                raise LimitExceeded(f"maxSubtenants reached ({row.max_subtenants})", limit="maxSubtenants",
-                                    available=0)
-        await check_allocation(tx, parent_id=parent.id, child_id=None, wanted=spec.limits)
+async def _check_parent(tx: Transaction, spec: TenantSpec) -> TenantRecord | None:
+    """The parent as it is now, its row locked to the end: a concurrent suspend, delete, move or
+    demotion waits, or has committed and is seen here (the request read the parent before), so no
+    child is born under a suspended, deleted or STANDARD parent or with a path the parent left, and
+    sibling creations serialise, so the subtenant count and the limit pool are checked race-free."""
     if spec.limits.get("max_users") == 0:
         raise LimitExceeded("maxUsers is 0, but the first admin is a user", limit="maxUsers", available=0)
+    if spec.parent is None:
+        return None
+    row = (await tx.execute(select_tenants().where(tenants.c.id == spec.parent.id).with_for_update())).one_or_none()
+    parent = TenantRecord.from_row(row) if row is not None else None
+    if parent is None or parent.status != "ACTIVE":
+        raise Conflict(f"the parent tenant {spec.parent.id} is not active")
+    if parent.kind == "STANDARD" or (parent.kind == "ENTERPRISE" and not parent.allow_create_tenants):
+        raise Forbidden(f"tenant {parent.id} may not have subtenants (it is {parent.kind} now)")
+    if spec.max_depth is not None and parent.depth + 1 >= spec.max_depth:
+        raise InvalidInput(f"the tenant tree is limited to {spec.max_depth} levels", field="kind",
+                           maxDepth=spec.max_depth)
+    if parent.max_subtenants is not None:
+        children = (await tx.execute(select(func.count()).select_from(tenants).where(
+            tenants.c.parent_id == parent.id, tenants.c.status != "DELETED"))).scalar_one()
+        if children >= parent.max_subtenants:
+            raise LimitExceeded(f"maxSubtenants reached ({parent.max_subtenants})", limit="maxSubtenants",
+                                available=0)
+    await check_allocation(tx, parent_id=parent.id, child_id=None, wanted=spec.limits)
+    return parent
 
 
 async def _insert_registry_row(tx: Transaction, spec: TenantSpec, tenant_id: str, *, template: str,

@@ -236,6 +236,7 @@ async def create_subtenant(
         contact_email=normalise_email(new.contact_email, field="contactEmail") if new.contact_email else None,
         custom_properties=check_properties(new.custom_properties or {}),
         limits=check_limits(dict(new.limits)),
+        max_depth=settings.max_tenant_depth,
     )
     # Hash only for a new user (an existing user keeps the password they have), and before
     # the provisioning transaction so that it stays short.
