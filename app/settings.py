@@ -117,6 +117,7 @@ class Settings:
     # beyond it), how often live sessions are checked again, and the keep-alive interval.
     subscriptions_per_connection: int = 100
     subscriptions_per_tenant: int = 2000
+    subscriptions_per_user: int = 500  # one caller's share of a tenant's subscriptions
     subscription_queue: int = 1000
     subscription_recheck_seconds: float = 60.0
     keepalive_seconds: float = 15.0
@@ -181,6 +182,7 @@ class Settings:
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
             subscriptions_per_connection=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_CONNECTION", 100),
             subscriptions_per_tenant=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_TENANT", 2000),
+            subscriptions_per_user=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_USER", 500),
             subscription_queue=_int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
             subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 60.0),
             keepalive_seconds=_float(env, "TENANTRY_KEEPALIVE", 15.0),

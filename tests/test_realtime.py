@@ -305,6 +305,33 @@ async def test_subscription_caps_answer_limit_exceeded(server: str, world: World
         assert refused["payload"][0]["extensions"]["limit"] == "subscriptionsPerTenant"
 
 
+async def test_one_caller_cannot_use_up_a_tenants_subscriptions(server: str, world: World, hub: Hub,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parent-level admin without data access opened connection after connection and filled the
+    child's per-tenant cap; now each caller has a share of it (subscriptionsPerUser)."""
+    parent = await world.tenant(kind="ENTERPRISE")
+    child = await world.tenant(parent)
+    _, parent_level = await world.subtree_admin(parent)
+    monkeypatch.setattr(hub, "per_user", 2)
+    tenants = "subscription { tenants { kind tenant { id } } }"
+    async with Raw.connect(server, {"Authorization": f"Bearer {parent_level}", "X-Tenant-ID": child.id}) as one, \
+            Raw.connect(server, {"Authorization": f"Bearer {parent_level}", "X-Tenant-ID": child.id}) as two:
+        for raw in (one, two):
+            assert (await raw.receive())["type"] == "connection_ack"
+        await one.send({"id": "1", "type": "subscribe", "payload": {"query": tenants}})
+        await one.send({"id": "2", "type": "subscribe", "payload": {"query": tenants}})
+        await asyncio.sleep(0.2)
+        await two.send({"id": "3", "type": "subscribe", "payload": {"query": tenants}})
+        refused = await two.receive()
+        assert refused["payload"][0]["extensions"] == {"code": "LIMIT_EXCEEDED", "limit": "subscriptionsPerUser",
+                                                       "max": 2}
+        async with Raw.connect(server, {"Authorization": f"Bearer {child.token}", "X-Tenant-ID": child.id}) as own:
+            assert (await own.receive())["type"] == "connection_ack"
+            await own.send({"id": "4", "type": "subscribe", "payload": {"query": ALARMS}})
+            with pytest.raises(TimeoutError):  # the tenant's own admin still subscribes: nothing refused
+                await asyncio.wait_for(own.receive(), 0.5)
+
+
 async def test_a_slow_consumer_loses_the_oldest_events_and_is_told_how_many(platform: Platform,
                                                                             world: World, hub: Hub) -> None:
     tenant = await world.tenant()

@@ -76,6 +76,7 @@ class Operations:
         s = self.platform.settings
         self.hub = Hub(engine=self.platform.db.app, gate=self.platform.gate,
                        per_connection=s.subscriptions_per_connection, per_tenant=s.subscriptions_per_tenant,
+                       per_user=s.subscriptions_per_user,
                        queue_size=s.subscription_queue, recheck_seconds=s.subscription_recheck_seconds,
                        counted=self._count_deliveries)
         self.platform.on_close(self.hub.stop)

@@ -182,12 +182,15 @@ class Session:
 
 class Hub:
     def __init__(self, *, engine: AsyncEngine, gate: AccessGate, per_connection: int, per_tenant: int,
-                 queue_size: int, recheck_seconds: float,
+                 queue_size: int, recheck_seconds: float, per_user: int | None = None,
                  counted: Callable[[str, int], None] = lambda tenant, n: None) -> None:
         self.engine = engine
         self.gate = gate
         self.per_connection = per_connection
         self.per_tenant = per_tenant
+        # One caller's share of a tenant's subscriptions: a parent-level admin (or one token) opening
+        # connection after connection cannot use up the tenant's cap for its own people.
+        self.per_user = per_user if per_user is not None else max(1, per_tenant // 4)
         self.queue_size = queue_size
         self.recheck_seconds = recheck_seconds
         self.counted = counted  # usage: events delivered, per tenant
@@ -195,6 +198,7 @@ class Hub:
         self.listening = asyncio.Event()
         self._topics: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
         self._per_tenant: Counter[str] = Counter()
+        self._per_user: Counter[tuple[str, str, str]] = Counter()
         self._pending: list[str] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -238,7 +242,12 @@ class Hub:
         if self._per_tenant[subscription.tenant_id] >= self.per_tenant:
             raise LimitExceeded(f"at most {self.per_tenant} live subscriptions per tenant (per server process)",
                                 limit="subscriptionsPerTenant", max=self.per_tenant)
+        caller = _caller(subscription)
+        if self._per_user[caller] >= self.per_user:
+            raise LimitExceeded(f"at most {self.per_user} live subscriptions per caller in a tenant (per server "
+                                "process)", limit="subscriptionsPerUser", max=self.per_user)
         self._per_tenant[subscription.tenant_id] += 1
+        self._per_user[caller] += 1
         self._topics[(subscription.tenant_id, subscription.kind)].add(subscription)
 
     def _remove(self, subscription: Subscription) -> None:
@@ -251,6 +260,10 @@ class Hub:
             self._per_tenant[subscription.tenant_id] -= 1
             if self._per_tenant[subscription.tenant_id] <= 0:
                 del self._per_tenant[subscription.tenant_id]
+            caller = _caller(subscription)
+            self._per_user[caller] -= 1
+            if self._per_user[caller] <= 0:
+                del self._per_user[caller]
 
     # --- notifications ------------------------------------------------------------------------------
 
@@ -444,6 +457,12 @@ class Hub:
                 except Exception:
                     log.exception("realtime: checking a session again failed; it ends")
                     session.end("internal error")
+
+
+def _caller(subscription: Subscription) -> tuple[str, str, str]:
+    """(tenant, actor type, actor id): whose share of the tenant's subscriptions this one is."""
+    actor = subscription.session.routed.actor
+    return subscription.tenant_id, actor.type, str(actor.id)
 
 
 def _rights(routed: Routed) -> tuple[object, ...]:
