@@ -22,6 +22,8 @@ REGISTRY_TTL = 1.1  # seconds: a little over the registry cache's lifetime
 
 
 async def _mails(platform: Platform, email: str) -> list[str]:
+    """The reset mails queued for `email`, once the tasks queueing them (after the answer) are done."""
+    await asyncio.gather(*platform.background)
     async with platform.db.owner.connect() as conn:
         return list((await conn.execute(text("SELECT body FROM tenantry.outbox WHERE lower(recipient) = lower(:e) "
                                              "AND subject = 'Reset your password' ORDER BY id"), {"e": email}))

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -17,7 +19,7 @@ import websockets
 from sqlalchemy import text
 from websockets.typing import Subprotocol
 
-from app.access.acting import tenant_transaction
+from app.access.acting import management_transaction, tenant_transaction
 from app.access.scope import UNRESTRICTED
 from app.cli import uvicorn_options
 from app.http.persisted import PersistedQueries, PersistedQueryError
@@ -25,6 +27,7 @@ from app.ids import decode
 from app.runtime.platform import Platform
 from app.runtime.throttle import MAX_PER_ADDRESS, LoginThrottle
 from app.services.inventory import devices
+from app.services.sessions import accounts
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, World, unique
 
@@ -108,7 +111,8 @@ def test_serve_trusts_forwarded_headers_only_from_the_operators_proxies() -> Non
     assert (behind["proxy_headers"], behind["forwarded_allow_ips"]) == (True, "10.0.0.5,10.1.0.0/16")
 
 
-async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settings: Settings, tmp_path: Path) -> None:
+async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settings: Settings, platform: Platform,
+                                                                         tmp_path: Path) -> None:
     """A real `tenantry serve`: 50 failed logins from one address (under other emails and forged
     X-Forwarded-For headers) and the next is RATE_LIMITED."""
     with socket.socket() as s:
@@ -128,15 +132,16 @@ async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settin
                     if (await client.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-            codes = []
+            codes, messages = [], []
             for n in range(MAX_PER_ADDRESS + 1):
                 answer = await client.post("/graphql", json={"query": LOGIN, "variables": {"e": f"x{n}@nobody.test"}},
                                            headers={"x-forwarded-for": f"198.51.100.{n}"})
                 codes.append(answer.json()["errors"][0]["extensions"]["code"])
+                messages.append(answer.json()["errors"][0]["message"])
     finally:
         server.terminate()
         await server.wait()
-    assert codes[:MAX_PER_ADDRESS] == ["UNAUTHENTICATED"] * MAX_PER_ADDRESS
+    assert codes[:MAX_PER_ADDRESS] == ["UNAUTHENTICATED"] * MAX_PER_ADDRESS, messages[:2]
     assert codes[-1] == "RATE_LIMITED"
 
 
@@ -250,3 +255,88 @@ async def test_a_subtenant_created_while_its_parent_moves_takes_the_new_path(api
     async with platform.db.owner.connect() as conn:
         path = (await conn.execute(text("SELECT path FROM tenantry.tenants WHERE id = :c"), {"c": child})).scalar_one()
     assert path == ["management", new.id, moving.id, child]
+
+
+async def test_an_idempotent_replay_never_hands_out_a_secret_again(http: httpx.AsyncClient, world: World,
+                                                                    platform: Platform) -> None:
+    """The idempotency table kept a minted API token in clear and replayed it to whoever retried."""
+    t = await world.tenant()
+    mint = 'mutation { made: createApiToken(name: "ci", permissions: ["devices:read"]) { secret: token } }'
+    headers = {"authorization": f"Bearer {t.token}", "x-tenant-id": t.id, "idempotency-key": unique("mint")}
+    first = (await http.post("/graphql", json={"query": mint}, headers=headers)).json()
+    token = first["data"]["made"]["secret"]
+    assert token.startswith("tapi_")
+    again = await http.post("/graphql", json={"query": mint}, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["errors"][0]["extensions"]["code"] == "CONFLICT"
+    assert token not in again.text
+    async with platform.db.owner.connect() as conn:
+        stored = (await conn.execute(text("SELECT response FROM tenantry.idempotency_keys WHERE key = :k"),
+                                     {"k": headers["idempotency-key"]})).scalar_one()
+    assert token.encode() not in bytes(stored)
+    tokens = await http.post("/graphql", json={"query": "{ apiTokens { name } }"}, headers={
+        "authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
+    assert [x["name"] for x in tokens.json()["data"]["apiTokens"]] == ["ci"]  # and it ran once
+
+
+async def test_a_moved_tenant_does_not_open_its_data_to_its_new_ancestors(api: Api, world: World) -> None:
+    old, new = await world.tenant(kind="ENTERPRISE"), await world.tenant(kind="ENTERPRISE")
+    t = await world.tenant(old)
+    assert (await api.gql("mutation { setParentAccess(policy: FULL) { parentAccess } }", token=t.token,
+                          tenant=t.id)).data["setParentAccess"]["parentAccess"] == "FULL"
+    moved = await api.gql("mutation($t: ID!, $p: ID!) { moveTenant(id: $t, newParentId: $p) { parentAccess } }",
+                          {"t": t.id, "p": new.id}, token=world.operator_token, tenant="management")
+    assert moved.data["moveTenant"]["parentAccess"] == "MANAGEMENT_ONLY"
+    _, new_ancestor = await world.subtree_admin(new)
+    refused = await api.gql("{ devices { totalCount } }", token=new_ancestor, tenant=t.id)
+    assert refused.code == "FORBIDDEN"
+
+
+class _Counting:
+    """An executor that counts the statements a use case sends in its request's transaction."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.statements = 0
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        self.statements += 1
+        return await self.db.execute(statement, parameters)
+
+
+async def test_a_reset_request_costs_the_same_for_an_account_and_a_stranger(world: World,
+                                                                             platform: Platform) -> None:
+    """The answer took twice as long for an existing account (21.9 vs 10.9 ms): the work for it ran
+    before the answer. Now the request's transaction does the same for both; the mail follows."""
+    t = await world.tenant()
+    counts = []
+    for email in (t.admin_email, f"{unique('stranger')}@nobody.test"):
+        tx = management_transaction(platform.db.app)
+        db = _Counting(tx)
+        try:
+            await accounts.request_reset(platform, db, email=email, now=platform.clock())
+        finally:
+            await tx.finish(commit=True)
+        counts.append(db.statements)
+    assert counts[0] == counts[1]
+    await asyncio.gather(*platform.background)
+    async with platform.db.owner.connect() as conn:
+        mails = (await conn.execute(text("SELECT count(*) FROM tenantry.outbox WHERE recipient = :e AND "
+                                         "subject = 'Reset your password'"), {"e": t.admin_email})).scalar_one()
+    assert mails == 1
+
+
+async def test_a_reset_ends_every_other_reset_token_of_the_user(api: Api, world: World, platform: Platform) -> None:
+    t = await world.tenant()
+    request = "mutation($e: String!) { requestPasswordReset(email: $e) }"
+    reset = "mutation($t: String!, $n: String!) { resetPassword(token: $t, newPassword: $n) }"
+    for _ in range(2):
+        await api.gql(request, {"e": t.admin_email})
+    await asyncio.gather(*platform.background)
+    async with platform.db.owner.connect() as conn:
+        bodies = (await conn.execute(text("SELECT body FROM tenantry.outbox WHERE recipient = :e AND "
+                                          "subject = 'Reset your password' ORDER BY id"), {"e": t.admin_email}))
+        tokens = [m.group(1) for b in bodies.scalars() if (m := re.search(r"(trst_[A-Za-z0-9_-]+)", b))]
+    assert len(tokens) == 2
+    assert (await api.gql(reset, {"t": tokens[1], "n": "reset-password-9"})).data["resetPassword"] is True
+    assert (await api.gql(reset, {"t": tokens[0], "n": "reset-password-10"})).code == "INVALID_INPUT"

@@ -16,7 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from graphql import GraphQLError, NoSchemaIntrospectionCustomRule, get_operation_ast, parse, validate
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    NoSchemaIntrospectionCustomRule,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    get_named_type,
+    get_operation_ast,
+    parse,
+    validate,
+)
 from graphql import OperationType as AstOperationType
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -224,9 +239,9 @@ class GraphQLEndpoint:
         kept exactly when the mutation's writes are), else ROLLBACK. What the client is told."""
         committed = not errors
         try:
-            if claim is not None and committed:
-                await idempotency.remember(context.management_db, claim, orjson.dumps({"data": data}),
-                                           now=self.platform.clock())
+            if claim is not None and committed:  # a secret is shown once: a retry is told it ran
+                answer = SECRET_NOT_REPLAYED if claim.secret else orjson.dumps({"data": data})
+                await idempotency.remember(context.management_db, claim, answer, now=self.platform.clock())
             await context.finish(commit=committed)
         except CommitOutcomeUnknown as exc:
             log.warning("connection lost during COMMIT [request %s]: outcome unknown", context.request_id)
@@ -288,7 +303,8 @@ class GraphQLEndpoint:
         cannot run: execution then reports why)."""
         idempotency.check_key(key)
         try:
-            operation = get_operation_ast(parse(query), operation_name)
+            document = parse(query)
+            operation = get_operation_ast(document, operation_name)
         except GraphQLError:
             return None
         if operation is None or operation.operation != AstOperationType.MUTATION:
@@ -299,7 +315,8 @@ class GraphQLEndpoint:
             return None
         actor = routed.actor
         return idempotency.Claim(tenant_id=routed.tenant.id, caller=f"{actor.type}:{actor.id}", key=key,
-                                 request_hash=idempotency.request_hash(query, variables, operation_name))
+                                 request_hash=idempotency.request_hash(query, variables, operation_name),
+                                 secret=_mints_secrets(self.schema._schema, document, operation))
 
     def _meter(self, context: Context, committed: bool, errors: list[dict[str, Any]]) -> None:
         """Count the request for its tenant (and its resources, if they were committed)."""
@@ -391,6 +408,33 @@ def _access_log(request: Request, response: Response, started: float) -> None:
     access_log.info("%s %s %d %.1fms tenant=%s op=%s code=%s", request.method, extra["path"],
                     response.status_code, duration, fields.get("tenant") or "-", fields.get("operation") or "-",
                     fields.get("code") or "-", extra=extra)
+
+
+# Mutation results that hand out a credential, shown once: never kept for a replay (the idempotency
+# table would hold it in clear and give it to whoever retries with the key).
+SECRET_TYPES = frozenset({"CreatedApiToken", "CreatedDeviceToken", "AuthPayload"})
+SECRET_NOT_REPLAYED = orjson.dumps({"data": None, "errors": [{
+    "message": "this request already ran with this Idempotency-Key; its answer held a secret, which is shown "
+               "only once", "extensions": {"code": "CONFLICT"}}]})
+
+
+def _mints_secrets(schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode) -> bool:
+    """Whether a mutation selects a root field whose result type holds a secret (aliases and
+    fragments included)."""
+    assert schema.mutation_type is not None
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    pending: list[SelectionSetNode] = [operation.selection_set]
+    while pending:
+        for selection in pending.pop().selections:
+            if isinstance(selection, FieldNode):
+                field = schema.mutation_type.fields.get(selection.name.value)
+                if field is not None and get_named_type(field.type).name in SECRET_TYPES:
+                    return True
+            elif isinstance(selection, InlineFragmentNode):
+                pending.append(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments:
+                pending.append(fragments[selection.name.value].selection_set)
+    return False
 
 
 def _introspects(schema: TenantrySchema, query: str) -> bool:

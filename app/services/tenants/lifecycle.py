@@ -86,7 +86,19 @@ async def move_tenant(db: Executor, routed: Routed, tenant_id: str, new_parent_i
         raise InvalidInput(f"the tenant tree is limited to {max_depth} levels; this move would need {deepest + 1}",
                            field="newParentId", maxDepth=max_depth)
     await _check_room(db, new_parent, tenant)
-    # --- move -------------------------------------------------------------------------------------------
+    reopened = await _reparent(db, tenant, new_parent, old_parent)
+    ids = tuple(r.id for r in subtree)
+    withdrawn = await _withdraw_foreign_templates(db, ids, tenant_plane)
+    await _audit_move(db, routed, tenant, old_parent, new_parent, reopened, request_id)
+    row = (await db.execute(select_tenants().where(tenants.c.id == tenant.id))).one()
+    return Moved(TenantRecord.from_row(row), ids, withdrawn)
+
+
+async def _reparent(db: Executor, tenant: TenantRecord, new_parent: TenantRecord, old_parent: TenantRecord
+                    ) -> list[str]:
+    """The subtree's paths and depths under the new parent; returns the tenants whose parentAccess
+    FULL was closed (it was granted to the old ancestors: the new ones do not inherit it, and each
+    moved tenant's own admins decide again)."""
     await db.execute(update(tenants).where(tenants.c.path.contains([tenant.id])).values(
         # new parent's path, then each row's path from the moved tenant on (arrays are 1-based)
         path=func.array_cat(literal(list(new_parent.path), tenants.c.path.type),
@@ -96,15 +108,22 @@ async def move_tenant(db: Executor, routed: Routed, tenant_id: str, new_parent_i
     await db.execute(update(tenants).where(tenants.c.id == tenant.id).values(parent_id=new_parent.id))
     await db.execute(insert(tenant_moves).values(tenant_id=tenant.id, old_parent=old_parent.id,
                                                  new_parent=new_parent.id))
-    ids = tuple(r.id for r in subtree)
-    withdrawn = await _withdraw_foreign_templates(db, ids, tenant_plane)
-    # --- audit: in both parents and the tenant ----------------------------------------------------------
+    return list((await db.execute(update(tenants).where(
+        tenants.c.path.contains([tenant.id]), tenants.c.parent_access == "FULL")
+        .values(parent_access="MANAGEMENT_ONLY").returning(tenants.c.id))).scalars().all())
+
+
+async def _audit_move(db: Executor, routed: Routed, tenant: TenantRecord, old_parent: TenantRecord,
+                      new_parent: TenantRecord, reopened: list[str], request_id: str | None) -> None:
+    """In both parents and the tenant; a closed parentAccess in the tenant it belongs to."""
     changes = [{"attribute": "parent", "previous": old_parent.id, "new": new_parent.id}]
     for where in (old_parent.id, new_parent.id, tenant.id):
         await audit.record(db, tenant_id=where, actor=routed.actor, action="tenant.moved", target=tenant.id,
                            changes=changes, request_id=request_id)
-    row = (await db.execute(select_tenants().where(tenants.c.id == tenant.id))).one()
-    return Moved(TenantRecord.from_row(row), ids, withdrawn)
+    for closed in reopened:
+        await audit.record(db, tenant_id=closed, actor=routed.actor, action="tenant.parent_access", target=closed,
+                           changes=[{"attribute": "parentAccess", "previous": "FULL", "new": "MANAGEMENT_ONLY"}],
+                           request_id=request_id)
 
 
 def _within(record: TenantRecord | None, tenant_id: str, caller: str) -> TenantRecord:
