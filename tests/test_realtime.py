@@ -481,3 +481,29 @@ async def test_a_parent_hears_of_its_subtree_and_copy_job_ids_are_checked(server
             refused = await raw.receive()
             assert refused["type"] == "error"
             assert refused["payload"][0]["extensions"]["code"] == ("INVALID_INPUT" if key == "1" else "NOT_FOUND")
+
+
+async def test_nothing_committed_after_a_removal_reaches_the_removed_member(server: str, api: Api, world: World,
+                                                                            hub: Hub) -> None:
+    """Events kept arriving 0.1-1.2 s after a removal: the session is now held from the access
+    notification until the gate has answered again."""
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    user_id, token = await world.member(tenant, "READER")
+    async with Raw.connect(server, {"Authorization": f"Bearer {token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        before = hub.subscription_count
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await _listening(hub, before + 1)
+        await api.gql(RAISE, {"d": device, "t": "before"}, token=tenant.token, tenant=tenant.id)
+        assert (await raw.receive())["payload"]["data"]["alarms"]["alarm"]["type"] == "before"
+        await api.gql("mutation($u: ID!) { removeMember(userId: $u) }", {"u": user_id}, token=tenant.token,
+                      tenant=tenant.id)
+        for n in range(5):  # committed after the removal: none may reach the removed member
+            await api.gql(RAISE, {"d": device, "t": f"after-{n}"}, token=tenant.token, tenant=tenant.id)
+        received = []
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                received.append(await asyncio.wait_for(raw.ws.recv(), 5))
+        assert received == [], received
+        assert raw.ws.close_code == 4403

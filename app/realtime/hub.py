@@ -109,6 +109,9 @@ class Subscription:
                 raise StopAsyncIteration
             self._wake.clear()
             await self._wake.wait()
+        await self.session.cleared.wait()  # held while an access change is checked (Session.hold)
+        if self.closed:
+            raise StopAsyncIteration
         delivery = self._items.popleft()
         # Dropped since the last one handed out: reported with this one (`extensions.missed`).
         self.last_missed, self.missed = self.missed, 0
@@ -131,6 +134,12 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
         self.next_check = hub.next_periodic_check()
         self.ended: str | None = None
+        # Set while nothing about this session's access is in doubt. An access notification naming it
+        # clears it at once, before any later change is delivered, until the gate has answered again:
+        # a removed member or revoked token gets no event committed after the change.
+        self.cleared = asyncio.Event()
+        self.cleared.set()
+        self._holds = 0  # a hold during a recheck waits for the next one
 
     @property
     def tenant_id(self) -> str:
@@ -159,12 +168,29 @@ class Session:
         self.ended = reason
         for key in list(self.subscriptions):
             self.close(key)
+        self.cleared.set()  # held consumers wake and find their subscriptions closed
         self.hub.sessions.discard(self)
         self.on_end(reason)
+
+    def hold(self) -> None:
+        self._holds += 1
+        self.cleared.clear()
+
+    def named_by(self, suspects: set[str]) -> bool:
+        """Whether an access notification (`tenant:<id>`, `user:<id>`) speaks of this session."""
+        return f"tenant:{self.tenant_id}" in suspects or f"user:{self.routed.principal.user_id}" in suspects
 
     async def recheck(self) -> None:
         """Ask the access gate again; end the session if it refuses, or if a subscription lost the
         permission it needs; otherwise carry on with the rights as they are now."""
+        holds = self._holds
+        try:
+            await self._recheck()
+        finally:
+            if self._holds == holds or self.ended is not None:  # else a newer change waits its own check
+                self.cleared.set()
+
+    async def _recheck(self) -> None:
         try:
             routed, self.expires_at = await self.hub.gate.recheck(authorization=self.authorization,
                                                                   tenant_header=self.tenant_header)
@@ -307,7 +333,11 @@ class Hub:
         elif kind == "user":
             with contextlib.suppress(ValueError):
                 registry.forget_user(UUID(key))
-        self._suspect.add(f"{kind}:{key}")
+        suspect = f"{kind}:{key}"
+        self._suspect.add(suspect)
+        for session in self.sessions:  # nothing later reaches them before the gate has answered again
+            if session.ended is None and session.named_by({suspect}):
+                session.hold()
 
     async def _deliver_loop(self) -> None:
         while True:
@@ -440,8 +470,7 @@ class Hub:
             suspects, self._suspect = self._suspect, set()
             now, wall = time.monotonic(), time.time()
             for s in list(self.sessions):
-                if s.ended is None and (f"tenant:{s.tenant_id}" in suspects
-                                        or f"user:{s.routed.principal.user_id}" in suspects):
+                if s.ended is None and s.named_by(suspects):
                     waiting[s] = None
             for s in list(self.sessions):
                 if s.ended is None and (s.next_check <= now or (s.expires_at is not None and s.expires_at <= wall)):
