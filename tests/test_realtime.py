@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,15 @@ import pytest
 import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
+from sqlalchemy import text
 
 from app.access.principal import Routed
+from app.ids import decode
 from app.realtime.deliveries import Delivery
 from app.realtime.hub import Hub
+from app.runtime import announcements
 from app.runtime.platform import Platform
+from app.services.data.alarms import AlarmRecord
 from tests.conftest import Api, TenantHandle, World, nowhere
 
 ALARMS = "subscription { alarms { kind alarm { id type deviceId severity count status } } }"
@@ -56,6 +61,12 @@ def _transport(server: str, tenant: TenantHandle | None = None, *, token: str | 
         url=f"ws://{server}/graphql", subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL], close_timeout=1,
         init_payload={"Authorization": f"Bearer {token or (tenant.token if tenant else '')}",
                       "X-Tenant-ID": tenant_id or (tenant.id if tenant else "")})
+
+
+def _local(global_id: str) -> int:
+    decoded = decode(global_id)
+    assert decoded is not None
+    return decoded[2]
 
 
 async def _device(api: Api, tenant: TenantHandle, name: str = "d", group: str | None = None) -> str:
@@ -507,3 +518,27 @@ async def test_nothing_committed_after_a_removal_reaches_the_removed_member(serv
                 received.append(await asyncio.wait_for(raw.ws.recv(), 5))
         assert received == [], received
         assert raw.ws.close_code == 4403
+
+
+async def test_a_notification_forged_by_any_database_role_reaches_no_subscriber(server: str, api: Api, world: World,
+                                                                                hub: Hub, platform: Platform) -> None:
+    """PostgreSQL lets any role NOTIFY any channel: a forged alarm (rows in the payload, as the app
+    sends them) reached subscribers. Change payloads are signed now; the hub drops what does not verify."""
+    tenant = await world.tenant()
+    device = await _device(api, tenant)
+    async with Raw.connect(server, {"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id}) as raw:
+        assert (await raw.receive())["type"] == "connection_ack"
+        before = hub.subscription_count
+        await raw.send({"id": "1", "type": "subscribe", "payload": {"query": ALARMS}})
+        await _listening(hub, before + 1)
+        genuine = announcements.payloads(tenant.id, "alarm", "RAISED", rows=[AlarmRecord(
+            id=999, device_id=_local(device), type="forged", severity="CRITICAL", status="ACTIVE", text="x", count=1,
+            first_raised_at=datetime.now(UTC), last_raised_at=datetime.now(UTC), updated_at=datetime.now(UTC))])[0]
+        unsigned = genuine[:genuine.rfind(',"h":"')] + ',"x":'
+        tampered = genuine.replace('"forged"', '"tampered"')
+        async with platform.db.owner.connect() as conn:  # another role, straight on the channel
+            for payload in (unsigned, tampered):
+                await conn.execute(text("SELECT pg_notify('tenantry_changes', :p || '0}')"), {"p": payload})
+        await api.gql(RAISE, {"d": device, "t": "genuine"}, token=tenant.token, tenant=tenant.id)
+        first = await raw.receive()
+        assert first["payload"]["data"]["alarms"]["alarm"]["type"] == "genuine"

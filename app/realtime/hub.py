@@ -47,6 +47,7 @@ from app.errors import AppError, LimitExceeded
 from app.models.management import copy_jobs
 from app.models.tenant import devices
 from app.realtime.deliveries import FETCH, Delivery
+from app.runtime.announcements import verified
 from app.services.sharing import jobs
 from app.tenancy.registry import TenantRecord, select_tenants
 
@@ -309,9 +310,11 @@ class Hub:
                     async for note in conn.notifies():
                         if note.channel == ACCESS:
                             self._access_changed(note.payload)
-                        else:
+                        elif verified(note.payload):
                             self._pending.append(note.payload)
                             self._wake.set()
+                        else:  # not signed with this server's key: anyone may NOTIFY, nobody forges events
+                            log.warning("realtime: dropped a change notification that does not verify")
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:

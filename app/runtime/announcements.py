@@ -11,10 +11,17 @@ Two channels, one LISTEN connection per process (app.realtime.hub):
 - `tenantry_access`: `tenant:<id>` or `user:<uuid>` when who may do what there changed
   (memberships, tokens, logins, tenant status — mostly sent by triggers on the management
   tables, see migration m0016); subscriptions of that tenant or user are checked again at once.
+
+PostgreSQL lets any role NOTIFY any channel, so a change payload carries an HMAC (`"h"`, keyed by
+the server's secret) over everything before it: the hub drops a payload that does not verify, and
+no database role can forge an event for subscribers. (An access notification only makes the hub
+ask the gate again, which a forged one cannot change.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +31,31 @@ from sqlalchemy import text
 from app.db.notify import ACCESS, CHANGES
 from app.db.transaction import Executor
 
-__all__ = ["ACCESS", "CHANGES", "access_changed", "announce", "payloads"]
+__all__ = ["ACCESS", "CHANGES", "access_changed", "announce", "payloads", "use_key", "verified"]
+
+_MAC = ',"h":"'
+_key: list[bytes] = []  # set once per process by Platform.create (use_key)
+
+
+def use_key(secret: str) -> None:
+    """The key change payloads are signed and checked with, derived from the server's secret."""
+    _key[:] = [hashlib.sha256(b"tenantry-notify:" + secret.encode()).digest()]
+
+
+def _signed(body: str) -> str:
+    """`body` (a JSON object without its closing brace) with its MAC, then the opening of `"x"`."""
+    mac = hmac.new(_key[0], body.encode(), hashlib.sha256).hexdigest() if _key else ""
+    return f'{body}{_MAC}{mac}","x":'
+
+
+def verified(payload: str) -> bool:
+    """Whether a change payload was signed with this server's key."""
+    at = payload.rfind(_MAC)
+    if not _key or at < 0:
+        return False
+    mac = payload[at + len(_MAC):at + len(_MAC) + 64]
+    return hmac.compare_digest(mac, hmac.new(_key[0], payload[:at].encode(), hashlib.sha256).hexdigest())
+
 
 IDS_PER_PAYLOAD = 500  # 500 ids of 15 digits stay well under NOTIFY's 8,000 bytes
 ROWS_BYTES = 7000  # rows travel in the payload up to this size (no fetch); beyond it, their ids
@@ -44,13 +75,13 @@ def payloads(tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), rows: 
     if rows:
         body = orjson.dumps({"t": tenant_id, "k": kind, "o": op, "rows": rows, **extra}).decode()
         if len(body) <= ROWS_BYTES:
-            return [body[:-1] + ',"x":']
+            return [_signed(body[:-1])]
         ids = [r.id for r in rows]  # type: ignore[attr-defined]
     chunks = [ids[i:i + IDS_PER_PAYLOAD] for i in range(0, len(ids), IDS_PER_PAYLOAD)] or [ids]
     out = []
     for chunk in chunks:
         body = orjson.dumps({"t": tenant_id, "k": kind, "o": op, "ids": list(chunk), **extra}).decode()
-        out.append(body[:-1] + ',"x":')
+        out.append(_signed(body[:-1]))
     return out
 
 
