@@ -80,6 +80,7 @@ class Operations:
                        queue_size=s.subscription_queue, recheck_seconds=s.subscription_recheck_seconds,
                        counted=self._count_deliveries)
         self.platform.on_close(self.hub.stop)
+        self._renders = TenantTurns()
 
     def _count_deliveries(self, tenant_id: str, n: int) -> None:
         if self.platform.settings.metering:
@@ -159,12 +160,27 @@ class Operations:
             session.close(key)
 
     async def _render(self, executor: Any, event: object, key: object, session: Session) -> bytes:
-        """The event's result for this selection, rendered once for every subscriber sharing `key`."""
-        # Kept on the event itself (every subscriber holds the same object): it goes when they are done,
-        # so nothing accumulates for the collector to traverse.
-        rendered_for: dict[object, bytes] | None = getattr(event, "__dict__", {}).get("_rendered")
-        if rendered_for is not None and key in rendered_for:
-            return rendered_for[key]
+        """The event's result for this selection, rendered once for every subscriber sharing `key`,
+        one render at a time per tenant (a tenant with thousands of distinct subscriptions delayed
+        every other tenant's events and requests by seconds: now they take turns)."""
+        cached = _rendered(event, key)
+        if cached is not None:
+            return cached
+        async with self._renders.slot(session.tenant_id):
+            cached = _rendered(event, key)  # rendered while this one waited its turn
+            if cached is not None:
+                return cached
+            rendered = await self._execute_event(executor, event, session)
+            if hasattr(event, "__dict__"):  # every subscription event is a strawberry object or a list
+                # Kept on the event itself (every subscriber holds the same object): it goes when they
+                # are done, so nothing accumulates for the collector to traverse.
+                event.__dict__.setdefault("_rendered", {})[key] = rendered
+            # Hold the tenant's turn over one pass of the loop: what else is ready (other tenants'
+            # events, requests) runs before this tenant's next render.
+            await asyncio.sleep(0)
+        return rendered
+
+    async def _execute_event(self, executor: Any, event: object, session: Session) -> bytes:
         context = self._context(session)
         per_event = executor.build_per_event_executor(event)
         per_event.context_value = context  # nested fields read in a transaction of their own
@@ -176,10 +192,7 @@ class Operations:
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [format_graphql_error(e, context.request_id, context) for e in result.errors]
-        rendered = orjson.dumps(body)
-        if hasattr(event, "__dict__"):  # every subscription event is a strawberry object or a list
-            event.__dict__.setdefault("_rendered", {})[key] = rendered
-        return rendered
+        return orjson.dumps(body)
 
     async def _single(self, session: Session, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, emit: Emit) -> None:
@@ -201,6 +214,32 @@ class Operations:
         if errors:
             body["errors"] = [format_graphql_error(e, context.request_id, context) for e in errors]
         await emit(body)
+
+
+def _rendered(event: object, key: object) -> bytes | None:
+    found: dict[object, bytes] | None = getattr(event, "__dict__", {}).get("_rendered")
+    return found.get(key) if found is not None else None
+
+
+class TenantTurns:
+    """One turn at a time per tenant (locks made on demand, dropped when nobody waits)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(tenant_id, (asyncio.Lock(), 0))
+        self._locks[tenant_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[tenant_id]
+            if users <= 1:
+                del self._locks[tenant_id]
+            else:
+                self._locks[tenant_id] = (lock, users - 1)
 
 
 def _credentials(payload: Any) -> tuple[str | None, str | None]:
