@@ -22,7 +22,7 @@ from tests.test_sso import _configure, _sign_in
 
 OPERATIONS = ("mgmt read", "mgmt write", "data read", "data write", "people", "tokens", "sso", "copy", "migrate",
               "usage", "export", "options", "node", "placement")
-A, F, S = "allow", "FORBIDDEN", "TENANT_SUSPENDED"
+A, F, S, U = "allow", "FORBIDDEN", "TENANT_SUSPENDED", "UNAUTHENTICATED"
 
 # caller → expected outcome per operation, in the order of OPERATIONS.
 EXPECTED: dict[str, tuple[str, ...]] = {
@@ -44,6 +44,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "SSO user (T's provider: MANAGER)": (A, F, A, A, F, F, F, F, F, F, F, F, A, F),
     "inherited-SSO user (E's provider: ADMIN)": (A, F, F, F, F, F, F, F, F, A, A, F, F, F),
     "user of a suspended tenant": (S, S, S, S, S, S, S, S, S, S, S, S, S, S),
+    # An access token dies with its login session, on every transport (it kept working until it expired).
+    "ADMIN's access token after logout": (U, U, U, U, U, U, U, U, U, U, U, U, U, U),
 }
 
 
@@ -88,6 +90,10 @@ async def _callers(api: Api, world: World, platform: Platform, http: httpx.Async
     closed, opened = await _tree(api, world, "MANAGEMENT_ONLY"), await _tree(api, world, "FULL")
     t, s = closed.t, closed.s
     callers: dict[str, Caller] = {"ADMIN": Caller(t.token, closed)}
+    _, email = await _user_in(platform, [(t.id, "ADMIN", "TENANT"), (s.id, "ADMIN", "TENANT")])
+    session = await api.login(email, PASSWORD, t.id)
+    await api.gql("mutation($r: String!) { logout(refreshToken: $r) }", {"r": session["refreshToken"]})
+    callers["ADMIN's access token after logout"] = Caller(session["accessToken"], closed)
     # The same user in T and S (copy and migration need both sides).
     for role in ("ADMIN", "MANAGER", "OPERATOR", "READER"):
         _, email = await _user_in(platform, [(t.id, role, "TENANT"), (s.id, role, "TENANT")])

@@ -97,7 +97,7 @@ def test_blocks_that_cannot_run_here(page: str, language: str) -> None:
 def test_the_access_matrix_on_the_page_is_the_one_the_matrix_test_runs() -> None:
     page = (ROOT / "docs" / "access.md").read_text()
     table = page[page.index("| caller in T |"):page.index("<!-- end matrix -->")].strip().splitlines()
-    symbols = {"✓": "allow", "\N{EN DASH}": "FORBIDDEN", "SUSPENDED": "TENANT_SUSPENDED"}
+    symbols = {"✓": "allow", "\N{EN DASH}": "FORBIDDEN", "SUSPENDED": "TENANT_SUSPENDED", "401": "UNAUTHENTICATED"}
     assert [c.strip() for c in table[0].strip("|").split("|")][1:] == list(OPERATIONS)
     rows = {cells[0]: tuple(symbols[c] for c in cells[1:])
             for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
