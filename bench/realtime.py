@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import os
 import resource
 import shutil
@@ -47,16 +48,27 @@ COLUMNS = ", ".join(c.name for c in alarm_service.COLUMNS)  # the record the app
 POLL = "{ alarms(filter: {status: [ACTIVE]}, first: 20) { edges { node { id type deviceId severity count status } } } }"
 
 
-def _tick_sql(batch: list[tuple[str, int, int]]) -> str:
+def _signing_pads(secret: str) -> tuple[str, str]:
+    """HMAC-SHA256's inner and outer pads of the key change payloads are signed with
+    (app.runtime.announcements.use_key), so the tick's SQL signs them as the app does."""
+    key = hashlib.sha256(b"tenantry-notify:" + secret.encode()).digest().ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5C for b in key).hex()
+
+
+def _tick_sql(batch: list[tuple[str, int, int]], pads: tuple[str, str]) -> str:
     """One round trip: each alarm inserted under its tenant's role and announced like
-    app.runtime.announcements announces it ({"t", "k", "o", "rows", "x"}: the record), then COMMIT."""
+    app.runtime.announcements announces it ({"t", "k", "o", "rows", "h", "x"}: the record, signed),
+    then COMMIT."""
+    inner, outer = pads
     steps = ["BEGIN"]
     for tenant, device, seq in batch:
         steps.append(tenant_switch(tenant))
         steps.append(
             f"WITH a AS (INSERT INTO alarms (device_id, type, severity, text) VALUES ({device}, 'b{seq}', 'MAJOR', "
-            f"'bench') RETURNING {COLUMNS}) SELECT pg_notify('tenantry_changes', json_build_object('t', '{tenant}', "
-            f"'k', 'alarm', 'o', 'RAISED', 'rows', json_build_array(to_json(a)), 'x', 0)::text) FROM a")
+            f"'bench') RETURNING {COLUMNS}), p AS (SELECT left(json_build_object('t', '{tenant}', 'k', 'alarm', "
+            f"'o', 'RAISED', 'rows', json_build_array(to_json(a)))::text, -1) AS body FROM a) "
+            f"SELECT pg_notify('tenantry_changes', body || ',\"h\":\"' || encode(sha256('\\x{outer}'::bytea || "
+            f"sha256('\\x{inner}'::bytea || convert_to(body, 'UTF8'))), 'hex') || '\",\"x\":0}}') FROM p")
     steps.append("COMMIT")
     return "; ".join(steps)
 
@@ -153,7 +165,7 @@ async def main(subscribers: int, tenants: int, rate: int, seconds: float, worker
                     except httpx.TransportError:
                         pass
                     await asyncio.sleep(0.05)
-            await _measure(port, server.pid, setup, subscribers, rate, seconds, url)
+            await _measure(port, server.pid, setup, subscribers, rate, seconds, url, settings.resolved_secret_key())
         finally:
             server.terminate()
             await server.wait()
@@ -168,7 +180,7 @@ def _free_port() -> int:
 
 
 async def _measure(port: int, pid: int, setup: list[tuple[str, str, int]], subscribers: int, rate: int,
-                   seconds: float, database_url: str) -> None:
+                   seconds: float, database_url: str, secret: str) -> None:
     import psycopg
 
     # --- the polling baseline ---------------------------------------------------------------------------
@@ -208,6 +220,7 @@ async def _measure(port: int, pid: int, setup: list[tuple[str, str, int]], subsc
     # --- push at RATE alarms a second ----------------------------------------------------------------------
     writer = await psycopg.AsyncConnection.connect(database_url.replace("postgresql+psycopg", "postgresql"),
                                                    autocommit=True)
+    pads = _signing_pads(secret)
     per_tick = max(1, rate // 100)
     ticks = int(seconds * 100)
     seq = 0
@@ -219,7 +232,7 @@ async def _measure(port: int, pid: int, setup: list[tuple[str, str, int]], subsc
             tenant, _token, device = setup[seq % len(setup)]
             batch.append((tenant, device, seq))
             seq += 1
-        await writer.execute(_tick_sql(batch).encode())
+        await writer.execute(_tick_sql(batch, pads).encode())
         now = time.time()
         for _t, _d, s in batch:
             commits[s] = now
