@@ -22,7 +22,8 @@ from app.access.scope import Scope
 from app.errors import Forbidden, InvalidInput
 from app.graphql.loaders import Loaders, SharedLoader, build_loaders
 from app.graphql.roots import ROOTS
-from app.realtime.hub import MANAGEMENT, Select, Session, Subscription
+from app.realtime.hub import MANAGEMENT
+from app.realtime.sessions import Select, Session, Subscription
 from app.runtime.platform import Platform
 from app.services.data_plane import Plane
 from app.services.tenants.placement import Placement, tenant_placements

@@ -48,7 +48,8 @@ from app.graphql.schema import TenantrySchema
 from app.http.errors import RequestError, entry, error_response, format_graphql_error, invalid
 from app.http.payload import unpack
 from app.http.persisted import PersistedQueries
-from app.realtime.hub import Hub, Session
+from app.realtime.hub import Hub
+from app.realtime.sessions import Session
 from app.runtime.platform import Platform
 
 log = logging.getLogger("tenantry.realtime")

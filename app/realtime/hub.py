@@ -27,7 +27,7 @@ import itertools
 import logging
 import random
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -43,10 +43,11 @@ from app.access.principal import Routed
 from app.access.scope import Scope
 from app.db.notify import ACCESS, CHANGES
 from app.db.transaction import Executor
-from app.errors import AppError, LimitExceeded
+from app.errors import LimitExceeded
 from app.models.management import copy_jobs
 from app.models.tenant import devices
 from app.realtime.deliveries import FETCH, Delivery
+from app.realtime.sessions import Session, Subscription
 from app.runtime.announcements import verified
 from app.services.sharing import jobs
 from app.tenancy.registry import TenantRecord, select_tenants
@@ -57,154 +58,6 @@ RECHECKS_PER_TICK = 100
 FREEZE_MIN_SESSIONS = 200
 FREEZE_SECONDS = 600.0
 MANAGEMENT = "*"  # the key of management-plane topics (copy jobs); tenants' lifecycle is per ancestor
-
-
-Select = Callable[[Delivery], Delivery | None]
-
-
-class Subscription:
-    """One subscription's queue; iterate it for its deliveries (with the count of missed ones)."""
-
-    def __init__(self, session: Session, *, tenant_id: str, kind: str, needs: tuple[str, ...], data: bool,
-                 select: Select, capacity: int) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-        self.kind = kind
-        self.needs = needs  # any one of these permissions keeps it alive
-        self.data = data  # needs data access (parentAccess FULL for parent-level callers)
-        self.select = select
-        self._items: deque[Delivery] = deque(maxlen=capacity)
-        self._wake = asyncio.Event()
-        self.missed = 0
-        self.last_missed = 0
-        self.closed = False
-        self.permitted = self.allowed(session.routed)  # kept current by the session's rechecks
-
-    @property
-    def routed(self) -> Routed:
-        return self.session.routed
-
-    def allowed(self, routed: Routed) -> bool:
-        if self.data and not routed.has_data_access:
-            return False
-        return not self.needs or any(p in routed.permissions for p in self.needs)
-
-    def offer(self, delivery: Delivery) -> None:
-        if self.closed:
-            return
-        if len(self._items) == self._items.maxlen:
-            self.missed += 1  # the deque drops the oldest
-        self._items.append(delivery)
-        self._wake.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake.set()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> tuple[Delivery, int]:
-        while not self._items:
-            if self.closed:
-                raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
-        await self.session.cleared.wait()  # held while an access change is checked (Session.hold)
-        if self.closed:
-            raise StopAsyncIteration
-        delivery = self._items.popleft()
-        # Dropped since the last one handed out: reported with this one (`extensions.missed`).
-        self.last_missed, self.missed = self.missed, 0
-        return delivery, self.last_missed
-
-
-class Session:
-    """One connection's credentials and subscriptions (a WebSocket, or one SSE stream)."""
-
-    def __init__(self, hub: Hub, *, authorization: str | None, tenant_header: str | None, routed: Routed,
-                 expires_at: int | None, on_end: Callable[[str], None], client: str | None = None) -> None:
-        self.hub = hub
-        self.client = client  # the peer's address, as a request's: login throttling and audit
-        self.authorization = authorization
-        self.tenant_header = tenant_header
-        self.routed = routed
-        self.rights = _rights(routed)
-        self.expires_at = expires_at
-        self.on_end = on_end
-        self.subscriptions: dict[str, Subscription] = {}
-        self.next_check = hub.next_periodic_check()
-        self.ended: str | None = None
-        # Set while nothing about this session's access is in doubt. An access notification naming it
-        # clears it at once, before any later change is delivered, until the gate has answered again:
-        # a removed member or revoked token gets no event committed after the change.
-        self.cleared = asyncio.Event()
-        self.cleared.set()
-        self._holds = 0  # a hold during a recheck waits for the next one
-
-    @property
-    def tenant_id(self) -> str:
-        return self.routed.tenant.id
-
-    def open(self, key: str, *, kind: str, needs: tuple[str, ...], data: bool, select: Select,
-             tenant_id: str | None = None) -> Subscription:
-        if len(self.subscriptions) >= self.hub.per_connection:
-            raise LimitExceeded(f"at most {self.hub.per_connection} subscriptions per connection",
-                                limit="subscriptionsPerConnection", max=self.hub.per_connection)
-        subscription = Subscription(self, tenant_id=tenant_id or self.tenant_id, kind=kind, needs=needs, data=data,
-                                    select=select, capacity=self.hub.queue_size)
-        self.hub._add(subscription)
-        self.subscriptions[key] = subscription
-        return subscription
-
-    def close(self, key: str) -> None:
-        subscription = self.subscriptions.pop(key, None)
-        if subscription is not None:
-            self.hub._remove(subscription)
-
-    def end(self, reason: str) -> None:
-        """Close every subscription and tell the transport (once)."""
-        if self.ended is not None:
-            return
-        self.ended = reason
-        for key in list(self.subscriptions):
-            self.close(key)
-        self.cleared.set()  # held consumers wake and find their subscriptions closed
-        self.hub.sessions.discard(self)
-        self.on_end(reason)
-
-    def hold(self) -> None:
-        self._holds += 1
-        self.cleared.clear()
-
-    def named_by(self, suspects: set[str]) -> bool:
-        """Whether an access notification (`tenant:<id>`, `user:<id>`) speaks of this session."""
-        return f"tenant:{self.tenant_id}" in suspects or f"user:{self.routed.principal.user_id}" in suspects
-
-    async def recheck(self) -> None:
-        """Ask the access gate again; end the session if it refuses, or if a subscription lost the
-        permission it needs; otherwise carry on with the rights as they are now."""
-        holds = self._holds
-        try:
-            await self._recheck()
-        finally:
-            if self._holds == holds or self.ended is not None:  # else a newer change waits its own check
-                self.cleared.set()
-
-    async def _recheck(self) -> None:
-        try:
-            routed, self.expires_at = await self.hub.gate.recheck(authorization=self.authorization,
-                                                                  tenant_header=self.tenant_header)
-        except AppError as exc:
-            self.end(exc.message)
-            return
-        if routed.tenant.id != self.routed.tenant.id or any(not s.allowed(routed) for s in self.subscriptions.values()):
-            self.end("your access changed")
-            return
-        self.routed, self.rights = routed, _rights(routed)
-        for subscription in self.subscriptions.values():
-            subscription.permitted = True  # every one was allowed just above
-        self.next_check = self.hub.next_periodic_check()
 
 
 class Hub:
@@ -265,7 +118,7 @@ class Hub:
     def subscription_count(self) -> int:
         return sum(self._per_tenant.values())
 
-    def _add(self, subscription: Subscription) -> None:
+    def add_subscription(self, subscription: Subscription) -> None:
         if self._per_tenant[subscription.tenant_id] >= self.per_tenant:
             raise LimitExceeded(f"at most {self.per_tenant} live subscriptions per tenant (per server process)",
                                 limit="subscriptionsPerTenant", max=self.per_tenant)
@@ -277,7 +130,7 @@ class Hub:
         self._per_user[caller] += 1
         self._topics[(subscription.tenant_id, subscription.kind)].add(subscription)
 
-    def _remove(self, subscription: Subscription) -> None:
+    def remove_subscription(self, subscription: Subscription) -> None:
         subscription.close()
         topic = self._topics.get((subscription.tenant_id, subscription.kind))
         if topic is not None and subscription in topic:
@@ -495,11 +348,6 @@ def _caller(subscription: Subscription) -> tuple[str, str, str]:
     """(tenant, actor type, actor id): whose share of the tenant's subscriptions this one is."""
     actor = subscription.session.routed.actor
     return subscription.tenant_id, actor.type, str(actor.id)
-
-
-def _rights(routed: Routed) -> tuple[object, ...]:
-    """What an event's rendering may depend on: subscribers with equal rights share it."""
-    return routed.tenant.id, routed.role, routed.scope, routed.permissions, routed.has_data_access
 
 
 def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> bool:

@@ -23,7 +23,7 @@ from app.graphql.types.sharing import CopyJob
 from app.graphql.types.tenants import Tenant
 from app.ids import here
 from app.realtime.deliveries import Delivery
-from app.realtime.hub import Subscription
+from app.realtime.sessions import Subscription
 from app.services.inventory.devices import require_id
 from app.services.sharing import jobs
 
