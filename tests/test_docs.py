@@ -128,7 +128,10 @@ async def test_the_readme_walk_runs_as_written(server: str) -> None:
     assert re.search(r"created tenant t\d+", out), out
     assert '"createMeasurements":1' in out, out
     assert re.search(r'^data: .*"kind":"RAISED".*"type":"overheat"', out, re.M), out
-    assert "requestCount" in out or "request_count" in out, out  # the CSV export's header
+    created = re.search(r"created tenant (t\d+)", out)
+    assert created is not None
+    assert re.search(rf"^{created.group(1)},", out, re.M), out  # its row in the operator's CSV export
+    assert "requestCount" in out, out  # the CSV export's header
 
 
 @dataclass
