@@ -26,10 +26,13 @@ from app.http.oidc import OidcEndpoints
 from app.http.operator import OperatorEndpoints
 from app.http.tracing import configure_tracing
 from app.logs import configure_logging
+from app.realtime.hub import Hub
+from app.realtime.webhooks import Dispatcher
 from app.runtime import outbox
 from app.runtime.metrics import MULTIPROCESS_DIR
 from app.runtime.platform import Platform
 from app.services import housekeeping
+from app.services.changes.webhooks import Outbound, webhook_box
 from app.services.data import retention
 from app.services.tenants.provisioning import keep_spares
 from app.services.usage import statistics as usage
@@ -90,6 +93,7 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
         background = _start_background(live, settings)
+        background.append(_start_webhooks(live, settings, app.state.realtime))
         if stop_requested is not None and stop_requested():
             # A stop arrived before uvicorn listened for signals (app.stopping): hand it over now.
             signal.raise_signal(signal.SIGTERM)
@@ -110,6 +114,21 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
             await live.close()
 
     return lifespan
+
+
+def _start_webhooks(live: Platform, settings: Settings, hub: Hub) -> asyncio.Task[None]:
+    """Webhook delivery from the change log; the hub listens always, and wakes it when a log grows."""
+    def counted(tenant_id: str, n: int) -> None:
+        if settings.metering:
+            live.meter.add(tenant_id, {"webhook_delivery_count": n})
+
+    dispatcher = Dispatcher(engine=live.db.app, box=webhook_box(settings.resolved_secret_key()),
+                            outbound=Outbound.of(settings.webhook_allowed_networks),
+                            timeout=settings.webhook_timeout_seconds, retry_hours=settings.webhook_retry_hours,
+                            counted=counted)
+    hub.on_change.append(dispatcher.wake)
+    hub.start()
+    return asyncio.create_task(dispatcher.run(), name="webhooks")
 
 
 def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[None]]:

@@ -10,7 +10,7 @@ import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -42,6 +42,19 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
     return _number(env, name, default, int)
+
+
+def _change_log(env: dict[str, str]) -> dict[str, Any]:
+    """The change log readers' settings (caps, webhooks' outbound rules)."""
+    return {
+        "consumers_per_tenant": _int(env, "TENANTRY_CONSUMERS_PER_TENANT", 20),
+        "webhooks_per_tenant": _int(env, "TENANTRY_WEBHOOKS_PER_TENANT", 10),
+        "shares_per_tenant": _int(env, "TENANTRY_SHARES_PER_TENANT", 20),
+        "webhook_allowed_networks": tuple(
+            n.strip() for n in env.get("TENANTRY_WEBHOOK_ALLOWED_NETWORKS", "").split(",") if n.strip()),
+        "webhook_timeout_seconds": _float(env, "TENANTRY_WEBHOOK_TIMEOUT", 10.0),
+        "webhook_retry_hours": _float(env, "TENANTRY_WEBHOOK_RETRY_HOURS", 24.0),
+    }
 
 
 def _float(env: dict[str, str], name: str, default: float) -> float:
@@ -113,14 +126,23 @@ class Settings:
     compiled_reads: bool = True
     # Operator's allow-list of GraphQL documents (app.http.persisted); unset → any document.
     trusted_documents: Path | None = None
-    # Realtime (app.realtime.hub): caps, each subscription's queue (the oldest events are dropped
-    # beyond it), how often live sessions are checked again, and the keep-alive interval.
+    # Realtime (app.realtime.hub): caps, each subscription's queue (beyond it the subscription reads
+    # the change log itself until it catches up), how often live sessions are checked again, and
+    # the keep-alive interval.
     subscriptions_per_connection: int = 100
     subscriptions_per_tenant: int = 2000
     subscriptions_per_user: int = 500  # one caller's share of a tenant's subscriptions
     subscription_queue: int = 1000
     subscription_recheck_seconds: float = 60.0
     keepalive_seconds: float = 15.0
+    # The change log's readers (app.services.changes): caps per tenant, and webhooks' outbound rules.
+    consumers_per_tenant: int = 20
+    webhooks_per_tenant: int = 10
+    shares_per_tenant: int = 20
+    # Networks webhooks may reach although private, loopback or link-local (CIDRs; default none).
+    webhook_allowed_networks: tuple[str, ...] = ()
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_hours: float = 24.0  # failing this long, an endpoint is disabled
     metering: bool = True  # off only to measure what metering costs (bench/usage.py)
     usage_snapshot_seconds: int = 3600
     metrics_max_tenants: int = 1000
@@ -186,6 +208,7 @@ class Settings:
             subscription_queue=_int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
             subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 60.0),
             keepalive_seconds=_float(env, "TENANTRY_KEEPALIVE", 15.0),
+            **_change_log(env),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,

@@ -60,6 +60,8 @@ def settings(data_dir: Path) -> Settings:
         admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD,
         cors_origins=("https://app.example.com",),
+        # Webhook tests deliver to receivers on loopback; every other private range stays refused.
+        webhook_allowed_networks=("127.0.0.0/8",),
         # On Citus (make test-citus) tenant roles log in to the workers.
         tenant_roles_login=os.environ.get("TENANTRY_TENANT_ROLES_LOGIN", "") in {"1", "true"},
         # Cheap argon2 keeps the suite fast; production uses the defaults.

@@ -27,13 +27,13 @@ import psycopg
 from psycopg import errors as psycopg_errors
 from psycopg import generators
 from psycopg.pq import ExecStatus
-from sqlalchemy import Executable
+from sqlalchemy import Executable, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
-from app.db.notify import notify_sql
+from app.db.notify import append_sql, wake_sql
 from app.db.transaction import (
     WORKER_XID,
     Executor,
@@ -57,6 +57,22 @@ APP_SWITCH = f"SELECT set_config('role', 'none', true), set_config('search_path'
 def tenant_switch(tenant_id: str) -> str:
     schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
     return f"SELECT set_config('search_path', '{schema}', true), set_config('role', '{role}', true)"
+
+
+_ROLE_NOW = text("SELECT current_setting('role') AS role, current_setting('search_path') AS path")
+_RESTORE = text("SELECT set_config('role', :role, true), set_config('search_path', :path, true)")
+
+
+async def append_as_tenant(db: Executor, tenant_id: str, entries: Sequence[str]) -> None:
+    """Append change-log entries to `tenant_id`'s log inside `db`'s open transaction, under that
+    tenant's role whatever plane `db` is on (a copy job's management transaction writes its
+    target's log), then back to the role and search path it had."""
+    now = (await db.execute(_ROLE_NOW)).one()
+    array = "[" + ",".join(entries) + "]"
+    await db.execute(text(tenant_switch(tenant_id)))
+    for statement in append_sql(tenant_id, entries, bound=True):
+        await db.execute(text(statement), {"entries": array})
+    await db.execute(_RESTORE, {"role": now.role, "path": now.path})
 
 
 def _switch(plane: str | None) -> str:
@@ -140,8 +156,8 @@ class RequestTransaction:
         # parent-level access): run before COMMIT, or after a ROLLBACK in a short transaction
         # of their own on the same connection.
         self._always: list[AfterHook] = []
-        # Change announcements (app.runtime.announcements), sent in one statement just before COMMIT.
-        self._announced: list[str] = []
+        # Change-log entries per tenant (app.runtime.announcements), appended just before COMMIT.
+        self._announced: dict[str, list[str]] = {}
 
     @property
     def opened(self) -> bool:
@@ -239,8 +255,8 @@ class RequestTransaction:
     def always(self, hook: AfterHook) -> None:
         self._always.append(hook)
 
-    def announce(self, payloads: Sequence[str]) -> None:
-        self._announced.extend(payloads)
+    def announce(self, tenant_id: str, entries: Sequence[str]) -> None:
+        self._announced.setdefault(tenant_id, []).extend(entries)
 
     def plane(self, plane: str | None) -> PlaneView:
         return PlaneView(self, plane)
@@ -271,7 +287,7 @@ class RequestTransaction:
 
     async def _commit_so_far(self, conn: AsyncConnection) -> None:
         hooks, self._always = self._always, []
-        announced, self._announced = self._announced, []
+        announced, self._announced = self._announced, {}
         if hooks and self._plane is not None:
             await driver_execute(conn, APP_SWITCH)
         await _commit(conn, hooks, announced)
@@ -283,7 +299,7 @@ class RequestTransaction:
                 return
             self._finished = True
             hooks, self._always = self._always, []
-            announced, self._announced = self._announced, []
+            announced, self._announced = self._announced, {}
             conn, self._conn = self._conn, None
             if conn is not None and self._between:  # a lent connection came back: hooks need a transaction
                 await driver_execute(conn, "BEGIN; " + APP_SWITCH)
@@ -322,12 +338,17 @@ class RequestTransaction:
             await release(self._engine, conn)
 
 
-async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook], announced: Sequence[str]) -> None:
-    """The kept writes, then the announcements and COMMIT in one round trip."""
+async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook], announced: dict[str, list[str]]) -> None:
+    """The kept writes, then the change-log entries (each tenant's under its own role), their
+    wake-up and COMMIT in one round trip."""
     for hook in hooks:
         await hook(_Direct(conn))
+    steps = [step for tenant, entries in announced.items()
+             for step in (tenant_switch(tenant), *append_sql(tenant, entries))]
+    if announced:
+        steps.append(wake_sql(announced))
     try:
-        await driver_execute(conn, notify_sql(announced) + "; COMMIT" if announced else "COMMIT")
+        await driver_execute(conn, "; ".join([*steps, "COMMIT"]))
     except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
         raise CommitOutcomeUnknown() from exc
@@ -408,9 +429,9 @@ class PlaneView:
     async def touch(self, schemas: Sequence[str]) -> None:
         await self._shared.touch(schemas)
 
-    def announce(self, payloads: Sequence[str]) -> None:
-        """Queue change announcements for this request's COMMIT (app.runtime.announcements)."""
-        self._shared.announce(payloads)
+    def announce(self, tenant_id: str, entries: Sequence[str]) -> None:
+        """Queue change-log entries for this request's COMMIT (app.runtime.announcements)."""
+        self._shared.announce(tenant_id, entries)
 
     def always(self, hook: AfterHook) -> None:
         """Run `hook` before COMMIT, or after a ROLLBACK in a short transaction of its own on the

@@ -1,18 +1,50 @@
-"""Channel names and the NOTIFY statement shared by the request transaction and the services
-(app.runtime.announcements explains the protocol)."""
+"""Channel names and the SQL that appends to a tenant's change log and wakes its readers, shared by
+the request transaction and the services (app.runtime.announcements explains the protocol)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from app.db.naming import tenant_schema
 
 CHANGES = "tenantry_changes"
 ACCESS = "tenantry_access"
 
 
-def notify_sql(batch: Iterable[str]) -> str:
-    """One simple-protocol statement sending `batch` (JSON text from app.runtime.announcements). Quotes
-    are doubled; a backslash in JSON only ever precedes `"`, `\\`, `/` or a letter, never a quote,
-    so the literal is read the same whatever standard_conforming_strings says."""
-    literals = ",".join("'" + p.replace("'", "''") + "'" for p in batch)
-    return (f"SELECT pg_notify('{CHANGES}', p || (pg_current_xact_id()::text::bigint % 4294967296)::text || '}}') "
-            f"FROM unnest(ARRAY[{literals}]::text[]) AS p")
+def literal(text: str) -> str:
+    """A JSON or id text as a SQL literal. Quotes are doubled; a backslash in JSON only ever precedes
+    `"`, `\\`, `/` or a letter, never a quote, so the literal is read the same whatever
+    standard_conforming_strings says."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# The writing transaction's id as the rows' xmin shows it (32 bits): measurement batches are read
+# back by it (app.realtime.deliveries). On Citus the ingest adds the worker's own (`w`).
+_BODY = ("CASE WHEN e.v->>'k' = 'measurement' "
+         "THEN (e.v->'b') || jsonb_build_object('x', mod(pg_current_xact_id()::text::bigint, 4294967296)) "
+         "ELSE e.v->'b' END")
+
+
+def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -> list[str]:
+    """The two statements appending `entries` (JSON objects `{"k", "o", "d", "b"}`) to the tenant's
+    log: with the entries as a literal (one simple-protocol round trip before COMMIT), or, `bound`,
+    as the parameter `:entries` (a JSON array).
+
+    The UPDATE of the one-row head takes its row lock until the transaction ends: a concurrent
+    writer of the same tenant waits here, and draws its positions only once these are committed
+    and visible. That is what makes positions gap-free in commit order (migration t0007); callers
+    run this just before COMMIT, so the lock is held for as short a time as possible."""
+    schema = tenant_schema(tenant_id)
+    n = len(entries)
+    array = "CAST(:entries AS jsonb)" if bound else literal("[" + ",".join(entries) + "]") + "::jsonb"
+    return [f"UPDATE {schema}.change_head SET last = last + {n} WHERE id = 1",
+            f"INSERT INTO {schema}.changes (position, kind, op, device_id, body) "
+            f"SELECT h.last - {n} + e.o, e.v->>'k', e.v->>'o', (e.v->>'d')::bigint, {_BODY} "
+            f"FROM {schema}.change_head h, jsonb_array_elements({array}) WITH ORDINALITY AS e(v, o) "
+            f"WHERE h.id = 1"]
+
+
+def wake_sql(tenant_ids: Iterable[str]) -> str:
+    """NOTIFY each tenant's log readers (sent at COMMIT only; the log, not the payload, is the news)."""
+    literals = ",".join(literal(t) for t in sorted(set(tenant_ids)))
+    return f"SELECT pg_notify('{CHANGES}', t) FROM unnest(ARRAY[{literals}]::text[]) AS t"

@@ -22,7 +22,6 @@ from app.access.scope import Scope
 from app.errors import Forbidden, InvalidInput
 from app.graphql.loaders import Loaders, SharedLoader, build_loaders
 from app.graphql.roots import ROOTS
-from app.realtime.hub import MANAGEMENT
 from app.realtime.sessions import Select, Session, Subscription
 from app.runtime.platform import Platform
 from app.services.data_plane import Plane
@@ -94,17 +93,18 @@ class Context:
         return await self.access.tenant_db()
 
     async def subscribe(self, kind: str, needs: tuple[str, ...], select: Select, *, data: bool = True,
-                        management: bool = False) -> Subscription:
+                        log_of: str | None = None, after: str | None = None) -> Subscription:
         """Open a subscription on this request's connection, for a caller the gate routes now and
-        who holds one of `needs` (and data access, when `data`)."""
+        who holds one of `needs` (and data access, when `data`): it reads the change log of the
+        routed tenant (or of `log_of`), from just after `after` or from now."""
         if self.session is None:
             raise InvalidInput("subscriptions are served over WebSocket (graphql-transport-ws) or "
                                "text/event-stream, not as a plain request")
         routed = await (self.authorize_any(*needs) if needs else self.routed())
         if data:
             routed.require_data_access()
-        return self.session.open(self.operation_key, kind=kind, needs=needs, data=data, select=select,
-                                 tenant_id=MANAGEMENT if management else None)
+        return await self.session.open(self.operation_key, kind=kind, needs=needs, data=data, select=select,
+                                       tenant_id=log_of, after=after)
 
     async def data_plane(self, permission: str, *alternatives: str) -> Plane:
         """The routed tenant's data plane for a caller holding `permission` (or one of the

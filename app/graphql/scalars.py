@@ -14,9 +14,16 @@ from strawberry.types.scalar import ScalarDefinition
 
 from app.inputs import InputRejected, check_datetime
 
-__all__ = ["JSON", "SCALAR_MAP", "Long"]
+__all__ = ["JSON", "SCALAR_MAP", "ChangePosition", "Long"]
 
 Long = NewType("Long", int)
+ChangePosition = NewType("ChangePosition", str)
+
+
+def _parse_position(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("ChangePosition must be a string (as a change or event carried it)")
+    return value
 
 
 def _parse_long(value: Any) -> int:
@@ -56,5 +63,12 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
         description="A 64-bit integer (byte counts and other values beyond Int's 32 bits).",
         serialize=int,
         parse_value=_parse_long,
+    ),
+    ChangePosition: strawberry.scalar(
+        name="ChangePosition",
+        description="A place in a tenant's change log: opaque, ordered, gap-free in commit order. Every change "
+                    "and subscription event carries one; pass it back as `after:` to resume just after it.",
+        serialize=str,
+        parse_value=_parse_position,
     ),
 }

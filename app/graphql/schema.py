@@ -27,6 +27,7 @@ from app.graphql.engine import boundary, execution
 from app.graphql.engine.execution import AttributeResolver, TenantryExecutor
 from app.graphql.engine.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
+from app.graphql.types.changes import ChangeMutations, ChangeQueries
 from app.graphql.types.custom_roles import AccessMutations, AccessQueries
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
 from app.graphql.types.device_templates import TemplateMutations, TemplateQueries
@@ -42,10 +43,11 @@ from app.graphql.types.usage import UsageQueries
 from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
-                              PeopleQueries, SharingQueries, TemplateQueries, OptionQueries, NodeQueries))
+                              PeopleQueries, SharingQueries, TemplateQueries, OptionQueries, ChangeQueries,
+                              NodeQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
                                     AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
-                                    TemplateMutations, OptionMutations))
+                                    TemplateMutations, OptionMutations, ChangeMutations))
 
 
 class TenantrySchema(strawberry.Schema):

@@ -145,15 +145,11 @@ class Operations:
         if isinstance(stream, ExecutionResult):
             session.close(key)
             raise Refused([format_graphql_error(e, context.request_id, context) for e in stream.errors or []])
-        subscription = session.subscriptions.get(key)
         variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
         try:
             async for event in stream:  # type: ignore[union-attr]
                 body = await self._render(built, event, (id(document), operation_name, variables_key,
                                                          session.rights), session)
-                missed = subscription.last_missed if subscription is not None else 0
-                if missed:
-                    body = body[:-1] + b',"extensions":{"missed":' + str(missed).encode() + b"}}"
                 await emit({"__raw__": body})
         finally:
             with contextlib.suppress(Exception):

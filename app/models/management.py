@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -169,7 +170,7 @@ audit_log = Table(
 USAGE_COUNTERS = ("request_count", "device_request_count", "measurements_created_count", "events_created_count",
                   "events_updated_count", "alarms_created_count", "alarms_updated_count", "inventories_created_count",
                   "inventories_updated_count", "operations_created_count", "operations_updated_count",
-                  "subscription_event_count")
+                  "subscription_event_count", "change_count", "webhook_delivery_count")
 USAGE_SNAPSHOTS = ("device_count", "device_with_children_count", "storage_size", "user_count", "subtenant_count")
 
 usage_daily = Table(
@@ -351,4 +352,63 @@ spare_schemas = Table(
     Column("id", Text, primary_key=True),
     Column("revision", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("kinds", ARRAY(Text), nullable=False),
+    Column("description", Text),
+    Column("secret", LargeBinary, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("position", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("failing_since", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("disabled_reason", Text),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("webhooks_tenant_idx", "tenant_id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("webhook_id", Uuid, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("http_status", Integer),
+    Column("attempt", Integer, nullable=False),
+    Column("latency_ms", Float),
+    Column("error", Text),
+    Column("redelivery", Boolean, nullable=False, server_default=text("false")),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("webhook_deliveries_webhook_idx", "webhook_id", "id"),
+)
+
+shares = Table(
+    "shares",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("source_tenant", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("target_tenant", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("proposed_in", Text, nullable=False),
+    Column("selection", JSONB, nullable=False),
+    Column("state", Text, nullable=False, server_default="PROPOSED"),
+    Column("source_accepted_by", Text),
+    Column("target_accepted_by", Text),
+    Column("position", BigInteger),
+    Column("copied", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("state IN ('PROPOSED', 'ACTIVE', 'PAUSED', 'REVOKED')", name="shares_state_check"),
+    Index("shares_source_idx", "source_tenant"),
+    Index("shares_target_idx", "target_tenant"),
 )

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     Uuid,
@@ -234,4 +235,36 @@ shared_templates = Table(
     Column("series", JSONB, nullable=False),
     Column("version", Integer, nullable=False),
     Column("updated_at", TS, nullable=False, server_default=func.now()),
+)
+
+# The durable change log (migration t0007 explains the position rule).
+change_head = Table(
+    "change_head",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("last", BigInteger, nullable=False),
+    Column("floor", BigInteger, nullable=False),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", TS, nullable=False, server_default=func.now()),
+    Column("kind", Text, nullable=False),
+    Column("op", Text, nullable=False),
+    Column("device_id", BigInteger),
+    Column("body", JSONB, nullable=False),
+    Index("changes_at_idx", "at"),
+)
+
+event_consumers = Table(
+    "event_consumers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("kinds", ARRAY(Text), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("acknowledged_at", TS),
 )

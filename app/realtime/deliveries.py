@@ -1,28 +1,32 @@
-"""What subscribers receive: a change's rows, fetched once per (tenant, kind) under the tenant's
-role from the notification's keys (or taken from the payload when the rows travelled in it), as
-`Delivery` objects shared by every subscriber they reach."""
+"""What subscribers receive: the changes of a tenant's log (app.services.changes.log) as
+`Delivery` objects, made once per entry and shared by every subscriber they reach. Most entries
+carry their row; a measurement batch's rows are read back under the tenant's role (by the writing
+transaction's `xmin`), a copy job's and a tenant's from the registry."""
 
 from __future__ import annotations
 
 import functools
 import typing
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, cast
+from uuid import UUID
 
-from sqlalchemy import ARRAY, BigInteger, any_, bindparam, select, text
+from sqlalchemy import select, text
 
-from app.access.scope import Scope
 from app.db.transaction import Executor
-from app.models.tenant import alarms, events, measurements, operations
+from app.models.management import copy_jobs
+from app.models.tenant import measurements
+from app.services.changes.log import Change
 from app.services.data import alarms as alarm_service
 from app.services.data import events as event_service
 from app.services.data import measurements as measurement_service
 from app.services.data import operations as operation_service
 from app.services.inventory import devices as device_service
 from app.services.rows import to_record
+from app.services.sharing import jobs
+from app.tenancy.registry import TenantRecord, select_tenants
 
 
 @dataclass(eq=False)
@@ -34,6 +38,8 @@ class Delivery:
     op: str
     value: Any
     device_id: int | None = None  # for rights: the device the change belongs to
+    position: int = 0  # in its tenant's change log
+    tenant_id: str = ""  # whose log
     cache: dict[object, Any] = field(default_factory=dict)
 
     def shared(self, make: Callable[[Delivery], T]) -> T:
@@ -47,14 +53,6 @@ class Delivery:
 _MISSING = object()
 T = TypeVar("T")
 R = TypeVar("R")
-def _ids(notes: Iterable[dict[str, Any]]) -> tuple[list[int], dict[int, str]]:
-    ops: dict[int, str] = {}
-    for note in notes:
-        for key in note.get("ids", ()):
-            ops[int(key)] = note["o"]  # the latest operation wins (a raise then a status change)
-    return sorted(ops), ops
-
-
 @functools.cache
 def _datetime_fields(record: Any) -> frozenset[str]:
     hints = typing.get_type_hints(record)
@@ -62,7 +60,8 @@ def _datetime_fields(record: Any) -> frozenset[str]:
 
 
 def _from_json(record: type[R], row: dict[str, Any]) -> R:
-    """A record as the writer announced it (app.runtime.announcements sends dataclasses as JSON)."""
+    """A record as the writer logged it (app.runtime.announcements logs dataclasses as JSON)."""
+    row = dict(row)
     for name in _datetime_fields(cast(Any, record)):
         value = row.get(name)
         if isinstance(value, str):
@@ -70,73 +69,91 @@ def _from_json(record: type[R], row: dict[str, Any]) -> R:
     return record(**row)
 
 
-def _by_id(table: Any, columns: Any) -> Any:
-    """Rows by id, built once (SQLAlchemy then compiles it once)."""
-    return select(*columns).where(table.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).order_by(table.c.id)
+ROWS = {"alarm": alarm_service.AlarmRecord, "event": event_service.EventRecord,
+        "operation": operation_service.OperationRecord, "device": device_service.DeviceRecord}
 
 
-async def _fetch_rows(db: Executor, notes: list[dict[str, Any]], kind: str, statement: Any,
-                      record: type[Any]) -> list[Delivery]:
-    """What changed, in announcement order: the rows the payloads carry, else read back by id."""
-    out = [Delivery(kind, note["o"], r, device_id=getattr(r, "device_id", None))
-           for note in notes for r in (_from_json(record, row) for row in note.get("rows", ()))]
-    ids, ops = _ids(notes)
-    if ids:
-        rows = (await db.execute(statement, {"ids": ids})).all()
-        out += [Delivery(kind, ops[r.id], to_record(record, r), device_id=r.device_id) for r in rows]
-    return out
+class Readers:
+    """The transactions one batch of deliveries reads through, opened on first use: the log's
+    tenant under its role, the registry (copy jobs, tenants) as the management plane."""
+
+    def __init__(self, tenant: Executor, management: Callable[[], Executor]) -> None:
+        self.tenant = tenant
+        self._management = management
+        self._opened: Executor | None = None
+
+    @property
+    def management(self) -> Executor:
+        if self._opened is None:
+            self._opened = self._management()
+        return self._opened
 
 
-_ALARMS = _by_id(alarms, alarm_service.COLUMNS)
-_EVENTS = _by_id(events, event_service.COLUMNS)
-_OPERATIONS = _by_id(operations, operation_service.COLUMNS)
-
-
-async def _fetch_alarms(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "alarm", _ALARMS, alarm_service.AlarmRecord)
-
-
-async def _fetch_events(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "event", _EVENTS, event_service.EventRecord)
-
-
-async def _fetch_operations(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    return await _fetch_rows(db, notes, "operation", _OPERATIONS, operation_service.OperationRecord)
-
-
-async def _fetch_devices(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    out = []
-    for note in notes:
-        for row in note.get("rows", ()):
-            record = _from_json(device_service.DeviceRecord, row)
-            out.append(Delivery("device", note["o"], record, device_id=record.id))
-    ids, ops = _ids(notes)
-    found = await device_service.devices_by_ids(db, Scope(), ids) if ids else {}
-    # A deleted device's delivery carries its id alone; no scope can place it any more.
-    out += [Delivery("device", ops[i], found[i], device_id=i) if i in found else Delivery("device", ops[i], i)
-            for i in ids if i in found or ops[i] == "DELETED"]
-    return out
-
-
-async def _fetch_measurements(db: Executor, notes: list[dict[str, Any]]) -> list[Delivery]:
-    """The rows each announcing transaction wrote (by xmin), per device, in one delivery per device
-    and transaction: the subscription's list."""
+async def deliveries(readers: Readers, entries: Iterable[Change]) -> list[Delivery]:
+    """One delivery per entry, in position order (an entry whose subject is gone delivers nothing:
+    a copy job or tenant no longer in the registry)."""
     out: list[Delivery] = []
-    for note in notes:
+    batches: list[Change] = []
+    jobs_wanted: list[Change] = []
+    tenants_wanted: list[Change] = []
+    for c in entries:
+        record = ROWS.get(c.kind)
+        if record is not None and "id" in c.body and len(c.body) == 1:  # an id alone: a deleted device
+            out.append(Delivery(c.kind, c.op, int(c.body["id"]), c.device_id, c.position, c.tenant_id))
+        elif record is not None:
+            out.append(Delivery(c.kind, c.op, _from_json(record, c.body), c.device_id, c.position, c.tenant_id))
+        elif c.kind == "measurement":
+            batches.append(c)
+        elif c.kind == "copyjob":
+            jobs_wanted.append(c)
+        elif c.kind == "tenant":
+            tenants_wanted.append(c)
+    out += await _measurements(readers.tenant, batches)
+    out += await _copy_jobs(readers.management, jobs_wanted) if jobs_wanted else []
+    out += await _tenants(readers.management, tenants_wanted) if tenants_wanted else []
+    out.sort(key=lambda d: d.position)
+    return out
+
+
+async def _measurements(db: Executor, batches: list[Change]) -> list[Delivery]:
+    """The rows each logged batch wrote (its device, time range and transaction): the subscription's list."""
+    out = []
+    for c in batches:
+        b = c.body
         rows = (await db.execute(
             select(*measurement_service.COLUMNS).where(
-                measurements.c.device_id.in_(note["d"]),
-                measurements.c.time.between(datetime.fromisoformat(note["lo"]), datetime.fromisoformat(note["hi"])),
+                measurements.c.device_id == c.device_id,
+                measurements.c.time.between(datetime.fromisoformat(b["lo"]), datetime.fromisoformat(b["hi"])),
                 text("measurements.xmin = CAST(CAST(:xid AS text) AS xid)"))
-            .order_by(measurements.c.device_id, measurements.c.time, measurements.c.id),
-            {"xid": note.get("w", note["x"])})).all()  # w: the worker's xid on Citus
-        per_device: dict[int, list[Any]] = defaultdict(list)
-        for row in rows:
-            per_device[row.device_id].append(to_record(measurement_service.MeasurementRecord, row))
-        out.extend(Delivery("measurement", "created", records, device_id=device) for device, records in
-                   per_device.items())
+            .order_by(measurements.c.time, measurements.c.id),
+            {"xid": b.get("w", b.get("x"))})).all()  # w: the worker's xid on Citus
+        records = [to_record(measurement_service.MeasurementRecord, r) for r in rows]
+        out.append(Delivery("measurement", c.op, records, c.device_id, c.position, c.tenant_id))
     return out
 
 
-FETCH = {"alarm": _fetch_alarms, "event": _fetch_events, "operation": _fetch_operations,
-          "device": _fetch_devices, "measurement": _fetch_measurements}
+async def _copy_jobs(db: Executor, wanted: list[Change]) -> list[Delivery]:
+    ids = list({UUID(c.body["job"]) for c in wanted})
+    rows = (await db.execute(select(*jobs.JOB_COLUMNS, copy_jobs.c.requested_by).where(copy_jobs.c.id.in_(ids)))).all()
+    found = {row.id: row for row in rows}
+    out = []
+    for c in wanted:
+        row = found.get(UUID(c.body["job"]))
+        if row is not None:  # the job as it is now, with who asked for it (only they hear of it)
+            job = jobs.CopyJob(*tuple(row)[:-1])
+            out.append(Delivery("copyjob", c.op, (job, row.requested_by), None, c.position, c.tenant_id))
+    return out
+
+
+async def _tenants(db: Executor, wanted: list[Change]) -> list[Delivery]:
+    ids = list({c.body["id"] for c in wanted})
+    rows = (await db.execute(select_tenants().where(text("id = ANY(:ids)")), {"ids": ids})).all()
+    found = {r.id: TenantRecord.from_row(r) for r in rows}
+    out = []
+    for c in wanted:
+        record = found.get(c.body["id"])
+        if record is not None:
+            op = "DELETED" if record.status == "DELETED" or c.op == "DELETE" else (
+                "CREATED" if c.op == "INSERT" else "UPDATED")
+            out.append(Delivery("tenant", op, record, None, c.position, c.tenant_id))
+    return out

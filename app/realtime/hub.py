@@ -1,16 +1,17 @@
 """The realtime hub: one per process, between PostgreSQL's notifications and live subscriptions.
 
-- One LISTEN connection per process (`tenantry_changes`, `tenantry_access`; app.runtime.announcements
-  describes the payloads). Writers NOTIFY inside their transaction, so only committed changes
-  arrive, from any worker process.
-- Notifications are drained in batches; for each (tenant, kind) that has subscribers, the rows
-  are fetched once, in one transaction under that tenant's role, and offered to each subscriber
-  its rights let see at delivery time: the permission it subscribed with, its group scope (one
-  query per distinct scope), a device token's own device. Nothing is fetched for tenants nobody
-  listens to.
-- Each subscription has a bounded queue (`subscription_queue`). A consumer that falls behind
-  loses the OLDEST events; the next event it receives says how many it missed
-  (`extensions.missed`), so a dashboard knows to refetch.
+- Every change is an entry of its tenant's durable log (app.runtime.announcements). One LISTEN
+  connection per process hears which tenants' logs grew (`tenantry_changes`, sent at COMMIT, from
+  any worker process) and who may do what changed (`tenantry_access`).
+- For each tenant that has subscribers the hub keeps a cursor: on a wake-up it reads the log past
+  it, once, in one transaction under that tenant's role, and offers each change to each
+  subscriber its rights let see at delivery time: the permission it subscribed with, its group
+  scope (one query per distinct scope), a device token's own device. Nothing is read for tenants
+  nobody listens to. A lost LISTEN connection loses nothing: on reconnecting the hub reads on
+  from its cursors.
+- A subscription resumed `after:` a position, or whose consumer fell behind its bounded queue
+  (`subscription_queue`), reads the log itself until it reaches the hub's cursor, then goes live
+  (app.realtime.sessions.Subscription): no gap and no duplicate at the seam, nothing dropped.
 - Sessions (a WebSocket connection, an SSE stream) are checked again by the access gate: at once
   when an access notification names their tenant or user, when their token expires, and every
   `subscription_recheck_seconds` (custom roles and device tokens live in tenant schemas, which
@@ -29,12 +30,11 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import cast
 from uuid import UUID
 
-import orjson
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.acting import management_transaction, tenant_transaction
@@ -42,22 +42,22 @@ from app.access.gate import AccessGate
 from app.access.principal import Routed
 from app.access.scope import Scope
 from app.db.notify import ACCESS, CHANGES
-from app.db.transaction import Executor
+from app.db.transaction import Executor, Transaction
 from app.errors import LimitExceeded
-from app.models.management import copy_jobs
 from app.models.tenant import devices
-from app.realtime.deliveries import FETCH, Delivery
+from app.realtime.deliveries import Delivery, Readers
+from app.realtime.deliveries import deliveries as FETCH
 from app.realtime.sessions import Session, Subscription
-from app.runtime.announcements import verified
-from app.services.sharing import jobs
-from app.tenancy.registry import TenantRecord, select_tenants
+from app.services.changes import log
 
-log = logging.getLogger("tenantry.realtime")
+log_ = logging.getLogger("tenantry.realtime")
 
 RECHECKS_PER_TICK = 100
 FREEZE_MIN_SESSIONS = 200
 FREEZE_SECONDS = 600.0
-MANAGEMENT = "*"  # the key of management-plane topics (copy jobs); tenants' lifecycle is per ancestor
+READ_PAGE = 2000  # log entries read per round by the hub
+REPLAY_PAGE = 500  # … and by a subscription catching up
+RETRY_SECONDS = 0.2
 
 
 class Hub:
@@ -79,7 +79,10 @@ class Hub:
         self._topics: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
         self._per_tenant: Counter[str] = Counter()
         self._per_user: Counter[tuple[str, str, str]] = Counter()
-        self._pending: list[str] = []
+        self._pending: set[str] = set()  # tenants whose logs grew
+        self._cursors: dict[str, int] = {}  # per tenant with subscribers: the last position offered
+        self._retrying: set[str] = set()
+        self.on_change: list[Callable[[str], None]] = []  # told of every tenant whose log grew
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._suspect: set[str] = set()  # "tenant:<id>" / "user:<uuid>" whose sessions are checked at once
@@ -118,28 +121,48 @@ class Hub:
     def subscription_count(self) -> int:
         return sum(self._per_tenant.values())
 
-    def add_subscription(self, subscription: Subscription) -> None:
+    def cursor(self, tenant_id: str) -> int:
+        """The last position of `tenant_id`'s log the hub has offered to live subscriptions."""
+        return self._cursors.get(tenant_id, 0)
+
+    async def add_subscription(self, subscription: Subscription, after: str | None) -> None:
+        """Count it against the caps, find where it starts in its tenant's log (`after`, checked, or
+        now) and register it; from then on it hears every change past that position."""
+        self._check_caps(subscription)
+        tenant = subscription.tenant_id
+        tx = tenant_transaction(self.engine, tenant)
+        try:
+            start = await log.checked_after(tx, tenant, after)
+            now = (await log.head(tx)).last
+        finally:
+            await tx.finish(commit=False)
+        self._check_caps(subscription)  # others may have been added meanwhile
+        live_from = self._cursors.setdefault(tenant, now)
+        subscription.start(start if start is not None else live_from, live_from)
+        self._per_tenant[tenant] += 1
+        self._per_user[_caller(subscription)] += 1
+        self._topics[(tenant, subscription.kind)].add(subscription)
+
+    def _check_caps(self, subscription: Subscription) -> None:
         if self._per_tenant[subscription.tenant_id] >= self.per_tenant:
             raise LimitExceeded(f"at most {self.per_tenant} live subscriptions per tenant (per server process)",
                                 limit="subscriptionsPerTenant", max=self.per_tenant)
-        caller = _caller(subscription)
-        if self._per_user[caller] >= self.per_user:
+        if self._per_user[_caller(subscription)] >= self.per_user:
             raise LimitExceeded(f"at most {self.per_user} live subscriptions per caller in a tenant (per server "
                                 "process)", limit="subscriptionsPerUser", max=self.per_user)
-        self._per_tenant[subscription.tenant_id] += 1
-        self._per_user[caller] += 1
-        self._topics[(subscription.tenant_id, subscription.kind)].add(subscription)
 
     def remove_subscription(self, subscription: Subscription) -> None:
         subscription.close()
-        topic = self._topics.get((subscription.tenant_id, subscription.kind))
+        tenant = subscription.tenant_id
+        topic = self._topics.get((tenant, subscription.kind))
         if topic is not None and subscription in topic:
             topic.discard(subscription)
             if not topic:
-                del self._topics[(subscription.tenant_id, subscription.kind)]
-            self._per_tenant[subscription.tenant_id] -= 1
-            if self._per_tenant[subscription.tenant_id] <= 0:
-                del self._per_tenant[subscription.tenant_id]
+                del self._topics[(tenant, subscription.kind)]
+            self._per_tenant[tenant] -= 1
+            if self._per_tenant[tenant] <= 0:
+                del self._per_tenant[tenant]
+                self._cursors.pop(tenant, None)  # nobody listens: the next one starts from the head then
             caller = _caller(subscription)
             self._per_user[caller] -= 1
             if self._per_user[caller] <= 0:
@@ -148,8 +171,8 @@ class Hub:
     # --- notifications ------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Keep one LISTEN connection; reconnect with backoff (events while it was down are lost:
-        a subscriber sees a gap, never a wrong event)."""
+        """Keep one LISTEN connection; reconnect with backoff, then read on from every cursor (the
+        log, not the notification, is the news: nothing committed meanwhile is lost)."""
         delay = 0.5
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         while True:
@@ -158,23 +181,28 @@ class Hub:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANGES}")
                     await conn.execute(f"LISTEN {ACCESS}")
+                    self._wake_tenants(list(self._cursors))
                     self.listening.set()
                     delay = 0.5
                     async for note in conn.notifies():
                         if note.channel == ACCESS:
                             self._access_changed(note.payload)
-                        elif verified(note.payload):
-                            self._pending.append(note.payload)
-                            self._wake.set()
-                        else:  # not signed with this server's key: anyone may NOTIFY, nobody forges events
-                            log.warning("realtime: dropped a change notification that does not verify")
+                        else:
+                            for hook in self.on_change:  # webhooks, shares: they read the log too
+                                hook(note.payload)
+                            if note.payload in self._cursors:
+                                self._wake_tenants([note.payload])
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
-                log.warning("realtime: LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                log_.warning("realtime: LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _wake_tenants(self, tenants: Sequence[str]) -> None:
+        self._pending.update(tenants)
+        self._wake.set()
 
     def _access_changed(self, payload: str) -> None:
         kind, _, rest = payload.partition(":")
@@ -182,10 +210,6 @@ class Hub:
         registry = self.gate.registry
         if kind == "tenant":
             registry.forget_tenants([key])  # also fresh for requests: the TTL need not pass
-            if rest.count(":") and self._topics:  # a tenant's own row changed: its ancestors' `tenants` topics
-                self._pending.append(orjson.dumps({"t": MANAGEMENT, "k": "tenant", "o": rest.split(":")[1],
-                                                   "id": key}).decode())
-                self._wake.set()
         elif kind == "user":
             with contextlib.suppress(ValueError):
                 registry.forget_user(UUID(key))
@@ -199,99 +223,92 @@ class Hub:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
-            try:
-                await self._deliver(batch)
-            except Exception:  # one bad batch must not stop delivery for everyone
-                log.exception("realtime: delivering %d notifications failed", len(batch))
+            tenants, self._pending = self._pending, set()
+            for tenant in sorted(tenants):
+                if tenant not in self._cursors:
+                    continue
+                try:
+                    if not await self._deliver_tenant(tenant):
+                        self._later(tenant)
+                except Exception:  # one tenant's failure must not stop delivery for everyone
+                    log_.exception("realtime: reading the change log of %s failed", tenant)
+                    self._later(tenant)
 
-    async def _deliver(self, batch: Sequence[str]) -> None:
-        """Group the batch by (tenant, kind), fetch each group once, offer it to its subscribers."""
-        grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for payload in batch:
-            note = orjson.loads(payload)
-            kind = note["k"]
-            tenant = note["t"]
-            if kind == "tenant":
-                if any(key[1] == "tenant" for key in self._topics):
-                    grouped[(MANAGEMENT, "tenant")].append(note)
-            elif (key := (tenant if kind != "copyjob" else MANAGEMENT, kind)) in self._topics:
-                grouped[key].append(note)
-        by_tenant: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
-        for (tenant, kind), notes in grouped.items():
-            by_tenant[tenant].append((kind, notes))
-        for tenant, work in by_tenant.items():
-            if tenant == MANAGEMENT:
-                await self._deliver_management(work)
-            else:
-                await self._deliver_tenant(tenant, work)
+    def _later(self, tenant: str) -> None:
+        """Look again shortly: a wake-up can come before a distributed commit is visible on its worker
+        (Citus commits the coordinator first), and a failed read is retried."""
+        if tenant not in self._retrying:
+            self._retrying.add(tenant)
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry, tenant)
 
-    async def _deliver_tenant(self, tenant_id: str, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
-        tx = tenant_transaction(self.engine, tenant_id)
+    def _retry(self, tenant: str) -> None:
+        self._retrying.discard(tenant)
+        if tenant in self._cursors:
+            self._wake_tenants([tenant])
+
+    async def _deliver_tenant(self, tenant_id: str) -> bool:
+        """Offer what the tenant's log holds past the cursor; whether anything new was there."""
+        kinds = sorted({kind for (tenant, kind) in self._topics if tenant == tenant_id})
+        if not kinds:
+            return True
+        readers = self._readers(tenant_id)
+        found = False
         try:
-            for kind, notes in work:
-                deliveries = await FETCH[kind](tx, notes)
-                subscribers = list(self._topics.get((tenant_id, kind), ()))
-                if deliveries and subscribers:
-                    await self._offer(tx, deliveries, subscribers)
+            while tenant_id in self._cursors:
+                cursor = self._cursors[tenant_id]
+                changes, upto = await _page(readers.tenant, tenant_id, cursor, kinds, READ_PAGE)
+                if upto == cursor:
+                    break
+                found = True
+                deliveries = await FETCH(readers, changes)
+                if tenant_id not in self._cursors:
+                    break
+                for kind in kinds:
+                    subscribers = list(self._topics.get((tenant_id, kind), ()))
+                    mine = [d for d in deliveries if d.kind == kind]
+                    if mine and subscribers:
+                        await self._offer(readers.tenant, mine, subscribers)
+                self._cursors[tenant_id] = max(self._cursors.get(tenant_id, upto), upto)
         finally:
-            await tx.finish(commit=False)
+            await readers.finish()
+        return found
+
+    def _readers(self, tenant_id: str) -> _Readers:
+        return _Readers(tenant_transaction(self.engine, tenant_id), lambda: management_transaction(self.engine))
+
+    async def replay(self, subscription: Subscription, after: int) -> tuple[list[Delivery], int]:
+        """What `subscription` may see of its tenant's log past `after` (a page), and how far that read."""
+        readers = self._readers(subscription.tenant_id)
+        try:
+            changes, upto = await _page(readers.tenant, subscription.tenant_id, after, [subscription.kind],
+                                        REPLAY_PAGE)
+            deliveries = await FETCH(readers, changes)
+            chosen = [c for d in deliveries for c in [await self._choose(readers.tenant, subscription, d)]
+                      if c is not None]
+        finally:
+            await readers.finish()
+        return chosen, upto
+
+    async def _choose(self, db: Executor, subscription: Subscription, delivery: Delivery) -> Delivery | None:
+        visible = await _visibility(db, [delivery], [subscription])
+        if not subscription.permitted or not _sees(subscription, delivery, visible):
+            return None
+        return subscription.select(delivery)
 
     async def _offer(self, db: Executor, deliveries: list[Delivery], subscribers: list[Subscription]) -> None:
-        """Each delivery to each subscriber whose rights (as they are now) cover its device."""
-        visible: dict[Scope, set[int]] = {}
-        device_ids = sorted({d.device_id for d in deliveries if d.device_id is not None})
-        for scope in {s.routed.scope for s in subscribers}:
-            if scope.group_ids is not None and device_ids:
-                rows = await db.execute(select(devices.c.id).where(devices.c.id.in_(device_ids),
-                                                                   scope.devices(devices.c.id)))
-                visible[scope] = {r.id for r in rows}
+        """Each delivery to each subscriber whose rights (as they are now) cover it."""
+        visible = await _visibility(db, deliveries, subscribers)
         delivered: Counter[str] = Counter()
         for delivery in deliveries:
             for subscription in subscribers:
-                if not subscription.permitted or not _sees(subscription.routed.scope, delivery, visible):
+                if not subscription.permitted or not _sees(subscription, delivery, visible):
                     continue
                 chosen = subscription.select(delivery)
                 if chosen is not None:
                     subscription.offer(chosen)
-                    delivered[subscription.tenant_id] += 1
+                    delivered[subscription.session.tenant_id] += 1
         for tenant, n in delivered.items():
             self.counted(tenant, n)
-
-    async def _deliver_management(self, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
-        tx = management_transaction(self.engine)
-        try:
-            for kind, notes in work:
-                if kind == "copyjob":
-                    ids = list({UUID(n["job"]) for n in notes})
-                    rows = (await tx.execute(select(*jobs.JOB_COLUMNS, copy_jobs.c.requested_by)
-                                             .where(copy_jobs.c.id.in_(ids)))).all()
-                    for row in rows:
-                        delivery = Delivery("copyjob", row.status, jobs.CopyJob(*tuple(row)[:-1]))
-                        for subscription in list(self._topics.get((MANAGEMENT, "copyjob"), ())):
-                            if subscription.routed.principal.user_id == row.requested_by:
-                                chosen = subscription.select(delivery)
-                                if chosen is not None:
-                                    subscription.offer(chosen)
-                elif kind == "tenant":
-                    ids = list({n["id"] for n in notes})
-                    ops = {n["id"]: n["o"] for n in notes}
-                    rows = (await tx.execute(select_tenants().where(text("id = ANY(:ids)")), {"ids": ids})).all()
-                    for row in rows:
-                        record = TenantRecord.from_row(row)
-                        op = "DELETED" if record.status == "DELETED" else (
-                            "CREATED" if ops.get(record.id) == "INSERT" else "UPDATED")
-                        delivery = Delivery("tenant", op, record)
-                        for (owner, kind_), subscribers in list(self._topics.items()):
-                            if kind_ != "tenant" or not record.is_strict_descendant_of(owner):
-                                continue
-                            for subscription in list(subscribers):
-                                if subscription.permitted:
-                                    chosen = subscription.select(delivery)
-                                    if chosen is not None:
-                                        subscription.offer(chosen)
-        finally:
-            await tx.finish(commit=False)
 
     # --- rechecks -----------------------------------------------------------------------------------
 
@@ -340,7 +357,7 @@ class Hub:
                 try:
                     await session.recheck()
                 except Exception:
-                    log.exception("realtime: checking a session again failed; it ends")
+                    log_.exception("realtime: checking a session again failed; it ends")
                     session.end("internal error")
 
 
@@ -350,7 +367,12 @@ def _caller(subscription: Subscription) -> tuple[str, str, str]:
     return subscription.tenant_id, actor.type, str(actor.id)
 
 
-def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> bool:
+def _sees(subscription: Subscription, delivery: Delivery, visible: dict[Scope, set[int]]) -> bool:
+    if delivery.kind == "copyjob":  # only the one who asked for the job hears of it
+        return bool(delivery.value[1] == subscription.routed.principal.user_id)
+    if delivery.kind not in log.DEVICE_KINDS:
+        return True  # the tenant's own management-plane news (tenants of its subtree): the permission decides
+    scope = subscription.routed.scope
     if scope.unrestricted:
         return True
     if delivery.device_id is None:
@@ -360,4 +382,33 @@ def _sees(scope: Scope, delivery: Delivery, visible: dict[Scope, set[int]]) -> b
     return delivery.device_id in visible.get(scope, set())
 
 
-# --- fetching what changed ------------------------------------------------------------------------------
+async def _visibility(db: Executor, deliveries: Sequence[Delivery],
+                      subscribers: Sequence[Subscription]) -> dict[Scope, set[int]]:
+    """For each group scope among the subscribers, which of the deliveries' devices it covers (one query each)."""
+    visible: dict[Scope, set[int]] = {}
+    device_ids = sorted({d.device_id for d in deliveries if d.device_id is not None})
+    for scope in {s.routed.scope for s in subscribers}:
+        if scope.group_ids is not None and device_ids:
+            rows = await db.execute(select(devices.c.id).where(devices.c.id.in_(device_ids),
+                                                               scope.devices(devices.c.id)))
+            visible[scope] = {r.id for r in rows}
+    return visible
+
+
+async def _page(db: Executor, tenant_id: str, after: int, kinds: Sequence[str],
+                limit: int) -> tuple[list[log.Change], int]:
+    """Entries of `kinds` past `after`, and the position this read covers: the head as it was
+    read (every entry up to it is committed and visible: positions are gap-free in commit order),
+    or the last entry when the page is full."""
+    head = (await log.head(db)).last
+    if head <= after:
+        return [], after
+    changes = await log.read(db, tenant_id, after=after, limit=limit, kinds=kinds, upto=head)
+    return changes, changes[-1].position if len(changes) == limit else head
+
+
+class _Readers(Readers):
+    async def finish(self) -> None:
+        await cast(Transaction, self.tenant).finish(commit=False)
+        if self._opened is not None:
+            await cast(Transaction, self._opened).finish(commit=False)

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from app.access.gate import AccessGate
 from app.access.principal import Routed
-from app.errors import AppError, LimitExceeded
+from app.errors import AppError, LimitExceeded, Unavailable
 from app.realtime.deliveries import Delivery
 
 
@@ -24,29 +24,42 @@ class Hub(Protocol):
 
     def next_periodic_check(self) -> float: ...
 
-    def add_subscription(self, subscription: Subscription) -> None: ...
+    async def add_subscription(self, subscription: Subscription, after: str | None) -> None: ...
 
     def remove_subscription(self, subscription: Subscription) -> None: ...
+
+    def cursor(self, tenant_id: str) -> int: ...
+
+    async def replay(self, subscription: Subscription, after: int) -> tuple[list[Delivery], int]: ...
 
 
 Select = Callable[[Delivery], Delivery | None]
 
 
 class Subscription:
-    """One subscription's queue; iterate it for its deliveries (with the count of missed ones)."""
+    """One subscription's place in its tenant's change log; iterate it for its deliveries.
+
+    Live, it is handed what the hub reads from the log as it is committed (a bounded queue). It is
+    *catching up* when it resumed `after:` a position behind the hub, or when its consumer fell so
+    far behind that the queue filled: then it reads the log itself, page by page, from the last
+    position it handed out, and goes live again at the exact position the hub has reached — so a
+    slow or reconnecting consumer gets every change once, in order, and none is ever dropped."""
 
     def __init__(self, session: Session, *, tenant_id: str, kind: str, needs: tuple[str, ...], data: bool,
                  select: Select, capacity: int) -> None:
         self.session = session
-        self.tenant_id = tenant_id
+        self.tenant_id = tenant_id  # whose log it reads
         self.kind = kind
         self.needs = needs  # any one of these permissions keeps it alive
         self.data = data  # needs data access (parentAccess FULL for parent-level callers)
         self.select = select
-        self._items: deque[Delivery] = deque(maxlen=capacity)
+        self.capacity = capacity
+        self._items: deque[Delivery] = deque()
+        self._backlog: deque[Delivery] = deque()
         self._wake = asyncio.Event()
-        self.missed = 0
-        self.last_missed = 0
+        self.handed_out = 0  # the position of the last delivery handed out (or where it resumed)
+        self.read_upto = 0  # catching up: the log is read up to here
+        self.catching_up = False
         self.closed = False
         self.permitted = self.allowed(session.routed)  # kept current by the session's rechecks
 
@@ -59,12 +72,22 @@ class Subscription:
             return False
         return not self.needs or any(p in routed.permissions for p in self.needs)
 
+    def start(self, position: int, live_from: int) -> None:
+        """Begin after `position`; the hub has offered everything up to `live_from` already."""
+        self.handed_out = self.read_upto = position
+        self.catching_up = position < live_from
+
     def offer(self, delivery: Delivery) -> None:
-        if self.closed:
-            return
-        if len(self._items) == self._items.maxlen:
-            self.missed += 1  # the deque drops the oldest
-        self._items.append(delivery)
+        if self.closed or self.catching_up or delivery.position <= self.read_upto:
+            return  # catching up reads it from the log; at or below read_upto it was read already
+        if len(self._items) >= self.capacity:
+            # The consumer fell behind: what is queued is read again from the log, in order.
+            self._items.clear()
+            self.catching_up, self.read_upto = True, self.handed_out
+            self._backlog.clear()
+        else:
+            self._items.append(delivery)
+            self.read_upto = delivery.position
         self._wake.set()
 
     def close(self) -> None:
@@ -74,19 +97,30 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> tuple[Delivery, int]:
-        while not self._items:
+    async def _catch_up(self) -> None:
+        deliveries, upto = await self.session.hub.replay(self, self.read_upto)
+        if self.closed or not self.catching_up:
+            return
+        self._backlog.extend(deliveries)
+        self.read_upto = upto
+        if upto >= self.session.hub.cursor(self.tenant_id):
+            self.catching_up = False  # no await since the check: the hub's next offer follows on
+
+    async def __anext__(self) -> Delivery:
+        while not self._backlog and not self._items:
             if self.closed:
                 raise StopAsyncIteration
+            if self.catching_up:
+                await self._catch_up()
+                continue
             self._wake.clear()
             await self._wake.wait()
         await self.session.cleared.wait()  # held while an access change is checked (Session.hold)
         if self.closed:
             raise StopAsyncIteration
-        delivery = self._items.popleft()
-        # Dropped since the last one handed out: reported with this one (`extensions.missed`).
-        self.last_missed, self.missed = self.missed, 0
-        return delivery, self.last_missed
+        delivery = self._backlog.popleft() if self._backlog else self._items.popleft()
+        self.handed_out = delivery.position
+        return delivery
 
 
 class Session:
@@ -111,19 +145,27 @@ class Session:
         self.cleared = asyncio.Event()
         self.cleared.set()
         self._holds = 0  # a hold during a recheck waits for the next one
+        self._opening = 0
 
     @property
     def tenant_id(self) -> str:
         return self.routed.tenant.id
 
-    def open(self, key: str, *, kind: str, needs: tuple[str, ...], data: bool, select: Select,
-             tenant_id: str | None = None) -> Subscription:
-        if len(self.subscriptions) >= self.hub.per_connection:
+    async def open(self, key: str, *, kind: str, needs: tuple[str, ...], data: bool, select: Select,
+                   tenant_id: str | None = None, after: str | None = None) -> Subscription:
+        if len(self.subscriptions) + self._opening >= self.hub.per_connection:
             raise LimitExceeded(f"at most {self.hub.per_connection} subscriptions per connection",
                                 limit="subscriptionsPerConnection", max=self.hub.per_connection)
         subscription = Subscription(self, tenant_id=tenant_id or self.tenant_id, kind=kind, needs=needs, data=data,
                                     select=select, capacity=self.hub.queue_size)
-        self.hub.add_subscription(subscription)
+        self._opening += 1  # counted while the log is asked where it starts
+        try:
+            await self.hub.add_subscription(subscription, after)
+        finally:
+            self._opening -= 1
+        if self.ended is not None:  # ended while the log was asked where to start
+            self.hub.remove_subscription(subscription)
+            raise Unavailable(f"the connection ended: {self.ended}")
         self.subscriptions[key] = subscription
         return subscription
 

@@ -1,101 +1,68 @@
-"""Change announcements for realtime subscribers: PostgreSQL NOTIFY inside the writing transaction.
+"""Changes, appended to the tenant's durable change log inside the writing transaction.
 
-NOTIFY is transactional: PostgreSQL delivers a notification only when the transaction that sent
-it commits, so a subscriber never hears of a rolled-back write. Payloads carry keys, not rows
-(NOTIFY's limit is 8,000 bytes): a listener fetches what it needs, and long id lists are split.
+Every change subscriptions, consumers, webhooks and standing shares hear of is one entry of its
+tenant's log (`changes` in the tenant schema, migration t0007): a gap-free position in commit
+order, the kind (device, alarm, event, operation, measurement, copyjob, tenant, share), the
+operation, the device it belongs to (for rights at delivery) and a body — the changed row as the
+writer saw it, or its id alone (a deleted device), or for a measurement batch the device, time
+range, count and writing transaction (rows are read back by `xmin`, never logged one by one).
 
-Two channels, one LISTEN connection per process (app.realtime.hub):
-- `tenantry_changes`: `{"t": tenant, "k": kind, "o": op, "ids": [...], "x": xid}`. Measurements
-  are written by COPY and have no ids at hand: they are announced by device, time range and the
-  writing transaction's id (`x`), which the listener matches against the rows' `xmin`.
-- `tenantry_access`: `tenant:<id>` or `user:<uuid>` when who may do what there changed
-  (memberships, tokens, logins, tenant status — mostly sent by triggers on the management
-  tables, see migration m0016); subscriptions of that tenant or user are checked again at once.
+A request's transaction (app.access.acting) appends all of its entries just before COMMIT, in the
+same round trip, so the head's row lock (which orders writers) is held for microseconds; any other
+transaction appends at once. Then one NOTIFY per tenant on `tenantry_changes` wakes the readers
+(app.realtime.hub), which read the log from their own position: a notification lost while a
+listener reconnects loses nothing, and a forged one can only make a reader look.
 
-PostgreSQL lets any role NOTIFY any channel, so a change payload carries an HMAC (`"h"`, keyed by
-the server's secret) over everything before it: the hub drops a payload that does not verify, and
-no database role can forge an event for subscribers. (An access notification only makes the hub
-ask the gate again, which a forged one cannot change.)
+`tenantry_access` carries `tenant:<id>` or `user:<uuid>` when who may do what there changed
+(memberships, tokens, logins, tenant status — mostly sent by triggers on the management tables,
+migration m0016): live subscriptions of that tenant or user are checked again at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy import text
 
-from app.db.notify import ACCESS, CHANGES
+from app.access.acting import append_as_tenant
+from app.db.notify import ACCESS, CHANGES, wake_sql
 from app.db.transaction import Executor
 
-__all__ = ["ACCESS", "CHANGES", "access_changed", "announce", "payloads", "use_key", "verified"]
-
-_MAC = ',"h":"'
-_key: list[bytes] = []  # set once per process by Platform.create (use_key)
+__all__ = ["ACCESS", "CHANGES", "access_changed", "announce", "entries"]
 
 
-def use_key(secret: str) -> None:
-    """The key change payloads are signed and checked with, derived from the server's secret."""
-    _key[:] = [hashlib.sha256(b"tenantry-notify:" + secret.encode()).digest()]
+def entries(kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (), *,
+            device_id: int | None = None, **body: Any) -> list[str]:
+    """The log entries of one change: one per changed row (so each event has a position of its own),
+    one per id when only ids are known, or one entry of `body` (a measurement batch)."""
+    def entry(b: object, d: int | None) -> str:
+        return orjson.dumps({"k": kind, "o": op, "d": d, "b": b}).decode()
 
-
-def _signed(body: str) -> str:
-    """`body` (a JSON object without its closing brace) with its MAC, then the opening of `"x"`."""
-    mac = hmac.new(_key[0], body.encode(), hashlib.sha256).hexdigest() if _key else ""
-    return f'{body}{_MAC}{mac}","x":'
-
-
-def verified(payload: str) -> bool:
-    """Whether a change payload was signed with this server's key."""
-    at = payload.rfind(_MAC)
-    if not _key or at < 0:
-        return False
-    mac = payload[at + len(_MAC):at + len(_MAC) + 64]
-    return hmac.compare_digest(mac, hmac.new(_key[0], payload[:at].encode(), hashlib.sha256).hexdigest())
-
-
-IDS_PER_PAYLOAD = 500  # 500 ids of 15 digits stay well under NOTIFY's 8,000 bytes
-ROWS_BYTES = 7000  # rows travel in the payload up to this size (no fetch); beyond it, their ids
-
-# The writing transaction's id as the rows' xmin shows it (32 bits), appended by the statement.
-_NOTIFY = text(
-    "SELECT pg_notify(:channel, p || (pg_current_xact_id()::text::bigint % 4294967296)::text || '}') "
-    "FROM unnest(CAST(:payloads AS text[])) AS p")
-_NOTIFY_ACCESS = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
-
-
-def payloads(tenant_id: str, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
-             **extra: Any) -> list[str]:
-    """The payloads announcing one change, each missing only its closing `"x": xid}` part. The
-    changed rows themselves (dataclass records) are sent when they fit, so listeners need not
-    read them back; otherwise their ids."""
     if rows:
-        body = orjson.dumps({"t": tenant_id, "k": kind, "o": op, "rows": rows, **extra}).decode()
-        if len(body) <= ROWS_BYTES:
-            return [_signed(body[:-1])]
-        ids = [r.id for r in rows]  # type: ignore[attr-defined]
-    chunks = [ids[i:i + IDS_PER_PAYLOAD] for i in range(0, len(ids), IDS_PER_PAYLOAD)] or [ids]
-    out = []
-    for chunk in chunks:
-        body = orjson.dumps({"t": tenant_id, "k": kind, "o": op, "ids": list(chunk), **extra}).decode()
-        out.append(_signed(body[:-1]))
-    return out
+        return [entry(r, device_id if device_id is not None else _device_of(kind, r)) for r in rows]
+    if ids:
+        return [entry({"id": i, **body}, i if kind == "device" else device_id) for i in ids]
+    return [entry(body, device_id)]
+
+
+def _device_of(kind: str, row: object) -> int | None:
+    return getattr(row, "id" if kind == "device" else "device_id", None)
 
 
 async def announce(db: Executor, tenant_id: str, kind: str, op: str, ids: Sequence[int] = (),
-                   rows: Sequence[object] = (), **extra: Any) -> None:
-    """Announce a change to subscribers once `db`'s transaction commits. A request's transaction
-    (app.access.acting.PlaneView) sends all of a request's announcements in one statement just
-    before COMMIT; any other transaction sends them now."""
-    batch = payloads(tenant_id, kind, op, ids, rows, **extra)
+                   rows: Sequence[object] = (), *, device_id: int | None = None, **body: Any) -> None:
+    """Append a change to `tenant_id`'s log, committed with `db`'s transaction. A request's
+    transaction (app.access.acting.PlaneView) appends all of a request's entries just before COMMIT;
+    any other transaction appends now (and holds the tenant's log head until it ends)."""
+    batch = entries(kind, op, ids, rows, device_id=device_id, **body)
     deferred = getattr(db, "announce", None)
     if deferred is not None:
-        deferred(batch)
+        deferred(tenant_id, batch)
         return
-    await db.execute(_NOTIFY, {"channel": CHANGES, "payloads": batch})
+    await append_as_tenant(db, tenant_id, batch)
+    await db.execute(text(wake_sql([tenant_id])))
 
 
 async def access_changed(db: Executor, *, tenant_id: str | None = None, user_id: object = None) -> None:
@@ -105,3 +72,6 @@ async def access_changed(db: Executor, *, tenant_id: str | None = None, user_id:
     if user_id is not None:
         batch.append(f"user:{user_id}")
     await db.execute(_NOTIFY_ACCESS, {"channel": ACCESS, "payloads": batch})
+
+
+_NOTIFY_ACCESS = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")

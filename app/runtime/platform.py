@@ -14,7 +14,6 @@ from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
 from app.db.engines import Database
 from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
-from app.runtime import announcements
 from app.runtime.metering import Meter
 from app.runtime.metrics import RequestMetrics
 from app.runtime.throttle import LoginThrottle
@@ -57,7 +56,6 @@ class Platform:
     @classmethod
     def create(cls, settings: Settings) -> Platform:
         db = Database.connect(settings)
-        announcements.use_key(settings.resolved_secret_key())  # change payloads signed and checked with it
         # Requests keep a few clean connections between them (app.db.transaction._Kept).
         keep_connections(db.app, limit=max(1, settings.pool_size // 2))
         limit_schemas_per_connection(db.app, settings.schemas_per_connection)

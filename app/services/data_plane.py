@@ -57,8 +57,9 @@ class Plane:
 
     async def announce(self, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
                        **extra: Any) -> None:
-        """Tell realtime subscribers, once this commits (app.runtime.announcements)."""
+        """Append the change to the tenant's log, committed with the request (app.runtime.announcements)."""
         await announcements.announce(self.db, self.tenant.id, kind, op, ids, rows, **extra)
+        self.count("change_count", max(len(rows) or len(ids), 1))
 
     async def audit(self, action: str, target: str | None, changes: list[dict[str, Any]] | None = None) -> None:
         await data_audit.record(self.db, actor=self.actor, action=action, target=target, changes=changes,
@@ -72,13 +73,18 @@ async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> 
     stored = await create_measurements(plane.db, plane.scope, batch)
     plane.count("measurements_created_count", stored)
     if stored:
-        times = [m.time for m in batch]
+        # One log entry per device of the batch (its time range and count), never one per row.
         # A batch names a few devices many times: each distinct id is decoded once.
-        device_ids = sorted({devices.require_id(d, "device") for d in {m.device_id for m in batch}})
-        # On Citus the rows' xmin is the worker's transaction id, not the one the NOTIFY appends.
+        ids = {d: devices.require_id(d, "device") for d in {m.device_id for m in batch}}
+        spans: dict[int, list[Any]] = {}
+        for m in batch:
+            span = spans.setdefault(ids[m.device_id], [m.time, m.time, 0])
+            span[0], span[1], span[2] = min(span[0], m.time), max(span[1], m.time), span[2] + 1
+        # On Citus the rows' xmin is the worker's transaction id, not the coordinator's.
         worker: dict[str, Any] = {"w": xid} if (xid := await plane.db.worker_xid()) is not None else {}
-        await plane.announce("measurement", "created", d=device_ids,
-                             lo=min(times).isoformat(), hi=max(times).isoformat(), **worker)
+        for device, (lo, hi, n) in sorted(spans.items()):
+            await plane.announce("measurement", "created", device_id=device, lo=lo.isoformat(), hi=hi.isoformat(),
+                                 n=n, **worker)
     return stored
 
 

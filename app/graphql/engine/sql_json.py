@@ -185,6 +185,11 @@ def _column(name: str, fmt: str = "{c}") -> Resolve:
     return resolve
 
 
+def _null(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    """A field only subscriptions fill (an object's change-log `position`): null in a query."""
+    return "NULL"
+
+
 def _outer(row: str, column: str) -> ColumnElement[Any]:
     """The enclosing row's column, for a service's relation statement nested as a correlated subquery."""
     return literal_column(f"{row}.{column}")
@@ -284,16 +289,16 @@ FIELDS: dict[str, dict[str, Resolve]] = {
               "lastRaisedAt": _column("last_raised_at", ISO), "updatedAt": _column("updated_at", ISO)},
     "Event": {"id": _global("Event", "id"), "deviceId": _DEVICE_ID, "time": _column("time", ISO),
               "type": _column("type"), "text": _column("text"), "attributes": _column("attributes"),
-              "createdAt": _column("created_at", ISO), "updatedAt": _column("updated_at", ISO)},
+              "createdAt": _column("created_at", ISO), "updatedAt": _column("updated_at", ISO), "position": _null},
     "Measurement": {"id": _global("Measurement", "id"), "deviceId": _DEVICE_ID, "time": _column("time", ISO),
                     "type": _column("type"), "series": _column("series"), "value": _column("value"),
-                    "unit": _column("unit")},
+                    "unit": _column("unit"), "position": _null},
     "SeriesPoint": {"series": _column("series"), "bucket": _column("bucket", ISO), "min": _column("min"),
                     "max": _column("max"), "avg": _column("avg"), "count": _column("count"), "sum": _column("sum")},
     "Operation": {"id": _global("Operation", "id"), "deviceId": _DEVICE_ID, "status": _column("status"),
                   "description": _column("description"), "payload": _column("payload"),
                   "failureReason": _column("failure_reason"), "createdAt": _column("created_at", ISO),
-                  "updatedAt": _column("updated_at", ISO)},
+                  "updatedAt": _column("updated_at", ISO), "position": _null},
     "UsageDay": {
         "day": _column("day", "to_char({c}, 'YYYY-MM-DD')"),
         "tenantId": lambda q, field, details, row: q.bind(q.tenant_of_rows),

@@ -19,7 +19,7 @@ from app.auth.roles import (
 from app.graphql.connections import Connection
 from app.graphql.context import Context
 from app.graphql.node import Node
-from app.graphql.scalars import JSON
+from app.graphql.scalars import JSON, ChangePosition
 from app.graphql.types.inventory import Alarm, AlarmSeverity, AlarmStatus
 from app.ids import here
 from app.services import data_plane as use_case
@@ -44,6 +44,9 @@ class Measurement(Node):
     series: str
     value: float
     unit: str | None
+
+    position: ChangePosition | None = strawberry.field(
+        default=None, description="Where a subscription delivered this in the tenant's change log (null in queries).")
 
     @classmethod
     def of(cls, r: MeasurementRecord) -> Measurement:
@@ -108,6 +111,9 @@ class Event(Node):
     attributes: JSON
     created_at: datetime
     updated_at: datetime
+
+    position: ChangePosition | None = strawberry.field(
+        default=None, description="Where a subscription delivered this in the tenant's change log (null in queries).")
 
     @classmethod
     def of(cls, r: EventRecord) -> Event:
@@ -174,6 +180,9 @@ class Operation(Node):
     failure_reason: str | None
     created_at: datetime
     updated_at: datetime
+
+    position: ChangePosition | None = strawberry.field(
+        default=None, description="Where a subscription delivered this in the tenant's change log (null in queries).")
 
     @classmethod
     def of(cls, r: OperationRecord) -> Operation:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
+from typing import Annotated
 from uuid import UUID
 
 import strawberry
@@ -17,6 +18,7 @@ import strawberry
 from app.auth.roles import DEVICES_READ, OPERATIONS_DEVICE, TENANT_ADMIN
 from app.errors import InvalidInput, NotFound
 from app.graphql.context import Context
+from app.graphql.scalars import ChangePosition
 from app.graphql.types.data import AlarmFilter, Event, Measurement, Operation, OperationStatus, alarm_filter
 from app.graphql.types.inventory import Alarm, Device
 from app.graphql.types.sharing import CopyJob
@@ -24,6 +26,7 @@ from app.graphql.types.tenants import Tenant
 from app.ids import here
 from app.realtime.deliveries import Delivery
 from app.realtime.sessions import Subscription
+from app.services.changes.log import format_position
 from app.services.inventory.devices import require_id
 from app.services.sharing import jobs
 
@@ -42,6 +45,7 @@ class AlarmEventKind(Enum):
 class AlarmEvent:
     kind: AlarmEventKind
     alarm: Alarm
+    position: ChangePosition
 
 
 @strawberry.enum
@@ -56,12 +60,14 @@ class DeviceEvent:
     kind: ChangeKind
     id: strawberry.ID
     device: Device | None
+    position: ChangePosition
 
 
 @strawberry.type(description="A tenant of your subtree was created, changed (status, place, details) or deleted.")
 class TenantEvent:
     kind: ChangeKind
     tenant: Tenant
+    position: ChangePosition
 
 
 @strawberry.input
@@ -74,16 +80,25 @@ def _device(value: str | None) -> int | None:
     return require_id(value, "device") if value is not None else None
 
 
+AFTER = strawberry.argument(description="Resume just after this position (the last one you received): every "
+                                        "change since, in order, then live. Null: from now on.")
+
+
 async def _open(info: Info, kind: str, needs: tuple[str, ...], select: Callable[[Delivery], Delivery | None],
-                *, data: bool = True) -> Subscription:
-    return await info.context.subscribe(kind, needs, select, data=data)
+                after: str | None, *, data: bool = True) -> Subscription:
+    return await info.context.subscribe(kind, needs, select, data=data, after=after)
+
+
+def _position(d: Delivery) -> ChangePosition:
+    return ChangePosition(format_position(d.tenant_id, d.position))
 
 
 @strawberry.type(name="Subscription")
 class Subscriptions:
     @strawberry.subscription(description="Alarms of the routed tenant as they are raised, counted again or change "
                                          "status, filtered like the `alarms` query.")
-    async def alarms(self, info: Info, filter: AlarmFilter | None = None) -> AsyncIterator[AlarmEvent]:
+    async def alarms(self, info: Info, filter: AlarmFilter | None = None,
+                     after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[AlarmEvent]:
         f = alarm_filter(filter)
         device = _device(f.device_id) if f else None
 
@@ -96,16 +111,17 @@ class Subscriptions:
                 return None
             return d
 
-        subscription = await _open(info, "alarm", (DEVICES_READ,), select)
+        subscription = await _open(info, "alarm", (DEVICES_READ,), select, after)
 
         async def stream() -> AsyncIterator[AlarmEvent]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 yield d.shared(_alarm_event)
         return stream()
 
     @strawberry.subscription(description="New measurements of one device, in the batches they were written in.")
     async def measurements(self, info: Info, device_id: strawberry.ID, type: str | None = None,
-                           series: str | None = None) -> AsyncIterator[list[Measurement]]:
+                           series: str | None = None,
+                           after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[list[Measurement]]:
         device = require_id(device_id, "device")
 
         def select(d: Delivery) -> Delivery | None:
@@ -115,16 +131,17 @@ class Subscriptions:
                 return d
             return _filtered(d, type, series)
 
-        subscription = await _open(info, "measurement", (DEVICES_READ,), select)
+        subscription = await _open(info, "measurement", (DEVICES_READ,), select, after)
 
         async def stream() -> AsyncIterator[list[Measurement]]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 if d.value:
                     yield d.shared(_measurements)
         return stream()
 
     @strawberry.subscription(description="Events as they are created or updated.")
-    async def events(self, info: Info, filter: EventFilter | None = None) -> AsyncIterator[Event]:
+    async def events(self, info: Info, filter: EventFilter | None = None,
+                     after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[Event]:
         device = _device(filter.device_id) if filter else None
         wanted = filter.type if filter else None
 
@@ -133,17 +150,18 @@ class Subscriptions:
             return None if (device is not None and e.device_id != device) or (
                 wanted is not None and e.type != wanted) else d
 
-        subscription = await _open(info, "event", (DEVICES_READ,), select)
+        subscription = await _open(info, "event", (DEVICES_READ,), select, after)
 
         async def stream() -> AsyncIterator[Event]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 yield d.shared(_event)
         return stream()
 
     @strawberry.subscription(description="Operations as they are created or change status: a device agent "
                                          "(device token) waits here for its PENDING operations instead of polling.")
     async def operations(self, info: Info, device_id: strawberry.ID | None = None,
-                         status: OperationStatus | None = None) -> AsyncIterator[Operation]:
+                         status: OperationStatus | None = None,
+                         after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[Operation]:
         device = _device(device_id)
         wanted = status.value if status is not None else None
 
@@ -152,55 +170,59 @@ class Subscriptions:
             return None if (device is not None and o.device_id != device) or (
                 wanted is not None and o.status != wanted) else d
 
-        subscription = await _open(info, "operation", (DEVICES_READ, OPERATIONS_DEVICE), select)
+        subscription = await _open(info, "operation", (DEVICES_READ, OPERATIONS_DEVICE), select, after)
 
         async def stream() -> AsyncIterator[Operation]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 yield d.shared(_operation)
         return stream()
 
     @strawberry.subscription(description="Devices as they are created, updated or deleted.")
-    async def devices(self, info: Info) -> AsyncIterator[DeviceEvent]:
-        subscription = await _open(info, "device", (DEVICES_READ,), lambda d: d)
+    async def devices(self, info: Info,
+                      after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[DeviceEvent]:
+        subscription = await _open(info, "device", (DEVICES_READ,), lambda d: d, after)
 
         async def stream() -> AsyncIterator[DeviceEvent]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 yield d.shared(_device_event)
         return stream()
 
     @strawberry.subscription(description="A copy job you asked for: its state now, then each change until it "
                                          "finishes (the stream then completes).")
-    async def copy_job(self, info: Info, id: strawberry.ID) -> AsyncIterator[CopyJob]:
+    async def copy_job(self, info: Info, id: strawberry.ID,
+                       after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[CopyJob]:
         ctx = info.context
         principal = await ctx.user()
         try:
             key = UUID(id)
         except ValueError:
             raise InvalidInput("not a copy job id", field="id") from None
-        subscription = await ctx.subscribe("copyjob", (), lambda d: d if d.value.id == key else None, data=False,
-                                           management=True)
         current = await jobs.job_by_id(ctx.management_db, key, requested_by=principal.user_id)
         if current is None:
-            subscription.session.close(info.context.operation_key)
             raise NotFound(f"copy job {id} not found")
+        # Its changes are in the target's log (where the copied data lands).
+        subscription = await ctx.subscribe("copyjob", (), lambda d: d if d.value[0].id == key else None, data=False,
+                                           log_of=current.target_tenant, after=after)
 
         async def stream() -> AsyncIterator[CopyJob]:
-            yield CopyJob.of(current)
-            if current.status in FINISHED:
-                return
-            async for d, _missed in subscription:
-                yield CopyJob.of(d.value)
-                if d.value.status in FINISHED:
+            if after is None:
+                yield CopyJob.of(current)
+                if current.status in FINISHED:
+                    return
+            async for d in subscription:
+                yield d.shared(_copy_job)
+                if d.value[0].status in FINISHED:
                     return
         return stream()
 
     @strawberry.subscription(description="Your subtree's tenants as they are created, change or are deleted "
                                          "(management plane: no tenant data).")
-    async def tenants(self, info: Info) -> AsyncIterator[TenantEvent]:
-        subscription = await _open(info, "tenant", (TENANT_ADMIN,), lambda d: d, data=False)
+    async def tenants(self, info: Info,
+                      after: Annotated[ChangePosition | None, AFTER] = None) -> AsyncIterator[TenantEvent]:
+        subscription = await _open(info, "tenant", (TENANT_ADMIN,), lambda d: d, after, data=False)
 
         async def stream() -> AsyncIterator[TenantEvent]:
-            async for d, _missed in subscription:
+            async for d in subscription:
                 yield d.shared(_tenant_event)
         return stream()
 
@@ -210,14 +232,15 @@ def _filtered(d: Delivery, type: str | None, series: str | None) -> Delivery | N
     filtered: dict[tuple[str | None, str | None], Delivery | None] = d.cache.setdefault("filtered", {})
     if (type, series) not in filtered:
         kept = [m for m in d.value if (type is None or m.type == type) and (series is None or m.series == series)]
-        filtered[(type, series)] = Delivery(d.kind, d.op, kept, device_id=d.device_id) if kept else None
+        filtered[(type, series)] = Delivery(d.kind, d.op, kept, device_id=d.device_id, position=d.position,
+                                            tenant_id=d.tenant_id) if kept else None
     return filtered[(type, series)]
 
 
 # What subscribers receive, made once per delivery (Delivery.shared).
 
 def _alarm_event(d: Delivery) -> AlarmEvent:
-    return AlarmEvent(kind=AlarmEventKind(d.op), alarm=Alarm.of(d.value))
+    return AlarmEvent(kind=AlarmEventKind(d.op), alarm=Alarm.of(d.value), position=_position(d))
 
 
 class _Batch(list[Measurement]):
@@ -225,22 +248,38 @@ class _Batch(list[Measurement]):
 
 
 def _measurements(d: Delivery) -> list[Measurement]:
-    return _Batch(Measurement.of(m) for m in d.value)
+    position = _position(d)
+    batch = _Batch(Measurement.of(m) for m in d.value)
+    for m in batch:
+        m.position = position
+    return batch
 
 
 def _event(d: Delivery) -> Event:
-    return Event.of(d.value)
+    event = Event.of(d.value)
+    event.position = _position(d)
+    return event
 
 
 def _operation(d: Delivery) -> Operation:
-    return Operation.of(d.value)
+    operation = Operation.of(d.value)
+    operation.position = _position(d)
+    return operation
+
+
+def _copy_job(d: Delivery) -> CopyJob:
+    job = CopyJob.of(d.value[0])
+    job.position = _position(d)
+    return job
 
 
 def _device_event(d: Delivery) -> DeviceEvent:
     if isinstance(d.value, int):  # deleted: its id alone
-        return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value)), device=None)
-    return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value.id)), device=Device.of(d.value))
+        return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value)), device=None,
+                           position=_position(d))
+    return DeviceEvent(kind=ChangeKind(d.op), id=strawberry.ID(here("Device", d.value.id)), device=Device.of(d.value),
+                       position=_position(d))
 
 
 def _tenant_event(d: Delivery) -> TenantEvent:
-    return TenantEvent(kind=ChangeKind(d.op), tenant=Tenant.of(d.value))
+    return TenantEvent(kind=ChangeKind(d.op), tenant=Tenant.of(d.value), position=_position(d))

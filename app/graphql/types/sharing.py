@@ -12,6 +12,7 @@ import strawberry
 from app.auth.roles import ALARMS_WRITE, DEVICES_READ, DEVICES_WRITE, EVENTS_WRITE, MEASUREMENTS_WRITE
 from app.errors import NotFound
 from app.graphql.context import Context
+from app.graphql.scalars import ChangePosition
 from app.ids import encode
 from app.services.inventory.devices import require_id
 from app.services.sharing import copying, jobs, migration
@@ -76,6 +77,8 @@ class CopyJob:
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    position: ChangePosition | None = strawberry.field(
+        default=None, description="Where a subscription delivered this in the target's change log (null in queries).")
 
     @classmethod
     def of(cls, job: jobs.CopyJob) -> CopyJob:

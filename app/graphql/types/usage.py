@@ -32,6 +32,8 @@ class UsageStatistics:
     operations_created_count: Long
     operations_updated_count: Long
     subscription_event_count: Long = strawberry.field(description="Events delivered to GraphQL subscriptions.")
+    change_count: Long = strawberry.field(description="Changes appended to the tenant's change log by its requests.")
+    webhook_delivery_count: Long = strawberry.field(description="Changes delivered to the tenant's webhooks.")
     total_resource_create_and_update_count: Long
     device_count: Long = strawberry.field(description="Root devices (not counting child devices).")
     device_with_children_count: Long

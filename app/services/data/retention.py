@@ -25,10 +25,12 @@ from app.errors import InvalidInput, NotFound
 from app.models.management import tenants
 from app.models.tenant import alarms, events, measurements, operations, retention_rules
 from app.runtime.periodic import every, exclusively
+from app.services.changes import log
 from app.services.inventory.devices import require_id
 from app.services.rows import to_record
 
-DATA_TYPES = ("MEASUREMENT", "EVENT", "ALARM", "OPERATION", "*")
+# CHANGE: the tenant's change log (default log.DEFAULT_RETENTION_DAYS); `*` means the data types only.
+DATA_TYPES = ("MEASUREMENT", "EVENT", "ALARM", "OPERATION", "*", "CHANGE")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ async def add_rule(db: Executor, *, data_type: str, type: str | None, max_age_da
         raise InvalidInput(f"dataType must be one of {', '.join(DATA_TYPES)}", field="dataType")
     if not 1 <= max_age_days <= 36_500:
         raise InvalidInput("maxAgeDays must be 1-36500", field="maxAgeDays")
-    if type is not None and data_type in ("OPERATION", "*"):
+    if type is not None and data_type in ("OPERATION", "*", "CHANGE"):
         raise InvalidInput("a type filter applies to MEASUREMENT, EVENT or ALARM rules", field="type")
     row = (await db.execute(insert(retention_rules).values(data_type=data_type, type=type, max_age_days=max_age_days)
                             .returning(*COLUMNS))).one()
@@ -91,7 +93,8 @@ async def apply_to_tenant(engine: AsyncEngine, tenant_id: str, *, batch_size: in
     finally:
         await tx.finish(commit=True)
     deleted = dict.fromkeys(TARGETS, 0)
-    for rule in rules:
+    deleted["CHANGE"] = await _prune_changes(engine, tenant_id, rules, now, batch_size)
+    for rule in [r for r in rules if r.data_type != "CHANGE"]:
         cutoff = now - timedelta(days=rule.max_age_days)
         for name in (TARGETS if rule.data_type == "*" else [rule.data_type]):
             target = TARGETS[name]
@@ -114,13 +117,30 @@ async def apply_to_tenant(engine: AsyncEngine, tenant_id: str, *, batch_size: in
     return deleted
 
 
+async def _prune_changes(engine: AsyncEngine, tenant_id: str, rules: list[RetentionRule], now: datetime,
+                         batch_size: int) -> int:
+    days = min((r.max_age_days for r in rules if r.data_type == "CHANGE"), default=log.DEFAULT_RETENTION_DAYS)
+    total = 0
+    while True:
+        tx = tenant_transaction(engine, tenant_id)
+        try:
+            count = await log.prune(tx, now - timedelta(days=days), batch_size=batch_size)
+            await tx.finish(commit=True)
+        except BaseException:
+            await tx.finish(commit=False)
+            raise
+        total += count
+        if count < batch_size:
+            return total
+
+
 async def apply_to_all(engine: AsyncEngine, *, batch_size: int = 5000, now: datetime | None = None,
                        progress: Callable[[str, dict[str, int]], None] = lambda t, d: None) -> dict[str, int]:
     """Every live tenant, one after another (a slow tenant delays, but never blocks, the rest)."""
     async with engine.connect() as conn:
         ids = (await conn.execute(select(tenants.c.id).where(tenants.c.status != "DELETED")
                                   .order_by(tenants.c.id))).scalars().all()
-    totals = dict.fromkeys(TARGETS, 0)
+    totals = dict.fromkeys([*TARGETS, "CHANGE"], 0)
     for tenant_id in ids:
         deleted = await apply_to_tenant(engine, tenant_id, batch_size=batch_size, now=now)
         for key, value in deleted.items():

@@ -170,14 +170,18 @@ async def insert_job(db: Executor, spec: CopySpec, *, requested_by: UUID, status
     await db.execute(insert(copy_jobs).values(
         id=job_id, source_tenant=spec.source_tenant, target_tenant=spec.target_tenant, requested_by=requested_by,
         spec=spec.as_json(), status=status, heartbeat_at=func.now(), **values))
-    await announcements.announce(db, "*", "copyjob", status, job=str(job_id))
+    # In the target's log: the tenant the copied data lands in (app.realtime.hub: copyJob subscriptions).
+    await announcements.announce(db, spec.target_tenant, "copyjob", status, job=str(job_id))
     return job_id
 
 
 async def update_job(engine: AsyncEngine, job_id: UUID, **values: Any) -> None:
     async with transaction(engine) as tx:
-        await tx.execute(update(copy_jobs).where(copy_jobs.c.id == job_id).values(**values, heartbeat_at=func.now()))
-        await announcements.announce(tx, "*", "copyjob", str(values.get("status", "RUNNING")), job=str(job_id))
+        target = (await tx.execute(update(copy_jobs).where(copy_jobs.c.id == job_id)
+                                   .values(**values, heartbeat_at=func.now())
+                                   .returning(copy_jobs.c.target_tenant))).scalar_one_or_none()
+        if target is not None:
+            await announcements.announce(tx, target, "copyjob", str(values.get("status", "RUNNING")), job=str(job_id))
 
 
 async def job_by_id(db: Any, job_id: UUID, *, requested_by: UUID) -> CopyJob | None:
