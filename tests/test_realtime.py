@@ -349,8 +349,8 @@ async def test_a_slow_consumer_falls_back_to_the_log_and_loses_nothing(
     monkeypatch.setattr(hub, "queue_size", 3)
     routed, expires = await platform.gate.recheck(authorization=f"Bearer {tenant.token}", tenant_header=tenant.id)
     assert isinstance(routed, Routed)
-    session = hub.session(authorization=f"Bearer {tenant.token}", tenant_header=tenant.id, routed=routed, expires_at=expires,
-                          on_end=lambda reason: None)
+    session = hub.session(authorization=f"Bearer {tenant.token}", tenant_header=tenant.id, routed=routed,
+                          expires_at=expires, on_end=lambda reason: None)
     subscription = await session.open("1", kind="alarm", needs=(), data=True, select=lambda d: d)
     start = hub.cursor(tenant.id)
     try:

@@ -67,7 +67,9 @@ async def receiving() -> AsyncIterator[tuple[Receiver, str]]:
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(receiver, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    for _ in range(500):  # uvicorn offers no event for it
+        if server.started:
+            break
         await asyncio.sleep(0.01)
     try:
         yield receiver, f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
@@ -171,8 +173,8 @@ async def test_an_endpoint_failing_past_the_retry_window_is_disabled_and_audited
     hooks = (await api.gql(HOOKS, token=tenant.token, tenant=tenant.id)).data["webhooks"]
     assert not hooks[0]["enabled"]
     assert "HTTP 500" in hooks[0]["disabledReason"]
-    audit = await api.gql('{ auditLog(filter: {action: "webhook."}) { edges { node { action } } } }', token=tenant.token,
-                          tenant=tenant.id)
+    audit = await api.gql('{ auditLog(filter: {action: "webhook."}) { edges { node { action } } } }',
+                          token=tenant.token, tenant=tenant.id)
     assert "webhook.disabled" in [e["node"]["action"] for e in audit.data["auditLog"]["edges"]]
 
 
