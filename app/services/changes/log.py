@@ -7,6 +7,7 @@ else here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +56,9 @@ class PositionExpired(InvalidInput):
     oldest one still readable)."""
 
 
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes "¹" and "⑧"
+
+
 def format_position(tenant_id: str, position: int) -> str:
     return f"{tenant_id}:{position}"
 
@@ -62,7 +66,7 @@ def format_position(tenant_id: str, position: int) -> str:
 def parse_position(value: str, tenant_id: str, field: str = "after") -> int:
     """A ChangePosition of `tenant_id`'s log as its number; anything else is INVALID_INPUT."""
     owner, sep, number = value.rpartition(":")
-    if not sep or not number.isdigit() or len(number) > 18 or not owner:
+    if not sep or not _DIGITS.fullmatch(number) or not owner:
         raise InvalidInput("not a change position (they look like `t123456789:42`)", field=field)
     if owner != tenant_id:
         raise InvalidInput("this position belongs to another tenant's change log", field=field)

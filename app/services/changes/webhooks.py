@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -224,10 +225,9 @@ async def deliveries(management: Executor, webhook_ids: Sequence[UUID], first: i
 
 
 async def delivery(management: Executor, routed: Routed, delivery_id: str) -> tuple[Webhook, Delivery]:
-    try:
-        key = int(delivery_id)
-    except ValueError:
-        raise InvalidInput("not a webhook delivery id", field="deliveryId") from None
+    if not re.fullmatch(r"[0-9]{1,19}", delivery_id) or not 0 < int(delivery_id) < 2**63:
+        raise InvalidInput("not a webhook delivery id", field="deliveryId")
+    key = int(delivery_id)
     row = (await management.execute(select(*DELIVERY_COLUMNS).where(webhook_deliveries.c.id == key))).first()
     if row is None:
         raise NotFound(f"webhook delivery {delivery_id} not found")
