@@ -27,6 +27,7 @@ from app.http.operator import OperatorEndpoints
 from app.http.tracing import configure_tracing
 from app.logs import configure_logging
 from app.realtime.hub import Hub
+from app.realtime.shares import Follower
 from app.realtime.webhooks import Dispatcher
 from app.runtime import outbox
 from app.runtime.metrics import MULTIPROCESS_DIR
@@ -93,7 +94,7 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
         background = _start_background(live, settings)
-        background.append(_start_webhooks(live, settings, app.state.realtime))
+        background += _start_log_readers(live, settings, app.state.realtime)
         if stop_requested is not None and stop_requested():
             # A stop arrived before uvicorn listened for signals (app.stopping): hand it over now.
             signal.raise_signal(signal.SIGTERM)
@@ -116,8 +117,9 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
     return lifespan
 
 
-def _start_webhooks(live: Platform, settings: Settings, hub: Hub) -> asyncio.Task[None]:
-    """Webhook delivery from the change log; the hub listens always, and wakes it when a log grows."""
+def _start_log_readers(live: Platform, settings: Settings, hub: Hub) -> list[asyncio.Task[None]]:
+    """Webhook delivery and standing shares, from the change log; the hub listens always, and wakes
+    them when a log grows."""
     def counted(tenant_id: str, n: int) -> None:
         if settings.metering:
             live.meter.add(tenant_id, {"webhook_delivery_count": n})
@@ -127,8 +129,10 @@ def _start_webhooks(live: Platform, settings: Settings, hub: Hub) -> asyncio.Tas
                             timeout=settings.webhook_timeout_seconds, retry_hours=settings.webhook_retry_hours,
                             counted=counted)
     hub.on_change.append(dispatcher.wake)
+    follower = Follower(live.db.app)  # standing shares follow their sources' logs too
+    hub.on_change.append(follower.wake)
     hub.start()
-    return asyncio.create_task(dispatcher.run(), name="webhooks")
+    return [asyncio.create_task(dispatcher.run(), name="webhooks"), asyncio.create_task(follower.run(), name="shares")]
 
 
 def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[None]]:

@@ -37,8 +37,9 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {
     ("docs/realtime.md", "js"): "a browser client needing the graphql-ws npm package; its subscription runs "
                                 "through a third-party graphql-transport-ws client in tests/test_realtime.py",
-    ("docs/changes.md", "text"): "a subscription resumed after a position (a WebSocket client): "
-                                 "tests/test_changes.py runs exactly that",
+    ("docs/changes.md", "text"): "a subscription resumed after a position (a WebSocket client) and a share "
+                                 "between two tenants whose ids are the reader's: tests/test_changes.py and "
+                                 "tests/test_shares.py run exactly these",
     ("docs/scaling-out.md", "sql"): "Citus cluster setup (make test-citus builds and runs such a cluster)",
 }
 

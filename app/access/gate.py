@@ -200,6 +200,13 @@ class RequestAccess:
         routed.require_data_access()
         return self.tx.plane(routed.tenant.id)
 
+    async def share_source_db(self, source_tenant: str) -> PlaneView:
+        """Act as a share's source, on this request's connection, to read where its log stands (the
+        one fact a share's target needs from it when both sides have consented): the caller must be
+        routed into that share's target, and the service reads nothing else there."""
+        await self.routed()
+        return self.tx.plane(source_tenant)
+
     async def data_move(self, source_id: str, target_id: str, *, read: Iterable[str],
                         write: Iterable[str], whole_source: bool = False) -> tuple[Routed, Routed]:
         """May the caller read `source_id`'s data and write `target_id`'s (copyData, migrateDevices)?

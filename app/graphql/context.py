@@ -92,6 +92,9 @@ class Context:
     async def tenant_db(self) -> PlaneView:
         return await self.access.tenant_db()
 
+    async def share_source_db(self, source_tenant: str) -> PlaneView:
+        return await self.access.share_source_db(source_tenant)
+
     async def subscribe(self, kind: str, needs: tuple[str, ...], select: Select, *, data: bool = True,
                         log_of: str | None = None, after: str | None = None) -> Subscription:
         """Open a subscription on this request's connection, for a caller the gate routes now and

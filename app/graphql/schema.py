@@ -27,7 +27,7 @@ from app.graphql.engine import boundary, execution
 from app.graphql.engine.execution import AttributeResolver, TenantryExecutor
 from app.graphql.engine.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
-from app.graphql.types.changes import ChangeMutations, ChangeQueries
+from app.graphql.types.changes import ChangeMutations, ChangeQueries, ShareMutations, ShareQueries
 from app.graphql.types.custom_roles import AccessMutations, AccessQueries
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
 from app.graphql.types.device_templates import TemplateMutations, TemplateQueries
@@ -44,10 +44,11 @@ from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
                               PeopleQueries, SharingQueries, TemplateQueries, OptionQueries, ChangeQueries,
-                              NodeQueries))
+                              ShareQueries, NodeQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
                                     AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
-                                    TemplateMutations, OptionMutations, ChangeMutations))
+                                    TemplateMutations, OptionMutations, ChangeMutations,
+                                    ShareMutations))
 
 
 class TenantrySchema(strawberry.Schema):

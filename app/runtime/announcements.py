@@ -48,7 +48,8 @@ def entries(kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] 
 
 
 def _device_of(kind: str, row: object) -> int | None:
-    return getattr(row, "id" if kind == "device" else "device_id", None)
+    key = "id" if kind == "device" else "device_id"
+    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
 
 
 async def announce(db: Executor, tenant_id: str, kind: str, op: str, ids: Sequence[int] = (),

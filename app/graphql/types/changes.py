@@ -12,9 +12,12 @@ import strawberry
 
 from app.auth.secrets_box import SecretBox
 from app.graphql.context import Context
-from app.graphql.scalars import JSON, ChangePosition
+from app.graphql.scalars import JSON, ChangePosition, Long
+from app.ids import here
 from app.services.changes import consumers, log
+from app.services.changes import shares as share_service
 from app.services.changes import webhooks as webhook_service
+from app.services.inventory.devices import require_id
 from app.services.pagination import page_size
 from app.settings import Settings
 
@@ -263,3 +266,107 @@ class ChangeMutations:
                                                 _box(s.resolved_secret_key()), outbound(s),
                                                 s.webhook_timeout_seconds, hook, delivery)
         return WebhookDelivery.of(again)
+
+
+# --- standing shares ---------------------------------------------------------------------------------
+
+@strawberry.enum(description="What data follows a share's devices.")
+class ShareData(Enum):
+    MEASUREMENTS = "MEASUREMENTS"
+    EVENTS = "EVENTS"
+    ALARMS = "ALARMS"
+
+
+@strawberry.enum
+class ShareState(Enum):
+    PROPOSED = "PROPOSED"
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    REVOKED = "REVOKED"
+
+
+@strawberry.type(description="A consented, continuous copy of a selection of one tenant's data into another.")
+class Share:
+    id: strawberry.ID
+    source_tenant_id: strawberry.ID
+    target_tenant_id: strawberry.ID
+    state: ShareState
+    include: list[ShareData]
+    group_id: strawberry.ID | None
+    device_ids: list[strawberry.ID]
+    source_accepted: bool
+    target_accepted: bool
+    copied: Long = strawberry.field(description="Rows copied so far.")
+    error: str | None
+    created_at: datetime
+    _record: strawberry.Private[share_service.Share]
+
+    @classmethod
+    def of(cls, s: share_service.Share) -> Share:
+        sel = s.selection
+        return cls(id=strawberry.ID(str(s.id)), source_tenant_id=strawberry.ID(s.source_tenant),
+                   target_tenant_id=strawberry.ID(s.target_tenant), state=ShareState(s.state),
+                   include=[ShareData(k) for k in sel["include"]],
+                   group_id=strawberry.ID(here("Group", sel["groupId"])) if sel.get("groupId") is not None else None,
+                   device_ids=[strawberry.ID(here("Device", d)) for d in sel.get("deviceIds", [])],
+                   source_accepted=s.source_accepted_by is not None, target_accepted=s.target_accepted_by is not None,
+                   copied=Long(s.copied), error=s.error, created_at=s.created_at, _record=s)
+
+    @strawberry.field(description="Changes of the source's log not yet applied (positions behind); null "
+                                  "until the share is active.")
+    async def lag(self, info: Info) -> int | None:
+        s = self._record
+        if s.position is None:
+            return None
+        ctx = info.context
+        routed = await ctx.routed()
+        db = await ctx.tenant_db() if routed.tenant.id == s.source_tenant else await ctx.share_source_db(
+            s.source_tenant)
+        return max(0, (await log.head(db)).last - s.position)
+
+
+@strawberry.input
+class ShareInput:
+    target_tenant_id: strawberry.ID
+    include: list[ShareData]
+    group_id: strawberry.ID | None = None
+    device_ids: list[strawberry.ID] | None = None
+
+
+@strawberry.type
+class ShareQueries:
+    @strawberry.field(description="Shares out of and into the routed tenant (tenant admins).")
+    async def shares(self, info: Info) -> list[Share]:
+        ctx = info.context
+        return [Share.of(s) for s in await share_service.listed(ctx.management_db, await ctx.routed())]
+
+
+@strawberry.type
+class ShareMutations:
+    @strawberry.mutation(description="Propose a share of the routed tenant's devices into another tenant: it runs "
+                                     "once an admin of each side has accepted (proposing accepts for this side).")
+    async def propose_share(self, info: Info, input: ShareInput) -> Share:
+        ctx = info.context
+        routed = await ctx.routed()  # global ids are decoded in the routed tenant
+        group = require_id(input.group_id, "group") if input.group_id is not None else None
+        ids = [require_id(d, "device") for d in input.device_ids or []]
+        record = await share_service.propose(
+            ctx.management_db, routed, target_tenant=str(input.target_tenant_id), group_id=group,
+            device_ids=ids, include=[k.value for k in input.include], cap=ctx.platform.settings.shares_per_tenant)
+        return Share.of(record)
+
+    @strawberry.mutation(description="This side's consent (an admin of the share's source or target).")
+    async def accept_share(self, info: Info, id: strawberry.ID) -> Share:
+        ctx = info.context
+
+        async def source_head(source: str) -> int:
+            routed = await ctx.routed()
+            db = await ctx.tenant_db() if routed.tenant.id == source else await ctx.share_source_db(source)
+            return (await log.head(db)).last
+
+        return Share.of(await share_service.accept(ctx.management_db, await ctx.routed(), id, source_head))
+
+    @strawberry.mutation(description="End a share (an admin of either side); nothing copied is removed.")
+    async def revoke_share(self, info: Info, id: strawberry.ID) -> Share:
+        ctx = info.context
+        return Share.of(await share_service.revoke(ctx.management_db, await ctx.routed(), id))
