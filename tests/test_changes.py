@@ -144,7 +144,7 @@ async def test_retention_moves_the_floor_and_an_older_position_names_the_oldest(
     await _raise(api, tenant, device, 4)
     edges = (await _changes(api, tenant)).data["changes"]["edges"]
     async with platform.db.owner.begin() as conn:  # the first three are old now
-        await conn.execute(text(f"UPDATE {tenant_schema(tenant.id)}.changes SET at = now() - interval '8 days' "
+        await conn.execute(text(f"UPDATE {tenant_schema(tenant.id)}.changes SET logged_at = now() - interval '8 days' "
                                 "WHERE position <= 3"))
     deleted = await retention.apply_to_tenant(platform.db.app, tenant.id, now=datetime.now(UTC))
     assert deleted["CHANGE"] == 3

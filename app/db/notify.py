@@ -38,8 +38,8 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
     n = len(entries)
     array = "CAST(:entries AS jsonb)" if bound else literal("[" + ",".join(entries) + "]") + "::jsonb"
     return [f"UPDATE {schema}.change_head SET last = last + {n} WHERE id = 1",
-            f"INSERT INTO {schema}.changes (position, kind, op, device_id, body) "
-            f"SELECT h.last - {n} + e.o, e.v->>'k', e.v->>'o', (e.v->>'d')::bigint, {_BODY} "
+            f"INSERT INTO {schema}.changes (position, logged_at, kind, op, device_id, body) "
+            f"SELECT h.last - {n} + e.o, clock_timestamp(), e.v->>'k', e.v->>'o', (e.v->>'d')::bigint, {_BODY} "
             f"FROM {schema}.change_head h, jsonb_array_elements({array}) WITH ORDINALITY AS e(v, o) "
             f"WHERE h.id = 1"]
 

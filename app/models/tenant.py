@@ -250,12 +250,12 @@ changes = Table(
     "changes",
     metadata,
     Column("position", BigInteger, primary_key=True, autoincrement=False),
-    Column("at", TS, nullable=False, server_default=func.now()),
+    Column("logged_at", TS, nullable=False, server_default=func.clock_timestamp()),
     Column("kind", Text, nullable=False),
     Column("op", Text, nullable=False),
     Column("device_id", BigInteger),
     Column("body", JSONB, nullable=False),
-    Index("changes_at_idx", "at"),
+    Index("changes_logged_at_idx", "logged_at"),
 )
 
 event_consumers = Table(

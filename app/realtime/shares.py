@@ -135,10 +135,12 @@ async def _device(src: PlaneView, dst: PlaneView, source: str, device_id: int) -
     original = (await src.execute(select(devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments)
                                   .where(devices.c.id == device_id))).one()
     new_id = int((await dst.execute(insert(devices).values(**original._mapping).returning(devices.c.id))).scalar_one())
-    await dst.execute(pg_insert(provenance).values(source_tenant=source, kind="device", source_id=device_id,
-                                                   target_id=new_id, copied_at=func.now())
-                      .on_conflict_do_update(index_elements=["source_tenant", "kind", "source_id"],
-                                             set_={"target_id": new_id, "copied_at": func.now()}))
+    mapping = pg_insert(provenance).values(source_tenant=source, kind="device", source_id=device_id,
+                                           target_id=new_id, copied_at=func.now())
+    # `excluded`, not now(): Citus takes only immutable functions in DO UPDATE SET.
+    await dst.execute(mapping.on_conflict_do_update(
+        index_elements=["source_tenant", "kind", "source_id"],
+        set_={"target_id": mapping.excluded.target_id, "copied_at": mapping.excluded.copied_at}))
     return new_id
 
 

@@ -50,4 +50,5 @@ TENANTRY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:9700/postgres TENANTR
     .venv/bin/pytest -p no:cacheprovider "$@" \
     tests/test_provisioning.py tests/test_isolation.py tests/test_tenants.py \
     tests/test_tenant_lifecycle.py tests/test_copy.py tests/test_migrate.py tests/test_placement.py \
-    tests/test_usage.py tests/test_realtime.py tests/test_retention.py tests/test_data.py tests/test_access_gate.py
+    tests/test_usage.py tests/test_realtime.py tests/test_retention.py tests/test_data.py tests/test_access_gate.py \
+    tests/test_changes.py tests/test_webhooks.py tests/test_shares.py

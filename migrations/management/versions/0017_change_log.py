@@ -5,8 +5,9 @@ A tenant's creation, change (status, place, details) or deletion is an entry of 
 strict ancestor (before and after a move): the `tenants` subscription, consumers and webhooks read
 it there. A constraint trigger deferred to COMMIT appends it, so the ancestors' log heads (whose
 row locks order their writers: tenant migration t0007) are held only while the transaction
-commits, and whatever code path changed the row, nothing is missed. The function is SECURITY
-DEFINER: at COMMIT the current role may be a tenant's, which cannot write its parent's log.
+commits, and whatever code path changed the row, nothing is missed. Each ancestor's log is written
+under that ancestor's own role (the app role is a member of every tenant role), then the role the
+transaction had is restored: on Citus a transaction may not touch a placement as two users.
 
 Webhooks and shares live here, not in tenant schemas: their dispatchers find the work of every
 tenant in one indexed query.
@@ -28,26 +29,30 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 FUNCTION = """
-CREATE FUNCTION tenantry.log_tenant_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION tenantry.log_tenant_change() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog AS $$
 DECLARE
     r record;
     ancestors text[];
     ancestor text;
     s text;
+    was text := current_setting('role');
 BEGIN
     IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
     ancestors := r.path;
     IF TG_OP = 'UPDATE' THEN ancestors := ancestors || OLD.path; END IF;
     FOR ancestor IN SELECT DISTINCT a FROM unnest(ancestors) AS a WHERE a <> r.id ORDER BY 1 LOOP
         s := 't_' || ancestor;
-        CONTINUE WHEN to_regclass(s || '.change_head') IS NULL;
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                  WHERE n.nspname = s AND c.relname = 'change_head');  -- a log to write
+        PERFORM set_config('role', s, true);  -- each log written under its own tenant's role
         EXECUTE format('UPDATE %I.change_head SET last = last + 1 WHERE id = 1', s);
-        EXECUTE format('INSERT INTO %I.changes (position, kind, op, body) '
-                       'SELECT last, ''tenant'', $1, $2 FROM %I.change_head WHERE id = 1', s, s)
+        EXECUTE format('INSERT INTO %I.changes (position, logged_at, kind, op, body) '
+                       'SELECT last, clock_timestamp(), ''tenant'', $1, $2 FROM %I.change_head WHERE id = 1', s, s)
             USING TG_OP, jsonb_build_object('id', r.id);
         PERFORM pg_notify('tenantry_changes', ancestor);
     END LOOP;
+    PERFORM set_config('role', was, true);
     RETURN NULL;
 END $$
 """

@@ -5,7 +5,9 @@ writing transaction). Positions come from `change_head`, a one-row counter updat
 statement just before COMMIT: its row lock is held until the transaction ends, so the next writer
 takes the next position only after this one is visible. Positions are therefore gap-free and in
 commit order as every reader sees them (a serial alone is not: a transaction that drew 10 may
-commit after 11 was read). `floor` is the last position retention removed.
+commit after 11 was read). `floor` is the last position retention removed. (The time is
+`clock_timestamp()`, given explicitly: Citus 13 deparses now() in an INSERT … SELECT into
+SQL its workers refuse; and it is the moment just before COMMIT, when entries are appended.)
 
 Revision ID: t0007
 Revises: t0006
@@ -36,13 +38,13 @@ def upgrade() -> None:
     op.create_table(
         "changes",
         sa.Column("position", sa.BigInteger(), primary_key=True, autoincrement=False),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.clock_timestamp()),
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("op", sa.Text(), nullable=False),
         sa.Column("device_id", sa.BigInteger()),
         sa.Column("body", postgresql.JSONB(), nullable=False),
     )
-    op.create_index("changes_at_idx", "changes", ["at"])
+    op.create_index("changes_logged_at_idx", "changes", ["logged_at"])
     op.create_table(
         "event_consumers",
         sa.Column("name", sa.Text(), primary_key=True),
@@ -56,6 +58,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("event_consumers")
-    op.drop_index("changes_at_idx", "changes")
+    op.drop_index("changes_logged_at_idx", "changes")
     op.drop_table("changes")
     op.drop_table("change_head")
