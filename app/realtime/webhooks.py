@@ -157,13 +157,16 @@ class Dispatcher:
         """Send in order until one fails; store how far it got. The number sent."""
         assert self._client is not None
         position, attempts, sent = hook.position, hook.attempts, 0
+        logged: list[dict[str, Any]] = []
         for change in changes:
             outcome = await service.send(self._client, self.outbound, hook.url, secret, change, self.timeout)
-            await service.record(tx, hook, change, outcome, attempt=attempts + 1)
+            logged.append(service.delivery_row(hook, change, outcome, attempt=attempts + 1))
             if not outcome.ok:
+                await service.record_all(tx, logged)
                 await self._failed(tx, hook, position, attempts + 1, failing_since, outcome.error)
                 return sent
             position, attempts, sent = change.position, 0, sent + 1
+        await service.record_all(tx, logged)
         await tx.execute(update(webhooks).where(webhooks.c.id == hook.id).values(
             position=position, attempts=0, failing_since=None, next_attempt_at=func.now()))
         return sent

@@ -20,7 +20,7 @@ from app.access.scope import Scope
 from app.auth.roles import DEVICES_READ, TENANT_ADMIN
 from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput
-from app.ids import here
+from app.ids import encode
 from app.models.tenant import change_head, changes, devices
 
 # GraphQL's ChangeType ↔ the log's kinds.
@@ -104,7 +104,7 @@ async def read(db: Executor, tenant_id: str, *, after: int, limit: int, kinds: S
     if kinds is not None:
         statement = statement.where(changes.c.kind.in_(list(kinds)))
     rows = (await db.execute(statement)).all()
-    return [Change(tenant_id, r.position, r.at, r.kind, r.op, r.device_id, r.body) for r in rows]
+    return [Change(tenant_id, r.position, r.logged_at, r.kind, r.op, r.device_id, r.body) for r in rows]
 
 
 # --- reading with the caller's rights --------------------------------------------------------------
@@ -170,6 +170,10 @@ def public(change: Change) -> dict[str, Any]:
     """The change's data as clients see it: its row with global ids (`id`, `deviceId`, …), a
     measurement batch's device, time range and count, a tenant's or copy job's id."""
     body = change.body
+
+    def here(node: str, local: int) -> str:  # the change's own tenant: webhooks render outside any request
+        return encode(node, change.tenant_id, local)
+
     if change.kind == "measurement":
         return {"deviceId": here("Device", change.device_id or 0), "from": body.get("lo"), "to": body.get("hi"),
                 "count": body.get("n")}
@@ -199,7 +203,7 @@ async def prune(db: Executor, cutoff: datetime, *, batch_size: int) -> int:
     """Remove the oldest entries committed before `cutoff`, as a prefix of positions (a long
     transaction's entry can be older than the one before it: it stays until that one goes), and
     move the floor with them, so a reader resuming below it is told instead of silently skipping."""
-    first_kept = (await db.execute(select(func.min(changes.c.position)).where(changes.c.at >= cutoff))).scalar()
+    first_kept = (await db.execute(select(func.min(changes.c.position)).where(changes.c.logged_at >= cutoff))).scalar()
     now = await head(db)
     upto = min(now.last, (first_kept - 1) if first_kept is not None else now.last, now.floor + batch_size)
     if upto <= now.floor:

@@ -296,14 +296,25 @@ async def send(client: httpx2.AsyncClient, outbound: Outbound, url: str, secret:
     return Outcome(ok, status, latency, None if ok else f"the endpoint answered HTTP {status}")
 
 
+def delivery_row(hook: Webhook, change: log.Change, outcome: Outcome, *, attempt: int,
+                 redelivery: bool = False) -> dict[str, Any]:
+    return {"webhook_id": hook.id, "message_id": change.key, "position": change.position, "kind": change.kind,
+            "status": "SUCCEEDED" if outcome.ok else "FAILED", "http_status": outcome.http_status,
+            "attempt": attempt, "latency_ms": outcome.latency_ms, "error": outcome.error, "redelivery": redelivery}
+
+
 async def record(management: Executor, hook: Webhook, change: log.Change, outcome: Outcome, *, attempt: int,
                  redelivery: bool = False) -> Delivery:
     row = (await management.execute(insert(webhook_deliveries).values(
-        webhook_id=hook.id, message_id=change.key, position=change.position, kind=change.kind,
-        status="SUCCEEDED" if outcome.ok else "FAILED", http_status=outcome.http_status, attempt=attempt,
-        latency_ms=outcome.latency_ms, error=outcome.error, redelivery=redelivery)
+        delivery_row(hook, change, outcome, attempt=attempt, redelivery=redelivery))
         .returning(*DELIVERY_COLUMNS))).one()
     return Delivery(*tuple(row))
+
+
+async def record_all(management: Executor, rows: list[dict[str, Any]]) -> None:
+    """A batch's delivery log in one statement (a round trip per delivery halved the rate at 1,000/s)."""
+    if rows:
+        await management.execute(insert(webhook_deliveries), rows)
 
 
 async def redeliver(db: Executor, management: Executor, box: SecretBox, outbound: Outbound,
