@@ -6,8 +6,8 @@ One run, one machine: an embedded PostgreSQL, `tenantry serve` in its own proces
 TENANTS tenants with one device each, SUBSCRIBERS WebSocket connections (graphql-transport-ws),
 spread evenly over the tenants, each subscribed to `alarms { kind alarm { id type … } }`.
 A writer raises RATE alarms a second, round-robin over the tenants, for SECONDS: every 10 ms one
-round trip runs the tick's alarms, each in its tenant's role and announced as the app announces
-it (app.runtime.announcements: NOTIFY in the writing transaction), then COMMIT. Printed:
+round trip runs the tick's alarms, each in its tenant's role and appended to its change log as the app
+appends it (app.runtime.announcements: in the writing transaction), then COMMIT. Printed:
 - delivery latency from COMMIT returning in the writer to the message parsed in the client
   (p50/p99/max), events raised and messages delivered a second, messages lost;
 - server memory per idle subscription (RSS after the subscribers connected, minus before, / N)
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hashlib
 import os
 import resource
 import shutil
@@ -37,6 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from app.access.acting import tenant_switch
+from app.db.notify import wake_sql
 from app.services.data import alarms as alarm_service
 from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, local_id, pct
 from bench.concurrency import Request as WrkRequest
@@ -48,27 +48,19 @@ COLUMNS = ", ".join(c.name for c in alarm_service.COLUMNS)  # the record the app
 POLL = "{ alarms(filter: {status: [ACTIVE]}, first: 20) { edges { node { id type deviceId severity count status } } } }"
 
 
-def _signing_pads(secret: str) -> tuple[str, str]:
-    """HMAC-SHA256's inner and outer pads of the key change payloads are signed with
-    (app.runtime.announcements.use_key), so the tick's SQL signs them as the app does."""
-    key = hashlib.sha256(b"tenantry-notify:" + secret.encode()).digest().ljust(64, b"\0")
-    return bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5C for b in key).hex()
-
-
-def _tick_sql(batch: list[tuple[str, int, int]], pads: tuple[str, str]) -> str:
-    """One round trip: each alarm inserted under its tenant's role and announced like
-    app.runtime.announcements announces it ({"t", "k", "o", "rows", "h", "x"}: the record, signed),
-    then COMMIT."""
-    inner, outer = pads
+def _tick_sql(batch: list[tuple[str, int, int]]) -> str:
+    """One round trip: each alarm inserted under its tenant's role and appended to the tenant's change
+    log as app.runtime.announcements appends it (the record, at the next position under the head's
+    row lock), the tenants' readers woken, then COMMIT."""
     steps = ["BEGIN"]
     for tenant, device, seq in batch:
         steps.append(tenant_switch(tenant))
         steps.append(
             f"WITH a AS (INSERT INTO alarms (device_id, type, severity, text) VALUES ({device}, 'b{seq}', 'MAJOR', "
-            f"'bench') RETURNING {COLUMNS}), p AS (SELECT left(json_build_object('t', '{tenant}', 'k', 'alarm', "
-            f"'o', 'RAISED', 'rows', json_build_array(to_json(a)))::text, -1) AS body FROM a) "
-            f"SELECT pg_notify('tenantry_changes', body || ',\"h\":\"' || encode(sha256('\\x{outer}'::bytea || "
-            f"sha256('\\x{inner}'::bytea || convert_to(body, 'UTF8'))), 'hex') || '\",\"x\":0}}') FROM p")
+            f"'bench') RETURNING {COLUMNS}), h AS (UPDATE change_head SET last = last + 1 WHERE id = 1 RETURNING last) "
+            f"INSERT INTO changes (position, logged_at, kind, op, device_id, body) "
+            f"SELECT h.last, clock_timestamp(), 'alarm', 'RAISED', a.device_id, to_jsonb(a) FROM a, h")
+    steps.append(wake_sql(t for t, _d, _s in batch))
     steps.append("COMMIT")
     return "; ".join(steps)
 
@@ -220,7 +212,6 @@ async def _measure(port: int, pid: int, setup: list[tuple[str, str, int]], subsc
     # --- push at RATE alarms a second ----------------------------------------------------------------------
     writer = await psycopg.AsyncConnection.connect(database_url.replace("postgresql+psycopg", "postgresql"),
                                                    autocommit=True)
-    pads = _signing_pads(secret)
     per_tick = max(1, rate // 100)
     ticks = int(seconds * 100)
     seq = 0
@@ -232,7 +223,7 @@ async def _measure(port: int, pid: int, setup: list[tuple[str, str, int]], subsc
             tenant, _token, device = setup[seq % len(setup)]
             batch.append((tenant, device, seq))
             seq += 1
-        await writer.execute(_tick_sql(batch, pads).encode())
+        await writer.execute(_tick_sql(batch).encode())
         now = time.time()
         for _t, _d, s in batch:
             commits[s] = now
