@@ -75,6 +75,38 @@ async def append_as_tenant(db: Executor, tenant_id: str, entries: Sequence[str])
     await db.execute(_RESTORE, {"role": now.role, "path": now.path})
 
 
+async def read_as_tenants(engine: AsyncEngine, queries: dict[str, str]) -> dict[str, list[tuple[bytes | None, ...]]]:
+    """One read-only statement per tenant (complete SQL, values inlined as literals by the caller),
+    each under its tenant's role, all in ONE simple-protocol round trip on one pooled connection,
+    then ROLLBACK: each row as its values' text. The realtime hub reads the logs of every tenant
+    that woke up this way (a transaction per tenant cost it two round trips each)."""
+    conn = await connect(engine)
+    order = list(queries)
+    try:
+        for tenant in order:
+            touched_schema(conn, tenant)
+        steps = ["BEGIN READ ONLY"]
+        for tenant in order:
+            steps += [tenant_switch(tenant), queries[tenant]]
+        driver = await _driver(conn)
+        try:
+            results = await _simple_query(driver, "; ".join([*steps, "ROLLBACK"]))
+        except psycopg.Error:
+            await driver.execute(b"ROLLBACK")
+            raise
+    except BaseException:
+        await discard(conn)
+        raise
+    if conn.in_transaction():  # SQLAlchemy's bookkeeping only: the database's transaction ended above
+        await conn.rollback()
+    await release(engine, conn)
+    out: dict[str, list[tuple[bytes | None, ...]]] = {}
+    for i, tenant in enumerate(order):
+        res = results[2 + 2 * i]
+        out[tenant] = [tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples)]
+    return out
+
+
 def _switch(plane: str | None) -> str:
     return APP_SWITCH if plane is None else tenant_switch(plane)
 

@@ -37,7 +37,7 @@ import psycopg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.access.acting import management_transaction, tenant_transaction
+from app.access.acting import management_transaction, read_as_tenants, tenant_transaction
 from app.access.gate import AccessGate
 from app.access.principal import Routed
 from app.access.scope import Scope
@@ -56,6 +56,7 @@ RECHECKS_PER_TICK = 100
 FREEZE_MIN_SESSIONS = 200
 FREEZE_SECONDS = 600.0
 READ_PAGE = 2000  # log entries read per round by the hub
+TENANTS_PER_READ = 50  # tenants' logs read in one round trip
 REPLAY_PAGE = 500  # … and by a subscription catching up
 RETRY_SECONDS = 0.2
 
@@ -82,6 +83,7 @@ class Hub:
         self._pending: set[str] = set()  # tenants whose logs grew
         self._cursors: dict[str, int] = {}  # per tenant with subscribers: the last position offered
         self._retrying: set[str] = set()
+        self._retried: set[str] = set()
         self.on_change: list[Callable[[str], None]] = []  # told of every tenant whose log grew
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -223,20 +225,61 @@ class Hub:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            tenants, self._pending = self._pending, set()
-            for tenant in sorted(tenants):
-                if tenant not in self._cursors:
-                    continue
+            tenants = sorted(t for t in self._pending if t in self._cursors)
+            self._pending = set()
+            for start in range(0, len(tenants), TENANTS_PER_READ):
+                chunk = tenants[start:start + TENANTS_PER_READ]
+                try:
+                    await self._deliver_batch(chunk)
+                except Exception:  # one batch's failure must not stop delivery for everyone
+                    log_.exception("realtime: reading the change logs of %d tenants failed", len(chunk))
+                    for tenant in chunk:
+                        self._later(tenant)
+
+    async def _deliver_batch(self, tenants: list[str]) -> None:
+        """The logs of these tenants past their cursors, read in ONE round trip (each under its own
+        role), then offered tenant by tenant; if that read fails (a schema just dropped), each tenant
+        is read on its own."""
+        kinds = {t: sorted({k for (tenant, k) in self._topics if tenant == t}) for t in tenants}
+        queries = {t: log.page_sql(self._cursors[t], READ_PAGE, kinds[t]) for t in tenants
+                   if kinds[t] and t in self._cursors}
+        if not queries:
+            return
+        try:
+            pages = await read_as_tenants(self.engine, queries)
+        except psycopg.Error:
+            for tenant in queries:
                 try:
                     if not await self._deliver_tenant(tenant):
                         self._later(tenant)
-                except Exception:  # one tenant's failure must not stop delivery for everyone
+                except Exception:
                     log_.exception("realtime: reading the change log of %s failed", tenant)
                     self._later(tenant)
+            return
+        for tenant, rows in pages.items():
+            cursor = self._cursors.get(tenant)
+            if cursor is None:
+                continue
+            changes, upto = log.page_of(tenant, rows, cursor, READ_PAGE)
+            if upto == cursor:
+                self._later(tenant)  # woken before the commit was visible (Citus): look again shortly
+                continue
+            self._retried.discard(tenant)
+            readers = self._readers(tenant)
+            try:
+                await self._offer_page(tenant, kinds[tenant], changes, upto, readers)
+            finally:
+                await readers.finish()
+            if len(changes) == READ_PAGE:
+                self._wake_tenants([tenant])  # more to read
 
     def _later(self, tenant: str) -> None:
-        """Look again shortly: a wake-up can come before a distributed commit is visible on its worker
-        (Citus commits the coordinator first), and a failed read is retried."""
+        """Look again shortly, once: a wake-up can come before a distributed commit is visible on its
+        worker (Citus commits the coordinator first), and a failed read is retried. A second look
+        that finds nothing either (a wake-up for kinds nobody here follows) is not repeated."""
+        if tenant in self._retried:
+            self._retried.discard(tenant)
+            return
         if tenant not in self._retrying:
             self._retrying.add(tenant)
             asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry, tenant)
@@ -244,6 +287,7 @@ class Hub:
     def _retry(self, tenant: str) -> None:
         self._retrying.discard(tenant)
         if tenant in self._cursors:
+            self._retried.add(tenant)
             self._wake_tenants([tenant])
 
     async def _deliver_tenant(self, tenant_id: str) -> bool:
@@ -260,18 +304,23 @@ class Hub:
                 if upto == cursor:
                     break
                 found = True
-                deliveries = await FETCH(readers, changes)
-                if tenant_id not in self._cursors:
-                    break
-                for kind in kinds:
-                    subscribers = list(self._topics.get((tenant_id, kind), ()))
-                    mine = [d for d in deliveries if d.kind == kind]
-                    if mine and subscribers:
-                        await self._offer(readers.tenant, mine, subscribers)
-                self._cursors[tenant_id] = max(self._cursors.get(tenant_id, upto), upto)
+                await self._offer_page(tenant_id, kinds, changes, upto, readers)
         finally:
             await readers.finish()
         return found
+
+    async def _offer_page(self, tenant_id: str, kinds: list[str], changes: list[log.Change], upto: int,
+                          readers: _Readers) -> None:
+        """Offer a page of the tenant's log to its live subscribers, then move its cursor to `upto`."""
+        deliveries = await FETCH(readers, changes)
+        if tenant_id not in self._cursors:
+            return
+        for kind in kinds:
+            subscribers = list(self._topics.get((tenant_id, kind), ()))
+            mine = [d for d in deliveries if d.kind == kind]
+            if mine and subscribers:
+                await self._offer(readers.tenant, mine, subscribers)
+        self._cursors[tenant_id] = max(self._cursors.get(tenant_id, upto), upto)
 
     def _readers(self, tenant_id: str) -> _Readers:
         return _Readers(tenant_transaction(self.engine, tenant_id), lambda: management_transaction(self.engine))
@@ -397,14 +446,7 @@ async def _visibility(db: Executor, deliveries: Sequence[Delivery],
 
 async def _page(db: Executor, tenant_id: str, after: int, kinds: Sequence[str],
                 limit: int) -> tuple[list[log.Change], int]:
-    """Entries of `kinds` past `after`, and the position this read covers: the head as it was
-    read (every entry up to it is committed and visible: positions are gap-free in commit order),
-    or the last entry when the page is full."""
-    head = (await log.head(db)).last
-    if head <= after:
-        return [], after
-    changes = await log.read(db, tenant_id, after=after, limit=limit, kinds=kinds, upto=head)
-    return changes, changes[-1].position if len(changes) == limit else head
+    return await log.page(db, tenant_id, after=after, limit=limit, kinds=kinds)
 
 
 class _Readers(Readers):

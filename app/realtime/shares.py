@@ -39,9 +39,11 @@ class Follower:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._wake = asyncio.Event()
+        self._sources: set[str] = set()  # sources of live shares, as of the last sweep
 
     def wake(self, tenant_id: str) -> None:
-        self._wake.set()
+        if tenant_id in self._sources:  # other tenants' changes cost nothing here
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -50,8 +52,10 @@ class Follower:
             self._wake.clear()
             try:
                 async with self.engine.connect() as conn:
-                    ids = (await conn.execute(select(shares.c.id).where(
-                        shares.c.state.in_(["ACTIVE", "PAUSED"])))).scalars().all()
+                    rows = (await conn.execute(select(shares.c.id, shares.c.source_tenant).where(
+                        shares.c.state.in_(["ACTIVE", "PAUSED"])))).all()
+                ids = [r.id for r in rows]
+                self._sources = {r.source_tenant for r in rows}
             except Exception:
                 logger.exception("shares: listing active shares failed")
                 continue

@@ -63,11 +63,14 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._client: httpx2.AsyncClient | None = None
         self._busy: set[UUID] = set()
+        self._hooked: set[str] = set()  # tenants with an enabled webhook, as of the last sweep
 
     def wake(self, tenant_id: str) -> None:
-        """A tenant's log grew (app.realtime.hub hears it)."""
-        self._dirty.add(tenant_id)
-        self._wake.set()
+        """A tenant's log grew (app.realtime.hub hears it). Only tenants with an enabled webhook wake
+        the loop (as of the last sweep): a thousand notifications a second elsewhere cost nothing."""
+        if tenant_id in self._hooked:
+            self._dirty.add(tenant_id)
+            self._wake.set()
 
     async def run(self) -> None:
         self._client = httpx2.AsyncClient(follow_redirects=False, trust_env=False,
@@ -99,9 +102,11 @@ class Dispatcher:
     async def _due(self, dirty: set[str]) -> list[UUID]:
         tx = management_transaction(self.engine)
         try:
-            rows = await tx.execute(select(webhooks.c.id).where(webhooks.c.enabled,
-                                                                webhooks.c.next_attempt_at <= func.now()))
-            return [r.id for r in rows]
+            rows = (await tx.execute(select(webhooks.c.id, webhooks.c.tenant_id,
+                                            (webhooks.c.next_attempt_at <= func.now()).label("due"))
+                                     .where(webhooks.c.enabled))).all()
+            self._hooked = {r.tenant_id for r in rows}
+            return [r.id for r in rows if r.due]
         finally:
             await tx.finish(commit=False)
 

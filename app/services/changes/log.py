@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+import orjson
+from sqlalchemy import delete, func, select, text, update
 
 from app.access.principal import Routed
 from app.access.scope import Scope
@@ -211,3 +212,48 @@ async def prune(db: Executor, cutoff: datetime, *, batch_size: int) -> int:
     result = await db.execute(delete(changes).where(changes.c.position <= upto))
     await db.execute(update(change_head).where(change_head.c.id == 1).values(floor=upto))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Built once: the hub runs it on every wake-up of every tenant with subscribers.
+_PAGE = text(
+    "SELECT h.last, c.position, c.logged_at, c.kind, c.op, c.device_id, c.body FROM change_head h "
+    "LEFT JOIN LATERAL (SELECT * FROM changes WHERE position > :after AND position <= h.last "
+    "AND kind = ANY(CAST(:kinds AS text[])) ORDER BY position LIMIT :limit) c ON true "
+    "WHERE h.id = 1 ORDER BY c.position")
+
+
+async def page(db: Executor, tenant_id: str, *, after: int, limit: int,
+               kinds: Sequence[str]) -> tuple[list[Change], int]:
+    """Entries of `kinds` past `after` and the position this read covers — the head as the same
+    statement read it (every entry up to it is committed and visible: positions are gap-free in
+    commit order), or the last entry when the page is full — in ONE round trip: the hub reads a
+    tenant's log on every wake-up, a thousand times a second under load."""
+    rows = (await db.execute(_PAGE, {"after": after, "limit": limit, "kinds": list(kinds)})).all()
+    last = rows[0].last if rows else after
+    found = [Change(tenant_id, r.position, r.logged_at, r.kind, r.op, r.device_id, r.body)
+             for r in rows if r.position is not None]
+    if len(found) == limit:
+        return found, found[-1].position
+    return found, max(after, last)
+
+
+def page_sql(after: int, limit: int, kinds: Sequence[str]) -> str:
+    """`page` as complete SQL text (values inlined: integers, and kinds from KINDS only), for the hub's
+    one-round-trip read of many tenants (app.access.acting.read_as_tenants)."""
+    names = ",".join(f"'{k}'" for k in kinds if k in KINDS)
+    return ("SELECT h.last, c.position, c.logged_at, c.kind, c.op, c.device_id, c.body FROM change_head h "
+            f"LEFT JOIN LATERAL (SELECT * FROM changes WHERE position > {int(after)} AND position <= h.last "
+            f"AND kind IN ({names}) ORDER BY position LIMIT {int(limit)}) c ON true WHERE h.id = 1 ORDER BY c.position")
+
+
+def page_of(tenant_id: str, rows: Sequence[tuple[bytes | None, ...]], after: int,
+            limit: int) -> tuple[list[Change], int]:
+    """`page`'s answer from `page_sql`'s rows (each value's text)."""
+    last = int(rows[0][0] or 0) if rows else after
+    found = [Change(tenant_id, int(r[1]), datetime.fromisoformat(r[2].decode()),  # type: ignore[union-attr]
+                    r[3].decode(), r[4].decode(), int(r[5]) if r[5] is not None else None,  # type: ignore[union-attr]
+                    orjson.loads(r[6]))  # type: ignore[arg-type]
+             for r in rows if r[1] is not None]
+    if len(found) == limit:
+        return found, found[-1].position
+    return found, max(after, last)
