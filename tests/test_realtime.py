@@ -580,8 +580,19 @@ async def test_one_tenants_many_subscriptions_do_not_hold_up_another_tenants_eve
                              "payload": {"query": f"subscription {{ a{n}: alarms {{ kind }} }}"}})
         await one.send({"id": "q", "type": "subscribe", "payload": {"query": ALARMS}})
         await _listening(hub, before + distinct + 1)
+        # Both changes reach the hub together (as under load), however fast this database answers:
+        # the hub's next read waits until both are committed. Renders are what this is about.
+        both = asyncio.Event()
+        read = hub._deliver_batch
+
+        async def together(tenants: list[str]) -> None:
+            await both.wait()
+            await read(sorted({*tenants, busy.id, quiet.id}))
+
+        monkeypatch.setattr(hub, "_deliver_batch", together)
         await api.gql(RAISE, {"d": busy_device, "t": "busy"}, token=busy.token, tenant=busy.id)
         await api.gql(RAISE, {"d": quiet_device, "t": "quiet"}, token=quiet.token, tenant=quiet.id)
+        both.set()
         assert (await one.receive())["payload"]["data"]["alarms"]["alarm"]["type"] == "quiet"
         for _ in range(distinct):
             await many.receive()
