@@ -21,31 +21,31 @@ from tests.oidc_provider import FakeProvider
 from tests.test_sso import _configure, _sign_in
 
 OPERATIONS = ("mgmt read", "mgmt write", "data read", "data write", "people", "tokens", "sso", "copy", "migrate",
-              "usage", "export", "options", "node", "placement")
+              "usage", "export", "options", "node", "placement", "changes", "webhooks", "shares")
 A, F, S, U = "allow", "FORBIDDEN", "TENANT_SUSPENDED", "UNAUTHENTICATED"
 
 # caller → expected outcome per operation, in the order of OPERATIONS.
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "ADMIN": (A, A, A, A, A, A, A, A, A, A, A, A, A, F),
-    "MANAGER": (A, F, A, A, F, F, F, A, A, F, F, F, A, F),
-    "OPERATOR": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
-    "READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
-    "custom role (devices:read+write)": (A, F, A, A, F, F, F, A, F, F, F, F, A, F),
+    "ADMIN": (A, A, A, A, A, A, A, A, A, A, A, A, A, F, A, A, A),
+    "MANAGER": (A, F, A, A, F, F, F, A, A, F, F, F, A, F, A, F, F),
+    "OPERATOR": (A, F, A, F, F, F, F, F, F, F, F, F, A, F, A, F, F),
+    "READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F, A, F, F),
+    "custom role (devices:read+write)": (A, F, A, A, F, F, F, A, F, F, F, F, A, F, A, F, F),
     # Creating a device outside its groups is refused; inside them it is allowed (tests/test_access.py).
-    "group-scoped MANAGER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
-    "parent-level ADMIN, parentAccess MANAGEMENT_ONLY": (A, F, F, F, F, F, F, F, F, A, A, F, F, F),
-    "parent-level ADMIN, parentAccess FULL": (A, F, A, A, A, F, F, A, A, A, A, F, A, F),
-    "management ADMIN (no SUBTREE scope)": (F, F, F, F, F, F, F, F, F, F, F, F, F, F),
+    "group-scoped MANAGER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F, A, F, F),
+    "parent-level ADMIN, parentAccess MANAGEMENT_ONLY": (A, F, F, F, F, F, F, F, F, A, A, F, F, F, F, F, F),
+    "parent-level ADMIN, parentAccess FULL": (A, F, A, A, A, F, F, A, A, A, A, F, A, F, A, A, A),
+    "management ADMIN (no SUBTREE scope)": (F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F),
     # "mgmt write" is setParentAccess: only the tenant's own admins in person open its data to parents.
     # Copy and migration need a user's own access token.
-    "API token (ADMIN's, all permissions)": (A, F, A, A, A, A, A, F, F, A, A, A, A, F),
-    "API token whose creator is now READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F),
-    "device token": (A, F, F, F, F, F, F, F, F, F, F, F, F, F),
-    "SSO user (T's provider: MANAGER)": (A, F, A, A, F, F, F, F, F, F, F, F, A, F),
-    "inherited-SSO user (E's provider: ADMIN)": (A, F, F, F, F, F, F, F, F, A, A, F, F, F),
-    "user of a suspended tenant": (S, S, S, S, S, S, S, S, S, S, S, S, S, S),
+    "API token (ADMIN's, all permissions)": (A, F, A, A, A, A, A, F, F, A, A, A, A, F, A, A, A),
+    "API token whose creator is now READER": (A, F, A, F, F, F, F, F, F, F, F, F, A, F, A, F, F),
+    "device token": (A, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F),
+    "SSO user (T's provider: MANAGER)": (A, F, A, A, F, F, F, F, F, F, F, F, A, F, A, F, F),
+    "inherited-SSO user (E's provider: ADMIN)": (A, F, F, F, F, F, F, F, F, A, A, F, F, F, F, F, F),
+    "user of a suspended tenant": (S, S, S, S, S, S, S, S, S, S, S, S, S, S, S, S, S),
     # An access token dies with its login session, on every transport (it kept working until it expired).
-    "ADMIN's access token after logout": (U, U, U, U, U, U, U, U, U, U, U, U, U, U),
+    "ADMIN's access token after logout": (U, U, U, U, U, U, U, U, U, U, U, U, U, U, U, U, U),
 }
 
 
@@ -187,6 +187,11 @@ def _operations(api: Api, http: httpx.AsyncClient) -> dict[str, Callable[[Caller
             targetTenantId: $t, sourceTenantId: $s) { moved { name } } }""",
                          {"s": caller.tree.t.id, "t": caller.tree.s.id, "d": device})
 
+    async def shares(caller: Caller) -> str:
+        device = await fresh_device(caller)
+        return await gql(caller, """mutation($t: ID!, $d: ID!) { proposeShare(input: {targetTenantId: $t,
+            deviceIds: [$d], include: [ALARMS]}) { state } }""", {"t": caller.tree.s.id, "d": device})
+
     async def export(caller: Caller) -> str:
         response = await http.get("/export/usage.csv", params={"from": "2026-01-01", "to": "2026-01-02"},
                                   headers={"authorization": f"Bearer {caller.token}", "x-tenant-id": caller.tree.t.id})
@@ -209,6 +214,11 @@ def _operations(api: Api, http: httpx.AsyncClient) -> dict[str, Callable[[Caller
         "node": lambda c: gql(c, "query($i: ID!) { node(id: $i) { id } }", {"i": nowhere(c.tree.t)}),
         # Where T lives (Citus node, size): the operator's alone, never a tenant's callers.
         "placement": lambda c: gql(c, "{ tenant { placement { node } } }"),
+        # The change log: reading T's device changes; a webhook of T; a standing share from T into S.
+        "changes": lambda c: gql(c, "{ changes(types: [DEVICE]) { pageInfo { endCursor } } }"),
+        "webhooks": lambda c: gql(c, 'mutation { createWebhook(input: {url: "http://127.0.0.1:9/", types: [DEVICE]}) '
+                                     "{ secret } }"),
+        "shares": shares,
         "export": export,
         "options": lambda c: gql(c, 'mutation { setTenantOption(input: {category: "m", key: "k", value: "v"}) '
                                     "{ isSet } }"),
