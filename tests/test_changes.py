@@ -189,7 +189,10 @@ async def test_another_tenant_cannot_read_a_tenants_log_through_graphql_or_sql(a
         await conn.exec_driver_sql("BEGIN")
         await conn.exec_driver_sql(f"SET LOCAL ROLE {tenant_role(b.id)}")
         for sql in (f"SELECT * FROM {tenant_schema(a.id)}.changes",
-                    f"UPDATE {tenant_schema(a.id)}.change_head SET last = last + 1"):
+                    f"UPDATE {tenant_schema(a.id)}.change_head SET last = last + 1",
+                    f"SELECT * FROM {tenant_schema(a.id)}.event_consumers",
+                    "SELECT * FROM tenantry.webhooks", "SELECT * FROM tenantry.webhook_deliveries",
+                    "SELECT * FROM tenantry.shares"):
             await conn.exec_driver_sql("SAVEPOINT s")
             with pytest.raises(DBAPIError, match="permission denied"):
                 await conn.exec_driver_sql(sql)
