@@ -300,7 +300,7 @@ class Hub:
         try:
             while tenant_id in self._cursors:
                 cursor = self._cursors[tenant_id]
-                changes, upto = await _page(readers.tenant, tenant_id, cursor, kinds, READ_PAGE)
+                changes, upto = await log.page(readers.tenant, tenant_id, after=cursor, limit=READ_PAGE, kinds=kinds)
                 if upto == cursor:
                     break
                 found = True
@@ -329,8 +329,8 @@ class Hub:
         """What `subscription` may see of its tenant's log past `after` (a page), and how far that read."""
         readers = self._readers(subscription.tenant_id)
         try:
-            changes, upto = await _page(readers.tenant, subscription.tenant_id, after, [subscription.kind],
-                                        REPLAY_PAGE)
+            changes, upto = await log.page(readers.tenant, subscription.tenant_id, after=after,
+                                           kinds=[subscription.kind], limit=REPLAY_PAGE)
             deliveries = await FETCH(readers, changes)
             chosen = [c for d in deliveries for c in [await self._choose(readers.tenant, subscription, d)]
                       if c is not None]
@@ -442,11 +442,6 @@ async def _visibility(db: Executor, deliveries: Sequence[Delivery],
                                                                scope.devices(devices.c.id)))
             visible[scope] = {r.id for r in rows}
     return visible
-
-
-async def _page(db: Executor, tenant_id: str, after: int, kinds: Sequence[str],
-                limit: int) -> tuple[list[log.Change], int]:
-    return await log.page(db, tenant_id, after=after, limit=limit, kinds=kinds)
 
 
 class _Readers(Readers):

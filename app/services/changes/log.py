@@ -214,12 +214,11 @@ async def prune(db: Executor, cutoff: datetime, *, batch_size: int) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-# Built once: the hub runs it on every wake-up of every tenant with subscribers.
-_PAGE = text(
-    "SELECT h.last, c.position, c.logged_at, c.kind, c.op, c.device_id, c.body FROM change_head h "
-    "LEFT JOIN LATERAL (SELECT * FROM changes WHERE position > :after AND position <= h.last "
-    "AND kind = ANY(CAST(:kinds AS text[])) ORDER BY position LIMIT :limit) c ON true "
-    "WHERE h.id = 1 ORDER BY c.position")
+# The head and the next entries in one statement (`page`, bound; `page_sql`, literal values).
+_PAGE_SQL = ("SELECT h.last, c.position, c.logged_at, c.kind, c.op, c.device_id, c.body FROM change_head h "
+             "LEFT JOIN LATERAL (SELECT * FROM changes WHERE position > {after} AND position <= h.last "
+             "AND kind IN ({kinds}) ORDER BY position LIMIT {limit}) c ON true WHERE h.id = 1 ORDER BY c.position")
+_PAGE = text(_PAGE_SQL.format(after=":after", kinds="SELECT unnest(CAST(:kinds AS text[]))", limit=":limit"))
 
 
 async def page(db: Executor, tenant_id: str, *, after: int, limit: int,
@@ -241,9 +240,7 @@ def page_sql(after: int, limit: int, kinds: Sequence[str]) -> str:
     """`page` as complete SQL text (values inlined: integers, and kinds from KINDS only), for the hub's
     one-round-trip read of many tenants (app.access.acting.read_as_tenants)."""
     names = ",".join(f"'{k}'" for k in kinds if k in KINDS)
-    return ("SELECT h.last, c.position, c.logged_at, c.kind, c.op, c.device_id, c.body FROM change_head h "
-            f"LEFT JOIN LATERAL (SELECT * FROM changes WHERE position > {int(after)} AND position <= h.last "
-            f"AND kind IN ({names}) ORDER BY position LIMIT {int(limit)}) c ON true WHERE h.id = 1 ORDER BY c.position")
+    return _PAGE_SQL.format(after=int(after), kinds=names, limit=int(limit))
 
 
 def page_of(tenant_id: str, rows: Sequence[tuple[bytes | None, ...]], after: int,
