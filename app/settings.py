@@ -6,6 +6,7 @@ their own without touching the process environment.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -57,6 +58,16 @@ def _change_log(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _capacity(env: dict[str, str]) -> dict[str, Any]:
+    """How long one request may hold the database, and one tenant's share of the process."""
+    return {
+        "statement_timeout_seconds": _float(env, "TENANTRY_STATEMENT_TIMEOUT", 15.0),
+        "lock_timeout_seconds": _float(env, "TENANTRY_LOCK_TIMEOUT", 3.0),
+        "idle_in_transaction_seconds": _float(env, "TENANTRY_IDLE_IN_TRANSACTION_TIMEOUT", 30.0),
+        "tenant_in_flight_setting": _int(env, "TENANTRY_TENANT_IN_FLIGHT", 0),
+    }
+
+
 def _float(env: dict[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float)
 
@@ -100,6 +111,16 @@ class Settings:
     # Requests of one process doing database work at once; 0 → the pool's size + overflow - 2,
     # so the pool always has room for a request's rare second connection and background jobs.
     max_in_flight_setting: int = 0
+    # One tenant's (or one anonymous client address's) share of those slots, and so of the pool;
+    # 0 → a third of max_in_flight. Beyond it the tenant's requests wait (pool_wait_seconds) for
+    # one of its own slots: one tenant's stuck work never takes the others' capacity.
+    tenant_in_flight_setting: int = 0
+    # Per request transaction (transaction-local, so jobs and migrations are not bound by them):
+    # a statement running longer, a lock waited for longer, a transaction left idle longer is
+    # cancelled and answered UNAVAILABLE naming the timeout. 0 disables one.
+    statement_timeout_seconds: float = 15.0
+    lock_timeout_seconds: float = 3.0
+    idle_in_transaction_seconds: float = 30.0
     owner_pool_size: int = 2
     app_role: str = "tenantry_app"
     # Citus connects to workers as the current role, so there tenant roles must be LOGIN.
@@ -189,6 +210,7 @@ class Settings:
                                     if env.get("TENANTRY_SCHEMAS_PER_CONNECTION") else None),
             pool_wait_seconds=_float(env, "TENANTRY_POOL_WAIT", 2.0),
             max_in_flight_setting=_int(env, "TENANTRY_MAX_IN_FLIGHT", 0),
+            **_capacity(env),
             oidc_allowed_issuers=tuple(i.strip().rstrip("/") for i in
                                        env.get("TENANTRY_OIDC_ALLOWED_ISSUERS", "").split(",") if i.strip()),
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
@@ -229,6 +251,10 @@ class Settings:
     @property
     def max_in_flight(self) -> int:
         return self.max_in_flight_setting or max(1, self.pool_size + self.pool_overflow - 2)
+
+    @property
+    def tenant_in_flight(self) -> int:
+        return self.tenant_in_flight_setting or max(1, math.ceil(self.max_in_flight / 3))
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

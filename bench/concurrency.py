@@ -88,11 +88,12 @@ def _script(requests: list[Request]) -> str:
 
 
 async def _wrk(port: int, script: str, connections: int, seconds: float) -> dict[str, Any]:
+    """wrk's requests/s, its latency percentiles (p50…p99, seconds) and the script's counters."""
     path = Path(tempfile.mkdtemp(prefix="wrk-")) / "load.lua"
     path.write_text(script)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "40s", "-s", str(path),
+            "wrk", "-t2", "--latency", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "40s", "-s", str(path),
             f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
     finally:
@@ -104,11 +105,21 @@ async def _wrk(port: int, script: str, connections: int, seconds: float) -> dict
             result["rps"] = float(line.split()[1])
         if line.startswith("TENANTRY"):
             result |= {k: int(v) for k, v in (p.split("=") for p in line.split()[1:])}
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in {"50%", "75%", "90%", "99%"}:
+            result["p" + parts[0][:-1]] = _seconds(parts[1])
         if "requests in" in line:
             result["requests"] = int(line.split()[0])
     if "internal" not in result:  # the script did not run: these numbers would measure errors
         sys.exit("wrk's script failed:\n" + result["raw"])
     return result
+
+
+def _seconds(value: str) -> float:
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
+        if value.endswith(unit):
+            return float(value[:-len(unit)]) * scale
+    return float(value)
 
 
 async def main(seconds: float) -> None:

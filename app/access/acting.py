@@ -111,6 +111,20 @@ def _switch(plane: str | None) -> str:
     return APP_SWITCH if plane is None else tenant_switch(plane)
 
 
+# The timeouts a request's transaction runs under, by the names PostgreSQL gives them (and its
+# errors name); app.http.errors answers each as UNAVAILABLE naming it.
+REQUEST_TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+
+
+def request_limits(statement_seconds: float, lock_seconds: float, idle_seconds: float) -> str:
+    """The request transaction's timeouts as more columns of its first role switch (transaction-local
+    like it, so a pooled connection's next user — a job, a migration — is not bound by them; and in
+    the same SELECT, so they cost no statement of their own). 0 leaves one unset."""
+    values = dict(zip(REQUEST_TIMEOUTS, (statement_seconds, lock_seconds, idle_seconds), strict=True))
+    return "".join(f", set_config('{name}', '{round(seconds * 1000)}', true)"
+                   for name, seconds in values.items() if seconds > 0)
+
+
 def tenant_transaction(engine: AsyncEngine, tenant_id: str) -> Transaction:
     """A transaction routed to one tenant (its role and schema) from its first round trip."""
     return Transaction(engine, "BEGIN; " + tenant_switch(tenant_id), schema=tenant_id)
@@ -176,8 +190,9 @@ class RequestTransaction:
     a lock serialises their statements (results are buffered, so nothing is left half-read).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, limits: str = "") -> None:
         self._engine = engine
+        self._limits = limits  # request_limits(…), set with the first role switch of each transaction
         self._conn: AsyncConnection | None = None
         self._plane: str | None = None
         self._between = False  # the connection is held, but no transaction is open on it (own_transaction)
@@ -195,19 +210,22 @@ class RequestTransaction:
     def opened(self) -> bool:
         return self._conn is not None
 
+    def _begin(self, plane: str | None) -> str:
+        return "BEGIN; " + _switch(plane) + self._limits
+
     async def _connection(self, plane: str | None) -> AsyncConnection:
         if self._finished:
             raise RuntimeError("transaction already finished")
         if self._conn is None:
             conn = await connect(self._engine)
             try:
-                await driver_execute(conn, "BEGIN; " + _switch(plane))
+                await driver_execute(conn, self._begin(plane))
             except BaseException:
                 await discard(conn)
                 raise
             self._conn, self._plane = conn, plane
         elif self._between:
-            await driver_execute(self._conn, "BEGIN; " + _switch(plane))
+            await driver_execute(self._conn, self._begin(plane))
             self._plane, self._between = plane, False
         elif plane != self._plane:
             await driver_execute(self._conn, _switch(plane))
@@ -239,7 +257,7 @@ class RequestTransaction:
             if self._conn is None or self._between:
                 self._conn = self._conn or await connect(self._engine)
                 self._plane, self._between = plane, False
-                steps = ["BEGIN", _switch(plane)]
+                steps = ["BEGIN", _switch(plane) + self._limits]
             elif plane != self._plane:
                 steps = [_switch(plane)]
                 self._plane = plane
@@ -334,7 +352,7 @@ class RequestTransaction:
             announced, self._announced = self._announced, {}
             conn, self._conn = self._conn, None
             if conn is not None and self._between:  # a lent connection came back: hooks need a transaction
-                await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                await driver_execute(conn, self._begin(None))
                 self._plane, self._between = None, False
             if conn is not None and not await _usable(conn):
                 # A statement was interrupted (graphql-core cancels the other resolvers of a request
@@ -346,7 +364,7 @@ class RequestTransaction:
                     raise RuntimeError("the request's transaction was interrupted: nothing was saved")
             if conn is None and hooks:
                 conn = await connect(self._engine)
-                await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                await driver_execute(conn, self._begin(None))
                 commit = True
             elif conn is not None and hooks and self._plane is not None:
                 await driver_execute(conn, APP_SWITCH)
@@ -358,7 +376,7 @@ class RequestTransaction:
                 else:
                     await driver_execute(conn, "ROLLBACK")
                     if hooks:
-                        await driver_execute(conn, "BEGIN; " + APP_SWITCH)
+                        await driver_execute(conn, self._begin(None))
                         for hook in hooks:
                             await hook(_Direct(conn))
                         await driver_execute(conn, "COMMIT")

@@ -3,9 +3,10 @@
 - requestsPerSecond: a token bucket per tenant in each server process (burst = requestBurst,
   default one second's worth). With N worker processes a tenant gets up to N times its rate in
   the worst case (documented; a shared limiter would cost a round trip).
-- In-flight requests per process are capped below what the connection pool can serve, and a
-  request waits for a slot at most `wait` seconds before it is refused as UNAVAILABLE
-  (HTTP 503 + Retry-After): under overload the server answers "busy", it never stalls.
+- In-flight requests per process are capped below what the connection pool can serve, one
+  tenant's at a share of that cap, and a request waits for a slot at most `wait` seconds before it
+  is refused as UNAVAILABLE (HTTP 503 + Retry-After): under overload the server answers "busy",
+  it never stalls, and one tenant's overload is its own.
 """
 
 from __future__ import annotations
@@ -54,28 +55,58 @@ class RateLimiter:
                           retryAfter=retry_after)
 
 
-class InFlight:
-    """At most `limit` requests of this process hold (or wait for) database work at once."""
+@dataclass
+class _Share:
+    slots: asyncio.Semaphore
+    users: int = 0  # requests holding or waiting for one of these slots (the share is dropped at 0)
 
-    def __init__(self, limit: int, *, wait: float) -> None:
+
+class InFlight:
+    """At most `limit` requests of this process hold (or wait for) database work at once, and at
+    most `share` of them for one key (a tenant, or an anonymous client address: see
+    `RequestAccess.admission_key`). Since a request holds one pooled connection at most, the share
+    bounds a tenant's part of the pool too: with one tenant's requests stuck behind a lock, the
+    others still find slots and connections. Beyond its share a key's requests queue among
+    themselves, never in front of other keys'."""
+
+    def __init__(self, limit: int, *, wait: float, share: int | None = None) -> None:
         self.limit = max(1, limit)
+        self.share = max(1, min(share or self.limit, self.limit))
         self._slots = asyncio.Semaphore(self.limit)
+        self._shares: dict[str, _Share] = {}
         self._wait = wait
         self.waiting = 0  # requests waiting for a slot (and so for a connection): a metrics gauge
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():  # only a saturated process pays for the timed wait (a task)
-            self.waiting += 1
-            try:
-                await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
-            except TimeoutError as exc:
-                raise Unavailable("the server is busy: too many requests in flight", retryAfter=1) from exc
-            finally:
-                self.waiting -= 1
-        else:
-            await self._slots.acquire()
+    async def slot(self, key: str = "") -> AsyncIterator[None]:
+        share = self._shares.get(key)
+        if share is None:
+            share = self._shares[key] = _Share(asyncio.Semaphore(self.share))
+        share.users += 1
         try:
-            yield
+            deadline = time.monotonic() + self._wait
+            await self._acquire(share.slots, deadline, "too many requests in flight for this tenant")
+            try:
+                await self._acquire(self._slots, deadline, "the server is busy: too many requests in flight")
+                try:
+                    yield
+                finally:
+                    self._slots.release()
+            finally:
+                share.slots.release()
         finally:
-            self._slots.release()
+            share.users -= 1
+            if share.users == 0:
+                del self._shares[key]
+
+    async def _acquire(self, slots: asyncio.Semaphore, deadline: float, busy: str) -> None:
+        if not slots.locked():  # only a saturated process (or share) pays for the timed wait (a task)
+            await slots.acquire()
+            return
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise Unavailable(busy, retryAfter=1) from exc
+        finally:
+            self.waiting -= 1

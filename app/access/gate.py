@@ -56,6 +56,8 @@ class AccessGate:
     in_flight: InFlight
     api_token_use: credentials.LastUsed
     clock: Callable[[], datetime]
+    # The request transaction's timeouts (app.access.acting.request_limits).
+    limits: str = ""
     # Principals of verified tokens (a SPA sends the same token with every request).
     principals: dict[str, tuple[object, Principal]] = field(default_factory=dict)
 
@@ -101,7 +103,7 @@ class RequestAccess:
         self.authorization = authorization
         self.tenant_header = tenant_header
         self.request_id = request_id
-        self.tx = RequestTransaction(gate.engine)
+        self.tx = RequestTransaction(gate.engine, gate.limits)
         self.management_db: PlaneView = self.tx.plane(None)
         # The tenant this request's global ids speak of: bound when it is routed (app.ids).
         self.ids = ids.begin()
@@ -112,6 +114,25 @@ class RequestAccess:
         self._lock = asyncio.Lock()
 
     # --- who -------------------------------------------------------------------------------------------
+
+    def admission_key(self, client: str | None) -> str:
+        """Whose share of the process's in-flight slots this request takes (app.access.admission),
+        known before anything touches the database: the tenant it names (X-Tenant-ID, else an API or
+        device token's own tenant, else a user token's default tenant), else — anonymous, or a
+        token that does not verify — its client address. Unverified on purpose (it costs no
+        round trip): a request that names another tenant it cannot enter is refused within
+        moments, on CPU alone, so borrowing that tenant's share buys nothing."""
+        header = self.tenant_header
+        if header and is_tenant_id(header):
+            return f"tenant:{header}"
+        token = self.authorization.partition(" ")[2].strip() if self.authorization else ""
+        tenant = credentials.api_token_tenant(token) or credentials.device_token_tenant(token)
+        if tenant is None and token:
+            try:
+                tenant = self.principal().default_tenant_id
+            except (Unauthenticated, Forbidden):
+                tenant = None
+        return f"tenant:{tenant}" if tenant else f"client:{client or '?'}"
 
     def principal(self) -> Principal:
         """The authenticated user (an access token); UNAUTHENTICATED without a valid one."""

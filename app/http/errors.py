@@ -109,8 +109,7 @@ def format_graphql_error(error: GraphQLError, request_id: str, context: Context 
     if error.path:
         formatted["path"] = error.path
     original = error.original_error
-    if database_unavailable(original):
-        original = Unavailable("the database connection was lost; nothing was saved, retry later", retryAfter=5)
+    original = as_unavailable(original) or original
     if isinstance(original, AppError):
         formatted.update(entry(original))
     elif original is None or isinstance(original, GraphQLSyntaxError):
@@ -126,6 +125,34 @@ def format_graphql_error(error: GraphQLError, request_id: str, context: Context 
         formatted["message"] = f"internal error (request id {request_id})"
         formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
     return formatted
+
+
+# What PostgreSQL cancels a request's statement for (app.access.acting.request_limits), by SQLSTATE.
+_TIMEOUTS = {"57014": "statement_timeout", "55P03": "lock_timeout", "25P03": "idle_in_transaction_session_timeout"}
+
+
+def timed_out(error: BaseException | None) -> str | None:
+    """The timeout (its PostgreSQL setting's name) that cancelled this statement, if one did. A
+    query cancelled for another reason (an operator's pg_cancel_backend) is not a timeout."""
+    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    if not isinstance(orig, psycopg.Error) or orig.sqlstate not in _TIMEOUTS:
+        return None
+    if orig.sqlstate == "57014" and "statement timeout" not in str(orig):
+        return None
+    return _TIMEOUTS[orig.sqlstate]
+
+
+def as_unavailable(error: BaseException | None) -> Unavailable | None:
+    """A database failure as the retryable answer it deserves (HTTP 503 + Retry-After), or None:
+    one of the request's timeouts, named with its value (the request did too much, or waited on a
+    lock another transaction holds), or the connection lost under it."""
+    timeout = timed_out(error)
+    if timeout is not None:
+        return Unavailable(f"the request was cancelled by the server's {timeout}: nothing was saved, retry later",
+                           retryAfter=1, timeout=timeout)
+    if database_unavailable(error):
+        return Unavailable("the database connection was lost; nothing was saved, retry later", retryAfter=5)
+    return None
 
 
 def database_unavailable(error: BaseException | None) -> bool:

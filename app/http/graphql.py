@@ -48,6 +48,7 @@ from app.http.errors import (
     GRAPHQL_RESPONSE,
     JSON,
     RequestError,
+    as_unavailable,
     error_response,
     format_graphql_error,
     graphql_status,
@@ -182,7 +183,7 @@ class GraphQLEndpoint:
         request.state.context = context
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
-            async with self.platform.gate.in_flight.slot():
+            async with self.platform.gate.in_flight.slot(context.access.admission_key(context.client)):
                 return await self._run(context, query, variables, operation_name, allowed, media_type, key)
         except Unavailable as exc:  # no in-flight slot: refused before anything ran
             return error_response(exc, media_type)
@@ -201,9 +202,12 @@ class GraphQLEndpoint:
                 claim = await self._claim(context, idempotency_key, query, variables, operation_name)
                 stored = await idempotency.claim(context.management_db, claim, now=self.platform.clock()) \
                     if claim else None
-            except AppError as exc:
-                await context.finish(commit=False)
-                return error_response(exc, media_type)
+            except Exception as exc:  # AppErrors and a failing database alike: answered, not raised
+                refusal = exc if isinstance(exc, AppError) else as_unavailable(exc)
+                if refusal is None:
+                    raise
+                await _abandon(context)
+                return error_response(refusal, media_type)
             if stored is not None:  # a retry: the first answer, nothing run again
                 await context.finish(commit=False)
                 return Response(stored, media_type=media_type, headers={"idempotent-replayed": "true"})
@@ -247,7 +251,11 @@ class GraphQLEndpoint:
             log.warning("connection lost during COMMIT [request %s]: outcome unknown", context.request_id)
             self.platform.metrics.database_errors.labels("commit_unknown").inc()
             return None, [GraphQLError(exc.message, original_error=exc)], False
-        except Exception:
+        except Exception as exc:
+            lost = as_unavailable(exc)
+            if lost is not None:  # the database went away (or timed the request out) before COMMIT: nothing saved
+                await _abandon(context)
+                return None, [GraphQLError(lost.message, original_error=lost)], False
             log.exception("commit failed", extra={"request_id": context.request_id})
             return None, [GraphQLError("could not save the changes", original_error=RuntimeError())], False
         if errors and data is not None and context.wrote_tenant_data:
@@ -381,6 +389,15 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 access_log = logging.getLogger("tenantry.access")
 _OPERATION = re.compile(r"^\s*(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Za-z]*)")
+
+
+async def _abandon(context: Context) -> None:
+    """Roll the request back after the database failed under it: the connection may be gone too,
+    and the client is told UNAVAILABLE whatever this ROLLBACK meets."""
+    try:
+        await context.finish(commit=False)
+    except Exception:  # the connection is discarded either way; the answer is decided
+        log.debug("rollback after a database failure failed too", exc_info=True)
 
 
 def _first_operation_name(query: str) -> str | None:

@@ -197,7 +197,7 @@ class Operations:
         the process's in-flight slots (a socket is no way around the cap)."""
         context = self._context(session)
         try:
-            async with self.platform.gate.in_flight.slot():
+            async with self.platform.gate.in_flight.slot(context.access.admission_key(context.client)):
                 result = await self.schema.execute(
                     query, variable_values=variables, context_value=context, operation_name=operation_name,
                     allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from app.access.acting import request_limits
 from app.access.admission import InFlight, RateLimiter
 from app.access.credentials import LastUsed
 from app.access.gate import AccessGate
@@ -46,7 +47,10 @@ class Platform:
         self.gate = AccessGate(
             engine=self.db.app, registry=self.registry, access_tokens=self.access_tokens,
             rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
-            in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds),
+            in_flight=InFlight(self.settings.max_in_flight, wait=self.settings.pool_wait_seconds,
+                               share=self.settings.tenant_in_flight),
+            limits=request_limits(self.settings.statement_timeout_seconds, self.settings.lock_timeout_seconds,
+                                  self.settings.idle_in_transaction_seconds),
         )
 
     def on_close(self, stop: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,83 @@
+"""Isolation of capacity: another tenant's p99 while one tenant's table is locked.
+
+    python -m bench.capacity [SECONDS]
+
+uvicorn serves the real app (default settings: pool 10 + 5, 13 in-flight slots, a third of them
+per tenant, lock_timeout 3 s) on 127.0.0.1. wrk drives `devices { totalCount }` for tenant B at
+4 keep-alive connections for SECONDS (default 8): first alone (the baseline, same run), then
+while another session holds ACCESS EXCLUSIVE on tenant A's devices table and 20 more connections
+send A's requests. The same pair runs again with per-tenant shares and timeouts off (what the
+server did before them). Printed: B's p99 and its ratio to idle (goal: at most 2x), B's answers
+that were not 200, and what A was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from typing import Any
+
+import orjson
+import psycopg
+import uvicorn
+
+from app.db.naming import tenant_schema
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform
+from bench.concurrency import Request, _script, _wrk
+
+COUNT = orjson.dumps({"query": "{ devices { totalCount } }"}).decode()
+
+
+async def _tenant(b: Any, token: str, domain: str) -> tuple[str, list[Request]]:
+    created = await b.gql(f'mutation {{ createSubtenant(input: {{domain: "{domain}", company: "C", '
+                          f'adminEmail: "{ADMIN_EMAIL}"}}) {{ id }} }}', token=token, tenant="management")
+    tenant = created["createSubtenant"]["id"]
+    tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant)
+    headers = {"Authorization": f"Bearer {tenant_token}", "X-Tenant-ID": tenant,
+               "Content-Type": "application/json", "Accept": "application/graphql-response+json"}
+    return tenant, [("POST", "/graphql", headers, COUNT)]
+
+
+async def main(seconds: float) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("bench.capacity needs wrk (apt-get install wrk)")
+    async with bench_platform() as b:
+        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+        stuck, stuck_requests = await _tenant(b, token, "stuck")
+        _, other_requests = await _tenant(b, token, "other")
+        server = uvicorn.Server(uvicorn.Config(b.app, host="127.0.0.1", port=0, log_level="warning",
+                                               lifespan="off", access_log=False))
+        serving = asyncio.create_task(server.serve())
+        for _ in range(1000):  # bounded: uvicorn sets `started` once it listens
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        gate = b.platform.gate
+        shares = {"on": (gate.in_flight.share, gate.limits), "off": (gate.in_flight.limit, "")}
+        url = str(b.platform.settings.database_url).replace("+psycopg", "", 1)
+        rows = []
+        try:
+            await _wrk(port, _script(other_requests), 4, 2)  # warm-up: pool connections, caches
+            for mode, (share, limits) in shares.items():
+                gate.in_flight.share, gate.limits = share, limits
+                idle = await _wrk(port, _script(other_requests), 4, seconds)
+                async with await psycopg.AsyncConnection.connect(url) as lock:
+                    await lock.execute(f"LOCK TABLE {tenant_schema(stuck)}.devices IN ACCESS EXCLUSIVE MODE")
+                    busy, told = await asyncio.gather(_wrk(port, _script(other_requests), 4, seconds),
+                                                      _wrk(port, _script(stuck_requests), 20, seconds))
+                    await lock.rollback()
+                await asyncio.sleep(1)  # A's last requests drain before the next run
+                rows.append((mode, idle, busy, told))
+        finally:
+            server.should_exit = True
+            await serving
+    for mode, idle, busy, told in rows:
+        print(f"shares+timeouts {mode:3s}  B p99 idle {idle['p99'] * 1e3:7.1f} ms  beside locked A "
+              f"{busy['p99'] * 1e3:7.1f} ms  {busy['p99'] / idle['p99']:5.2f}x idle  B not-200 {busy['failed']} "
+              f"of {busy['requests']}  A not-200 {told['failed']} of {told['requests']}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 8.0))
