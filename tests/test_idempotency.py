@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 from sqlalchemy import text
 
+from app.main import create_app
 from app.runtime import idempotency
 from app.runtime.platform import Platform
 from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
@@ -25,6 +30,15 @@ async def _post(http: httpx.AsyncClient, t: TenantHandle, query: str, variables:
     if key is not None:
         headers["idempotency-key"] = key
     return await http.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+
+CREATE = 'mutation { createDevice(input: {name: "once"}) { id } }'
+
+
+@asynccontextmanager
+async def _asgi(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(platform=platform))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tenantry.test", timeout=60) as client:
+        yield client
 
 
 async def _count(api: Api, t: TenantHandle, device: str) -> int:
@@ -126,3 +140,60 @@ async def test_keys_expire_after_24_hours(http: httpx.AsyncClient, api: Api, wor
                                    {"t": t.id})).scalar_one()
     assert left == 0
     assert timedelta(hours=24) == idempotency.KEEP
+
+
+async def _owner(platform: Platform) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(str(platform.settings.database_url).replace("+psycopg", "", 1))
+
+
+@pytest.mark.parametrize("mode", ["ACCESS EXCLUSIVE", "SHARE"], ids=["claim", "remember"])
+async def test_a_stuck_idempotency_store_is_unavailable_never_internal(platform: Platform, world: World,
+                                                                       mode: str) -> None:
+    """The key's claim (a SELECT) or its answer's INSERT stuck behind a lock: UNAVAILABLE naming
+    the lock timeout, 503 — what clients retry on — and the mutation did not happen."""
+    t = await world.tenant()
+    stuck = Platform.create(platform.settings.with_(lock_timeout_seconds=0.3))
+    owner = await _owner(platform)
+    try:
+        await owner.execute(f"LOCK TABLE tenantry.idempotency_keys IN {mode} MODE")
+        async with _asgi(stuck) as http:
+            response = await _post(http, t, CREATE, {}, unique("key"))
+        await owner.rollback()
+        assert response.status_code == 503, response.text
+        assert response.json()["errors"][0]["extensions"]["timeout"] == "lock_timeout"
+        async with _asgi(stuck) as http:
+            devices = await http.post("/graphql", json={"query": "{ devices { totalCount } }"},
+                                      headers={"authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
+        assert devices.json()["data"]["devices"]["totalCount"] == 0
+    finally:
+        await owner.close()
+        await stuck.close()
+
+
+async def test_a_connection_lost_on_the_idempotency_path_is_unavailable(platform: Platform, world: World) -> None:
+    """The request's connection terminated while its key's claim waits (PostgreSQL restarted, a
+    failover): 503 UNAVAILABLE, as on every other path (it was a 500)."""
+    t = await world.tenant()
+    owner = await _owner(platform)
+    try:
+        await owner.execute("LOCK TABLE tenantry.idempotency_keys IN ACCESS EXCLUSIVE MODE")
+        watcher = await _owner(platform)
+        await watcher.set_autocommit(True)
+        async with _asgi(platform) as http:
+            request = asyncio.create_task(_post(http, t, CREATE, {}, unique("key")))
+            for _ in range(200):
+                waiting = await (await watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%idempotency_keys%' AND pid <> pg_backend_pid()")).fetchall()
+                if waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting, "the claim never waited on the lock"
+            await watcher.execute("SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+            response = await request
+        await watcher.close()
+        assert response.status_code == 503, response.text
+        assert response.json()["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
+    finally:
+        await owner.rollback()
+        await owner.close()
