@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,10 @@ from sqlalchemy import text
 
 from app.runtime.platform import Platform
 from app.services.usage.statistics import take_snapshots
-from tests.conftest import Api, TenantHandle, World, unique
+from app.settings import Settings
+from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
+from tests.test_people import INVITE
+from tests.test_stops import ROOT, TENANTRY, _env, _free_port, _until_listening
 
 UPDATE = "mutation($id: ID!, $l: TenantLimitsInput!) { updateTenant(id: $id, input: {limits: $l}) { id } }"
 
@@ -140,3 +145,54 @@ async def test_storage_limit_stops_data_writes(api: Api, world: World, platform:
                           ' type: "c", series: "s", value: 1}]) }', {"d": device}, token=t.token, tenant=t.id)
     assert write.code == "LIMIT_EXCEEDED"
     assert write.errors[0]["extensions"]["limit"] == "storageBytes"
+
+
+async def test_max_users_holds_under_concurrent_acceptances_across_two_workers(
+        api: Api, world: World, platform: Platform, settings: Settings, tmp_path: Path) -> None:
+    """12 invitees accept at once through `serve --workers 2`, each on its own connection (so both
+    processes take part): exactly maxUsers members, the others LIMIT_EXCEEDED (it ended at 15, 3,
+    21, 7 and 14 members before the tenant row was locked for the count)."""
+    t = await world.tenant(limits={"maxUsers": 3})  # its first admin is one of the 3
+    invitees = []
+    for _ in range(12):
+        email = f"{unique('inv')}@limit.test"
+        assert (await api.gql(INVITE, {"e": email, "r": "READER"}, token=t.token, tenant=t.id)).data
+        async with platform.db.owner.connect() as conn:
+            await conn.execute(text("INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h)"),
+                               {"e": email, "h": await platform.passwords.hash(PASSWORD)})
+        invitees.append((await api.token(email, PASSWORD), await _invitation(platform, email)))
+    port = _free_port()
+    with (tmp_path / "serve.log").open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            *TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
+            env=_env(settings, TENANTRY_PORT=str(port), TENANTRY_WORKERS="2"))
+    try:
+        await _until_listening(port, process)
+
+        async def accept(token: str, invitation: str) -> str:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                response = await client.post("/graphql", headers={"authorization": f"Bearer {token}"}, json={
+                    "query": "mutation($t: String!) { acceptInvitation(token: $t) { role } }",
+                    "variables": {"t": invitation}})
+            body = response.json()
+            return "ok" if "errors" not in body else str(body["errors"][0]["extensions"]["code"])
+
+        outcomes = await asyncio.gather(*(accept(token, invitation) for token, invitation in invitees))
+        pids = (tmp_path / "serve.log").read_text()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert sorted(outcomes) == ["LIMIT_EXCEEDED"] * 10 + ["ok"] * 2, (outcomes, pids[-2000:])
+    async with platform.db.owner.connect() as conn:
+        members = (await conn.execute(text("SELECT count(*) FROM tenantry.memberships WHERE tenant_id = :t"),
+                                      {"t": t.id})).scalar_one()
+    assert members == 3
+
+
+async def _invitation(platform: Platform, email: str) -> str:
+    async with platform.db.owner.connect() as conn:
+        body = (await conn.execute(text("SELECT body FROM tenantry.outbox WHERE lower(recipient) = lower(:e) "
+                                        "ORDER BY id DESC LIMIT 1"), {"e": email})).scalar_one()
+    match = re.search(r"(tinv_[A-Za-z0-9_-]+)", body)
+    assert match, body
+    return match.group(1)

@@ -17,11 +17,11 @@ from app.access.principal import Principal, Routed
 from app.auth.roles import TENANT_ADMIN
 from app.auth.tokens import new_secret, secret_hash
 from app.db.transaction import Executor
-from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound, TenantSuspended
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound, TenantSuspended
 from app.models.management import invitations, memberships, outbox, tenants, users
 from app.services.audit import records as audit
 from app.services.pagination import Page, build_page, decode_uuid_cursor, page_size
-from app.services.people.members import check_delegation
+from app.services.people.members import add_member, check_delegation
 from app.services.people.users import normalise_email, user_by_id
 
 PREFIX = "tinv_"
@@ -105,7 +105,7 @@ async def preview(db: Executor, token: str) -> InvitationPreview | None:
 async def accept(db: Executor, principal: Principal, token: str, *, now: datetime,
                  request_id: str | None = None) -> tuple[InvitationRecord, str]:
     """Accept for the logged-in user; returns the invitation and the tenant's domain."""
-    row = (await db.execute(select(*COLUMNS, tenants.c.status, tenants.c.max_users)
+    row = (await db.execute(select(*COLUMNS, tenants.c.status)
                             .join(tenants, tenants.c.id == invitations.c.tenant_id)
                             .where(invitations.c.token_hash == secret_hash(token))
                             .with_for_update(of=invitations))).first()
@@ -130,12 +130,7 @@ async def accept(db: Executor, principal: Principal, token: str, *, now: datetim
         memberships.c.tenant_id == record.tenant_id, memberships.c.user_id == user.id))).first()
     if existing is not None:
         raise Conflict("you are already a member of this tenant")
-    if row.max_users is not None:
-        count = (await db.execute(select(func.count()).select_from(memberships)
-                                  .where(memberships.c.tenant_id == record.tenant_id))).scalar_one()
-        if count >= row.max_users:
-            raise LimitExceeded(f"the tenant's maxUsers ({row.max_users}) is reached", limit="maxUsers", available=0)
-    await db.execute(insert(memberships).values(user_id=user.id, tenant_id=record.tenant_id, role=record.role))
+    await add_member(db, tenant_id=record.tenant_id, user_id=user.id, role=record.role)
     await db.execute(update(invitations).where(invitations.c.id == record.id).values(accepted_at=now))
     await audit.record(db, tenant_id=record.tenant_id, actor=principal.actor, action="invitation.accepted",
                        target=record.email, changes=[{"attribute": "role", "previous": None, "new": record.role}],

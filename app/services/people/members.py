@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from app.access.credentials import custom_role_permissions as role_permissions
 from app.access.principal import Routed
 from app.auth.roles import BUILTIN_ROLES, TENANT_ADMIN
 from app.db.transaction import Executor
-from app.errors import Conflict, Forbidden, InvalidInput, NotFound
-from app.models.management import memberships, users
+from app.errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound
+from app.models.management import memberships, tenants, users
 from app.services.audit import records as audit
 from app.services.pagination import Page, build_page, decode_cursor, page_size
 
@@ -30,6 +30,21 @@ class MemberRecord:
     scope: str
     group_ids: tuple[int, ...] | None
     created_at: datetime
+
+
+async def add_member(db: Executor, *, tenant_id: str, user_id: UUID, role: str, scope: str = "TENANT") -> None:
+    """A new membership within the tenant's maxUsers, exactly: the tenant's row is locked (FOR NO
+    KEY UPDATE — memberships' own foreign-key checks still pass) before the count, so concurrent
+    acceptances, in any process, are counted one after the other. Counted and inserted in one
+    transaction with the caller's other writes: a refusal leaves nothing half-made."""
+    limit = (await db.execute(select(tenants.c.max_users).where(tenants.c.id == tenant_id)
+                              .with_for_update(key_share=True))).scalar_one_or_none()
+    if limit is not None:
+        count = (await db.execute(select(func.count()).select_from(memberships)
+                                  .where(memberships.c.tenant_id == tenant_id))).scalar_one()
+        if count >= limit:
+            raise LimitExceeded(f"the tenant's maxUsers ({limit}) is reached", limit="maxUsers", available=0)
+    await db.execute(insert(memberships).values(user_id=user_id, tenant_id=tenant_id, role=role, scope=scope))
 
 
 async def permissions_of_role(tenant_db: Executor, role: str) -> frozenset[str]:

@@ -39,7 +39,7 @@ from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from app.models.management import external_identities, identity_providers, memberships
 from app.services.audit import records as audit
-from app.services.people.members import check_delegation
+from app.services.people.members import add_member, check_delegation
 from app.services.people.users import UserRecord, create_user, normalise_email, user_by_email, user_by_id
 from app.tenancy.registry import TenantRecord
 
@@ -288,7 +288,7 @@ async def sign_in(db: Executor, tenant: TenantRecord, provider: Provider, claims
     current = (await db.execute(select(memberships.c.role, memberships.c.scope).where(
         memberships.c.tenant_id == holder, memberships.c.user_id == user.id))).first()
     if current is None:
-        await db.execute(insert(memberships).values(user_id=user.id, tenant_id=holder, role=role, scope=scope))
+        await add_member(db, tenant_id=holder, user_id=user.id, role=role, scope=scope)
     elif current.role != role or (inherited and current.scope != scope):
         await db.execute(update(memberships).where(memberships.c.tenant_id == holder,
                                                    memberships.c.user_id == user.id)
