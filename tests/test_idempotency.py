@@ -131,10 +131,12 @@ async def test_keys_expire_after_24_hours(http: httpx.AsyncClient, api: Api, wor
     rerun = await _post(http, t, BATCH, {"d": device, "v": 1.0}, "old-key")
     assert "idempotent-replayed" not in rerun.headers  # expired: runs again
     assert await _count(api, t, device) == 4
+    await _post(http, t, BATCH, {"d": device, "v": 2.0}, "other-key")
+    await _post(http, t, BATCH, {"d": device, "v": 3.0}, "third-key")
     async with platform.db.owner.begin() as conn:
         await conn.execute(text("UPDATE tenantry.idempotency_keys SET created_at = now() - interval '25 hours' "
                                 "WHERE tenant_id = :t"), {"t": t.id})
-    assert await idempotency.purge(platform.db.app, now=datetime.now(UTC)) >= 1
+    assert await idempotency.purge(platform.db.app, now=datetime.now(UTC), batch=2) >= 3  # in bounded batches
     async with platform.db.owner.connect() as conn:
         left = (await conn.execute(text("SELECT count(*) FROM tenantry.idempotency_keys WHERE tenant_id = :t"),
                                    {"t": t.id})).scalar_one()

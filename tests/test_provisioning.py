@@ -14,6 +14,7 @@ from app.runtime.platform import Platform
 from app.services.audit.records import SYSTEM
 from app.services.tenants import provisioning
 from app.services.tenants.provisioning import STEPS, TenantSpec, fill_spares, provision_tenant
+from app.tenancy.ddl import tenant_ddl
 from app.tenancy.registry import TenantRecord
 from tests.conftest import Api, World, assert_denied, unique
 
@@ -161,6 +162,32 @@ async def test_keepers_in_several_workers_never_overshoot_the_spare_pool(platfor
         for name in map(spare_schema, spares):
             await conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
         await conn.execute(text("DELETE FROM tenantry.spare_schemas"))
+
+
+async def test_stale_spares_are_dropped_a_few_per_transaction(platform: Platform) -> None:
+    """After a migration every spare is stale: they go `batch` per transaction (all in one exhausted
+    the lock table), and the pool is made again at the new revision."""
+    settings = platform.settings
+    await fill_spares(platform.db.owner, count=0, app_role=settings.app_role,
+                      tenant_roles_login=settings.tenant_roles_login)
+    before = await _spares(platform)
+    await fill_spares(platform.db.owner, count=len(before) + 7, app_role=settings.app_role,
+                      tenant_roles_login=settings.tenant_roles_login)
+    async with platform.db.owner.begin() as conn:
+        await conn.execute(text("UPDATE tenantry.spare_schemas SET revision = 'older'"))
+    stale = await _spares(platform)
+    assert await provisioning.drop_stale_spares(platform.db.owner, tenant_ddl().revision, batch=3) == \
+        -(-len(stale) // 3)
+    assert await _spares(platform) == []
+    async with platform.db.owner.connect() as conn:
+        left = (await conn.execute(text("SELECT count(*) FROM pg_namespace WHERE nspname = ANY(:n)"),
+                                   {"n": [spare_schema(s) for s in stale]})).scalar_one()
+    assert left == 0
+    assert await fill_spares(platform.db.owner, count=2, app_role=settings.app_role,
+                             tenant_roles_login=settings.tenant_roles_login) == 2
+    async with platform.db.owner.begin() as conn:  # leave the pool empty, as other tests expect it
+        await conn.execute(text("UPDATE tenantry.spare_schemas SET revision = 'older'"))
+    await provisioning.drop_stale_spares(platform.db.owner, tenant_ddl().revision)
 
 
 def test_the_spare_pool_is_sized_by_recent_demand() -> None:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -80,7 +80,21 @@ async def remember(db: Executor, claim: Claim, response: bytes, *, now: datetime
               "created_at": excluded.created_at}))
 
 
-async def purge(engine: AsyncEngine, *, now: datetime) -> int:
-    async with transaction(engine) as tx:
-        result = await tx.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at <= now - KEEP))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+PURGE_BATCH = 5000
+
+
+async def purge(engine: AsyncEngine, *, now: datetime, batch: int = PURGE_BATCH) -> int:
+    """Delete expired keys, `batch` rows per transaction (a busy day's keys in one transaction
+    held its locks and its WAL for as long as it lasted)."""
+    purged = 0
+    while True:
+        expired = (select(idempotency_keys.c.tenant_id, idempotency_keys.c.caller, idempotency_keys.c.key)
+                   .where(idempotency_keys.c.created_at <= now - KEEP).limit(batch))
+        async with transaction(engine) as tx:
+            result = await tx.execute(delete(idempotency_keys).where(
+                tuple_(idempotency_keys.c.tenant_id, idempotency_keys.c.caller, idempotency_keys.c.key)
+                .in_(expired)))
+        count = int(result.rowcount)  # type: ignore[attr-defined]
+        purged += count
+        if count < batch:
+            return purged

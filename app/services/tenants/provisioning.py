@@ -102,14 +102,7 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
     tenant roles costs tens of milliseconds (PostgreSQL 16; ~240 ms on 15) per backend and change."""
     ddl = tenant_ddl()
     app_role = checked_identifier(app_role)
-    async with transaction(owner) as tx:
-        stale = (await tx.execute(select(spare_schemas.c.id).where(
-            (spare_schemas.c.revision != ddl.revision) | ~spare_schemas.c.id.startswith("t"))
-            .with_for_update(skip_locked=True))).scalars().all()
-        for spare in stale:
-            name = spare_schema(spare)
-            await tx.exec_ddl(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
-            await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
+    await drop_stale_spares(owner, ddl.revision)
     made = 0
     while True:
         async with transaction(owner) as tx:
@@ -131,6 +124,26 @@ async def fill_spares(owner: AsyncEngine, *, count: int, app_role: str, tenant_r
                                    login=tenant_roles_login)
                 await tx.execute(insert(spare_schemas).values(id=spare, revision=ddl.revision))
                 made += 1
+
+
+async def drop_stale_spares(owner: AsyncEngine, revision: str, *, batch: int = SPARES_PER_TRANSACTION) -> int:
+    """Drop the spares of an older revision (or naming), `batch` per transaction; returns the
+    transactions it took. Dropping a schema locks each of its objects until COMMIT: after a
+    migration, all stale spares in one transaction exhausted the shared lock table ("out of shared
+    memory") and failed every few seconds, forever, with ordinary requests failing beside it."""
+    transactions = 0
+    while True:
+        async with transaction(owner) as tx:
+            stale = (await tx.execute(select(spare_schemas.c.id).where(
+                (spare_schemas.c.revision != revision) | ~spare_schemas.c.id.startswith("t"))
+                .order_by(spare_schemas.c.id).limit(batch).with_for_update(skip_locked=True))).scalars().all()
+            for spare in stale:
+                name = spare_schema(spare)
+                await tx.exec_ddl(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")
+                await tx.execute(spare_schemas.delete().where(spare_schemas.c.id == spare))
+        if not stale:
+            return transactions
+        transactions += 1
 
 
 class SpareDemand:
