@@ -46,6 +46,7 @@ from app.stopping import stop_requested
 # permessage-deflate: subscription messages are small, and a compressor per connection cost
 # ~25 us a message and most of a connection's memory (bench/realtime.py).
 WEBSOCKETS = "websockets-sansio"
+SHUTDOWN_GRACE_SECONDS = 8
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -60,7 +61,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
             "ws_max_size": settings.max_body_bytes, "log_config": None,
             # access_log off: the app writes one structured line per GraphQL request (tenantry.access).
-            "access_log": False, "ws": WEBSOCKETS, "ws_per_message_deflate": False}
+            "access_log": False, "ws": WEBSOCKETS, "ws_per_message_deflate": False,
+            # A stop waits this long for open requests (SSE streams end at once: app.stopping), then
+            # cancels them: a rolling restart never hangs until the supervisor's kill.
+            "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS}
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from app.services.data import retention
 from app.services.tenants.provisioning import keep_spares
 from app.services.usage import statistics as usage
 from app.settings import Settings
+from app.stopping import on_stop_signal
 from app.tenancy.ddl import tenant_ddl
 
 SHUTDOWN_WAIT = 4.0  # seconds for background tasks, then for the last usage flush
@@ -95,6 +96,7 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
         background = _start_background(live, settings)
         background += _start_log_readers(live, settings, app.state.realtime)
+        on_stop_signal(app.state.graphql.operations.stop_streams)  # SSE streams end when a stop comes
         if stop_requested is not None and stop_requested():
             # A stop arrived before uvicorn listened for signals (app.stopping): hand it over now.
             signal.raise_signal(signal.SIGTERM)

@@ -64,7 +64,8 @@ async def _until_listening(port: int, process: asyncio.subprocess.Process) -> No
     raise AssertionError("the server never listened")
 
 
-@pytest.mark.parametrize("moment", ["while importing", "right after start (spare pool filling)", "under load"])
+@pytest.mark.parametrize("moment", ["while importing", "right after start (spare pool filling)", "under load",
+                                    "with SSE streams open"])
 async def test_serve_stops_within_10_seconds_whenever_the_signal_comes(settings: Settings, platform: Platform,
                                                                       moment: str) -> None:
     port = _free_port()  # `platform`: the shared database is migrated and bootstrapped
@@ -78,6 +79,14 @@ async def test_serve_stops_within_10_seconds_whenever_the_signal_comes(settings:
         elif moment.startswith("right after start"):
             await _until_listening(port, process)
             process.send_signal(signal.SIGINT)
+        elif moment == "with SSE streams open":
+            await _until_listening(port, process)
+            streams = [asyncio.create_task(_sse_until_closed(port, await _login(port))) for _ in range(3)]
+            load = streams  # cancelled if the server never ends them
+            await asyncio.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            for ending in await asyncio.wait_for(asyncio.gather(*streams), timeout=10):
+                assert ending.endswith(b"event: complete\ndata:\n\n"), ending  # told, then closed
         else:
             await _until_listening(port, process)
             async with httpx.AsyncClient() as client:
@@ -110,6 +119,27 @@ async def test_serve_stops_within_10_seconds_whenever_the_signal_comes(settings:
     text = log.read_text()
     assert took < 10, text[-2000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+async def _login(port: int) -> str:
+    async with httpx.AsyncClient() as client:
+        login = await client.post(f"http://127.0.0.1:{port}/graphql", json={
+            "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p, "
+                     "tenantId: \"management\") { accessToken } }",
+            "variables": {"e": ADMIN_EMAIL, "p": ADMIN_PASSWORD}})
+    return str(login.json()["data"]["login"]["accessToken"])
+
+
+async def _sse_until_closed(port: int, token: str) -> bytes:
+    """An SSE subscription's whole stream, read until the server closes it."""
+    received = b""
+    async with httpx.AsyncClient(timeout=30) as client, client.stream(
+            "POST", f"http://127.0.0.1:{port}/graphql", json={"query": "subscription { alarms { kind } }"},
+            headers={"authorization": f"Bearer {token}", "accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_bytes():
+            received += chunk
+    return received
 
 
 async def _run(*args: str, env: dict[str, str]) -> int:

@@ -82,6 +82,16 @@ class Operations:
                        counted=self._count_deliveries)
         self.platform.on_close(self.hub.stop)
         self._renders = TenantTurns()
+        # Open SSE streams (each one's end), ended at a stop signal: see stop_streams.
+        self.streams: set[Callable[[str], None]] = set()
+        self.stopping = False
+
+    def stop_streams(self) -> None:
+        """The server is stopping: every SSE stream gets its `complete` event and closes, and new ones
+        are refused, so the server's wait for open responses ends (WebSockets get 1012 from uvicorn)."""
+        self.stopping = True
+        for end in list(self.streams):
+            end("the server is shutting down")
 
     def _count_deliveries(self, tenant_id: str, n: int) -> None:
         if self.platform.settings.metering:
@@ -418,6 +428,8 @@ def wants_event_stream(request: Request) -> bool:
 async def serve_sse(operations: Operations, request: Request, payload: dict[str, Any]) -> Response:
     """One operation as a text/event-stream (GraphQL over SSE, distinct connections mode)."""
     ended: asyncio.Queue[str] = asyncio.Queue()
+    if operations.stopping:
+        return error_response(Unavailable("the server is shutting down", retryAfter=1))
     try:
         session = await operations.open_session(authorization=request.headers.get("authorization"),
                                                 tenant_header=request.headers.get("x-tenant-id"),
@@ -451,6 +463,7 @@ async def serve_sse(operations: Operations, request: Request, payload: dict[str,
             await out.put(None)
 
         tasks = [asyncio.create_task(operation()), asyncio.create_task(watch_end())]
+        operations.streams.add(ended.put_nowait)
         try:
             while True:
                 try:
@@ -463,6 +476,7 @@ async def serve_sse(operations: Operations, request: Request, payload: dict[str,
                 yield item
             yield b"event: complete\ndata:\n\n"
         finally:
+            operations.streams.discard(ended.put_nowait)
             for task in tasks:
                 task.cancel()
             session.end("stream closed")
