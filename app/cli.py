@@ -37,6 +37,7 @@ from app.commands.tenants import (
 from app.commands.users import cmd_users_list, cmd_users_reset_password, disabled_command
 from app.db.naming import MANAGEMENT_TENANT_ID
 from app.errors import AppError
+from app.http.protocol import GuardedHttpToolsProtocol
 from app.logs import configure_logging
 from app.runtime.platform import Platform
 from app.settings import Settings
@@ -64,11 +65,14 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
             "access_log": False, "ws": WEBSOCKETS, "ws_per_message_deflate": False,
             # A stop waits this long for open requests (SSE streams end at once: app.stopping), then
             # cancels them: a rolling restart never hangs until the supervisor's kill.
-            "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS}
+            "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS,
+            "http": GuardedHttpToolsProtocol}
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+
+    GuardedHttpToolsProtocol.header_timeout = settings.header_timeout_seconds
 
     from app.main import create_app
 

@@ -65,6 +65,10 @@ def _capacity(env: dict[str, str]) -> dict[str, Any]:
         "lock_timeout_seconds": _float(env, "TENANTRY_LOCK_TIMEOUT", 3.0),
         "idle_in_transaction_seconds": _float(env, "TENANTRY_IDLE_IN_TRANSACTION_TIMEOUT", 30.0),
         "tenant_in_flight_setting": _int(env, "TENANTRY_TENANT_IN_FLIGHT", 0),
+        "anonymous_requests_per_second": _float(env, "TENANTRY_ANONYMOUS_RATE", 20.0),
+        "max_document_bytes": _int(env, "TENANTRY_MAX_DOCUMENT_BYTES", 100_000),
+        "header_timeout_seconds": _float(env, "TENANTRY_HEADER_TIMEOUT", 10.0),
+        "body_timeout_seconds": _float(env, "TENANTRY_BODY_TIMEOUT", 30.0),
     }
 
 
@@ -118,6 +122,13 @@ class Settings:
     # Per request transaction (transaction-local, so jobs and migrations are not bound by them):
     # a statement running longer, a lock waited for longer, a transaction left idle longer is
     # cancelled and answered UNAVAILABLE naming the timeout. 0 disables one.
+    # Before authentication, work must be cheap to refuse: GraphQL requests without a credential,
+    # per client address (a burst of twice this); a document's size, checked before it is parsed;
+    # how long a client may take to send its request headers, and its body.
+    anonymous_requests_per_second: float = 20.0
+    max_document_bytes: int = 100_000
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     statement_timeout_seconds: float = 15.0
     lock_timeout_seconds: float = 3.0
     idle_in_transaction_seconds: float = 30.0

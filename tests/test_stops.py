@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -71,7 +72,7 @@ async def test_serve_stops_within_10_seconds_whenever_the_signal_comes(settings:
     port = _free_port()  # `platform`: the shared database is migrated and bootstrapped
     log = Path(tempfile.mkdtemp(prefix="tnt-stop-")) / "serve.log"
     process = await _serve(settings, port, log)
-    load: list[asyncio.Task[None]] = []
+    load: list[asyncio.Task[Any]] = []
     try:
         if moment == "while importing":
             await asyncio.sleep(0.3)

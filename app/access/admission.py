@@ -29,30 +29,46 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per tenant. In-process: with N worker processes a tenant gets up to N
-    times its rate in the worst case (documented; a shared limiter would cost a round trip)."""
+    """Token buckets: one per tenant (its requestsPerSecond), one per anonymous client address.
+    In-process: with N worker processes a key gets up to N times its rate in the worst case
+    (documented; a shared limiter would cost a round trip)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    MAX_KEYS = 100_000  # beyond it, buckets start afresh (an address sweep must not grow memory)
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, anonymous_rate: float = 0) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        self.anonymous_rate = anonymous_rate  # requests a second per client address without a credential; 0: off
 
     def take(self, tenant: TenantRecord) -> None:
         rate = tenant.requests_per_second
-        if rate is None:
-            return
-        burst = float(tenant.request_burst or rate)
+        if rate is not None:
+            self._take(tenant.id, rate, float(tenant.request_burst or rate),
+                       f"more than {rate} requests per second for this tenant", "requestsPerSecond")
+
+    def take_anonymous(self, client: str) -> None:
+        """Work for a caller with no credential, counted per client address before the document is
+        parsed (a burst of twice the rate): anonymous traffic cannot take the event loop."""
+        rate = self.anonymous_rate
+        if rate > 0:
+            self._take("client:" + client, rate, 2.0 * rate,
+                       f"more than {rate:g} requests per second from this address without a credential",
+                       "anonymousRequestsPerSecond")
+
+    def _take(self, key: str, rate: float, burst: float, message: str, limit: str) -> None:
         now = self._clock()
-        bucket = self._buckets.get(tenant.id)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[tenant.id] = _Bucket(tokens=burst, updated=now)
+            if len(self._buckets) >= self.MAX_KEYS:
+                self._buckets.clear()
+            bucket = self._buckets[key] = _Bucket(tokens=burst, updated=now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return
         retry_after = max(1, math.ceil((1 - bucket.tokens) / rate)) if rate > 0 else 60
-        raise RateLimited(f"more than {rate} requests per second for this tenant", limit="requestsPerSecond",
-                          retryAfter=retry_after)
+        raise RateLimited(message, limit=limit, retryAfter=retry_after)
 
 
 @dataclass

@@ -115,24 +115,27 @@ class RequestAccess:
 
     # --- who -------------------------------------------------------------------------------------------
 
-    def admission_key(self, client: str | None) -> str:
-        """Whose share of the process's in-flight slots this request takes (app.access.admission),
-        known before anything touches the database: the tenant it names (X-Tenant-ID, else an API or
-        device token's own tenant, else a user token's default tenant), else — anonymous, or a
-        token that does not verify — its client address. Unverified on purpose (it costs no
-        round trip): a request that names another tenant it cannot enter is refused within
-        moments, on CPU alone, so borrowing that tenant's share buys nothing."""
-        header = self.tenant_header
-        if header and is_tenant_id(header):
-            return f"tenant:{header}"
+    def admit(self, client: str | None) -> str:
+        """Admission, before the document is parsed: whose share of the process's in-flight slots
+        this request takes (app.access.admission) — the tenant it names (X-Tenant-ID, else an API or
+        device token's own tenant, else a user token's default tenant) — or, for a caller with no
+        credential (none, or a user token that does not verify), its client address, charged
+        against the anonymous rate (RATE_LIMITED). API and device tokens are judged by their form
+        here (verifying them costs a round trip); one naming a tenant it cannot enter is refused
+        within moments, on the tenant's share, so borrowing it buys nothing."""
+        header = self.tenant_header if self.tenant_header and is_tenant_id(self.tenant_header) else None
         token = self.authorization.partition(" ")[2].strip() if self.authorization else ""
         tenant = credentials.api_token_tenant(token) or credentials.device_token_tenant(token)
-        if tenant is None and token:
+        if tenant is None and token and not credentials.is_api_token(token) and \
+                not credentials.is_device_token(token):
             try:
-                tenant = self.principal().default_tenant_id
-            except (Unauthenticated, Forbidden):
+                tenant = self.principal().default_tenant_id or header or MANAGEMENT_TENANT_ID
+            except Unauthenticated:
                 tenant = None
-        return f"tenant:{tenant}" if tenant else f"client:{client or '?'}"
+        if tenant is None:
+            self.gate.rate_limiter.take_anonymous(client or "?")
+            return f"client:{client or '?'}"
+        return f"tenant:{header or tenant}"
 
     def principal(self) -> Principal:
         """The authenticated user (an access token); UNAUTHENTICATED without a valid one."""

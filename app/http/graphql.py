@@ -8,6 +8,7 @@ one place that classifies, masks and logs errors.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -40,7 +41,7 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, CommitOutcomeUnknown, Unauthenticated, Unavailable
+from app.errors import AppError, CommitOutcomeUnknown, RateLimited, Unauthenticated, Unavailable
 from app.graphql.context import Context
 from app.graphql.engine import compiled
 from app.graphql.schema import TenantrySchema
@@ -166,7 +167,8 @@ class GraphQLEndpoint:
             media_type = _negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
             query, variables, operation_name = unpack(payload, self.persisted,
-                                                      request.headers.get("authorization"))
+                                                      request.headers.get("authorization"),
+                                                      max_bytes=self.platform.settings.max_document_bytes)
         except PersistedQueryError as exc:
             return error_response(exc, media_type)
         except RequestError as exc:
@@ -183,9 +185,9 @@ class GraphQLEndpoint:
         request.state.context = context
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
-            async with self.platform.gate.in_flight.slot(context.access.admission_key(context.client)):
+            async with self.platform.gate.in_flight.slot(context.access.admit(context.client)):
                 return await self._run(context, query, variables, operation_name, allowed, media_type, key)
-        except Unavailable as exc:  # no in-flight slot: refused before anything ran
+        except (Unavailable, RateLimited) as exc:  # no in-flight slot, or anonymous and too fast: nothing ran
             return error_response(exc, media_type)
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
@@ -363,7 +365,13 @@ class GraphQLEndpoint:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != JSON:
             raise RequestError(415, "POST bodies must be application/json")
-        body = await _read_limited(request, self.platform.settings.max_body_bytes)
+        settings = self.platform.settings
+        try:
+            async with asyncio.timeout(settings.body_timeout_seconds or None):
+                body = await _read_limited(request, settings.max_body_bytes)
+        except TimeoutError as exc:  # a client trickling its body holds a connection and a task
+            raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_seconds:g} s",
+                               {"connection": "close"}) from exc
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

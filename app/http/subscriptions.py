@@ -118,7 +118,8 @@ class Operations:
         if not isinstance(payload, dict):
             raise Refused([invalid("the payload must be an object")])
         try:
-            query, variables, operation_name = unpack(payload, self.persisted, authorization)
+            query, variables, operation_name = unpack(payload, self.persisted, authorization,
+                                                      max_bytes=self.platform.settings.max_document_bytes)
         except RequestError as exc:
             raise Refused([entry(exc)]) from None
         try:
@@ -207,7 +208,7 @@ class Operations:
         the process's in-flight slots (a socket is no way around the cap)."""
         context = self._context(session)
         try:
-            async with self.platform.gate.in_flight.slot(context.access.admission_key(context.client)):
+            async with self.platform.gate.in_flight.slot(context.access.admit(context.client)):
                 result = await self.schema.execute(
                     query, variable_values=variables, context_value=context, operation_name=operation_name,
                     allowed_operation_types={OperationType.QUERY, OperationType.MUTATION})

@@ -69,7 +69,7 @@ class Platform:
             db=db,
             meter=Meter(db.app, flushed=lambda outcome: metrics.usage_flushes.labels(outcome).inc()),
             metrics=metrics,
-            rate_limiter=RateLimiter(),
+            rate_limiter=RateLimiter(anonymous_rate=settings.anonymous_requests_per_second),
             api_token_use=LastUsed(),
             login_throttle=LoginThrottle(),
             registry=Registry(ttl=settings.registry_ttl_seconds),

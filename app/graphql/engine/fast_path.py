@@ -19,9 +19,21 @@ from graphql.validation import ASTValidationRule
 from strawberry.extensions import SchemaExtension
 
 
-@lru_cache(maxsize=1024)
 def _parse(query: str, max_tokens: int) -> DocumentNode:
-    return parse(query, max_tokens=max_tokens)
+    """The document, parsed once per text; a document that does not parse is refused again from the
+    cache too (a client repeating a bad one cost a full parse each time, before authentication)."""
+    outcome = _parsed(query, max_tokens)
+    if isinstance(outcome, GraphQLError):
+        raise outcome.with_traceback(None)  # the same error; no traceback piling up across raises
+    return outcome
+
+
+@lru_cache(maxsize=1024)
+def _parsed(query: str, max_tokens: int) -> DocumentNode | GraphQLError:
+    try:
+        return parse(query, max_tokens=max_tokens)
+    except GraphQLError as exc:
+        return exc
 
 
 @lru_cache(maxsize=1024)
@@ -32,7 +44,7 @@ def _validate(
 
 
 def cache_info() -> dict[str, Any]:
-    return {"parse": _parse.cache_info(), "validate": _validate.cache_info()}
+    return {"parse": _parsed.cache_info(), "validate": _validate.cache_info()}
 
 
 class FastPath(SchemaExtension):
