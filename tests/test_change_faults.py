@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import websockets
 
 from tests.test_webhooks import receiving
@@ -192,3 +193,103 @@ async def test_kill_9_of_server_and_postgres_leaves_every_committed_change_once_
     assert set(acknowledged) <= written  # every acknowledged write is in the log (and more may be: unknown outcomes)
     assert seen == committed  # the subscriber: each committed change once, in order, across both crashes
     assert list(dict.fromkeys(receiver.ids())) == committed  # the receiver, after dedupe by webhook-id
+
+
+async def _steady_subscriber(server: Server, token: str, tenant: str, query: str, variables: dict[str, Any],
+                             out: list[dict[str, Any]], stop: asyncio.Event) -> str:
+    """ONE subscription that never resubscribes: every `next` payload, until the server completes it
+    ("complete"), closes the socket ("closed <code>"), or the test stops ("stopped")."""
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/graphql",
+                                  subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(orjson.dumps({"type": "connection_init", "payload": {
+            "Authorization": f"Bearer {token}", "X-Tenant-ID": tenant}}).decode())
+        assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+        await ws.send(orjson.dumps({"id": "1", "type": "subscribe",
+                                    "payload": {"query": query, "variables": variables}}).decode())
+        while not stop.is_set():
+            try:
+                message = orjson.loads(await asyncio.wait_for(ws.recv(), 0.5))
+            except TimeoutError:
+                continue
+            except websockets.ConnectionClosed as closed:
+                return f"closed {closed.code}"
+            if message.get("type") == "next":
+                out.append(message["payload"].get("data") or message["payload"])  # data, or the errors
+            elif message.get("type") == "complete":
+                return "complete"
+    return "stopped"
+
+
+async def test_a_database_restart_under_a_running_server_loses_no_subscriber_event_and_fails_copies_promptly(
+        tmp_path: Path) -> None:
+    """PostgreSQL's postmaster SIGKILLed under a running `tenantry serve` (which starts it again): a
+    subscriber that stays connected receives every alarm committed before, during and after, once
+    and in order (it missed 17-93 and was told nothing); a copy job caught by the restart is FAILED
+    within seconds saying the database was lost, and its subscription completes with it."""
+    server = Server(tmp_path)
+    server.env["TENANTRY_COPY_INLINE_ROWS"] = "0"  # every copy is a background job
+    await server.run("migrate")
+    await server.run("bootstrap")
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        operator = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": "management"}))["login"]["accessToken"]
+        ids = []
+        for domain in ("restart-src", "restart-tgt"):
+            ids.append((await _gql(client, f'mutation {{ createSubtenant(input: {{domain: "{domain}", company: "R", '
+                                           f'adminEmail: "{ADMIN}"}}) {{ id }} }}', token=operator,
+                                   tenant="management"))["createSubtenant"]["id"])
+        tenant, target = ids
+        token = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": tenant}))["login"]["accessToken"]
+        target_token = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": target}))["login"]["accessToken"]
+        device = (await _gql(client, 'mutation { createDevice(input: {name: "d"}) { id } }', token=token,
+                             tenant=tenant))["createDevice"]["id"]
+        start = (await _gql(client, "{ changes { pageInfo { endCursor } } }", token=token,
+                            tenant=tenant))["changes"]["pageInfo"]["endCursor"]
+        stop_writing, stop_reading = asyncio.Event(), asyncio.Event()
+        alarms: list[dict[str, Any]] = []
+        reading = asyncio.ensure_future(_steady_subscriber(
+            server, token, tenant, "subscription($a: ChangePosition) { alarms(after: $a) { position } }",
+            {"a": start}, alarms, stop_reading))
+        acknowledged: list[str] = []
+        writing = asyncio.ensure_future(_writer(server, token, tenant, device, acknowledged, stop_writing))
+        # A copy job held up behind a lock on its target (an operator's session), when PostgreSQL dies.
+        pgdata = server.pgdata
+        socket_dir = (pgdata / "postmaster.pid").read_text().splitlines()[4]
+        holder = await psycopg.AsyncConnection.connect(f"postgresql://postgres@/postgres?host={socket_dir}")
+        await holder.execute(f"LOCK TABLE t_{target}.devices IN ACCESS EXCLUSIVE MODE")
+        job = (await _gql(client, 'mutation($i: CopyDataInput!) { copyData(input: $i) { id status } }',
+                          {"i": {"sourceTenantId": tenant, "targetTenantId": target, "deviceIds": [device]}},
+                          token=token, tenant=tenant))["copyData"]
+        job_events: list[dict[str, Any]] = []
+        following = asyncio.ensure_future(_steady_subscriber(
+            server, target_token, target, "subscription($j: ID!) { copyJob(id: $j) { status error } }",
+            {"j": job["id"]}, job_events, stop_reading))
+        await asyncio.sleep(1.5)
+        server.kill_postgres()
+        killed = asyncio.get_running_loop().time()
+        with contextlib.suppress(psycopg.Error):
+            await holder.close()
+        ended = await asyncio.wait_for(following, 60)
+        failed_after = asyncio.get_running_loop().time() - killed
+        await asyncio.sleep(2.0)  # writes after the restart, too
+        stop_writing.set()
+        await writing
+        committed, _ = await _log(client, token, tenant)
+        for _ in range(300):
+            if [a.get("alarms", {}).get("position") for a in alarms][-1:] == committed[-1:]:
+                break
+            await asyncio.sleep(0.05)
+        stop_reading.set()
+        how_reading_ended = await reading
+        server.kill()
+        await server.process.wait()  # type: ignore[union-attr]
+    server.log.close()
+    assert how_reading_ended == "stopped"  # never closed: the one subscription rode it out
+    assert len(committed) > 20
+    assert [a.get("alarms", a) for a in alarms if "alarms" not in a] == []
+    assert [a["alarms"]["position"] for a in alarms] == committed  # each committed alarm once, in order
+    assert ended == "complete"
+    assert job_events[-1]["copyJob"]["status"] == "FAILED"
+    assert "database connection was lost" in job_events[-1]["copyJob"]["error"]
+    print(f"copy job FAILED and its subscription complete {failed_after:.1f} s after the kill; "
+          f"{len(committed)} alarms, none missed")

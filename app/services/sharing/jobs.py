@@ -4,7 +4,9 @@ as a background job under a lease when large; `fail_interrupted` fails the jobs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,13 +14,15 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from sqlalchemy import Text, and_, cast, func, insert, literal, or_, select, text, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.access.principal import Actor, Routed
 from app.access.scope import Scope
 from app.db.transaction import Executor, connect, transaction, transaction_on
-from app.errors import AppError
+from app.errors import AppError, Unavailable
 from app.models.management import copy_jobs
 from app.runtime import announcements
 from app.services.sharing.copying import CopyCounts, CopySpec, copy_on, estimate_on, run_copy
@@ -140,21 +144,49 @@ async def _run_job(engine: AsyncEngine, lease: JobLease, spec: CopySpec, source_
 
         counts = await run_copy(engine, spec, source_scope=source_scope, actor=actor, request_id=request_id,
                                 on_step=progress)
-    except AppError as exc:
-        await update_job(engine, job_id, status="FAILED", error=exc.message, finished_at=datetime.now().astimezone())
     except asyncio.CancelledError:
         await update_job(engine, job_id, status="FAILED", finished_at=datetime.now().astimezone(),
                          error="the server stopped during the copy; nothing was written")
         raise
-    except Exception:
-        log.exception("copy job %s failed", job_id)
-        await update_job(engine, job_id, status="FAILED", error="internal error",
-                         finished_at=datetime.now().astimezone())
+    except Exception as exc:
+        await _record_failure(engine, job_id, exc)
     else:
         await update_job(engine, job_id, status="SUCCEEDED", counts=counts.as_json(),
                          finished_at=datetime.now().astimezone())
     finally:
-        await lease.release()
+        with contextlib.suppress(Exception):  # a lease on a lost connection went with it
+            await lease.release()
+
+
+# A job whose database went away is marked FAILED as soon as the database is back: tried again
+# this long (with backoff), before housekeeping's sweep would find its lease gone.
+FAILURE_RECORD_SECONDS = 120.0
+_LOST = (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError)
+
+
+async def _record_failure(engine: AsyncEngine, job_id: UUID, exc: Exception) -> None:
+    """FAILED with what happened, and announced (a copyJob subscription ends with it). A lost
+    database (PostgreSQL restarted under the copy) says so, and is recorded once it answers again:
+    the job stayed RUNNING for up to 30 s, then said the server had stopped."""
+    lost = isinstance(exc, _LOST) or (isinstance(exc, Unavailable) and isinstance(exc.__cause__, _LOST))
+    if lost:
+        error = "the database connection was lost during the copy; nothing was written: start it again"
+    elif isinstance(exc, AppError):
+        error = exc.message
+    else:
+        log.error("copy job %s failed", job_id, exc_info=exc)
+        error = "internal error"
+    delay, deadline = 0.25, time.monotonic() + FAILURE_RECORD_SECONDS
+    while True:
+        try:
+            await update_job(engine, job_id, status="FAILED", error=error, finished_at=datetime.now().astimezone())
+            return
+        except (*_LOST, Unavailable):
+            if time.monotonic() > deadline:
+                log.error("copy job %s failed (%s) and could not be marked FAILED: housekeeping will", job_id, error)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def create_job(engine: AsyncEngine, spec: CopySpec, *, requested_by: UUID, status: str,
@@ -200,6 +232,7 @@ async def fail_interrupted(engine: AsyncEngine) -> int:
                 and_(copy_jobs.c.status == "QUEUED", copy_jobs.c.heartbeat_at < func.now() - QUEUED_GRACE)),
             func.pg_try_advisory_xact_lock(func.hashtextextended(literal("copy-job:") + cast(copy_jobs.c.id, Text),
                                                                  0)),
-        ).values(status="FAILED", error="interrupted: the server stopped during the copy; nothing was written",
+        ).values(status="FAILED", error="interrupted: the server stopped (or lost its database) during the copy; "
+                        "nothing was written",
                  finished_at=func.now()))
         return int(result.rowcount)  # type: ignore[attr-defined]
