@@ -69,6 +69,7 @@ def _capacity(env: dict[str, str]) -> dict[str, Any]:
         "max_document_bytes": _int(env, "TENANTRY_MAX_DOCUMENT_BYTES", 100_000),
         "header_timeout_seconds": _float(env, "TENANTRY_HEADER_TIMEOUT", 10.0),
         "body_timeout_seconds": _float(env, "TENANTRY_BODY_TIMEOUT", 30.0),
+        "usage_flush_seconds": _float(env, "TENANTRY_USAGE_FLUSH_INTERVAL", 1.0),
     }
 
 
@@ -140,7 +141,9 @@ class Settings:
     invitation_ttl_seconds: int = 48 * 3600
     # How often the server applies retention rules (0: never; `tenantry retention run` always can).
     retention_interval_seconds: int = 3600
-    usage_flush_seconds: float = 5.0
+    # How often usage counters are written (what a SIGKILLed worker can lose; each flush is one
+    # upsert per active tenant and day).
+    usage_flush_seconds: float = 1.0
     # Mail: smtp://user:password@host:port (or smtps://); unset → mails are logged.
     smtp_url: str | None = None
     mail_from: str = "Tenantry <noreply@tenantry.local>"

@@ -4,6 +4,7 @@ with `tenantry serve --workers 2` a scrape adds up every worker's samples."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.runtime.platform import Platform
@@ -83,7 +85,38 @@ async def test_two_workers_add_up(settings: Settings, platform: Platform, world:
                 scraped = await client.get(f"{base}/metrics", headers={"authorization": f"Bearer {token}"})
                 totals.append(_samples(scraped.text)[("tenantry_requests_total", (("tenant", t.id),))])
         assert totals == [sent] * 4
+        # A worker killed with SIGKILL (no shutdown of its own): its live gauges leave the sums.
+        victim = _workers(server.pid)[-1]
+        victim.kill()
+        victim.wait(10)
+        for _ in range(300):  # uvicorn starts a new worker in its place
+            if len([w for w in _workers(server.pid) if w.pid != victim.pid]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(sent):  # every live worker refreshes its gauges
+            async with httpx.AsyncClient() as client:
+                await client.post(f"{base}/graphql", json={"query": "{ tenant { id } }"},
+                                  headers={"authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
+        async with httpx.AsyncClient() as client:
+            scraped = await client.get(f"{base}/metrics", headers={"authorization": f"Bearer {token}"})
+        samples = _samples(scraped.text)
+        live = {int(p.name.rsplit("_", 1)[1][:-3]) for p in (tmp_path / "prometheus").iterdir()
+                if p.name.startswith("gauge_livesum_")}
+        assert victim.pid not in live
+        per_worker = settings.pool_size + settings.pool_overflow
+        assert samples[("tenantry_db_pool_capacity", ())] == per_worker * len(live) <= per_worker * 2
+        assert samples[("tenantry_requests_in_flight", ())] == 0
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), timeout=20)
         log.close()
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    """uvicorn's live worker processes (the serving process's children, but its resource tracker)."""
+    workers = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                workers.append(child)
+    return workers

@@ -107,8 +107,37 @@ class RequestMetrics:
 
     def render(self) -> bytes:
         """The text exposition: every worker's samples in multiprocess mode, else this process's."""
-        if os.environ.get(MULTIPROCESS_DIR):
+        if directory := os.environ.get(MULTIPROCESS_DIR):
+            forget_dead_workers(directory)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+_LIVE_GAUGE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """Live gauges of worker processes that died without their shutdown (SIGKILL, OOM), dropped
+    from the sums before each scrape: a killed worker of `serve --workers 2` left its in-flight
+    requests and its pool's capacity counted for ever. Counters and histograms keep the dead
+    worker's counts (they happened). Returns the pids forgotten."""
+    dead = set()
+    for name in os.listdir(directory):
+        match = _LIVE_GAUGE.match(name)
+        if match and not _alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
