@@ -148,11 +148,15 @@ class Operations:
         if isinstance(built, list):
             raise Refused([format_graphql_error(e, context.request_id, context) for e in built])
         try:
-            stream = create_source_event_stream(built)
-            if not isinstance(stream, ExecutionResult) and asyncio.iscoroutine(stream):
-                stream = await stream
-        finally:
-            await context.finish(commit=False)
+            try:
+                stream = create_source_event_stream(built)
+                if not isinstance(stream, ExecutionResult) and asyncio.iscoroutine(stream):
+                    stream = await stream
+            finally:
+                await context.finish(commit=False)
+        except BaseException:  # a `complete` right after `subscribe` cancels us here: the slot goes too
+            session.close(key)
+            raise
         if isinstance(stream, ExecutionResult):
             session.close(key)
             raise Refused([format_graphql_error(e, context.request_id, context) for e in stream.errors or []])
