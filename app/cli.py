@@ -12,7 +12,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy import exc as sa_exc
 
 from app.commands.common import console, err, run, working
 from app.commands.data import cmd_retention_run, cmd_usage_export, cmd_usage_snapshot
@@ -310,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.fn(settings, args)
     except AppError as exc:
         err.print(f"[red]error:[/red] {exc}")
+        return 2
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError, OSError) as exc:
+        # The database went away (or never answered): one line saying so, not a traceback.
+        cause = getattr(exc, "orig", None) or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        err.print(f"[red]error:[/red] the database cannot be reached: {escape(first)}", highlight=False, soft_wrap=True)
         return 2
     return code
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
@@ -11,11 +12,14 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 
+from app.db.engines import make_engine
 from app.runtime.platform import Platform
+from app.settings import Settings
 from app.tenancy import alembic_chains
 from app.tenancy.alembic_chains import alembic_config, head_revision
-from app.tenancy.migrate import migrate_tenants
+from app.tenancy.migrate import UpgradeScripts, migrate_one, migrate_tenants
 from tests.conftest import World
+from tests.test_stops import ROOT, TENANTRY
 
 
 async def test_behind_tenants_migrate_and_one_failure_stops_no_other(world: World, platform: Platform) -> None:
@@ -126,3 +130,26 @@ async def test_the_server_keeps_answering_while_a_tenant_migrates(world: World, 
         stop.set()
         await running
     assert len(answered) >= 3
+
+
+async def test_a_database_that_is_gone_is_one_line_per_failure_never_a_traceback(settings: Settings) -> None:
+    """`tenantry migrate` with no database answering: exit 2 and one line saying so; a tenant whose
+    connection cannot be had is that tenant's one-line failure, and the run goes on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    env |= {"PYTHONPATH": str(ROOT), "TENANTRY_SECRET_KEY": str(settings.secret_key),
+            "TENANTRY_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres"}
+    done = await asyncio.create_subprocess_exec(*TENANTRY, "migrate", cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, errors = await asyncio.wait_for(done.communicate(), timeout=120)
+    lines = [line for line in errors.decode().splitlines() if line.strip()]
+    assert done.returncode == 2, (out, errors)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: the database cannot be reached: ")
+    gone = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/postgres", pool_size=1, max_overflow=0)
+    try:
+        failure = await migrate_one(gone, "t123456789", UpgradeScripts(head_revision("tenant")), "tenantry_app", 1000)
+    finally:
+        await gone.dispose()
+    assert failure is not None
+    assert failure.startswith("OperationalError: ")
+    assert "\n" not in failure

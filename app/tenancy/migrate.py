@@ -8,6 +8,7 @@ so a second run resumes where the first stopped and one tenant's failure stops n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -181,33 +182,50 @@ async def migrate_one(owner: AsyncEngine, tenant_id: str, scripts: UpgradeScript
                       lock_timeout_ms: int) -> str | None:
     """One tenant to head in one transaction; its error (also kept in the registry), or None."""
     schema, role = tenant_schema(tenant_id), tenant_role(tenant_id)
-    citus = await is_citus(owner)  # there, DDL goes one statement per call
     # The engines run in autocommit: the transaction is this one's own BEGIN … COMMIT.
-    async with owner.connect() as conn:
-        try:
-            await conn.exec_driver_sql(f"BEGIN; SELECT set_config('lock_timeout', '{int(lock_timeout_ms)}ms', true), "
-                                       f"set_config('search_path', '{schema}', true)")
-            # The schema's own record of its revision is the truth (the registry only mirrors it).
-            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version FOR UPDATE")).scalar()
-            if not isinstance(version, str):
-                raise RuntimeError(f"{schema} records no revision")
+    try:
+        citus = await is_citus(owner)  # there, DDL goes one statement per call
+        async with owner.connect() as conn:
             try:
-                upgrade = scripts.from_revision(version)
-            except Exception as exc:  # an unknown revision: Alembic says which
-                raise RuntimeError(f"cannot upgrade from revision {version!r}: {exc}") from None
-            grants = await _grants(conn, schema, role, app_role)
-            for sql in (split_statements(upgrade) + split_statements(grants) if citus else [upgrade, grants]):
-                if sql:
-                    await conn.exec_driver_sql(sql)
-            await conn.execute(update(tenants).where(tenants.c.id == tenant_id)
-                               .values(schema_version=scripts.head, migration_error=None))
-            await conn.exec_driver_sql("COMMIT")
-        except Exception as exc:  # recorded per tenant; the others go on
-            await conn.exec_driver_sql("ROLLBACK")
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(migration_error=message))
-            return message
+                await _upgrade_one(conn, tenant_id, schema, role, scripts, app_role, lock_timeout_ms, citus)
+            except Exception as exc:  # recorded per tenant; the others go on
+                message = _one_line(exc)
+                with contextlib.suppress(Exception):  # a lost connection takes the record with it
+                    await conn.exec_driver_sql("ROLLBACK")
+                    await conn.execute(update(tenants).where(tenants.c.id == tenant_id)
+                                       .values(migration_error=message))
+                return message
+    except Exception as exc:  # no connection at all (the database went away): one line, not a traceback
+        return _one_line(exc)
     return None
+
+
+async def _upgrade_one(conn: AsyncConnection, tenant_id: str, schema: str, role: str, scripts: UpgradeScripts,
+                       app_role: str, lock_timeout_ms: int, citus: bool) -> None:
+    await conn.exec_driver_sql(f"BEGIN; SELECT set_config('lock_timeout', '{int(lock_timeout_ms)}ms', true), "
+                               f"set_config('search_path', '{schema}', true)")
+    # The schema's own record of its revision is the truth (the registry only mirrors it).
+    version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version FOR UPDATE")).scalar()
+    if not isinstance(version, str):
+        raise RuntimeError(f"{schema} records no revision")
+    try:
+        upgrade = scripts.from_revision(version)
+    except Exception as exc:  # an unknown revision: Alembic says which
+        raise RuntimeError(f"cannot upgrade from revision {version!r}: {exc}") from None
+    grants = await _grants(conn, schema, role, app_role)
+    for sql in (split_statements(upgrade) + split_statements(grants) if citus else [upgrade, grants]):
+        if sql:
+            await conn.exec_driver_sql(sql)
+    await conn.execute(update(tenants).where(tenants.c.id == tenant_id)
+                       .values(schema_version=scripts.head, migration_error=None))
+    await conn.exec_driver_sql("COMMIT")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: the driver's own message (not SQLAlchemy's wrapping with the SQL)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text}"[:500]
 
 
 async def _grants(conn: AsyncConnection, schema: str, role: str, app_role: str) -> str:
