@@ -147,12 +147,14 @@ async def test_storage_limit_stops_data_writes(api: Api, world: World, platform:
     assert write.errors[0]["extensions"]["limit"] == "storageBytes"
 
 
-async def test_max_users_holds_under_concurrent_acceptances_across_two_workers(
+async def test_limits_hold_under_concurrent_calls_across_two_workers(
         api: Api, world: World, platform: Platform, settings: Settings, tmp_path: Path) -> None:
-    """12 invitees accept at once through `serve --workers 2`, each on its own connection (so both
-    processes take part): exactly maxUsers members, the others LIMIT_EXCEEDED (it ended at 15, 3,
-    21, 7 and 14 members before the tenant row was locked for the count)."""
-    t = await world.tenant(limits={"maxUsers": 3})  # its first admin is one of the 3
+    """12 calls at once for each limit through `serve --workers 2`, each on its own connection (so
+    both processes take part): exactly the limit is reached, the others LIMIT_EXCEEDED. maxUsers:
+    12 invitees accepting (it ended at 15, 3, 21, 7 and 14 members before the tenant row was locked
+    for the count); maxDevices: 12 createDevice; maxSubtenants: 12 createSubtenant."""
+    t = await world.tenant(limits={"maxUsers": 3, "maxDevices": 3})  # its first admin is one of the 3 users
+    ent = await world.tenant(kind="ENTERPRISE", limits={"maxSubtenants": 3})
     invitees = []
     for _ in range(12):
         email = f"{unique('inv')}@limit.test"
@@ -169,24 +171,34 @@ async def test_max_users_holds_under_concurrent_acceptances_across_two_workers(
     try:
         await _until_listening(port, process)
 
-        async def accept(token: str, invitation: str) -> str:
+        async def call(query: str, variables: dict[str, Any], token: str, tenant: str | None) -> str:
+            headers = {"authorization": f"Bearer {token}", **({"x-tenant-id": tenant} if tenant else {})}
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                response = await client.post("/graphql", headers={"authorization": f"Bearer {token}"}, json={
-                    "query": "mutation($t: String!) { acceptInvitation(token: $t) { role } }",
-                    "variables": {"t": invitation}})
-            body = response.json()
+                body = (await client.post("/graphql", headers=headers,
+                                          json={"query": query, "variables": variables})).json()
             return "ok" if "errors" not in body else str(body["errors"][0]["extensions"]["code"])
 
-        outcomes = await asyncio.gather(*(accept(token, invitation) for token, invitation in invitees))
-        pids = (tmp_path / "serve.log").read_text()
+        accepted = await asyncio.gather(*(call("mutation($t: String!) { acceptInvitation(token: $t) { role } }",
+                                               {"t": invitation}, token, None) for token, invitation in invitees))
+        devices = await asyncio.gather(*(call('mutation { createDevice(input: {name: "d"}) { id } }', {},
+                                              t.token, t.id) for _ in range(12)))
+        subtenants = await asyncio.gather(*(call(
+            "mutation($d: String!, $e: String!) { createSubtenant(input: {domain: $d, company: \"C\", "
+            "adminEmail: $e}) { id } }", {"d": unique("race"), "e": ent.admin_email}, ent.token, ent.id)
+            for _ in range(12)))
     finally:
         process.terminate()
         await process.wait()
-    assert sorted(outcomes) == ["LIMIT_EXCEEDED"] * 10 + ["ok"] * 2, (outcomes, pids[-2000:])
+    assert sorted(accepted) == ["LIMIT_EXCEEDED"] * 10 + ["ok"] * 2
+    assert sorted(devices) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3
+    assert sorted(subtenants) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3
     async with platform.db.owner.connect() as conn:
         members = (await conn.execute(text("SELECT count(*) FROM tenantry.memberships WHERE tenant_id = :t"),
                                       {"t": t.id})).scalar_one()
-    assert members == 3
+        children = (await conn.execute(text("SELECT count(*) FROM tenantry.tenants WHERE parent_id = :t"),
+                                       {"t": ent.id})).scalar_one()
+    assert (members, children) == (3, 3)
+    assert (await api.gql("{ devices { totalCount } }", token=t.token, tenant=t.id)).data["devices"]["totalCount"] == 3
 
 
 async def _invitation(platform: Platform, email: str) -> str:
