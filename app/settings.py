@@ -67,6 +67,7 @@ def _capacity(env: dict[str, str]) -> dict[str, Any]:
         "tenant_in_flight_setting": _int(env, "TENANTRY_TENANT_IN_FLIGHT", 0),
         "anonymous_requests_per_second": _float(env, "TENANTRY_ANONYMOUS_RATE", 20.0),
         "max_document_bytes": _int(env, "TENANTRY_MAX_DOCUMENT_BYTES", 100_000),
+        "max_anonymous_document_bytes": _int(env, "TENANTRY_MAX_ANONYMOUS_DOCUMENT_BYTES", 10_000),
         "header_timeout_seconds": _float(env, "TENANTRY_HEADER_TIMEOUT", 10.0),
         "body_timeout_seconds": _float(env, "TENANTRY_BODY_TIMEOUT", 30.0),
         "usage_flush_seconds": _float(env, "TENANTRY_USAGE_FLUSH_INTERVAL", 1.0),
@@ -128,6 +129,7 @@ class Settings:
     # how long a client may take to send its request headers, and its body.
     anonymous_requests_per_second: float = 20.0
     max_document_bytes: int = 100_000
+    max_anonymous_document_bytes: int = 10_000
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     statement_timeout_seconds: float = 15.0

@@ -58,6 +58,7 @@ async def main(seconds: float) -> None:
         shares = {"on": (gate.in_flight.share, gate.limits), "off": (gate.in_flight.limit, "")}
         url = str(b.platform.settings.database_url).replace("+psycopg", "", 1)
         rows = []
+        flood_rows = []
         try:
             await _wrk(port, _script(other_requests), 4, 2)  # warm-up: pool connections, caches
             for mode, (share, limits) in shares.items():
@@ -70,6 +71,17 @@ async def main(seconds: float) -> None:
                     await lock.rollback()
                 await asyncio.sleep(1)  # A's last requests drain before the next run
                 rows.append((mode, idle, busy, told))
+            gate.in_flight.share, gate.limits = shares["on"]
+            limiter, settings = gate.rate_limiter, b.platform.settings
+            for mode, rate, cap in (("on", limiter.anonymous_rate, settings.max_anonymous_document_bytes),
+                                    ("off", 0.0, 0)):
+                limiter.anonymous_rate = rate
+                b.platform.settings = settings.with_(max_anonymous_document_bytes=cap)
+                idle = await _wrk(port, _script(other_requests), 4, seconds)
+                busy, flood = await asyncio.gather(_wrk(port, _script(other_requests), 4, seconds),
+                                                   _wrk(port, _script(_junk(mode)), 8, seconds))
+                flood_rows.append((mode, idle, busy, flood))
+            b.platform.settings = settings
         finally:
             server.should_exit = True
             await serving
@@ -77,6 +89,21 @@ async def main(seconds: float) -> None:
         print(f"shares+timeouts {mode:3s}  B p99 idle {idle['p99'] * 1e3:7.1f} ms  beside locked A "
               f"{busy['p99'] * 1e3:7.1f} ms  {busy['p99'] / idle['p99']:5.2f}x idle  B not-200 {busy['failed']} "
               f"of {busy['requests']}  A not-200 {told['failed']} of {told['requests']}")
+
+    for mode, idle, busy, flood in flood_rows:
+        print(f"anonymous limit {mode:3s}  B {idle['rps']:6.0f} req/s alone, {busy['rps']:6.0f} beside 8 anonymous "
+              f"connections sending 95 KB documents that do not parse ({busy['rps'] / idle['rps']:4.2f}x); "
+              f"B p99 {idle['p99'] * 1e3:.1f} -> {busy['p99'] * 1e3:.1f} ms; the flood got {flood['requests']} answers")
+
+
+def _junk(tag: str) -> list[Request]:
+    """Anonymous requests, each a different document of 95 KB (under the size limit) that fails to
+    parse at the token limit: what parsing costs when nothing refuses them earlier. New ones for
+    each run, so none is answered from the parse cache."""
+    headers = {"Content-Type": "application/json", "Accept": "application/graphql-response+json"}
+    return [("POST", "/graphql", headers, orjson.dumps(
+        {"query": "{ " + " ".join(f"{tag}_{n}_field_number_{i:05d}" for i in range(3300)) + " }}"}).decode())
+        for n in range(150)]
 
 
 if __name__ == "__main__":

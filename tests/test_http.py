@@ -18,7 +18,7 @@ from app.http.errors import format_graphql_error
 from app.main import create_app
 from app.runtime.platform import Platform
 from app.settings import Settings
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api, World
 
 GQL_RESPONSE = "application/graphql-response+json"
 
@@ -91,7 +91,7 @@ async def test_queries_work_over_get_and_mutations_are_refused(http: httpx.Async
     assert put.status_code == 405
 
 
-async def test_query_limits_answer_query_too_complex(http: httpx.AsyncClient) -> None:
+async def test_query_limits_answer_query_too_complex(http: httpx.AsyncClient, world: World) -> None:
     deep = "{ me { memberships { tenant { " + "parent { " * 14 + "id" + " }" * 17 + " }"
     response = await http.post("/graphql", json={"query": deep}, headers={"accept": GQL_RESPONSE})
     assert response.status_code == 400
@@ -99,8 +99,10 @@ async def test_query_limits_answer_query_too_complex(http: httpx.AsyncClient) ->
     aliases = "{ " + " ".join(f"a{i}: __typename" for i in range(40)) + " }"
     response = await http.post("/graphql", json={"query": aliases}, headers={"accept": GQL_RESPONSE})
     assert response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    t = await world.tenant()  # a document this long needs a credential (anonymous ones stay under 10,000)
     tokens = "{ " + " ".join("__typename" for _ in range(5000)) + " }"
-    response = await http.post("/graphql", json={"query": tokens}, headers={"accept": GQL_RESPONSE})
+    response = await http.post("/graphql", json={"query": tokens}, headers={
+        "accept": GQL_RESPONSE, "authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
 

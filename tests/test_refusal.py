@@ -33,10 +33,12 @@ async def _client(platform: Platform, address: str = "203.0.113.7") -> AsyncIter
         yield client
 
 
-async def test_an_oversized_document_is_refused_before_it_is_parsed(http: httpx.AsyncClient) -> None:
+async def test_an_oversized_document_is_refused_before_it_is_parsed(http: httpx.AsyncClient, world: World) -> None:
+    t = await world.tenant()
     document = "{ __typename " + "# padding\n" * 20_000 + "}"  # 200 KB, a handful of tokens
     before = cache_info()["parse"]
-    response = await http.post("/graphql", json={"query": document}, headers=JSON)
+    response = await http.post("/graphql", json={"query": document},
+                               headers={**JSON, "authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
     assert response.status_code == 413
     error = response.json()["errors"][0]
     assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
@@ -127,3 +129,22 @@ async def test_slow_clients_are_cut_off(settings: Settings, platform: Platform, 
     assert waited[1][1] == b""
     assert waited[2][1].startswith(b"HTTP/1.1 408"), waited[2][1][:200]
     assert ok.status_code == 200
+
+
+async def test_without_a_credential_documents_and_bodies_stay_small(http: httpx.AsyncClient, world: World) -> None:
+    """Signing in needs a few KB: an anonymous caller's document is capped at 10,000 characters
+    (and its body at twice that, refused from Content-Length before it is read); with a credential
+    the general limits apply."""
+    t = await world.tenant()
+    document = "{ __typename " + "# padding\n" * 1_500 + "}"  # 15 KB
+    anonymous = await http.post("/graphql", json={"query": document}, headers=JSON)
+    assert anonymous.status_code == 413
+    assert anonymous.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert "without a credential" in anonymous.json()["errors"][0]["message"]
+    big_body = await http.post("/graphql", json={"query": "{ __typename }", "variables": {"x": "y" * 30_000}},
+                               headers=JSON)
+    assert big_body.status_code == 413
+    signed = await http.post("/graphql", json={"query": document},
+                             headers={**JSON, "authorization": f"Bearer {t.token}", "x-tenant-id": t.id})
+    assert signed.status_code == 200
+    assert signed.json()["data"] == {"__typename": "Query"}

@@ -185,7 +185,15 @@ class GraphQLEndpoint:
         request.state.context = context
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
-            async with self.platform.gate.in_flight.slot(context.access.admit(context.client)):
+            admission = context.access.admit(context.client)
+            anonymous_limit = self.platform.settings.max_anonymous_document_bytes
+            if admission.startswith("client:") and anonymous_limit and len(query) > anonymous_limit:
+                # Signing in, refreshing, signing up need small documents; a caller without a credential
+                # gets no large parse of its own choosing.
+                return error_response(RequestError(
+                    413, f"without a credential a document may have {anonymous_limit} characters at most",
+                    code="QUERY_TOO_COMPLEX"), media_type)
+            async with self.platform.gate.in_flight.slot(admission):
                 return await self._run(context, query, variables, operation_name, allowed, media_type, key)
         except (Unavailable, RateLimited) as exc:  # no in-flight slot, or anonymous and too fast: nothing ran
             return error_response(exc, media_type)
@@ -366,9 +374,12 @@ class GraphQLEndpoint:
         if content_type != JSON:
             raise RequestError(415, "POST bodies must be application/json")
         settings = self.platform.settings
+        limit = settings.max_body_bytes  # without any credential, twice the anonymous document limit
+        if "authorization" not in request.headers and settings.max_anonymous_document_bytes:
+            limit = min(limit, 2 * settings.max_anonymous_document_bytes)
         try:
             async with asyncio.timeout(settings.body_timeout_seconds or None):
-                body = await _read_limited(request, settings.max_body_bytes)
+                body = await _read_limited(request, limit)
         except TimeoutError as exc:  # a client trickling its body holds a connection and a task
             raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_seconds:g} s",
                                {"connection": "close"}) from exc
