@@ -191,7 +191,7 @@ async def test_a_connection_lost_on_the_idempotency_path_is_unavailable(platform
                     break
                 await asyncio.sleep(0.02)
             assert waiting, "the claim never waited on the lock"
-            await watcher.execute("SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+            await watcher.execute("SELECT pg_terminate_backend(%s::int)", (waiting[0][0],))
             response = await request
         await watcher.close()
         assert response.status_code == 503, response.text

@@ -36,8 +36,10 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
     assert settings.database_url is not None
     assert settings.secret_key is not None
+    # On Citus tenant roles log in to the workers: spares made by this server must be made so too.
+    login = {"TENANTRY_TENANT_ROLES_LOGIN": "1"} if settings.tenant_roles_login else {}
     return {**env, "PYTHONPATH": str(ROOT), "TENANTRY_DATABASE_URL": settings.database_url,
-            "TENANTRY_SECRET_KEY": settings.secret_key, "TENANTRY_SPARE_SCHEMAS": "3", **extra}
+            "TENANTRY_SECRET_KEY": settings.secret_key, "TENANTRY_SPARE_SCHEMAS": "3", **login, **extra}
 
 
 async def _wait_exit(process: asyncio.subprocess.Process, seconds: float) -> float:

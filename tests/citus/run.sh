@@ -44,11 +44,13 @@ trap stop EXIT
 
 # What matters on Citus: provisioning (spares included), isolation at the GraphQL and SQL levels
 # (tenant roles log in, also directly on workers), copy and migration across workers, moves under
-# writes, migrate-all, usage sizes, realtime, retention and the tenant lifecycle.
+# writes, migrate-all, usage sizes, realtime, retention, the tenant lifecycle, and capacity (timeouts,
+# per-tenant shares) and limits under concurrency across two workers.
 cd "$root"
 TENANTRY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:9700/postgres TENANTRY_TENANT_ROLES_LOGIN=1 \
     .venv/bin/pytest -p no:cacheprovider "$@" \
     tests/test_provisioning.py tests/test_isolation.py tests/test_tenants.py \
     tests/test_tenant_lifecycle.py tests/test_copy.py tests/test_migrate.py tests/test_placement.py \
     tests/test_usage.py tests/test_realtime.py tests/test_retention.py tests/test_data.py tests/test_access_gate.py \
-    tests/test_changes.py tests/test_webhooks.py tests/test_shares.py
+    tests/test_changes.py tests/test_webhooks.py tests/test_shares.py tests/test_capacity.py tests/test_limits.py \
+    tests/test_idempotency.py
