@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_each_library_whose_internals_we_use_is_pinned_to_a_minor_range() -> None:
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = {d.split(">=")[0].split("[")[0]: d for d in dependencies}
-    for name in ("strawberry-graphql", "graphql-core", "sqlalchemy", "psycopg"):
+    for name in ("strawberry-graphql", "graphql-core", "sqlalchemy", "psycopg", "uvicorn"):
         assert ",<" in pins[name], f"{name} reaches internals and must have an upper bound: {pins[name]}"
 
 
