@@ -71,6 +71,8 @@ def _capacity(env: dict[str, str]) -> dict[str, Any]:
         "header_timeout_seconds": _float(env, "TENANTRY_HEADER_TIMEOUT", 10.0),
         "body_timeout_seconds": _float(env, "TENANTRY_BODY_TIMEOUT", 30.0),
         "usage_flush_seconds": _float(env, "TENANTRY_USAGE_FLUSH_INTERVAL", 1.0),
+        "max_query_cost": _int(env, "TENANTRY_MAX_QUERY_COST", 500_000),
+        "unpaged_list_estimate": _int(env, "TENANTRY_UNPAGED_LIST_ESTIMATE", 100),
     }
 
 
@@ -106,6 +108,10 @@ class Settings:
     max_query_depth: int = 15
     max_query_aliases: int = 30
     max_query_tokens: int = 4000
+    # The estimated objects an operation may return (app.graphql.engine.cost); unpaged lists count
+    # this many items each.
+    max_query_cost: int = 500_000
+    unpaged_list_estimate: int = 100
     page_size_cap: int = 500
     pool_size: int = 10
     # A pooled connection is closed once it has worked in this many tenant schemas (backend catalog

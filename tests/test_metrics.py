@@ -104,7 +104,8 @@ async def test_two_workers_add_up(settings: Settings, platform: Platform, world:
                 if p.name.startswith("gauge_livesum_")}
         assert victim.pid not in live
         per_worker = settings.pool_size + settings.pool_overflow
-        assert samples[("tenantry_db_pool_capacity", ())] == per_worker * len(live) <= per_worker * 2
+        # Only live workers count (a worker that served none of those requests may not have set it yet).
+        assert per_worker <= samples[("tenantry_db_pool_capacity", ())] <= per_worker * len(live) <= per_worker * 2
         assert samples[("tenantry_requests_in_flight", ())] == 0
     finally:
         server.send_signal(signal.SIGTERM)

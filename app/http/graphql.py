@@ -41,7 +41,7 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, CommitOutcomeUnknown, RateLimited, Unauthenticated, Unavailable
+from app.errors import AppError, CommitOutcomeUnknown, QueryTooComplex, RateLimited, Unauthenticated, Unavailable
 from app.graphql.context import Context
 from app.graphql.engine import compiled
 from app.graphql.schema import TenantrySchema
@@ -200,6 +200,13 @@ class GraphQLEndpoint:
 
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
+        try:  # refused before anything runs, SQL included (the compiled path too)
+            self.operations.costs.check(query, operation_name, variables)
+        except QueryTooComplex as exc:
+            await context.finish(commit=False)
+            response = error_response(exc, media_type)
+            response.status_code = 400 if media_type == GRAPHQL_RESPONSE else 200  # as for a request error
+            return response
         if self.platform.settings.production and self._introspects(query):
             try:
                 await context.access.verified()

@@ -40,9 +40,10 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, Unavailable
+from app.errors import AppError, QueryTooComplex, Unavailable
 from app.graphql.context import Context
 from app.graphql.engine import fast_path
+from app.graphql.engine.cost import CostModel
 from app.graphql.engine.execution import TenantryExecutor
 from app.graphql.schema import TenantrySchema
 from app.http.errors import RequestError, entry, error_response, format_graphql_error, invalid
@@ -73,6 +74,9 @@ class Operations:
         self.schema = schema
         self.persisted = persisted
         self.rules = tuple(specified_rules) + tuple(self.schema.extra_validation_rules)
+        st = self.platform.settings  # what an operation may cost, checked before it runs (every transport)
+        self.costs = CostModel(schema._schema, limit=st.max_query_cost, page_cap=st.page_size_cap,
+                               list_estimate=st.unpaged_list_estimate, max_tokens=st.max_query_tokens)
         # The realtime hub is this transport's: built with it, stopped when the platform closes.
         s = self.platform.settings
         self.hub = Hub(engine=self.platform.db.app, gate=self.platform.gate,
@@ -139,6 +143,10 @@ class Operations:
     async def run(self, session: Session, key: str, payload: Any, emit: Emit) -> None:
         """Run one operation to its end, emitting each result; Refused before anything ran."""
         query, document, operation, variables, operation_name = self._document(payload, session.authorization)
+        try:
+            self.costs.check(query, operation_name, variables)
+        except QueryTooComplex as exc:
+            raise Refused([entry(exc)]) from None
         if operation.operation != AstOperationType.SUBSCRIPTION:
             await self._single(session, query, variables, operation_name, emit)
             return
