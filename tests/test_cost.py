@@ -4,6 +4,8 @@ that could return hundreds of millions of objects is refused with its cost and t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
 
 from app.graphql.engine.cost import CostModel
@@ -73,3 +75,18 @@ async def test_subscriptions_and_sse_are_held_to_the_same_limit(server: str, htt
         body = b"".join([chunk async for chunk in stream.aiter_bytes()])
     assert b"QUERY_TOO_COMPLEX" in body
     assert body.endswith(b"event: complete\ndata:\n\n")
+
+
+async def test_the_estimated_cost_is_counted_in_the_tenants_usage(http: httpx.AsyncClient, world: World,
+                                                                  platform: Platform) -> None:
+    t = await world.tenant()
+    headers = {"authorization": f"Bearer {t.token}", "x-tenant-id": t.id}
+    await http.post("/graphql", json={"query": "{ devices(first: 100) { edges { node { id name } } } }"},
+                    headers=headers)  # 201
+    await http.post("/graphql", json={"query": SIZED, "variables": {"n": 5}}, headers=headers)  # 3036
+    await platform.meter.flush()
+    today = datetime.now(UTC).date().isoformat()  # the meter's day (UTC)
+    usage = await http.post("/graphql", json={"query": "query($d: Date!) { usage(from: $d, to: $d) { queryCost } }",
+                                              "variables": {"d": today}}, headers=headers)
+    days = usage.json()["data"]["usage"]
+    assert sum(int(d["queryCost"]) for d in days) == 201 + 3036

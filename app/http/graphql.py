@@ -201,7 +201,7 @@ class GraphQLEndpoint:
     async def _run(self, context: Context, query: str, variables: dict[str, Any] | None, operation_name: str | None,
                    allowed: set[OperationType], media_type: str, idempotency_key: str | None) -> Response:
         try:  # refused before anything runs, SQL included (the compiled path too)
-            self.operations.costs.check(query, operation_name, variables)
+            context.usage["query_cost"] = self.operations.costs.check(query, operation_name, variables)
         except QueryTooComplex as exc:
             await context.finish(commit=False)
             response = error_response(exc, media_type)
@@ -351,7 +351,8 @@ class GraphQLEndpoint:
         self.platform.metrics.record(tenant_id, device=context.device_request, error_codes=codes)
         if tenant_id is None or not self.platform.settings.metering:
             return
-        counts = {"request_count": 1, "device_request_count": int(context.device_request)}
+        counts = {"request_count": 1, "device_request_count": int(context.device_request),
+                  "query_cost": context.usage.get("query_cost", 0)}  # asked for, whatever the outcome
         if committed:
             counts.update(context.usage)
         self.platform.meter.add(tenant_id, counts)

@@ -170,7 +170,7 @@ audit_log = Table(
 USAGE_COUNTERS = ("request_count", "device_request_count", "measurements_created_count", "events_created_count",
                   "events_updated_count", "alarms_created_count", "alarms_updated_count", "inventories_created_count",
                   "inventories_updated_count", "operations_created_count", "operations_updated_count",
-                  "subscription_event_count", "change_count", "webhook_delivery_count")
+                  "subscription_event_count", "change_count", "webhook_delivery_count", "query_cost")
 USAGE_SNAPSHOTS = ("device_count", "device_with_children_count", "storage_size", "user_count", "subtenant_count")
 
 usage_daily = Table(

@@ -34,6 +34,8 @@ class UsageStatistics:
     subscription_event_count: Long = strawberry.field(description="Events delivered to GraphQL subscriptions.")
     change_count: Long = strawberry.field(description="Changes appended to the tenant's change log by its requests.")
     webhook_delivery_count: Long = strawberry.field(description="Changes delivered to the tenant's webhooks.")
+    query_cost: Long = strawberry.field(description="The estimated cost of the tenant's GraphQL operations over HTTP: "
+                                                    "the objects their answers could hold, summed.")
     total_resource_create_and_update_count: Long
     device_count: Long = strawberry.field(description="Root devices (not counting child devices).")
     device_with_children_count: Long
