@@ -98,15 +98,18 @@ class RateLimited(AppError):
 
 
 class QueryTooComplex(AppError):
-    """The document is too deep, has too many aliases or tokens, or costs more than the limit."""
+    """The document is too deep, too long, has too many aliases or tokens, or its estimated cost is
+    over the limit (`extensions.cost`, `extensions.limit`); refused before anything ran."""
 
     code = "QUERY_TOO_COMPLEX"
     status = 400
 
 
 class Unavailable(AppError):
-    """The database cannot serve this request now (unreachable, out of connections, recovering) or
-    the server is at its in-flight cap: Retry-After says when to retry; nothing was done."""
+    """The database cannot serve this request now (unreachable, out of connections, recovering, out
+    of disk: `extensions.database` says which where known), one of the request's timeouts cancelled
+    it (`extensions.timeout` names it), or the server or this tenant is at its in-flight cap:
+    Retry-After says when to retry; nothing was done."""
 
     code = "UNAVAILABLE"
     status = 503
