@@ -1,8 +1,8 @@
 """Admission: how much work a process takes on, per tenant and in all.
 
-- requestsPerSecond: a token bucket per tenant in each server process (burst = requestBurst,
-  default one second's worth). With N worker processes a tenant gets up to N times its rate in
-  the worst case (documented; a shared limiter would cost a round trip).
+- requestsPerSecond: a token bucket per tenant (burst = requestBurst, default one second's worth),
+  kept in PostgreSQL and shared by every worker process and server (one round trip, only for
+  tenants with a rate); counted in the process while the database cannot answer.
 - In-flight requests per process are capped below what the connection pool can serve, one
   tenant's at a share of that cap, and a request waits for a slot at most `wait` seconds before it
   is refused as UNAVAILABLE (HTTP 503 + Retry-After): under overload the server answers "busy",
@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from app.errors import RateLimited, Unavailable
 from app.tenancy.registry import TenantRecord
+
+log = logging.getLogger("tenantry.admission")
 
 
 @dataclass
@@ -28,23 +34,77 @@ class _Bucket:
     updated: float
 
 
+# One statement per check, on the limiter's own autocommit connection: the bucket's row lock is
+# held for that statement only (in the request's transaction it would serialise the tenant's
+# requests until COMMIT). `now` comes from the server's clock, in epoch seconds.
+_TAKE = """INSERT INTO tenantry.rate_buckets AS b (key, tokens, updated_at) VALUES (%(k)s, %(burst)s - 1, %(now)s)
+ON CONFLICT (key) DO UPDATE SET
+  tokens = LEAST(%(burst)s, b.tokens + GREATEST(0, %(now)s - b.updated_at) * %(rate)s) - 1,
+  updated_at = GREATEST(b.updated_at, %(now)s)
+WHERE LEAST(%(burst)s, b.tokens + GREATEST(0, %(now)s - b.updated_at) * %(rate)s) >= 1
+RETURNING tokens"""
+
+
+class SharedBuckets:
+    """Token buckets in PostgreSQL (`tenantry.rate_buckets`), so that every worker process and every
+    server draws from one bucket per tenant. One autocommit connection of its own per process (not
+    a pooled one: a request holds one pooled connection at most), checks one at a time on it."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def take(self, key: str, rate: float, burst: float) -> bool:
+        """Whether a token was taken; psycopg.Error when the database cannot say."""
+        async with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=2)
+            try:
+                cursor = await self._conn.execute(_TAKE, {"k": key, "rate": rate, "burst": burst, "now": time.time()})
+                return await cursor.fetchone() is not None
+            except psycopg.Error:
+                await self._conn.close()
+                self._conn = None
+                raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
 class RateLimiter:
-    """Token buckets: one per tenant (its requestsPerSecond), one per anonymous client address.
-    In-process: with N worker processes a key gets up to N times its rate in the worst case
-    (documented; a shared limiter would cost a round trip)."""
+    """Token buckets: one per tenant (its requestsPerSecond: shared by every process through
+    `SharedBuckets`), one per anonymous client address (in process: a burst from one address is
+    this process's to refuse, and it costs no round trip)."""
 
     MAX_KEYS = 100_000  # beyond it, buckets start afresh (an address sweep must not grow memory)
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *, anonymous_rate: float = 0) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, anonymous_rate: float = 0,
+                 shared: SharedBuckets | None = None) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self.anonymous_rate = anonymous_rate  # requests a second per client address without a credential; 0: off
+        self.shared = shared  # tenants' buckets in PostgreSQL; None (or the database failing): this process's
 
-    def take(self, tenant: TenantRecord) -> None:
+    async def take(self, tenant: TenantRecord) -> None:
         rate = tenant.requests_per_second
-        if rate is not None:
-            self._take(tenant.id, rate, float(tenant.request_burst or rate),
-                       f"more than {rate} requests per second for this tenant", "requestsPerSecond")
+        if rate is None:
+            return
+        burst = float(tenant.request_burst or rate)
+        message = f"more than {rate} requests per second for this tenant"
+        if self.shared is not None:
+            try:
+                taken = await self.shared.take("tenant:" + tenant.id, float(rate), burst)
+            except (psycopg.Error, OSError):
+                log.warning("shared rate limits unavailable; counting in this process", exc_info=True)
+            else:
+                if not taken:
+                    raise RateLimited(message, limit="requestsPerSecond",
+                                      retryAfter=max(1, math.ceil(1 / rate)) if rate > 0 else 60)
+                return
+        self._take(tenant.id, rate, burst, message, "requestsPerSecond")
 
     def take_anonymous(self, client: str) -> None:
         """Work for a caller with no credential, counted per client address before the document is

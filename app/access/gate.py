@@ -201,7 +201,7 @@ class RequestAccess:
                     self._routed = routed
                     self.ids.tenant = routed.tenant.id
                     try:
-                        self.gate.rate_limiter.take(routed.tenant)
+                        await self.gate.rate_limiter.take(routed.tenant)
                     except RateLimited as exc:
                         self.rate_limited = exc
         if self.rate_limited is not None:  # every resolver of a refused request is refused

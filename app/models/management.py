@@ -273,6 +273,16 @@ idempotency_keys = Table(
     Index("idempotency_keys_created_idx", "created_at"),
 )
 
+# Token buckets of tenants' requestsPerSecond, shared by every server process (app.access.admission).
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    prefixes=["UNLOGGED"],
+)
+
 # Each move of a tenant to another parent: the export names the parent of each period.
 tenant_moves = Table(
     "tenant_moves",

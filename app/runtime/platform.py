@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from app.access.acting import request_limits
-from app.access.admission import InFlight, RateLimiter
+from app.access.admission import InFlight, RateLimiter, SharedBuckets
 from app.access.credentials import LastUsed
 from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
@@ -72,7 +72,9 @@ class Platform:
             db=db,
             meter=Meter(db.app, flushed=lambda outcome: metrics.usage_flushes.labels(outcome).inc()),
             metrics=metrics,
-            rate_limiter=RateLimiter(anonymous_rate=settings.anonymous_requests_per_second),
+            rate_limiter=RateLimiter(anonymous_rate=settings.anonymous_requests_per_second,
+                                     shared=SharedBuckets(db.app.url.set(drivername="postgresql")
+                                                          .render_as_string(hide_password=False))),
             api_token_use=LastUsed(),
             login_throttle=LoginThrottle(),
             registry=Registry(ttl=settings.registry_ttl_seconds),
@@ -90,4 +92,6 @@ class Platform:
         for stop in stops:
             await stop()
         await release_kept(self.db.app)
+        if self.rate_limiter.shared is not None:
+            await self.rate_limiter.shared.close()
         await self.db.dispose()
