@@ -207,9 +207,9 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
     # bucket let 8 through).
     assert 4 <= rated.count("ok") <= 4 + int(elapsed) + 1, (rated, elapsed)
     assert set(rated) <= {"ok", "RATE_LIMITED"}
-    assert sorted(accepted) == ["LIMIT_EXCEEDED"] * 10 + ["ok"] * 2
-    assert sorted(devices) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3
-    assert sorted(subtenants) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3
+    assert sorted(accepted) == ["LIMIT_EXCEEDED"] * 10 + ["ok"] * 2, accepted
+    assert sorted(devices) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3, devices
+    assert sorted(subtenants) == ["LIMIT_EXCEEDED"] * 9 + ["ok"] * 3, subtenants
     async with platform.db.owner.connect() as conn:
         members = (await conn.execute(text("SELECT count(*) FROM tenantry.memberships WHERE tenant_id = :t"),
                                       {"t": t.id})).scalar_one()

@@ -59,7 +59,7 @@ class SharedBuckets:
         """Whether a token was taken; psycopg.Error when the database cannot say."""
         async with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=2)
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=5)
             try:
                 cursor = await self._conn.execute(_TAKE, {"k": key, "rate": rate, "burst": burst, "now": time.time()})
                 return await cursor.fetchone() is not None
