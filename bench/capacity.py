@@ -20,10 +20,9 @@ from typing import Any
 
 import orjson
 import psycopg
-import uvicorn
 
 from app.db.naming import tenant_schema
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, served
 from bench.concurrency import Request, _script, _wrk
 
 COUNT = orjson.dumps({"query": "{ devices { totalCount } }"}).decode()
@@ -46,20 +45,12 @@ async def main(seconds: float) -> None:
         token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
         stuck, stuck_requests = await _tenant(b, token, "stuck")
         _, other_requests = await _tenant(b, token, "other")
-        server = uvicorn.Server(uvicorn.Config(b.app, host="127.0.0.1", port=0, log_level="warning",
-                                               lifespan="off", access_log=False))
-        serving = asyncio.create_task(server.serve())
-        for _ in range(1000):  # bounded: uvicorn sets `started` once it listens
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
         gate = b.platform.gate
         shares = {"on": (gate.in_flight.share, gate.limits), "off": (gate.in_flight.limit, "")}
         url = str(b.platform.settings.database_url).replace("+psycopg", "", 1)
         rows = []
         flood_rows = []
-        try:
+        async with served(b.app) as port:
             await _wrk(port, _script(other_requests), 4, 2)  # warm-up: pool connections, caches
             for mode, (share, limits) in shares.items():
                 gate.in_flight.share, gate.limits = share, limits
@@ -82,9 +73,6 @@ async def main(seconds: float) -> None:
                                                    _wrk(port, _script(_junk(mode)), 8, seconds))
                 flood_rows.append((mode, idle, busy, flood))
             b.platform.settings = settings
-        finally:
-            server.should_exit = True
-            await serving
     for mode, idle, busy, told in rows:
         print(f"shares+timeouts {mode:3s}  B p99 idle {idle['p99'] * 1e3:7.1f} ms  beside locked A "
               f"{busy['p99'] * 1e3:7.1f} ms  {busy['p99'] / idle['p99']:5.2f}x idle  B not-200 {busy['failed']} "

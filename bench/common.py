@@ -6,6 +6,7 @@ these machines are noisy, so only same-run comparisons mean anything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import statistics
@@ -97,6 +98,25 @@ async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = 
         await platform.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[int]:
+    """`app` served by uvicorn on a free port of 127.0.0.1 while the block runs (for wrk); the port."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                           access_log=False))
+    serving = asyncio.create_task(server.serve())
+    for _ in range(1000):  # bounded: uvicorn sets `started` once it listens
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, served
 from bench.routing import DEVICE, plain_routes
 
 WINDOW = 0.25
@@ -143,16 +142,8 @@ async def main(seconds: float) -> None:
             plain.append(("GET", f"/plain/device/{device}", {"X-Tenant-ID": tenant}, None))
 
         app = Completions(b.app)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
-                                               access_log=False))
-        serving = asyncio.create_task(server.serve())
-        for _ in range(1000):  # bounded: uvicorn sets `started` once it listens
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
         results = {}
-        try:
+        async with served(app) as port:
             await _wrk(port, _script(graphql), 32, 2)  # warm-up: pool connections, caches
             for name, script, connections in (("plain", plain, 32), ("graphql-32", graphql, 32),
                                               ("graphql-64", graphql, 64)):
@@ -166,20 +157,17 @@ async def main(seconds: float) -> None:
                 counts = [windows[w] for w in range(int(seconds / WINDOW))]
                 result["min_window_share"] = min(counts) / (sum(counts) / len(counts)) if sum(counts) else 0.0
                 results[name] = result
-        finally:
-            server.should_exit = True
-            await serving
 
     if "-v" in sys.argv:
         for r in results.values():
             print(r["raw"])
     base = results["plain"]["rps"]
     for name, r in results.items():
-        served = r.get("requests", 0) or 1
+        answered = r.get("requests", 0) or 1
         print(f"{name:11s} {r.get('rps', 0):7.0f} req/s  {r.get('rps', 0) / base:4.2f}x plain  "
               f"slowest {WINDOW * 1000:.0f} ms window {r['min_window_share']:4.2f} of average  "
               f"not-200 {r.get('failed', '?')}  INTERNAL {r.get('internal', '?')}  "
-              f"server CPU {r['cpu_ms'] / served:.2f} ms/request")
+              f"server CPU {r['cpu_ms'] / answered:.2f} ms/request")
 
 
 if __name__ == "__main__":

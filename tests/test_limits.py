@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from app.runtime.platform import Platform
 from app.services.usage.statistics import take_snapshots
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
-from tests.test_people import INVITE
+from tests.test_people import INVITE, _latest_token
 from tests.test_stops import ROOT, TENANTRY, _env, _free_port, _until_listening
 
 UPDATE = "mutation($id: ID!, $l: TenantLimitsInput!) { updateTenant(id: $id, input: {limits: $l}) { id } }"
@@ -167,7 +166,7 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
         async with platform.db.owner.connect() as conn:
             await conn.execute(text("INSERT INTO tenantry.users (email, password_hash) VALUES (:e, :h)"),
                                {"e": email, "h": await platform.passwords.hash(PASSWORD)})
-        invitees.append((await api.token(email, PASSWORD), await _invitation(platform, email)))
+        invitees.append((await api.token(email, PASSWORD), await _latest_token(platform, email)))
     port = _free_port()
     with (tmp_path / "serve.log").open("wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -217,12 +216,3 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
                                        {"t": ent.id})).scalar_one()
     assert (members, children) == (3, 3)
     assert (await api.gql("{ devices { totalCount } }", token=t.token, tenant=t.id)).data["devices"]["totalCount"] == 3
-
-
-async def _invitation(platform: Platform, email: str) -> str:
-    async with platform.db.owner.connect() as conn:
-        body = (await conn.execute(text("SELECT body FROM tenantry.outbox WHERE lower(recipient) = lower(:e) "
-                                        "ORDER BY id DESC LIMIT 1"), {"e": email})).scalar_one()
-    match = re.search(r"(tinv_[A-Za-z0-9_-]+)", body)
-    assert match, body
-    return match.group(1)

@@ -19,6 +19,7 @@ import os
 import re
 from typing import Any
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -134,10 +135,10 @@ def forget_dead_workers(directory: str) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed worker its supervisor has not reaped yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:  # someone else's process: alive
         return True
-    return True
