@@ -14,7 +14,7 @@ from sqlalchemy import text
 from app.runtime.platform import Platform
 from app.services.usage.statistics import take_snapshots
 from app.settings import Settings
-from tests.conftest import PASSWORD, Api, TenantHandle, World, unique
+from tests.conftest import PASSWORD, Api, TenantHandle, World, assert_denied, unique
 from tests.test_people import INVITE, _latest_token
 from tests.test_stops import ROOT, TENANTRY, _env, _free_port, _until_listening
 
@@ -216,3 +216,21 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
                                        {"t": ent.id})).scalar_one()
     assert (members, children) == (3, 3)
     assert (await api.gql("{ devices { totalCount } }", token=t.token, tenant=t.id)).data["devices"]["totalCount"] == 3
+
+
+async def test_a_tenant_can_neither_read_nor_refill_the_shared_rate_buckets(api: Api, world: World,
+                                                                            platform: Platform) -> None:
+    """The buckets are the management plane's: under its own role a tenant reaches no bucket (its
+    own included), and one tenant's requests never draw from another's."""
+    a, b = await world.tenant(), await world.tenant()
+    for t in (a, b):
+        await api.gql(UPDATE, {"id": t.id, "l": {"requestsPerSecond": 1, "requestBurst": 2}},
+                      token=world.operator_token, tenant="management")
+    for _ in range(3):
+        await api.gql("{ tenant { id } }", token=a.token, tenant=a.id)
+    assert (await api.gql("{ tenant { id } }", token=a.token, tenant=a.id)).code == "RATE_LIMITED"
+    assert (await api.gql("{ tenant { id } }", token=b.token, tenant=b.id)).data["tenant"]["id"] == b.id
+    for sql in ("SELECT * FROM tenantry.rate_buckets",
+                f"UPDATE tenantry.rate_buckets SET tokens = 1000 WHERE key = 'tenant:{a.id}'",
+                "DELETE FROM tenantry.rate_buckets"):
+        await assert_denied(platform, a.id, sql)
