@@ -23,11 +23,13 @@ from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
 from app.http.middleware import RequestIdMiddleware
+from app.http.mqtt import BrokerHooks
 from app.http.oidc import OidcEndpoints
 from app.http.operator import OperatorEndpoints
 from app.http.tracing import configure_tracing
 from app.logs import configure_logging
 from app.realtime.hub import Hub
+from app.realtime.mqtt import Bridge
 from app.realtime.shares import Follower
 from app.realtime.webhooks import Dispatcher
 from app.runtime import outbox
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     endpoint = GraphQLEndpoint(build_schema(settings), live, tracer if tracer is not None else configure_tracing())
     oidc = OidcEndpoints(live)
     operator = OperatorEndpoints(live)
+    hooks = BrokerHooks(live)
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.cors_origins:
         middleware.append(Middleware(
@@ -78,6 +81,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             Route("/export/usage.csv", UsageExportEndpoint(live).handle, methods=["GET"]),
             Route("/auth/oidc/callback", oidc.callback, methods=["GET"]),
             Route("/auth/oidc/{tenant_id}/login", oidc.login, methods=["GET"]),
+            Route("/mqtt/auth", hooks.authenticate, methods=["POST"]),
+            Route("/mqtt/acl", hooks.authorize, methods=["POST"]),
+            Route("/mqtt/auth/user", hooks.user, methods=["POST"]),
+            Route("/mqtt/auth/vhost", hooks.vhost, methods=["POST"]),
+            Route("/mqtt/auth/resource", hooks.resource, methods=["POST"]),
+            Route("/mqtt/auth/topic", hooks.topic, methods=["POST"]),
         ],
         middleware=middleware,
         lifespan=_lifespan(live, settings, owned=owned, stop_requested=stop_requested),
@@ -121,8 +130,8 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
 
 
 def _start_log_readers(live: Platform, settings: Settings, hub: Hub) -> list[asyncio.Task[None]]:
-    """Webhook delivery and standing shares, from the change log; the hub listens always, and wakes
-    them when a log grows."""
+    """Webhook delivery, standing shares and the MQTT bridge's downlinks, from the change log; the
+    hub listens always, and wakes them when a log grows."""
     def counted(tenant_id: str, n: int) -> None:
         if settings.metering:
             live.meter.add(tenant_id, {"webhook_delivery_count": n})
@@ -134,8 +143,15 @@ def _start_log_readers(live: Platform, settings: Settings, hub: Hub) -> list[asy
     hub.on_change.append(dispatcher.wake)
     follower = Follower(live.db.app)  # standing shares follow their sources' logs too
     hub.on_change.append(follower.wake)
+    readers = [asyncio.create_task(dispatcher.run(), name="webhooks"),
+               asyncio.create_task(follower.run(), name="shares")]
+    if settings.mqtt_amqp_url:  # devices over MQTT: uplinks in, operations out, revoked devices cut off
+        bridge = Bridge(live)
+        hub.on_change.append(bridge.wake)
+        hub.on_access.append(bridge.access_changed)
+        readers.append(asyncio.create_task(bridge.run(), name="mqtt"))
     hub.start()
-    return [asyncio.create_task(dispatcher.run(), name="webhooks"), asyncio.create_task(follower.run(), name="shares")]
+    return readers
 
 
 def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[None]]:

@@ -76,6 +76,30 @@ def _capacity(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _subscriptions(env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "subscriptions_per_connection": _int(env, "TENANTRY_SUBSCRIPTIONS_PER_CONNECTION", 100),
+        "subscriptions_per_tenant": _int(env, "TENANTRY_SUBSCRIPTIONS_PER_TENANT", 2000),
+        "subscriptions_per_user": _int(env, "TENANTRY_SUBSCRIPTIONS_PER_USER", 500),
+        "subscription_queue": _int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
+        "subscription_recheck_seconds": _float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 60.0),
+        "keepalive_seconds": _float(env, "TENANTRY_KEEPALIVE", 15.0),
+    }
+
+
+def _mqtt(env: dict[str, str]) -> dict[str, Any]:
+    """Devices over MQTT through a broker (docs/mqtt.md): the bridge runs when the AMQP URL is set."""
+    return {
+        "mqtt_amqp_url": env.get("TENANTRY_MQTT_AMQP_URL") or None,
+        "mqtt_management_url": env.get("TENANTRY_MQTT_MANAGEMENT_URL") or None,
+        "mqtt_vhost": env.get("TENANTRY_MQTT_VHOST", "/"),
+        "mqtt_queue": env.get("TENANTRY_MQTT_QUEUE", "tenantry.uplinks"),
+        "mqtt_hook_networks": tuple(n.strip() for n in env.get(
+            "TENANTRY_MQTT_HOOK_NETWORKS", "127.0.0.0/8,::1/128").split(",") if n.strip()),
+        "mqtt_prefetch": _int(env, "TENANTRY_MQTT_PREFETCH", 500),
+    }
+
+
 def _float(env: dict[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float)
 
@@ -194,6 +218,15 @@ class Settings:
     # argon2 cost; lowered only by the test suite, never by configuration.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
+    # MQTT (app.realtime.mqtt): the broker's AMQP URL (the bridge runs when set), its management
+    # API (disconnecting revoked devices), the virtual host devices use, the bridge's shared queue,
+    # the networks the broker's auth hooks are answered to, and uplinks in flight per bridge.
+    mqtt_amqp_url: str | None = None
+    mqtt_management_url: str | None = None
+    mqtt_vhost: str = "/"
+    mqtt_queue: str = "tenantry.uplinks"
+    mqtt_hook_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    mqtt_prefetch: int = 500
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -246,13 +279,9 @@ class Settings:
             compiled_reads=_bool(env.get("TENANTRY_COMPILED_READS"), True),
             trusted_documents=Path(trusted) if (trusted := env.get("TENANTRY_TRUSTED_DOCUMENTS")) else None,
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
-            subscriptions_per_connection=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_CONNECTION", 100),
-            subscriptions_per_tenant=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_TENANT", 2000),
-            subscriptions_per_user=_int(env, "TENANTRY_SUBSCRIPTIONS_PER_USER", 500),
-            subscription_queue=_int(env, "TENANTRY_SUBSCRIPTION_QUEUE", 1000),
-            subscription_recheck_seconds=_float(env, "TENANTRY_SUBSCRIPTION_RECHECK", 60.0),
-            keepalive_seconds=_float(env, "TENANTRY_KEEPALIVE", 15.0),
+            **_subscriptions(env),
             **_change_log(env),
+            **_mqtt(env),
             usage_snapshot_seconds=_int(env, "TENANTRY_USAGE_SNAPSHOT_INTERVAL", 3600),
             metrics_max_tenants=_int(env, "TENANTRY_METRICS_MAX_TENANTS", 1000),
             limit_warning_ratio=_int(env, "TENANTRY_LIMIT_WARNING_PERCENT", 80) / 100,

@@ -116,6 +116,12 @@ async def device_of_token(tenant_db: Executor, token: str) -> int | None:
     return (await tenant_db.execute(stmt)).scalar_one_or_none()
 
 
+async def device_has_live_token(tenant_db: Executor, device_id: int) -> bool:
+    stmt = select(device_tokens.c.id).where(device_tokens.c.device_id == device_id,
+                                            device_tokens.c.revoked_at.is_(None)).limit(1)
+    return (await tenant_db.execute(stmt)).first() is not None
+
+
 async def device_moved_to(management: Executor, token: str) -> str | None:
     """Where a token's device lives now, if it moved since the token was issued."""
     stmt = select(device_token_moves.c.tenant_id).where(device_token_moves.c.token_hash == secret_hash(token))

@@ -16,6 +16,8 @@ rule. The rules, in one place:
 - Moving data between tenants (copy, migration) needs data access on both sides.
 - Suspended tenants: TENANT_SUSPENDED. Rate limits per tenant.
 - One pooled connection per request (`RequestTransaction`), with bounded waits.
+- MQTT (the broker's authentication and topic hooks, app.access.broker): a device logs in with its
+  id and device token, and reaches only its own topics; the bridge then acts as that device.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import ids
-from app.access import credentials
+from app.access import broker, credentials
 from app.access.acting import PlaneView, RequestTransaction
 from app.access.admission import InFlight, RateLimiter
 from app.access.principal import DEVICE_USER_ID, Principal, Reach, Routed
@@ -93,6 +95,43 @@ class AccessGate:
                 request_id: str | None = None) -> RequestAccess:
         return RequestAccess(self, authorization=authorization, tenant_header=tenant_header, request_id=request_id)
 
+    # --- MQTT: the broker's hooks, and the bridge acting for a device the broker let in -----------------
+
+    async def broker_login(self, username: str, password: str, client_id: str | None) -> bool:
+        """May this MQTT client connect? Its username and client id are its device's id, and its
+        password a live token of that device (app.access.broker says why both names)."""
+        device = broker.device_of_username(username, client_id)
+        if device is None or not credentials.is_device_token(password):
+            return False
+        access = self.request(authorization=f"Bearer {password}", tenant_header=device[0])
+        try:
+            routed = await access._route(password)
+        except (Unauthenticated, Forbidden, TenantSuspended):
+            return False
+        finally:
+            await access.finish(commit=False)
+        return routed.tenant.id == device[0] and routed.principal.device_id == device[1]
+
+    def broker_device(self, tenant_id: str, device_id: int, request_id: str | None = None) -> RequestAccess:
+        """The access of a message the broker let a device publish (on its own topic: the broker
+        asked `broker.topic_allowed`): the device as it is now — routed only while its tenant is
+        active and it still holds a live token (a message queued before a revocation is refused)."""
+        access = RequestAccess(self, authorization=None, tenant_header=tenant_id, request_id=request_id)
+        access.broker_device = (tenant_id, device_id)
+        return access
+
+    async def device_connected(self, tenant_id: str, device_id: int) -> bool:
+        """May a device the broker let in stay connected (still a live token, its tenant active)?
+        Asked again when access in its tenant changed; no rate-limit charge."""
+        access = self.broker_device(tenant_id, device_id)
+        try:
+            await access._route_broker_device(tenant_id, device_id)
+            return True
+        except (Unauthenticated, TenantSuspended):
+            return False
+        finally:
+            await access.finish(commit=False)
+
 
 class RequestAccess:
     """One request's answers (resolved once, on first use) and its one transaction."""
@@ -108,6 +147,7 @@ class RequestAccess:
         # The tenant this request's global ids speak of: bound when it is routed (app.ids).
         self.ids = ids.begin()
         self.device_request = False  # made with a device token (metered apart)
+        self.broker_device: tuple[str, int] | None = None  # an MQTT message's device (AccessGate.broker_device)
         self.rate_limited: RateLimited | None = None
         self._principal: Principal | None = None
         self._routed: Routed | None = None
@@ -194,10 +234,11 @@ class RequestAccess:
     async def routed(self) -> Routed:
         """The tenant this request works in, and who the caller is there (resolved once)."""
         if self._routed is None:
-            token = credentials.bearer(self.authorization)
+            token = credentials.bearer(self.authorization) if self.broker_device is None else ""
             async with self._lock:
                 if self._routed is None:
-                    routed = await self._route(token)
+                    routed = await (self._route(token) if self.broker_device is None
+                                    else self._route_broker_device(*self.broker_device))
                     self._routed = routed
                     self.ids.tenant = routed.tenant.id
                     try:
@@ -356,6 +397,21 @@ class RequestAccess:
         return Routed(principal=principal, tenant=record, role="API_TOKEN", custom_permissions=effective,
                       scope=Scope(group_ids=creator.group_ids))
 
+    async def _route_broker_device(self, tenant_id: str, device_id: int) -> Routed:
+        record = await self.gate.registry.tenant(self.management_db, tenant_id)
+        if record is None or record.status == "DELETED" or \
+                not await credentials.device_has_live_token(self.tx.plane(tenant_id), device_id):
+            raise Unauthenticated("this device has no live credentials any more")
+        if record.status == "SUSPENDED":
+            raise TenantSuspended(f"tenant {tenant_id} is suspended")
+        return self._device_routed(record, device_id)
+
+    def _device_routed(self, record: TenantRecord, device_id: int) -> Routed:
+        self.device_request = True
+        principal = Principal(user_id=DEVICE_USER_ID, default_tenant_id=record.id, token_id="device",
+                              device_id=device_id)
+        return Routed(principal=principal, tenant=record, role="DEVICE", scope=Scope(device_id=device_id))
+
     async def _route_device(self, token: str) -> Routed:
         tenant_id = credentials.device_token_tenant(token)
         if tenant_id is None:
@@ -381,7 +437,4 @@ class RequestAccess:
             device_id = await credentials.device_of_token(self.tx.plane(tenant_id), token)
             if device_id is None:
                 raise Unauthenticated("invalid device token")
-        self.device_request = True
-        principal = Principal(user_id=DEVICE_USER_ID, default_tenant_id=tenant_id, token_id="device",
-                              device_id=device_id)
-        return Routed(principal=principal, tenant=record, role="DEVICE", scope=Scope(device_id=device_id))
+        return self._device_routed(record, device_id)

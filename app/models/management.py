@@ -283,6 +283,15 @@ rate_buckets = Table(
     prefixes=["UNLOGGED"],
 )
 
+# Where the MQTT bridge stands in each tenant's change log, pushing operations to devices (m0020).
+mqtt_downlinks = Table(
+    "mqtt_downlinks",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 # Each move of a tenant to another parent: the export names the parent of each period.
 tenant_moves = Table(
     "tenant_moves",

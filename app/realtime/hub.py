@@ -85,6 +85,7 @@ class Hub:
         self._retrying: set[str] = set()
         self._retried: set[str] = set()
         self.on_change: list[Callable[[str], None]] = []  # told of every tenant whose log grew
+        self.on_access: list[Callable[[str], None]] = []  # told of every `tenant:<id>` / `user:<uuid>` changed
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._suspect: set[str] = set()  # "tenant:<id>" / "user:<uuid>" whose sessions are checked at once
@@ -217,6 +218,8 @@ class Hub:
                 registry.forget_user(UUID(key))
         suspect = f"{kind}:{key}"
         self._suspect.add(suspect)
+        for hook in self.on_access:  # the MQTT bridge: devices whose tokens went are disconnected
+            hook(suspect)
         for session in self.sessions:  # nothing later reaches them before the gate has answered again
             if session.ended is None and session.named_by({suspect}):
                 session.hold()

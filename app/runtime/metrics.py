@@ -73,6 +73,8 @@ class RequestMetrics:
                                      registry=r)
         self.spare_schemas = Gauge("tenantry_spare_schemas", "Spare tenant schemas ready for provisioning.",
                                    registry=r, multiprocess_mode="mostrecent")
+        self.mqtt_messages = Counter("tenantry_mqtt_messages", "MQTT uplinks by outcome (stored, invalid, refused).",
+                                     ["outcome"], registry=r)
         self.copy_jobs = Gauge("tenantry_copy_jobs", "Copy jobs by status.", ["status"], registry=r,
                                multiprocess_mode="mostrecent")
 

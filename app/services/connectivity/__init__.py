@@ -1,0 +1,1 @@
+"""Devices connecting: MQTT uplinks and downlinks (docs/mqtt.md)."""
