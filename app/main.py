@@ -37,6 +37,7 @@ from app.runtime.metrics import MULTIPROCESS_DIR
 from app.runtime.platform import Platform
 from app.services import housekeeping
 from app.services.changes.webhooks import Outbound, webhook_box
+from app.services.connectivity import monitor
 from app.services.data import retention
 from app.services.tenants.provisioning import keep_spares
 from app.services.usage import statistics as usage
@@ -170,6 +171,8 @@ def _start_background(live: Platform, settings: Settings) -> list[asyncio.Task[N
             tenant_roles_login=settings.tenant_roles_login)))
     if settings.retention_interval_seconds > 0:
         background.append(asyncio.create_task(retention.periodic(live.db.app, settings.retention_interval_seconds)))
+    if settings.availability_interval_seconds > 0:
+        background.append(asyncio.create_task(monitor.periodic(live.db.app, settings.availability_interval_seconds)))
     if settings.usage_snapshot_seconds > 0:
         background.append(asyncio.create_task(usage.periodic_snapshots(
             live.db.app, settings.usage_snapshot_seconds, warning_ratio=settings.limit_warning_ratio)))

@@ -97,6 +97,7 @@ def _mqtt(env: dict[str, str]) -> dict[str, Any]:
         "mqtt_hook_networks": tuple(n.strip() for n in env.get(
             "TENANTRY_MQTT_HOOK_NETWORKS", "127.0.0.0/8,::1/128").split(",") if n.strip()),
         "mqtt_prefetch": _int(env, "TENANTRY_MQTT_PREFETCH", 500),
+        "availability_interval_seconds": _float(env, "TENANTRY_AVAILABILITY_INTERVAL", 10.0),
     }
 
 
@@ -227,6 +228,7 @@ class Settings:
     mqtt_queue: str = "tenantry.uplinks"
     mqtt_hook_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     mqtt_prefetch: int = 500
+    availability_interval_seconds: float = 10.0  # how often silent devices are looked for (0: never)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -292,6 +292,14 @@ mqtt_downlinks = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Tenants with devices whose availability is monitored (m0021).
+monitored_tenants = Table(
+    "monitored_tenants",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 # Each move of a tenant to another parent: the export names the parent of each period.
 tenant_moves = Table(
     "tenant_moves",

@@ -40,9 +40,15 @@ devices = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("parent_id", BigInteger, ForeignKey("devices.id", ondelete="CASCADE")),
+    # Availability (t0008): seconds a device may stay silent; when it last sent; what follows.
+    Column("required_interval", Integer),
+    Column("last_seen_at", DateTime(timezone=True)),
+    Column("availability", Text, nullable=False, server_default="UNKNOWN"),
+    CheckConstraint("availability IN ('AVAILABLE', 'UNAVAILABLE', 'UNKNOWN')", name="devices_availability_check"),
     Index("devices_type_idx", "type", "id"),
     Index("devices_parent_idx", "parent_id"),
     Index("devices_fragments_idx", "fragments", postgresql_using="gin", postgresql_ops={"fragments": "jsonb_path_ops"}),
+    Index("devices_monitored_idx", "id", postgresql_where=text("required_interval IS NOT NULL")),
 )
 
 options = Table(

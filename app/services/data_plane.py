@@ -22,7 +22,7 @@ from app.runtime import announcements
 from app.services.audit import data_audit
 from app.services.data import alarms, events, operations
 from app.services.data.measurements import NewMeasurement, create_measurements
-from app.services.inventory import device_templates, device_tokens, devices
+from app.services.inventory import availability, device_templates, device_tokens, devices
 from app.services.tenants import limits
 from app.services.usage.statistics import check_limit_warnings
 from app.tenancy.registry import TenantRecord
@@ -55,6 +55,21 @@ class Plane:
     def count(self, name: str, n: int = 1) -> None:
         self.usage[name] += n
 
+    async def heard_from_device(self) -> None:
+        """The caller is a device that just sent something: it is available (app.services.inventory.
+        availability); if it was not, its unavailability alarm clears and subscribers hear both."""
+        device_id = self.routed.principal.device_id
+        if device_id is None or not await availability.seen(self.db, device_id):
+            return
+        record = await devices.device_by_id(self.db, self.scope, device_id)
+        if record is not None:
+            await self.announce("device", "UPDATED", rows=[record])
+        cleared = await alarms.clear_of_type(self.db, device_id, availability.ALARM_TYPE)
+        if cleared is not None:
+            await self.announce("alarm", "STATUS_CHANGED", rows=[cleared])
+        await self.audit("device.availability", str(device_id), [{"attribute": "availability",
+                                                                  "previous": "UNAVAILABLE", "new": "AVAILABLE"}])
+
     async def announce(self, kind: str, op: str, ids: Sequence[int] = (), rows: Sequence[object] = (),
                        **extra: Any) -> None:
         """Append the change to the tenant's log, committed with the request (app.runtime.announcements)."""
@@ -72,6 +87,7 @@ async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> 
     await limits.enforce_storage_limit(plane.management, plane.tenant)
     stored = await create_measurements(plane.db, plane.scope, batch)
     plane.count("measurements_created_count", stored)
+    await plane.heard_from_device()
     if stored:
         # One log entry per device of the batch (its time range and count), never one per row.
         # A batch names a few devices many times: each distinct id is decoded once.
@@ -95,6 +111,7 @@ async def record_event(plane: Plane, *, device_id: str, time: datetime, type: st
                                        attributes=attributes)
     plane.count("events_created_count")
     await plane.announce("event", "created", rows=[record])
+    await plane.heard_from_device()
     return record
 
 
@@ -114,6 +131,7 @@ async def raise_alarm(plane: Plane, *, device_id: str, type: str, severity: str,
     await plane.announce("alarm", "RAISED" if record.count == 1 else "COUNT_INCREASED", rows=[record])
     await plane.audit("alarm.raised", str(record.id),
                       [{"attribute": "count", "previous": record.count - 1, "new": record.count}])
+    await plane.heard_from_device()
     return record
 
 
@@ -143,14 +161,15 @@ async def change_operation_status(plane: Plane, operation_id: str, status: str,
     await plane.announce("operation", "STATUS_CHANGED", rows=[record])
     await plane.audit("operation.status", str(record.id), [{"attribute": "status", "previous": None,
                                                              "new": record.status}])
+    await plane.heard_from_device()
     return record
 
 
 # --- inventory --------------------------------------------------------------------------------------
 
 async def create_device(plane: Plane, *, name: str, type: str | None, external_id: str | None, fragments: object,
-                        group_id: int | None, parent_id: int | None,
-                        template_id: str | None) -> devices.DeviceRecord:
+                        group_id: int | None, parent_id: int | None, template_id: str | None,
+                        required_interval: int | None = None) -> devices.DeviceRecord:
     count = await limits.enforce_device_limit(plane.db, plane.tenant)
     if template_id is not None:
         template = await device_templates.for_device(plane.management, plane.db, plane.tenant.id, template_id)
@@ -158,7 +177,10 @@ async def create_device(plane: Plane, *, name: str, type: str | None, external_i
         fragments = {**template.fragments, **(fragments if isinstance(fragments, dict) else {})}
     record = await devices.create_device(plane.db, plane.scope, name=name, type=type,
                                          owner=str(plane.routed.principal.user_id), external_id=external_id,
-                                         fragments=fragments, group_id=group_id, parent_id=parent_id)
+                                         fragments=fragments, group_id=group_id, parent_id=parent_id,
+                                         required_interval=required_interval)
+    if record.required_interval is not None:
+        await availability.monitor(plane.management, plane.tenant.id)
     plane.count("inventories_created_count")
     await plane.announce("device", "CREATED", rows=[record])
     await plane.audit("device.created", str(record.id), [{"attribute": "name", "previous": None,
@@ -172,6 +194,8 @@ async def create_device(plane: Plane, *, name: str, type: str | None, external_i
 
 async def update_device(plane: Plane, device_id: str, changes: devices.DeviceChanges) -> devices.DeviceRecord:
     record = await devices.update_device(plane.db, plane.scope, device_id, changes)
+    if record.required_interval is not None:
+        await availability.monitor(plane.management, plane.tenant.id)
     plane.count("inventories_updated_count")
     await plane.announce("device", "UPDATED", rows=[record])
     await plane.audit("device.updated", str(record.id))

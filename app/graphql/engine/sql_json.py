@@ -275,6 +275,7 @@ FIELDS: dict[str, dict[str, Resolve]] = {
     "Device": {"id": _global("Device", "id"), "name": _column("name"), "type": _column("type"),
                "owner": _column("owner"), "fragments": _column("fragments"), "createdAt": _column("created_at", ISO),
                "updatedAt": _column("updated_at", ISO), "parentId": _global("Device", "parent_id"),
+               "requiredInterval": _column("required_interval"), "availability": _column("availability"),
                "parent": _device_parent,
                "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids,
                "alarms": _device_alarms},

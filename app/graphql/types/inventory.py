@@ -39,6 +39,13 @@ class AlarmStatus(Enum):
     CLEARED = "CLEARED"
 
 
+@strawberry.enum(description="Whether a device reports within its required interval.")
+class DeviceAvailability(Enum):
+    AVAILABLE = "AVAILABLE"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNKNOWN = "UNKNOWN"
+
+
 @strawberry.type
 class Alarm(Node):
     id: strawberry.ID
@@ -111,6 +118,11 @@ class Device(Node):
     created_at: datetime
     updated_at: datetime
     parent_id: strawberry.ID | None
+    required_interval: int | None = strawberry.field(description=(
+        "Seconds the device may stay silent before it is UNAVAILABLE (null: not monitored)."))
+    availability: DeviceAvailability = strawberry.field(description=(
+        "AVAILABLE while the device reports within its requiredInterval, UNAVAILABLE (with a "
+        "c8y_UnavailabilityAlarm) once it did not, UNKNOWN when not monitored or not heard from yet."))
     local: strawberry.Private[int]  # the row's number in its tenant
     parent_local: strawberry.Private[int | None]
 
@@ -119,6 +131,7 @@ class Device(Node):
         return cls(id=strawberry.ID(here("Device", r.id)), name=r.name, type=r.type, owner=r.owner,
                    fragments=JSON(r.fragments), created_at=r.created_at, updated_at=r.updated_at,
                    parent_id=strawberry.ID(here("Device", r.parent_id)) if r.parent_id else None,
+                   required_interval=r.required_interval, availability=DeviceAvailability(r.availability),
                    local=r.id, parent_local=r.parent_id)
 
     @strawberry.field(description="Groups this device belongs to.")
@@ -160,6 +173,8 @@ class CreateDeviceInput:
     fragments: JSON | None = None
     template_id: strawberry.ID | None = strawberry.field(
         default=None, description="Start from a template (own or shared): its type and fragments, under yours.")
+    required_interval: int | None = strawberry.field(default=None, description=(
+        "Seconds the device may stay silent before it is UNAVAILABLE (10 s to a year); null: not monitored."))
 
 
 @strawberry.input
@@ -167,6 +182,8 @@ class UpdateDeviceInput:
     name: str | None = None
     type: str | None = None
     fragments: JSON | None = strawberry.field(default=None, description="Replaces all fragments.")
+    required_interval: int | None = strawberry.field(default=None, description=(
+        "Seconds the device may stay silent before it is UNAVAILABLE (10 s to a year); 0 stops monitoring."))
     parent_id: strawberry.ID | None = None
     clear_parent: bool = False
 
@@ -257,6 +274,7 @@ class DeviceMutations:
         return Device.of(await use_case.create_device(
             plane, name=input.name, type=input.type, external_id=input.external_id,
             fragments=cast(object, input.fragments), template_id=input.template_id,
+            required_interval=input.required_interval,
             group_id=require_id(input.group_id, "group") if input.group_id is not None else None,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None))
 
@@ -265,6 +283,7 @@ class DeviceMutations:
         plane = await info.context.data_plane(DEVICES_WRITE)
         return Device.of(await use_case.update_device(plane, id, service.DeviceChanges(
             name=input.name, type=input.type, fragments=input.fragments, clear_parent=input.clear_parent,
+            required_interval=input.required_interval,
             parent_id=require_id(input.parent_id, "device") if input.parent_id is not None else None)))
 
     @strawberry.mutation(description="Delete a device, its child devices and all their data.")

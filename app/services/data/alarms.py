@@ -149,3 +149,11 @@ async def alarms_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int
     for row in (await db.execute(alarms_statement(scope, device_ids, status=status, limit=limit))).all():
         out[row.device_id].append(to_record(AlarmRecord, row))
     return out
+
+
+async def clear_of_type(db: Executor, device_id: int, type_: str) -> AlarmRecord | None:
+    """The device's open alarm of this type, cleared (by the system: a condition that ended)."""
+    row = (await db.execute(update(alarms).where(alarms.c.device_id == device_id, alarms.c.type == type_,
+                                                 alarms.c.status != "CLEARED")
+                            .values(status="CLEARED", updated_at=func.now()).returning(*COLUMNS))).first()
+    return to_record(AlarmRecord, row) if row is not None else None

@@ -22,11 +22,13 @@ from app.access.scope import Scope
 from app.db.transaction import Executor
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.tenant import devices, external_ids, group_devices, groups, measurements
+from app.services.inventory import availability
 from app.services.pagination import Page, build_page, contains_pattern, decode_int_cursor, page_size
 
 DEFAULT_EXTERNAL_ID_TYPE = "serial"
 DEVICE_COLUMNS = (devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,
-                  devices.c.created_at, devices.c.updated_at, devices.c.parent_id)
+                  devices.c.created_at, devices.c.updated_at, devices.c.parent_id, devices.c.required_interval,
+                  devices.c.availability)
 GROUP_COLUMNS = (groups.c.id, groups.c.name, groups.c.parent_id, groups.c.created_at)
 
 # Built once: constructing a statement per request costs more than its round trip's overhead.
@@ -43,6 +45,9 @@ class DeviceRecord:
     created_at: datetime
     updated_at: datetime
     parent_id: int | None
+    # Availability (app.services.inventory.availability); defaults for log entries written before it.
+    required_interval: int | None = None
+    availability: str = "UNKNOWN"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class DeviceChanges:
     type: str | None = None
     fragments: object = None
     parent_id: int | None = None
+    required_interval: int | None = None  # seconds; 0 stops monitoring
     clear_parent: bool = False
 
 
@@ -150,6 +156,7 @@ async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, loc
 async def create_device(
     db: Executor, scope: Scope, *, name: str, type: str | None, owner: str | None,
     external_id: str | None, fragments: object, group_id: int | None = None, parent_id: int | None = None,
+    required_interval: int | None = None,
 ) -> DeviceRecord:
     name = _check_name(name)
     if type is not None and len(type) > 100:
@@ -164,7 +171,8 @@ async def create_device(
     if parent_id is not None:
         await require_devices(db, scope, [parent_id])
     row = (await db.execute(
-        insert(devices).values(name=name, type=type, owner=owner, fragments=values, parent_id=parent_id)
+        insert(devices).values(name=name, type=type, owner=owner, fragments=values, parent_id=parent_id,
+                               required_interval=availability.check_interval(required_interval))
         .returning(*DEVICE_COLUMNS)
     )).one()
     device = _device(row)
@@ -255,6 +263,10 @@ async def update_device(db: Executor, scope: Scope, device_id: str, changes: Dev
         values["type"] = changes.type
     if changes.fragments is not None:
         values["fragments"] = _check_fragments(changes.fragments)
+    if changes.required_interval is not None:
+        values["required_interval"] = availability.check_interval(changes.required_interval)
+        if values["required_interval"] is None:  # no longer monitored: nothing is known
+            values["availability"] = "UNKNOWN"
     if changes.clear_parent:
         values["parent_id"] = None
     elif changes.parent_id is not None:
