@@ -28,6 +28,7 @@ from app.graphql.engine.execution import AttributeResolver, TenantryExecutor
 from app.graphql.engine.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
 from app.graphql.types.changes import ChangeMutations, ChangeQueries, ShareMutations, ShareQueries
+from app.graphql.types.connectivity import ConnectivityMutations, ConnectivityQueries
 from app.graphql.types.custom_roles import AccessMutations, AccessQueries
 from app.graphql.types.data import DataMutations, DataQueries, install_ingest_path
 from app.graphql.types.device_templates import TemplateMutations, TemplateQueries
@@ -44,11 +45,11 @@ from app.settings import Settings
 
 Query = merge_types("Query", (AuthQueries, TenantQueries, DeviceQueries, DataQueries, AccessQueries, UsageQueries,
                               PeopleQueries, SharingQueries, TemplateQueries, OptionQueries, ChangeQueries,
-                              ShareQueries, NodeQueries))
+                              ShareQueries, ConnectivityQueries, NodeQueries))
 Mutation = merge_types("Mutation", (AuthMutations, SignUpMutations, TenantMutations, DeviceMutations, DataMutations,
                                     AccessMutations, PeopleMutations, SharingMutations, MigrationMutations,
                                     TemplateMutations, OptionMutations, ChangeMutations,
-                                    ShareMutations))
+                                    ShareMutations, ConnectivityMutations))
 
 
 class TenantrySchema(strawberry.Schema):

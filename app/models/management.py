@@ -300,6 +300,29 @@ monitored_tenants = Table(
     Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Bulk registration jobs (m0022); their rows are in the tenant's schema (registration_rows).
+registration_jobs = Table(
+    "registration_jobs",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Text, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("mode", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="QUEUED"),
+    Column("total", Integer, nullable=False),
+    Column("processed", Integer, nullable=False, server_default="0"),
+    Column("created", Integer, nullable=False, server_default="0"),
+    Column("existing", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("requested_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED')", name="registration_jobs_status_check"),
+    CheckConstraint("mode IN ('ALL_OR_NOTHING', 'PER_ROW')", name="registration_jobs_mode_check"),
+    Index("registration_jobs_running_idx", "status", postgresql_where=text("status IN ('QUEUED', 'RUNNING')")),
+)
+
 # Each move of a tenant to another parent: the export names the parent of each period.
 tenant_moves = Table(
     "tenant_moves",

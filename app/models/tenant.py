@@ -274,3 +274,18 @@ event_consumers = Table(
     Column("created_at", TS, nullable=False, server_default=func.now()),
     Column("acknowledged_at", TS),
 )
+
+# The rows of bulk registration jobs (t0009; the jobs: management.registration_jobs).
+registration_rows = Table(
+    "registration_rows",
+    metadata,
+    Column("job_id", Uuid, primary_key=True),
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("type", Text),
+    Column("external_id", Text),
+    Column("group_ref", Text),
+    Column("outcome", Text),
+    Column("device_id", BigInteger),
+    Column("message", Text),
+)

@@ -1,4 +1,5 @@
-"""Periodic housekeeping of a server process: jobs whose process died, expired idempotency keys.
+"""Periodic housekeeping of a server process: jobs (copies, device registrations) whose process died,
+expired idempotency keys.
 
 Each step is cheap and idempotent, so every worker process may run it; a failing step (the
 database restarting, say) is logged and tried again next time, never ends the loop.
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.runtime import idempotency
 from app.runtime.periodic import every
+from app.services.connectivity import registering
 from app.services.sharing import jobs
 
 log = logging.getLogger("tenantry.housekeeping")
@@ -23,6 +25,9 @@ async def run_once(engine: AsyncEngine, *, now: datetime) -> None:
     failed = await jobs.fail_interrupted(engine)
     if failed:
         log.warning("marked %d copy job(s) of a stopped process FAILED", failed)
+    stopped = await registering.fail_interrupted(engine)
+    if stopped:
+        log.warning("marked %d device registration job(s) of a stopped process FAILED", stopped)
     await idempotency.purge(engine, now=now)
 
 

@@ -104,7 +104,7 @@ def require_id(value: str | int, what: str, *, tenant: str | None = None) -> int
     return parsed
 
 
-def _device(row: Any) -> DeviceRecord:
+def device_record(row: Any) -> DeviceRecord:
     return DeviceRecord(*row)
 
 
@@ -112,7 +112,7 @@ def _group(row: Any) -> GroupRecord:
     return GroupRecord(*row)
 
 
-def _check_name(name: str, field: str = "name") -> str:
+def check_name(name: str, field: str = "name") -> str:
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput(f"{field} must be 1-200 characters", field=field)
@@ -158,7 +158,7 @@ async def create_device(
     external_id: str | None, fragments: object, group_id: int | None = None, parent_id: int | None = None,
     required_interval: int | None = None,
 ) -> DeviceRecord:
-    name = _check_name(name)
+    name = check_name(name)
     if type is not None and len(type) > 100:
         raise InvalidInput("type must be at most 100 characters", field="type")
     values = _check_fragments(fragments)
@@ -175,7 +175,7 @@ async def create_device(
                                required_interval=availability.check_interval(required_interval))
         .returning(*DEVICE_COLUMNS)
     )).one()
-    device = _device(row)
+    device = device_record(row)
     if group_id is not None:
         await db.execute(insert(group_devices).values(group_id=group_id, device_id=device.id))
     if external_id is not None:
@@ -190,14 +190,14 @@ async def device_by_id(db: Executor, scope: Scope, device_id: str | int) -> Devi
         return None
     stmt = _BY_ID if scope.unrestricted else _BY_ID.where(scope.devices(devices.c.id))
     row = (await db.execute(stmt, {"id": key})).first()
-    return _device(row) if row is not None else None
+    return device_record(row) if row is not None else None
 
 
 async def device_by_external_id(db: Executor, scope: Scope, *, type: str, value: str) -> DeviceRecord | None:
     stmt = (select(*DEVICE_COLUMNS).join(external_ids, external_ids.c.device_id == devices.c.id)
             .where(external_ids.c.type == type, external_ids.c.value == value, scope.devices(devices.c.id)))
     row = (await db.execute(stmt)).first()
-    return _device(row) if row is not None else None
+    return device_record(row) if row is not None else None
 
 
 def filtered(stmt: Select[Any], scope: Scope, f: DeviceFilter | None) -> Select[Any]:
@@ -229,7 +229,7 @@ async def list_devices(
 ) -> Page[DeviceRecord]:
     stmt, size = device_page(scope, filter=filter, first=first, after=after, cap=cap)
     rows = (await db.execute(stmt)).all()
-    return build_page([_device(r) for r in rows], size, lambda d: d.id)
+    return build_page([device_record(r) for r in rows], size, lambda d: d.id)
 
 
 def device_page(scope: Scope, *, filter: DeviceFilter | None, first: int | None, after: str | None,
@@ -258,7 +258,7 @@ async def update_device(db: Executor, scope: Scope, device_id: str, changes: Dev
         raise Forbidden("a device cannot change the inventory")
     values: dict[str, Any] = {}
     if changes.name is not None:
-        values["name"] = _check_name(changes.name)
+        values["name"] = check_name(changes.name)
     if changes.type is not None:
         values["type"] = changes.type
     if changes.fragments is not None:
@@ -283,7 +283,7 @@ async def update_device(db: Executor, scope: Scope, device_id: str, changes: Dev
     )).first()
     if row is None:
         raise NotFound(f"device {device_id} not found")
-    return _device(row)
+    return device_record(row)
 
 
 async def _descendants_and_self(db: Executor, device_id: int) -> set[int]:
@@ -349,7 +349,7 @@ async def group_by_id(db: Executor, scope: Scope, group_id: str) -> GroupRecord 
 
 
 async def create_group(db: Executor, scope: Scope, *, name: str, parent_id: int | None) -> GroupRecord:
-    name = _check_name(name)
+    name = check_name(name)
     if scope.device_id is not None:
         raise Forbidden("a device cannot change the inventory")
     if parent_id is not None:
@@ -468,7 +468,7 @@ async def groups_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int
 async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[DeviceRecord]]:
     out: dict[int, list[DeviceRecord]] = defaultdict(list)
     for row in (await db.execute(children_statement(scope, device_ids))).all():
-        device = _device(row)
+        device = device_record(row)
         assert device.parent_id is not None
         out[device.parent_id].append(device)
     return out
@@ -482,6 +482,6 @@ async def external_ids_of_devices(db: Executor, device_ids: Sequence[int]) -> di
 
 
 async def devices_by_ids(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, DeviceRecord]:
-    return {row.id: _device(row) for row in (await db.execute(devices_statement(scope, device_ids))).all()}
+    return {row.id: device_record(row) for row in (await db.execute(devices_statement(scope, device_ids))).all()}
 
 
