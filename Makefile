@@ -70,6 +70,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.list
 	$(BIN)/python -m bench.usage
 	$(BIN)/python -m bench.copy
+	$(BIN)/python -m bench.registration
+	$(BIN)/python -m bench.mqtt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
