@@ -390,7 +390,13 @@ async def transaction_on(conn: AsyncConnection) -> AsyncIterator[AsyncConnection
 @asynccontextmanager
 async def transaction(engine: AsyncEngine, prefix: str = "BEGIN") -> AsyncIterator[Transaction]:
     """A transaction that commits when the block succeeds and rolls back otherwise."""
-    tx = Transaction(engine, prefix)
+    async with settled(Transaction(engine, prefix)) as tx:
+        yield tx
+
+
+@asynccontextmanager
+async def settled(tx: Transaction) -> AsyncIterator[Transaction]:
+    """`tx` (a routed one: app.access.acting) committed when the block succeeds, rolled back otherwise."""
     try:
         yield tx
     except BaseException:

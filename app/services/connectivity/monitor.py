@@ -13,6 +13,7 @@ from app import ids
 from app.access.acting import management_transaction, tenant_transaction
 from app.access.principal import Actor
 from app.access.scope import Scope
+from app.db.transaction import settled
 from app.models.management import monitored_tenants, tenants
 from app.runtime import announcements
 from app.runtime.periodic import every, exclusively
@@ -43,9 +44,7 @@ async def sweep(engine: AsyncEngine) -> int:
 
 
 async def mark_overdue(engine: AsyncEngine, tenant_id: str) -> int:
-    tx = tenant_transaction(engine, tenant_id)
-    committed = False
-    try:
+    async with settled(tenant_transaction(engine, tenant_id)) as tx:
         late = await availability.overdue(tx)
         for device in late:
             record = await devices.device_by_id(tx, Scope(), device.device_id)
@@ -58,12 +57,7 @@ async def mark_overdue(engine: AsyncEngine, tenant_id: str) -> int:
                                          rows=[alarm])
             await data_audit.record(tx, actor=SYSTEM, action="device.availability", target=str(device.device_id),
                                     changes=[{"attribute": "availability", "previous": None, "new": "UNAVAILABLE"}])
-        await tx.finish(commit=True)
-        committed = True
-        return len(late)
-    finally:
-        if not committed:
-            await tx.finish(commit=False)
+    return len(late)
 
 
 async def periodic(engine: AsyncEngine, interval_seconds: float) -> None:

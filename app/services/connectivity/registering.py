@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.acting import management_transaction, tenant_transaction
 from app.access.principal import Actor
-from app.db.transaction import Executor, Transaction
+from app.db.transaction import Executor, Transaction, settled
 from app.errors import AppError, InvalidInput, LimitExceeded
 from app.models.management import registration_jobs
 from app.runtime import announcements
@@ -54,15 +54,10 @@ class Runner:
     async def _start(self) -> bool:
         """QUEUED → RUNNING, once the submitting request committed (it may still be finishing)."""
         for _ in range(100):
-            tx = management_transaction(self.engine)
-            try:
+            async with settled(management_transaction(self.engine)) as tx:
                 started = (await tx.execute(update(registration_jobs).where(
                     registration_jobs.c.id == self.job_id, registration_jobs.c.status == "QUEUED")
                     .values(status="RUNNING", heartbeat_at=func.now()).returning(registration_jobs.c.id))).first()
-                await tx.finish(commit=True)
-            except BaseException:
-                await tx.finish(commit=False)
-                raise
             if started is not None:
                 return True
             await asyncio.sleep(0.1)
@@ -112,18 +107,12 @@ class Runner:
         claimed: dict[str, int] = {}
         after = 0
         while True:
-            tx = tenant_transaction(self.engine, self.tenant_id)
-            committed = False
-            try:
+            async with settled(tenant_transaction(self.engine, self.tenant_id)) as tx:
                 rows = await reg.pending(tx, self.job_id, after)
-                if not rows:
-                    break
-                counts = await self._chunk(tx, rows, claimed, all_or_nothing=False)
-                await tx.finish(commit=True)
-                committed = True
-            finally:
-                if not committed:
-                    await tx.finish(commit=False)
+                if rows:
+                    counts = await self._chunk(tx, rows, claimed, all_or_nothing=False)
+            if not rows:
+                break
             after = rows[-1].line
             totals = {k: totals[k] + counts.get(k, len(rows) if k == "processed" else 0) for k in totals}
             self.counted(self.tenant_id, counts["created"])
@@ -157,43 +146,23 @@ class Runner:
 
     async def _report_invalid(self, checked: reg.Checked) -> None:
         """ALL_OR_NOTHING failed: the bad rows say why; the others were not registered (SKIPPED)."""
-        tx = tenant_transaction(self.engine, self.tenant_id)
-        try:
+        async with settled(tenant_transaction(self.engine, self.tenant_id)) as tx:
             await tx.execute(text("UPDATE registration_rows SET outcome = 'SKIPPED' WHERE job_id = :job"),
                              {"job": self.job_id})
             await reg.record_outcomes(tx, self.job_id, [(line, "FAILED", None, f"{e.code}: {e.message}")
                                                         for line, e in checked.failed.items()])
-            await tx.finish(commit=True)
-        except BaseException:
-            await tx.finish(commit=False)
-            raise
 
     async def _progress(self, totals: dict[str, int]) -> None:
-        tx = management_transaction(self.engine)
-        try:
+        async with settled(management_transaction(self.engine)) as tx:
             await reg.progress(tx, self.job_id, **totals)
-            await tx.finish(commit=True)
-        except BaseException:
-            await tx.finish(commit=False)
-            raise
 
     async def _finish(self, status: str, error: str | None, totals: dict[str, int] | None) -> None:
-        tx = management_transaction(self.engine)
-        try:
+        async with settled(management_transaction(self.engine)) as tx:
             await reg.progress(tx, self.job_id, status=status, error=error, finished_at=func.now(), **(totals or {}))
-            await tx.finish(commit=True)
-        except BaseException:
-            await tx.finish(commit=False)
-            raise
-        audit = tenant_transaction(self.engine, self.tenant_id)
-        try:
+        async with settled(tenant_transaction(self.engine, self.tenant_id)) as audit:
             await data_audit.record(audit, actor=self.actor, action="devices.registered", target=str(self.job_id),
                                     changes=[{"attribute": "status", "previous": "RUNNING", "new": status,
                                               **(totals or {}), **({"error": error} if error else {})}])
-            await audit.finish(commit=True)
-        except BaseException:
-            await audit.finish(commit=False)
-            raise
 
 
 class _Invalid(InvalidInput):
@@ -206,8 +175,7 @@ class _Invalid(InvalidInput):
 
 async def fail_interrupted(engine: AsyncEngine) -> int:
     """Jobs whose process stopped (no progress for STALE_SECONDS): FAILED, saying what to do."""
-    tx = management_transaction(engine)
-    try:
+    async with settled(management_transaction(engine)) as tx:
         done = await tx.execute(update(registration_jobs).where(
             registration_jobs.c.status.in_(["QUEUED", "RUNNING"]),
             func.coalesce(registration_jobs.c.heartbeat_at, registration_jobs.c.created_at)
@@ -215,9 +183,4 @@ async def fail_interrupted(engine: AsyncEngine) -> int:
             .values(status="FAILED", finished_at=func.now(),
                     error="the server stopped while registering: submit the same upload again (rows registered "
                           "already answer EXISTING)").returning(registration_jobs.c.id))
-        count = len(done.all())
-        await tx.finish(commit=True)
-        return count
-    except BaseException:
-        await tx.finish(commit=False)
-        raise
+        return len(done.all())
