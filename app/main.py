@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app.db.embedded import Supervisor
+from app.db.transaction import is_citus
 from app.graphql.schema import build_schema
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
@@ -105,6 +106,8 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tenant_ddl()  # render the provisioning DDL now, not in the first createSubtenant
+        for engine in (live.db.owner, live.db.app):  # asked now, never by a request holding a connection
+            await is_citus(engine)
         background = _start_background(live, settings)
         background += _start_log_readers(live, settings, app.state.realtime)
         on_stop_signal(app.state.graphql.operations.stop_streams)  # SSE streams end when a stop comes

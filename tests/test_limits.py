@@ -202,6 +202,7 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
     finally:
         process.terminate()
         await process.wait()
+        print((tmp_path / "serve.log").read_text(errors="replace")[-20000:])  # shown when an assertion fails
     # One bucket for both processes: the burst, and what refilled meanwhile (each process's own
     # bucket let 8 through).
     assert 4 <= rated.count("ok") <= 4 + int(elapsed) + 1, (rated, elapsed)

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from app.access.acting import RequestTransaction
 from app.db.engines import make_engine
+from app.db.naming import tenant_schema
 from app.db.transaction import driver_execute, is_citus, limit_schemas_per_connection, transaction
 from app.runtime.platform import Platform
 from app.tenancy.placement import placements
@@ -110,3 +111,37 @@ async def test_a_sweep_that_sized_many_tenants_gives_its_backend_up(world: World
         assert alive == 0
     finally:
         limit_schemas_per_connection(engine, platform.settings.schemas_per_connection)
+
+
+async def test_a_transaction_never_needs_a_second_connection_to_learn_the_engine(
+        world: World, platform: Platform) -> None:
+    """Whether the database runs Citus, asked with a cold cache inside a transaction, is asked on
+    that transaction's own connection: on a pool of one, a second checkout would wait for the
+    connection this transaction holds (on Citus, concurrent createSubtenant calls deadlocked so)."""
+    from app.db import transaction as module
+
+    t = await world.tenant()
+    engine = make_engine(platform.db.owner.url.render_as_string(hide_password=False), pool_size=1,
+                         max_overflow=0, pool_timeout=2)
+    key = engine.url.render_as_string(hide_password=True)
+    citus = await is_citus(engine)
+    try:
+        module._citus.pop(key)
+        async with transaction(engine) as tx:
+            await tx.execute(text("SELECT 1"))  # the pool's one connection is this transaction's now
+            await tx.exec_ddl("SELECT 1;\nSELECT 2")
+        module._citus.pop(key)
+        async with transaction(engine, f"BEGIN; SET LOCAL search_path = {tenant_schema(t.id)}") as tx:
+            await tx.execute(text("SELECT 1"))
+            assert (await tx.worker_xid() is None) == (not citus)
+        module._citus.pop(key)
+        request = RequestTransaction(engine)
+        try:
+            await request.plane(t.id).execute(text("SELECT 1"))
+            assert (await request.worker_xid(t.id) is None) == (not citus)
+        finally:
+            await request.finish(commit=False)
+        assert module._citus[key] == citus
+    finally:
+        module._citus[key] = citus
+        await engine.dispose()

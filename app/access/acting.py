@@ -298,7 +298,11 @@ class RequestTransaction:
                 touched_schema(conn, schema)
 
     async def worker_xid(self, plane: str | None) -> int | None:
-        if plane is None or not await is_citus(self._engine):
+        if plane is None:
+            return None
+        async with self._lock:  # asked on this request's connection, never a second one of the pool
+            citus = await is_citus(self._engine, await self._connection(plane))
+        if not citus:
             return None
         return int((await self.execute(plane, WORKER_XID)).scalar_one())
 

@@ -108,14 +108,18 @@ class Transaction:
             conn = await self._connection()
             await conn.exec_driver_sql(sql)
 
+    async def _on_citus(self) -> bool:
+        async with self._lock:
+            return await is_citus(self._engine, await self._connection())
+
     async def worker_xid(self) -> int | None:
-        if not await is_citus(self._engine):
+        if not await self._on_citus():
             return None
         return int((await self.execute(WORKER_XID)).scalar_one())
 
     async def exec_ddl(self, sql: str) -> None:
         """DDL text of several statements: in one round trip, or one statement per call on Citus."""
-        if await is_citus(self._engine):
+        if await self._on_citus():
             for statement in split_statements(sql):
                 await self.exec_driver_sql(statement)
         else:
@@ -162,14 +166,25 @@ _citus: dict[str, bool] = {}
 WORKER_XID = text("SELECT pg_current_xact_id()::text::bigint % 4294967296 FROM alembic_version LIMIT 1")
 
 
-async def is_citus(engine: AsyncEngine) -> bool:
-    """Whether the database runs Citus (asked once per database). Citus forwards a DDL string to its
-    workers as one prepared statement, so there DDL goes one statement per call (citusdata/citus#6608)."""
+_CITUS_QUERY = "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"
+
+
+async def is_citus(engine: AsyncEngine, conn: AsyncConnection | None = None) -> bool:
+    """Whether the database runs Citus (asked once per database, at start-up by the app). Citus
+    forwards a DDL string to its workers as one prepared statement, so there DDL goes one statement
+    per call (citusdata/citus#6608).
+
+    A caller that holds a connection passes it: asking on a second one from the same pool
+    deadlocked provisioning on a cold cache (each of four concurrent createSubtenant held an owner
+    connection, three waiting on the parent row the fourth had locked while it waited 30 s for a
+    fifth connection to ask this)."""
     key = engine.url.render_as_string(hide_password=True)
     if key not in _citus:
-        async with engine.connect() as conn:
-            found = (await conn.exec_driver_sql(
-                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")).scalar()
+        if conn is not None:
+            found = (await conn.exec_driver_sql(_CITUS_QUERY)).scalar()
+        else:
+            async with engine.connect() as own:
+                found = (await own.exec_driver_sql(_CITUS_QUERY)).scalar()
         _citus[key] = bool(found)
     return _citus[key]
 
