@@ -287,8 +287,7 @@ class RequestTransaction:
 
     async def exec_driver_sql(self, plane: str | None, sql: str) -> None:
         async with self._lock:
-            conn = await self._connection(plane)
-            await conn.exec_driver_sql(sql)
+            await (await self._connection(plane)).exec_driver_sql(sql)
 
     async def touch(self, schemas: Sequence[str]) -> None:
         """Count tenant schemas whose catalog entries this request loaded against the connection's limit."""
@@ -298,12 +297,9 @@ class RequestTransaction:
                 touched_schema(conn, schema)
 
     async def worker_xid(self, plane: str | None) -> int | None:
-        if plane is None:
-            return None
         async with self._lock:  # asked on this request's connection, never a second one of the pool
-            citus = await is_citus(self._engine, await self._connection(plane))
-        if not citus:
-            return None
+            if plane is None or not await is_citus(self._engine, await self._connection(plane)):
+                return None
         return int((await self.execute(plane, WORKER_XID)).scalar_one())
 
     def always(self, hook: AfterHook) -> None:
