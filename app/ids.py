@@ -26,7 +26,8 @@ from app.inputs import parse_id
 
 # The service layer's names for kinds (`require_id(value, "device")`) → GraphQL type names.
 KINDS = {"device": "Device", "group": "Group", "alarm": "Alarm", "event": "Event", "operation": "Operation",
-         "measurement": "Measurement", "rule": "RetentionRule"}
+         "measurement": "Measurement", "rule": "RetentionRule",
+         "deviceRequest": "DeviceRequest"}
 TYPES = frozenset(KINDS.values())
 _RAW = re.compile(r"([A-Za-z]{1,20}):(t[0-9]{1,19}|management):([0-9]{1,19})")
 _SHAPE = re.compile(r"[A-Za-z0-9_-]{8,80}")

@@ -16,6 +16,7 @@ rule. The rules, in one place:
 - Moving data between tenants (copy, migration) needs data access on both sides.
 - Suspended tenants: TENANT_SUSPENDED. Rate limits per tenant.
 - One pooled connection per request (`RequestTransaction`), with bounded waits.
+- A device with no credentials may only ask to join a tenant (`claimant`), with its claim code.
 - MQTT (the broker's authentication and topic hooks, app.access.broker): a device logs in with its
   id and device token, and reaches only its own topics; the bridge then acts as that device.
 """
@@ -36,7 +37,7 @@ from app import ids
 from app.access import broker, credentials
 from app.access.acting import PlaneView, RequestTransaction
 from app.access.admission import InFlight, RateLimiter
-from app.access.principal import DEVICE_USER_ID, Principal, Reach, Routed
+from app.access.principal import CLAIMANT, DEVICE_USER_ID, DEVICES_CLAIM, Principal, Reach, Routed
 from app.access.scope import Scope
 from app.auth.roles import BUILTIN_ROLES, METRICS_READ, permissions_of
 from app.auth.tokens import AccessTokens
@@ -247,6 +248,33 @@ class RequestAccess:
                         self.rate_limited = exc
         if self.rate_limited is not None:  # every resolver of a refused request is refused
             raise self.rate_limited
+        return self._routed
+
+    async def claimant(self) -> Routed:
+        """A device with no credentials asking to join the tenant X-Tenant-ID names (app.services.
+        connectivity.claims): it may only ask, with its claim code. Admission charged it against the
+        anonymous rate; the tenant's own rate applies as to every request."""
+        tenant_id = self.tenant_header
+        if not tenant_id or not is_tenant_id(tenant_id) or tenant_id == MANAGEMENT_TENANT_ID:
+            raise InvalidInput("send X-Tenant-ID: the tenant the device joins", field="X-Tenant-ID")
+        async with self._lock:
+            if self._routed is None:
+                record = await self.gate.registry.tenant(self.management_db, tenant_id)
+                if record is None or record.status == "DELETED":
+                    raise NotFound(f"no tenant {tenant_id}")
+                if record.status == "SUSPENDED":
+                    raise TenantSuspended(f"tenant {tenant_id} is suspended")
+                self._routed = Routed(principal=Principal.claimant(tenant_id), tenant=record, role="CLAIMANT",
+                                      custom_permissions=frozenset({DEVICES_CLAIM}))
+                self.ids.tenant = tenant_id
+                try:
+                    await self.gate.rate_limiter.take(record)
+                except RateLimited as exc:
+                    self.rate_limited = exc
+        if self.rate_limited is not None:
+            raise self.rate_limited
+        if self._routed.principal.token_id != CLAIMANT:
+            raise Forbidden("a device asks to join without credentials")
         return self._routed
 
     async def authorize(self, permission: str) -> Routed:

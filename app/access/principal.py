@@ -17,6 +17,8 @@ from app.tenancy.registry import TenantRecord
 
 OPERATOR_ID = UUID(int=0)
 DEVICE_USER_ID = UUID(int=1)  # placeholder user of device principals (never a real user)
+CLAIMANT = "claimant"  # the token id of a device asking to join, which has none
+DEVICES_CLAIM = "devices:claim"  # a claimant's one permission (no role holds it)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,15 @@ class Principal:
         """The shell operator (`tenantry tenants …`): acts as an ADMIN of the management tenant."""
         return cls(user_id=OPERATOR_ID, default_tenant_id=None, token_id="cli")
 
+    @classmethod
+    def claimant(cls, tenant_id: str) -> Principal:
+        """A device with no credentials yet, asking to join `tenant_id` (requestDeviceRegistration)."""
+        return cls(user_id=DEVICE_USER_ID, default_tenant_id=tenant_id, token_id=CLAIMANT)
+
     @property
     def actor(self) -> Actor:
+        if self.token_id == CLAIMANT:
+            return Actor("claimant", None)
         if self.device_id is not None:
             return Actor("device", str(self.device_id))
         if self.api_token_id is not None:

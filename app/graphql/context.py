@@ -117,6 +117,14 @@ class Context:
                      request_id=self.request_id, usage=self.usage,
                      warning_ratio=self.platform.settings.limit_warning_ratio)
 
+    async def claimant_plane(self) -> Plane:
+        """The data plane of a device asking to join the tenant of X-Tenant-ID (no credentials):
+        the gate routes it as a claimant, who may do nothing but ask."""
+        routed = await self.access.claimant()
+        return Plane(db=await self.tenant_db(), management=self.management_db, routed=routed,
+                     request_id=self.request_id, usage=self.usage,
+                     warning_ratio=self.platform.settings.limit_warning_ratio)
+
     async def scope(self) -> Scope:
         return (await self.routed()).scope
 

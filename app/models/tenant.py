@@ -289,3 +289,21 @@ registration_rows = Table(
     Column("device_id", BigInteger),
     Column("message", Text),
 )
+
+# Devices asking to join (app.services.connectivity.claims; t0010).
+device_requests = Table(
+    "device_requests",
+    metadata,
+    _id(),
+    Column("external_id", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False),
+    Column("claim_hash", LargeBinary),
+    Column("device_id", BigInteger, ForeignKey("devices.id", ondelete="SET NULL")),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("requested_at", TS),
+    Column("accepted_at", TS),
+    Column("delivered_at", TS),
+    CheckConstraint("status IN ('PREAUTHORIZED', 'PENDING', 'ACCEPTED', 'DELIVERED')",
+                    name="device_requests_status_check"),
+    Index("device_requests_status_idx", "status", "id"),
+)
