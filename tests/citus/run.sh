@@ -45,8 +45,7 @@ trap stop EXIT
 # What matters on Citus: provisioning (spares included), isolation at the GraphQL and SQL levels
 # (tenant roles log in, also directly on workers), copy and migration across workers, moves under
 # writes, migrate-all, usage sizes, realtime, retention, the tenant lifecycle, and capacity (timeouts,
-# per-tenant shares) and limits under concurrency across two workers, devices joining, and the pool never
-# asked for a second connection inside a transaction.
+# per-tenant shares) and limits under concurrency across two workers, and devices joining.
 cd "$root"
 TENANTRY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:9700/postgres TENANTRY_TENANT_ROLES_LOGIN=1 \
     .venv/bin/pytest -p no:cacheprovider "$@" \
@@ -54,4 +53,4 @@ TENANTRY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:9700/postgres TENANTR
     tests/test_tenant_lifecycle.py tests/test_copy.py tests/test_migrate.py tests/test_placement.py \
     tests/test_usage.py tests/test_realtime.py tests/test_retention.py tests/test_data.py tests/test_access_gate.py \
     tests/test_changes.py tests/test_webhooks.py tests/test_shares.py tests/test_capacity.py tests/test_limits.py \
-    tests/test_idempotency.py tests/test_claims.py tests/test_pool_reset.py
+    tests/test_idempotency.py tests/test_claims.py
