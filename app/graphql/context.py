@@ -113,6 +113,9 @@ class Context:
         """The routed tenant's data plane for a caller holding `permission` (or one of the
         alternatives): what the data-plane use cases in `app.services.data_plane` take."""
         routed = await (self.authorize_any(permission, *alternatives) if alternatives else self.authorize(permission))
+        return await self._plane(routed)
+
+    async def _plane(self, routed: Routed) -> Plane:
         return Plane(db=await self.tenant_db(), management=self.management_db, routed=routed,
                      request_id=self.request_id, usage=self.usage,
                      warning_ratio=self.platform.settings.limit_warning_ratio)
@@ -120,10 +123,7 @@ class Context:
     async def claimant_plane(self) -> Plane:
         """The data plane of a device asking to join the tenant of X-Tenant-ID (no credentials):
         the gate routes it as a claimant, who may do nothing but ask."""
-        routed = await self.access.claimant()
-        return Plane(db=await self.tenant_db(), management=self.management_db, routed=routed,
-                     request_id=self.request_id, usage=self.usage,
-                     warning_ratio=self.platform.settings.limit_warning_ratio)
+        return await self._plane(await self.access.claimant())
 
     async def scope(self) -> Scope:
         return (await self.routed()).scope
