@@ -125,6 +125,9 @@ class Settings:
     max_tenant_depth: int = 4
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # A rotated refresh token presented again this soon gets the same successor (two tabs, a retry);
+    # later, it revokes the whole login session as a stolen token's reuse.
+    refresh_reuse_grace_seconds: int = 30
     jwt_issuer: str = "tenantry"
     jwt_audience: str = "tenantry-api"
     max_body_bytes: int = 1024 * 1024
@@ -259,6 +262,7 @@ class Settings:
             max_tenant_depth=_int(env, "TENANTRY_MAX_TENANT_DEPTH", 4),
             access_token_ttl_seconds=_int(env, "TENANTRY_ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl_seconds=_int(env, "TENANTRY_REFRESH_TOKEN_TTL", 30 * 24 * 3600),
+            refresh_reuse_grace_seconds=_int(env, "TENANTRY_REFRESH_REUSE_GRACE", 30),
             max_body_bytes=_int(env, "TENANTRY_MAX_BODY_BYTES", 1024 * 1024),
             trusted_proxies=tuple(p.strip() for p in env.get("TENANTRY_TRUSTED_PROXIES", "").split(",") if p.strip()),
             page_size_cap=_int(env, "TENANTRY_PAGE_SIZE_CAP", 500),

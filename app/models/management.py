@@ -148,6 +148,10 @@ refresh_tokens = Table(
     Column("revoked_at", DateTime(timezone=True)),
     # A single sign-on session's only reach ("<tenant>" or "<tenant>/*"); null: unrestricted.
     Column("reach", Text),
+    # Set when rotated: the token that replaced it, and that token's secret sealed with the platform
+    # key (app.services.sessions.login.refresh), for a reuse within the grace window.
+    Column("successor_id", Uuid),
+    Column("successor_box", LargeBinary),
     Index("refresh_tokens_family_idx", "family_id"),
     Index("refresh_tokens_user_idx", "user_id"),
 )

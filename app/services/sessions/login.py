@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import func, insert, select, update
 
 from app.access.acting import PlaneView
 from app.access.principal import Reach
+from app.auth.secrets_box import SecretBox
 from app.auth.tokens import new_secret, secret_hash
 from app.db.naming import is_tenant_id
 from app.db.transaction import Executor, transaction
@@ -94,29 +97,46 @@ async def _default_tenant(db: Executor, user_id: UUID, asked: str | None) -> str
 
 
 async def _issue(platform: Platform, tx: Executor, user: UserRecord, tenant_id: str | None,
-                 *, family_id: UUID, reach: str | None = None) -> Session:
+                 *, family_id: UUID, reach: str | None = None, replaces: UUID | None = None) -> Session:
     secret = new_secret(REFRESH_PREFIX)
-    await tx.execute(insert(refresh_tokens).values(
+    token_id = (await tx.execute(insert(refresh_tokens).values(
         family_id=family_id,
         user_id=user.id,
         tenant_id=tenant_id,
         token_hash=secret_hash(secret),
         expires_at=datetime.now(UTC) + timedelta(seconds=platform.settings.refresh_token_ttl_seconds),
         reach=reach,
-    ))
+    ).returning(refresh_tokens.c.id))).scalar_one()
+    if replaces is not None:  # the rotated token remembers its successor for the grace window
+        await tx.execute(update(refresh_tokens).where(refresh_tokens.c.id == replaces).values(
+            rotated_at=func.now(), successor_id=token_id, successor_box=_successors(platform).seal(secret)))
+    return _session(platform, user, tenant_id, secret, family_id=family_id, reach=reach)
+
+
+def _session(platform: Platform, user: UserRecord, tenant_id: str | None, secret: str, *, family_id: UUID,
+             reach: str | None) -> Session:
     access = platform.access_tokens.issue(user_id=str(user.id), default_tenant_id=tenant_id, reach=reach,
                                           family=str(family_id))
     return Session(access, secret, platform.access_tokens.ttl_seconds, user, tenant_id)
 
 
+def _successors(platform: Platform) -> SecretBox:
+    return SecretBox(platform.settings.resolved_secret_key(), b"tenantry-refresh-successor")
+
+
 async def refresh(platform: Platform, db: PlaneView, *, refresh_token: str) -> Session:
-    """Rotate a refresh token. Presenting an already-rotated token revokes its whole family."""
+    """Rotate a refresh token. The same token presented again within the grace window, while its
+    successor is unused, gets that successor again (two tabs refreshing at once, a retry after a
+    lost answer); any other reuse of a rotated token revokes its whole family."""
     row = (await db.execute(
         select(refresh_tokens).where(refresh_tokens.c.token_hash == secret_hash(refresh_token)).with_for_update()
     )).first()
     if row is None or row.revoked_at is not None or row.expires_at <= datetime.now(UTC):
         raise Unauthenticated("invalid or expired refresh token")
     if row.rotated_at is not None:
+        again = await _within_grace(platform, db, row)
+        if again is not None:
+            return again
         family_id = row.family_id
 
         async def revoke_family(tx: Executor) -> None:
@@ -125,11 +145,30 @@ async def refresh(platform: Platform, db: PlaneView, *, refresh_token: str) -> S
         db.always(revoke_family)  # the family stays revoked although this request fails
         platform.registry.forget_sessions()
         raise Unauthenticated("refresh token reuse detected; please log in again", family=str(family_id))
-    await db.execute(update(refresh_tokens).where(refresh_tokens.c.id == row.id).values(rotated_at=func.now()))
     user = await user_by_id(db, row.user_id)
     if user is None or user.disabled:  # (disabling revokes the families too)
         raise Unauthenticated("invalid or expired refresh token")
-    return await _issue(platform, db, user, row.tenant_id, family_id=row.family_id, reach=row.reach)
+    return await _issue(platform, db, user, row.tenant_id, family_id=row.family_id, reach=row.reach, replaces=row.id)
+
+
+async def _within_grace(platform: Platform, db: PlaneView, row: Any) -> Session | None:
+    """The successor again, with a fresh access token, when the rotation was moments ago and the
+    successor is still the family's live, unrotated token; else None (a reuse)."""
+    grace = timedelta(seconds=platform.settings.refresh_reuse_grace_seconds)
+    if row.successor_id is None or row.successor_box is None or row.rotated_at + grace < datetime.now(UTC):
+        return None
+    successor = (await db.execute(select(refresh_tokens).where(
+        refresh_tokens.c.id == row.successor_id).with_for_update())).first()
+    if successor is None or successor.rotated_at is not None or successor.revoked_at is not None:
+        return None
+    user = await user_by_id(db, row.user_id)
+    if user is None or user.disabled:
+        raise Unauthenticated("invalid or expired refresh token")
+    try:
+        secret = _successors(platform).open(row.successor_box)
+    except InvalidTag:  # sealed under another platform key (rotated since): a reuse like any other
+        return None
+    return _session(platform, user, successor.tenant_id, secret, family_id=row.family_id, reach=successor.reach)
 
 
 async def _revoke_family(db: Executor, family_id: UUID) -> None:
