@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import os
 import shutil
 import sys
@@ -81,6 +82,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     host, port = args.host or settings.host, args.port or settings.port
     workers = args.workers or settings.workers
+    base = (settings.public_url or f"http://{host}:{port}").rstrip("/")
+    logging.getLogger("tenantry").info(
+        "GraphQL at %s/graphql (one tenant's own: %s/t/<tenant>/graphql; WebSocket and SSE on the same URLs), "
+        "console at %s/console/%s", base, base, base, f", GraphiQL at {base}/graphiql/" if settings.graphiql else "")
     if workers > 1:
         # Every worker writes its metrics here and a scrape adds them all up (prometheus_client's
         # multiprocess mode); emptied at each start so a counter never carries a dead run's values.

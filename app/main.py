@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from app.db.embedded import Supervisor
 from app.db.transaction import is_citus
 from app.graphql.schema import build_schema
+from app.http.console import LOCAL_ORIGINS, console_routes
 from app.http.export import UsageExportEndpoint
 from app.http.graphql import GRAPHIQL_DIR, GraphQLEndpoint, GraphQLLane
 from app.http.middleware import RequestIdMiddleware
@@ -63,10 +64,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     operator = OperatorEndpoints(live)
     hooks = BrokerHooks(live)
     middleware = [Middleware(RequestIdMiddleware)]
-    if settings.cors_origins:
+    if settings.cors_origins or not settings.production:
         middleware.append(Middleware(
             CORSMiddleware,
+            # Configured origins; else, in development only, a local dev server's (Vite on localhost:5173).
             allow_origins=list(settings.cors_origins),
+            allow_origin_regex=None if settings.cors_origins else LOCAL_ORIGINS,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-tenant-id", "x-request-id"],
             expose_headers=["x-request-id", "retry-after"],
@@ -75,7 +78,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     middleware.append(Middleware(GraphQLLane, endpoint=endpoint))  # /graphql itself, past the router
     static = [Mount("/graphiql", StaticFiles(directory=GRAPHIQL_DIR), name="graphiql")] if settings.graphiql else []
     app = Starlette(
-        routes=[*static,
+        routes=[*static, *console_routes(settings),
             Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
             Route("/healthz", operator.healthz, methods=["GET"]),
             Route("/readyz", operator.readyz, methods=["GET"]),

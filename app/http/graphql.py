@@ -41,7 +41,15 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.errors import AppError, CommitOutcomeUnknown, QueryTooComplex, RateLimited, Unauthenticated, Unavailable
+from app.errors import (
+    AppError,
+    CommitOutcomeUnknown,
+    InvalidInput,
+    QueryTooComplex,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from app.graphql.context import Context
 from app.graphql.engine import compiled
 from app.graphql.schema import TenantrySchema
@@ -57,6 +65,7 @@ from app.http.errors import (
 )
 from app.http.payload import unpack
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
+from app.http.routing import tenant_path
 from app.http.subscriptions import Operations, serve_sse, serve_websocket, wants_event_stream
 from app.http.tracing import annotate
 from app.logs import BufferedLineHandler
@@ -83,24 +92,23 @@ def _negotiate(accept: str) -> str:
 
 
 class GraphQLLane:
-    """ASGI middleware answering /graphql directly: Starlette's exception middleware, router,
-    route and request/response wrappers cost a tenth of a small compiled read's CPU and do
-    nothing for this endpoint, which classifies its own errors and allows its own methods.
-    Placed inside the request-id and CORS middleware, so both still apply."""
+    """ASGI middleware answering /graphql and /t/<tenant>/graphql (app.http.routing) directly: Starlette's
+    router and wrappers cost a tenth of a small compiled read's CPU and do nothing for this endpoint,
+    which classifies its own errors. Inside the request-id and CORS middleware, so both still apply."""
 
     def __init__(self, app: ASGIApp, endpoint: GraphQLEndpoint) -> None:
-        self.app = app
-        self.endpoint = endpoint
+        self.app, self.endpoint = app, endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/graphql":
-            await serve_websocket(self.endpoint.operations, scope, receive, send)
-            return
-        if scope["type"] != "http" or scope["path"] != "/graphql":
+        routed = tenant_path(scope) if scope["type"] in ("http", "websocket") else None
+        if routed is None:
             await self.app(scope, receive, send)
-            return
-        response = await self.endpoint.handle(Request(scope, receive, send))
-        await response(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await serve_websocket(self.endpoint.operations, routed[0], receive, send)
+        else:
+            response = error_response(InvalidInput("X-Tenant-ID names another tenant than the URL", field="X-Tenant-ID")
+                                      ) if routed[1] else await self.endpoint.handle(Request(routed[0], receive, send))
+            await response(routed[0], receive, send)
 
 
 class GraphQLEndpoint:

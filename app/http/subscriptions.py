@@ -49,6 +49,7 @@ from app.graphql.schema import TenantrySchema
 from app.http.errors import RequestError, entry, error_response, format_graphql_error, invalid
 from app.http.payload import unpack
 from app.http.persisted import PersistedQueries
+from app.http.routing import credentials
 from app.realtime.hub import Hub
 from app.realtime.sessions import Session
 from app.runtime.platform import Platform
@@ -262,19 +263,6 @@ class TenantTurns:
                 self._locks[tenant_id] = (lock, users - 1)
 
 
-def _credentials(payload: Any) -> tuple[str | None, str | None]:
-    """`Authorization` and `X-Tenant-ID` from a connection_init payload (keys in any case)."""
-    if not isinstance(payload, dict):
-        return None, None
-    lowered = {str(k).lower(): v for k, v in payload.items()}
-    headers = lowered.get("headers")
-    if isinstance(headers, dict):  # some clients nest them
-        lowered.update({str(k).lower(): v for k, v in headers.items() if str(k).lower() not in lowered})
-    authorization, tenant = lowered.get("authorization"), lowered.get("x-tenant-id")
-    return (authorization if isinstance(authorization, str) else None,
-            tenant if isinstance(tenant, str) else None)
-
-
 class WebSocketConnection:
     """One graphql-transport-ws connection."""
 
@@ -290,15 +278,26 @@ class WebSocketConnection:
         self._closing: tuple[int, str] | None = None
         self._closed = asyncio.Event()
 
+    async def _receive(self) -> str:
+        """The next text frame; a binary one reads as "", an invalid message (the protocol's are JSON text)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message["text"] if isinstance(message.get("text"), str) else ""
+
     async def serve(self) -> None:
-        if PROTOCOL not in self.ws.scope.get("subprotocols", []):
+        offered = self.ws.scope.get("subprotocols", [])
+        if PROTOCOL not in offered:
+            # Accepted first so the close code arrives (a close before it is a bare 403), with the subprotocol
+            # offered (a browser fails a handshake ignoring it; subscriptions-transport-ws offers "graphql-ws").
+            await self.ws.accept(subprotocol=offered[0] if offered else None)
             await self.ws.close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
             return
         await self.ws.accept(subprotocol=PROTOCOL)
         keepalive = asyncio.create_task(self._keepalive())
         try:
             try:
-                first = await asyncio.wait_for(self.ws.receive_text(), timeout=10.0)
+                first = await asyncio.wait_for(self._receive(), timeout=10.0)
             except TimeoutError:
                 await self.close(4408, "Connection initialisation timeout")
                 return
@@ -309,7 +308,10 @@ class WebSocketConnection:
             if message is None or message.get("type") != "connection_init":
                 await self.close(4400 if message is None else 4401, "Unauthorized" if message else "Invalid message")
                 return
-            authorization, tenant = _credentials(message.get("payload"))
+            authorization, tenant, conflict = credentials(message.get("payload"), self.ws.scope)
+            if conflict:
+                await self.close(4403, "Forbidden: X-Tenant-ID names another tenant than the URL")
+                return
             try:
                 self.session = await self.operations.open_session(
                     authorization=authorization, tenant_header=tenant, on_end=self._ended,
@@ -319,7 +321,7 @@ class WebSocketConnection:
                 return
             await self._send({"type": "connection_ack"})
             while self._closing is None:
-                raw = await self.ws.receive_text()
+                raw = await self._receive()
                 if len(raw) > self.max_message:  # refused before it is parsed (the request body limit)
                     await self.close(1009, "Message too big")
                     return
