@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-citus lint typecheck schema bench install clean lock broker
+.PHONY: run test test-citus lint typecheck schema bench install clean lock broker browser console
 
 # Installs the locked versions (requirements.lock), then the project itself without resolving again.
 $(STAMP): pyproject.toml requirements.lock
@@ -27,7 +27,7 @@ lock:
 install: $(STAMP)
 
 ## Start the server: venv, install, embedded PostgreSQL, migrate, bootstrap, serve on :8000.
-run: $(STAMP)
+run: $(STAMP) console
 	$(BIN)/tenantry migrate
 	$(BIN)/tenantry bootstrap
 	$(BIN)/tenantry serve
@@ -40,8 +40,27 @@ broker:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; }; } || \
 		echo "RabbitMQ could not be installed here: the MQTT tests will skip"
 
+# The reference console (console/: Vite + React + urql + graphql-ws, types by graphql-codegen from
+# schema.graphql, checked by tsc --strict), built into console/dist for `serve` to answer /console.
+# Without npm it is skipped with a message, and /console says how to build it.
+CONSOLE_SOURCES := $(shell find console/src -type f -not -path 'console/src/gql/*' 2>/dev/null) \
+	console/package.json console/package-lock.json console/index.html console/vite.config.ts \
+	console/codegen.ts console/tsconfig.json schema.graphql
+console/dist/index.html: $(CONSOLE_SOURCES)
+	@if command -v npm >/dev/null; then \
+		cd console && npm ci --no-audit --no-fund --loglevel=error && npm run build; \
+	else echo "npm is not installed: the console is not built (tests/test_console.py will skip)"; fi
+console: console/dist/index.html
+
+# The console's browser tests drive Debian's Chromium through Playwright (never a downloaded browser);
+# where it cannot be installed, tests/test_console.py skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ -w /var/lib/dpkg ] && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+		echo "Chromium could not be installed here: the console's browser tests will skip"
+
 ## Run the test suite against a real (embedded) PostgreSQL, plus lint and type checks.
-test: $(STAMP) broker
+test: $(STAMP) broker browser console
 	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/mypy
 	$(BIN)/pytest
