@@ -250,10 +250,12 @@ def _tenant_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="ENTERPRISE tenants may create subtenants (default STANDARD)")
     create.add_argument("--parent", default=MANAGEMENT_TENANT_ID, help="parent tenant id")
     create.add_argument("--template", help="tenant template (tenant_templates/*.json; default: by kind)")
+    create.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     create.set_defaults(fn=cmd_tenants_create)
     for action in ("suspend", "activate"):
         cmd = tenants.add_parser(action, help=f"{action} a tenant (and its subtree)")
         cmd.add_argument("tenant_id", help="the tenant's id (t + nine digits)")
+        cmd.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
         cmd.set_defaults(fn=lifecycle_command(action))
     placement = tenants.add_parser("placement", help="the node holding each tenant (Citus) and its size")
     placement.add_argument("tenant_id", nargs="*", help="only these tenants (default: all)")
@@ -304,7 +306,9 @@ def _data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                               help="last day (inclusive), YYYY-MM-DD")
     usage_export.add_argument("--granularity", choices=["day", "month", "total"], default="day",
                               help="one row per tenant and day, month, or the whole range")
-    usage_export.add_argument("--format", choices=["csv", "json"], default="csv", help="CSV or JSON lines")
+    usage_export.add_argument("--json", action="store_const", const="json", dest="format",
+                              help="JSON lines (named as GraphQL's TenantUsageSummary fields) instead of CSV")
+    usage_export.add_argument("--format", choices=["csv", "json"], default="csv", help="CSV, or json as --json does")
     usage_export.add_argument("--separator", default=",", help="CSV field separator (one character)")
     usage_export.add_argument("--decimal", choices=[".", ","], default=".", help="decimal mark in CSV")
     usage_export.set_defaults(fn=cmd_usage_export)

@@ -76,7 +76,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             max_age=600,
         ))
     middleware.append(Middleware(GraphQLLane, endpoint=endpoint))  # /graphql itself, past the router
-    static = [Mount("/graphiql", StaticFiles(directory=GRAPHIQL_DIR, html=True), name="graphiql")] if settings.graphiql else []
+    graphiql = Mount("/graphiql", StaticFiles(directory=GRAPHIQL_DIR, html=True), name="graphiql")
+    static = [graphiql] if settings.graphiql else []
     app = Starlette(
         routes=[*static, *console_routes(settings),
             Route("/graphql", endpoint.handle, methods=["GET", "POST"]),

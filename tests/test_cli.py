@@ -102,3 +102,38 @@ def test_version_json_and_help_for_every_option(run) -> None:  # type: ignore[no
         return out
 
     assert missing(parser(), "tenantry") == []
+
+
+def _fields(type_name: str) -> set[str]:
+    """The fields of a type in the committed schema.graphql."""
+    block = re.search(rf"^type {type_name}\b[^{{]*\{{(.*?)^\}}", (ROOT / "schema.graphql").read_text(), re.S | re.M)
+    assert block is not None, type_name
+    return set(re.findall(r"^  ([a-zA-Z]+)\b", block.group(1), re.M))
+
+
+def test_every_listing_takes_json_named_as_the_graphql_api(run) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    domain = unique("clij")
+    created = run("tenants", "create", "--domain", domain, "--company", "Json Co", "--admin-email",
+                  f"admin@{domain}.test", "--json")
+    assert created.returncode == 0, created.stderr
+    tenant = orjson.loads(created.stdout)
+    assert set(tenant) <= _fields("Tenant"), set(tenant) - _fields("Tenant")
+    assert (tenant["domain"], tenant["parentId"]) == (domain, "management")
+    for command in (("tenants", "suspend", tenant["id"]), ("tenants", "activate", tenant["id"]), ("tenants", "list")):
+        answered = run(*command, "--json")
+        assert answered.returncode == 0, answered.stderr
+        rows = [orjson.loads(line) for line in answered.stdout.splitlines()]
+        assert all(set(row) <= _fields("Tenant") for row in rows)
+        assert tenant["id"] in {row["id"] for row in rows}
+    exported = run("usage", "export", "--from", "2026-01-01", "--to", "2026-01-02", "--granularity", "total", "--json")
+    assert exported.returncode == 0, exported.stderr
+    rows = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    assert rows
+    summary = _fields("TenantUsageSummary") | {"period"}  # the export's own column: the day, month or range of a row
+    assert all(set(row) <= summary for row in rows), set(rows[0]) - summary
+    for command in (("users", "list"), ("tenants", "placement")):
+        answered = run(*command, "--json")
+        assert answered.returncode == 0, answered.stderr
+        assert all(isinstance(orjson.loads(line), dict) for line in answered.stdout.splitlines())

@@ -51,14 +51,7 @@ def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
     async def work(platform: Platform) -> int:
         routed = await operator(platform)
         records = await _all_tenants(platform, routed, args.status)
-        if args.json:
-            for r in records:
-                sys.stdout.write(orjson.dumps({"id": r.id, "domain": r.domain, "company": r.company, "kind": r.kind,
-                                               "status": r.status, "parentId": r.parent_id, "depth": r.depth,
-                                               "schemaVersion": r.schema_version,
-                                               "createdAt": r.created_at}).decode() + "\n")
-        else:
-            console.print(_tenant_table(records))
+        _print_tenants(records, json=args.json)
         return 0
 
     return run(settings, work)
@@ -77,10 +70,21 @@ def cmd_tenants_create(settings: Settings, args: argparse.Namespace) -> int:
                 domain=args.domain, company=args.company, admin_email=args.admin_email, kind=args.kind,
                 admin_password=args.admin_password, template=args.template,
             ))
-        console.print(_tenant_table([record]))
+        _print_tenants([record], json=args.json)
         return 0
 
     return run(settings, work)
+
+
+def _print_tenants(records: list[TenantRecord], *, json: bool) -> None:
+    """A table, or with --json one object per line named as GraphQL's `Tenant` fields are."""
+    if not json:
+        console.print(_tenant_table(records))
+        return
+    for r in records:
+        sys.stdout.write(orjson.dumps({"id": r.id, "domain": r.domain, "company": r.company, "kind": r.kind,
+                                       "status": r.status, "parentId": r.parent_id, "depth": r.depth,
+                                       "schemaVersion": r.schema_version, "createdAt": r.created_at}).decode() + "\n")
 
 
 def lifecycle_command(action: str) -> Callable[[Settings, argparse.Namespace], int]:
@@ -92,7 +96,7 @@ def lifecycle_command(action: str) -> Callable[[Settings, argparse.Namespace], i
             fn = service.suspend_tenant if action == "suspend" else service.activate_tenant
             async with transaction(platform.db.app) as tx:
                 record = await fn(platform, tx, routed, args.tenant_id)
-            console.print(_tenant_table([record]))
+            _print_tenants([record], json=args.json)
             return 0
 
         return run(settings, work)
