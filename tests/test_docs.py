@@ -41,6 +41,8 @@ NOT_RUN = {
                                  "between two tenants whose ids are the reader's: tests/test_changes.py and "
                                  "tests/test_shares.py run exactly these",
     ("docs/scaling-out.md", "sql"): "Citus cluster setup (make test-citus builds and runs such a cluster)",
+    ("docs/frontends.md", "ts"): "excerpts of the console's code (console/src), which tests/test_console_types.py "
+                                 "finds there verbatim and type-checks, and tests/test_console.py runs in Chromium",
     ("docs/mqtt.md", "python"): "a device needing a real MQTT broker: tests/test_mqtt.py runs this very block "
                                 "against RabbitMQ",
 }
