@@ -174,6 +174,15 @@ async def test_two_tenants_side_by_side_live_alarms_subtenants_and_the_export(
     lines = saved.read_text().splitlines()
     assert "tenantDomain" in lines[0] or "domain" in lines[0].lower(), lines[:2]
     assert download.suggested_filename.startswith(f"usage-{enterprise.id}-")
+
+    # The same tenants in two browser tabs of one session: each tab shows only its own tenant.
+    tabs = {tenant.id: await context.new_page() for tenant in (enterprise, standard)}
+    for tenant_id, tab in tabs.items():
+        await tab.goto(f"{base}/console/#/t/{tenant_id}")
+    await tabs[enterprise.id].locator("tr[data-device='pump-e']").wait_for()
+    await tabs[standard.id].locator("tr[data-device='meter-s']").wait_for()
+    assert await tabs[enterprise.id].locator("tr[data-device='meter-s']").count() == 0
+    assert await tabs[standard.id].locator("tr[data-device='pump-e']").count() == 0
     await context.close()
 
 

@@ -15,7 +15,9 @@ from starlette.applications import Starlette
 
 from app.main import create_app
 from app.runtime.platform import Platform
+from app.settings import Settings
 from tests.conftest import Api, World
+from tests.test_stops import _free_port, _serve, _until_listening
 
 TENANT = "{ tenant { id } devices(first: 5) { edges { node { name } } } }"
 
@@ -142,3 +144,25 @@ async def test_the_root_sends_people_to_the_console_and_an_unbuilt_console_says_
         assert "<div id=root>" in page.text
         assert (await client.get("/console/assets/app.js")).text == "console.log('hello')"
         assert (await client.get("/console/../secret_key")).status_code == 404
+
+
+async def test_serve_names_its_urls_and_its_root_answers(settings: Settings, platform: Platform,
+                                                         tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    process = await _serve(settings, port, log)
+    try:
+        await _until_listening(port, process)
+        base = f"http://127.0.0.1:{port}"
+        printed = log.read_text()
+        for url in (f"{base}/graphql", f"{base}/t/<tenant>/graphql", f"{base}/console/", f"{base}/graphiql/"):
+            assert url in printed, printed
+        async with httpx.AsyncClient(base_url=base) as client:
+            root = await client.get("/", follow_redirects=True)  # the URL uvicorn prints is not a dead end
+            assert root.status_code in (200, 503)
+            assert str(root.url).endswith("/console/")
+            assert (await client.get("/graphiql/")).text.count("graphql-ws.min.js") == 1
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
