@@ -4,13 +4,19 @@ real uvicorn for WebSockets; the console itself in a browser is tests/test_conso
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
+import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
+import psycopg
 import pytest
 import websockets
+from sqlalchemy import text
 from starlette.applications import Starlette
 
 from app.main import create_app
@@ -166,3 +172,65 @@ async def test_serve_names_its_urls_and_its_root_answers(settings: Settings, pla
         if process.returncode is None:
             process.terminate()
             await process.wait()
+
+
+# urql's Accept for every query and mutation: it could read a stream, but prefers JSON.
+URQL_ACCEPT = "application/graphql-response+json, application/graphql+json, application/json, text/event-stream, " \
+              "multipart/mixed"
+
+
+async def test_a_client_that_prefers_json_gets_json_and_one_that_prefers_a_stream_gets_sse(
+        http: httpx.AsyncClient, world: World) -> None:
+    tenant = await world.tenant()
+    auth = {"Authorization": f"Bearer {tenant.token}"}
+    for accept, expected in ((URQL_ACCEPT, "application/graphql-response+json"),
+                             ("text/event-stream;q=0.5, application/json", "application/json"),
+                             ("text/event-stream", "text/event-stream"),
+                             ("text/event-stream, application/json", "text/event-stream")):
+        answer = await http.post(f"/t/{tenant.id}/graphql", json={"query": "{ tenant { id } }"},
+                                 headers={**auth, "Accept": accept})
+        assert answer.headers["content-type"].split(";")[0] == expected, accept
+        assert tenant.id in answer.text
+
+
+@contextlib.asynccontextmanager
+async def _usage_locked(settings: Settings) -> AsyncIterator[None]:
+    """An operator's session holding the usage table (what `Tenant.limits` reads beside the limits)."""
+    assert settings.database_url is not None
+    conn = await psycopg.AsyncConnection.connect(settings.database_url.replace("+psycopg", "", 1))
+    try:
+        await conn.execute("LOCK TABLE tenantry.usage_daily IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        await conn.rollback()
+        await conn.close()
+
+
+async def test_a_query_over_sse_cut_short_gives_its_connection_back(world: World, settings: Settings,
+                                                                   platform: Platform) -> None:
+    """A stream ended while its query waits (the server stopping; a client gone, seen at the next
+    keep-alive) while a batched field's statement waits too: the cancelled operation's transaction
+    still ends, and its connection goes back (it stayed out, idle in transaction, before)."""
+    tenant = await world.tenant()
+    app = create_app(platform=platform)
+    idle = text("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
+                "AND usename = 'tenantry_app'")
+    transport = httpx.ASGITransport(app=app)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with _usage_locked(settings):
+                answer = asyncio.create_task(client.post(
+                    "/graphql", json={"query": "{ tenant { id limits { deviceCount } } }"},
+                    headers={"Authorization": f"Bearer {tenant.token}", "X-Tenant-ID": tenant.id,
+                             "Accept": "text/event-stream"}))
+                await asyncio.sleep(0.5)  # the limits' batch waits for the lock
+                app.state.graphql.operations.stop_streams()
+                ended = await asyncio.wait_for(answer, 10)
+                assert ended.text.endswith("event: complete\ndata:\n\n"), ended.text
+            await asyncio.sleep(0.5)  # the lock is gone: an abandoned transaction would now sit idle in it
+        async with platform.db.owner.connect() as conn:
+            assert (await conn.execute(idle)).scalar_one() == 0
+        gc.collect()
+    leaked = [w for w in caught if "non-checked-in connection" in str(w.message)]
+    assert leaked == [], leaked

@@ -63,10 +63,11 @@ from app.http.errors import (
     graphql_status,
     is_request_error,
 )
+from app.http.negotiation import negotiate, wants_event_stream
 from app.http.payload import unpack
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
 from app.http.routing import tenant_path
-from app.http.subscriptions import Operations, serve_sse, serve_websocket, wants_event_stream
+from app.http.subscriptions import Operations, serve_sse, serve_websocket
 from app.http.tracing import annotate
 from app.logs import BufferedLineHandler
 from app.runtime import idempotency
@@ -77,18 +78,6 @@ GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 
 # Which path answered (README, "Compiled reads"): the generic one sends no header.
 _COMPILED = {"tenantry-read-path": "compiled"}
-
-
-def _negotiate(accept: str) -> str:
-    """The response media type: graphql-response+json when accepted, else application/json."""
-    if not accept:
-        return JSON
-    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    if GRAPHQL_RESPONSE in types:
-        return GRAPHQL_RESPONSE
-    if JSON in types or "*/*" in types or "application/*" in types:
-        return JSON
-    raise RequestError(406, f"cannot answer with any of: {accept}; use {GRAPHQL_RESPONSE} or {JSON}")
 
 
 class GraphQLLane:
@@ -172,7 +161,7 @@ class GraphQLEndpoint:
                 return HTMLResponse(self._ide_html)
             if wants_event_stream(request):
                 return await serve_sse(self.operations, request, await self._read_payload(request))
-            media_type = _negotiate(request.headers.get("accept", ""))
+            media_type = negotiate(request.headers.get("accept", ""))
             payload = await self._read_payload(request)
             query, variables, operation_name = unpack(payload, self.persisted,
                                                       request.headers.get("authorization"),

@@ -231,6 +231,9 @@ class Operations:
             await context.finish(commit=False)
             await emit({"errors": [entry(exc)]})
             return
+        except BaseException:  # the client went away (the stream is cancelled): its connection goes back
+            await context.finish(commit=False)
+            raise
         body: dict[str, Any] = {"data": None if errors and context.wrote_tenant_data else result.data}
         if errors:
             body["errors"] = [format_graphql_error(e, context.request_id, context) for e in errors]
@@ -434,10 +437,6 @@ class WebSocketConnection:
 
 async def serve_websocket(operations: Operations, scope: Scope, receive: Receive, send: Send) -> None:
     await WebSocketConnection(operations, WebSocket(scope, receive, send), send).serve()
-
-
-def wants_event_stream(request: Request) -> bool:
-    return request.method == "POST" and "text/event-stream" in request.headers.get("accept", "")
 
 
 async def serve_sse(operations: Operations, request: Request, payload: dict[str, Any]) -> Response:
