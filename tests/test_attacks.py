@@ -25,11 +25,12 @@ from app.cli import uvicorn_options
 from app.http.persisted import PersistedQueries, PersistedQueryError
 from app.ids import decode
 from app.runtime.platform import Platform
-from app.runtime.throttle import MAX_PER_ADDRESS, LoginThrottle
+from app.runtime.throttle import MAX_PER_ADDRESS, MAX_PER_EMAIL, LoginThrottle, address_key, email_key
 from app.services.inventory import devices
 from app.services.sessions import accounts
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, World, unique
+from tests.test_stops import TENANTRY, _env, _free_port, _until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MOVE = "mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }"
@@ -111,10 +112,18 @@ def test_serve_trusts_forwarded_headers_only_from_the_operators_proxies() -> Non
     assert (behind["proxy_headers"], behind["forwarded_allow_ips"]) == (True, "10.0.0.5,10.1.0.0/16")
 
 
+async def _forget_address(platform: Platform, address: str) -> None:
+    """Attempts are counted in the database for every process (the in-process app's included): this
+    test starts from none from its address, and leaves none behind."""
+    async with platform.db.owner.begin() as conn:
+        await conn.execute(text("DELETE FROM tenantry.rate_buckets WHERE key = :k"), {"k": address_key(address)})
+
+
 async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settings: Settings, platform: Platform,
                                                                          tmp_path: Path) -> None:
     """A real `tenantry serve`: 50 failed logins from one address (under other emails and forged
     X-Forwarded-For headers) and the next is RATE_LIMITED."""
+    await _forget_address(platform, "127.0.0.1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -141,8 +150,46 @@ async def test_rotating_x_forwarded_for_does_not_reset_the_login_throttle(settin
     finally:
         server.terminate()
         await server.wait()
+    await _forget_address(platform, "127.0.0.1")
     assert codes[:MAX_PER_ADDRESS] == ["UNAUTHENTICATED"] * MAX_PER_ADDRESS, messages[:2]
     assert codes[-1] == "RATE_LIMITED"
+
+
+async def test_failed_logins_are_counted_once_for_every_worker(settings: Settings, platform: Platform,
+                                                               world: World, tmp_path: Path) -> None:
+    """`serve --workers 2`, 14 wrong passwords for one email at once, each on its own connection (so
+    both processes take part): exactly MAX_PER_EMAIL are checked, the rest RATE_LIMITED (a count per
+    process let 2 x 10 through), and the right password is refused too until the window ends."""
+    await _forget_address(platform, "127.0.0.1")
+    t = await world.tenant()
+    port = _free_port()
+    with (tmp_path / "serve.log").open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            *TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
+            env=_env(settings, TENANTRY_PORT=str(port), TENANTRY_WORKERS="2"))
+    try:
+        await _until_listening(port, process)
+
+        async def attempt(password: str) -> str:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                body = (await client.post("/graphql", json={"query": TRY, "variables": {
+                    "e": t.admin_email, "p": password}})).json()
+            return "ok" if "errors" not in body else str(body["errors"][0]["extensions"]["code"])
+
+        codes = await asyncio.gather(*(attempt("wrong-password") for _ in range(MAX_PER_EMAIL + 4)))
+        right = await attempt(PASSWORD)
+    finally:
+        process.terminate()
+        await process.wait()
+        await _forget_address(platform, "127.0.0.1")
+        async with platform.db.owner.begin() as conn:
+            await conn.execute(text("DELETE FROM tenantry.rate_buckets WHERE key = :k"),
+                               {"k": email_key(t.admin_email)})
+    assert sorted(codes) == ["RATE_LIMITED"] * 4 + ["UNAUTHENTICATED"] * MAX_PER_EMAIL, codes
+    assert right == "RATE_LIMITED"
+
+
+TRY = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }"
 
 
 async def test_operations_over_a_websocket_carry_the_client_address_and_its_limits(

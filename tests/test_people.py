@@ -205,7 +205,7 @@ async def test_failed_logins_are_throttled_and_audited(api: Api, world: World, p
         failed = (await conn.execute(text("SELECT count(*) FROM tenantry.audit_log WHERE action = 'login.failed' "
                                           "AND target = :e"), {"e": t.admin_email})).scalar_one()
     assert failed == 10
-    platform.login_throttle.succeeded(t.admin_email)  # leave the shared throttle clean for other tests
+    await platform.login_throttle.succeeded(t.admin_email, None)  # leave the shared throttle clean for other tests
 
 
 async def test_parent_level_users_manage_descendants_and_reach_data_only_with_full_access(

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import RateLimited, Unavailable
+from app.models.management import rate_buckets
 from app.tenancy.registry import TenantRecord
 
 log = logging.getLogger("tenantry.admission")
@@ -45,6 +48,28 @@ WHERE LEAST(%(burst)s, b.tokens + GREATEST(0, %(now)s - b.updated_at) * %(rate)s
 RETURNING tokens"""
 
 
+# Counters over a fixed window (login attempts: exactly `cap` within WINDOW seconds, as a user is
+# told), in the same table: `tokens` counts the window's attempts, `updated_at` is when it began.
+_ATTEMPT = """INSERT INTO tenantry.rate_buckets AS b (key, tokens, updated_at) VALUES (%(k)s, 1, %(now)s)
+ON CONFLICT (key) DO UPDATE SET
+  tokens = CASE WHEN b.updated_at <= %(now)s - %(window)s THEN 1 ELSE b.tokens + 1 END,
+  updated_at = CASE WHEN b.updated_at <= %(now)s - %(window)s THEN %(now)s ELSE b.updated_at END
+WHERE b.updated_at <= %(now)s - %(window)s OR b.tokens < %(cap)s
+RETURNING tokens"""
+_ATTEMPTS = """SELECT CASE WHEN updated_at <= %(now)s - %(window)s THEN 0 ELSE tokens END,
+       updated_at + %(window)s - %(now)s FROM tenantry.rate_buckets WHERE key = %(k)s"""
+_GIVE_BACK = "UPDATE tenantry.rate_buckets SET tokens = GREATEST(0, tokens - 1) WHERE key = %(k)s"
+_RESET = "DELETE FROM tenantry.rate_buckets WHERE key = %(k)s"
+
+
+async def purge_buckets(engine: AsyncEngine, idle_seconds: float = 3600.0) -> int:
+    """Forget buckets untouched for an hour: full again at every rate used here (an address sweep's
+    rows must not pile up)."""
+    async with engine.begin() as conn:
+        gone = await conn.execute(delete(rate_buckets).where(rate_buckets.c.updated_at < time.time() - idle_seconds))
+    return int(gone.rowcount)
+
+
 class SharedBuckets:
     """Token buckets in PostgreSQL (`tenantry.rate_buckets`), so that every worker process and every
     server draws from one bucket per tenant. One autocommit connection of its own per process (not
@@ -57,12 +82,30 @@ class SharedBuckets:
 
     async def take(self, key: str, rate: float, burst: float) -> bool:
         """Whether a token was taken; psycopg.Error when the database cannot say."""
+        return await self._run(_TAKE, {"k": key, "rate": rate, "burst": burst}) is not None
+
+    async def attempt(self, key: str, cap: int, window: float) -> bool:
+        """Count an attempt in the key's current window, unless `cap` are counted there already."""
+        return await self._run(_ATTEMPT, {"k": key, "cap": cap, "window": window}) is not None
+
+    async def attempts(self, key: str, window: float) -> tuple[int, float]:
+        """The attempts of the key's current window, and the seconds until it ends."""
+        row = await self._run(_ATTEMPTS, {"k": key, "window": window})
+        return (int(row[0]), float(row[1])) if row is not None else (0, 0.0)
+
+    async def give_back(self, key: str) -> None:
+        await self._run(_GIVE_BACK, {"k": key})
+
+    async def reset(self, key: str) -> None:
+        await self._run(_RESET, {"k": key})
+
+    async def _run(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         async with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=5)
             try:
-                cursor = await self._conn.execute(_TAKE, {"k": key, "rate": rate, "burst": burst, "now": time.time()})
-                return await cursor.fetchone() is not None
+                cursor = await self._conn.execute(sql, {**params, "now": time.time()})
+                return await cursor.fetchone() if cursor.description else None
             except psycopg.Error:
                 await self._conn.close()
                 self._conn = None

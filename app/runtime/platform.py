@@ -67,16 +67,15 @@ class Platform:
         keep_connections(db.app, limit=max(1, settings.pool_size // 2))
         limit_schemas_per_connection(db.app, settings.schemas_per_connection)
         metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
+        shared = SharedBuckets(db.app.url.set(drivername="postgresql").render_as_string(hide_password=False))
         return cls(
             settings=settings,
             db=db,
             meter=Meter(db.app, flushed=lambda outcome: metrics.usage_flushes.labels(outcome).inc()),
             metrics=metrics,
-            rate_limiter=RateLimiter(anonymous_rate=settings.anonymous_requests_per_second,
-                                     shared=SharedBuckets(db.app.url.set(drivername="postgresql")
-                                                          .render_as_string(hide_password=False))),
+            rate_limiter=RateLimiter(anonymous_rate=settings.anonymous_requests_per_second, shared=shared),
             api_token_use=LastUsed(),
-            login_throttle=LoginThrottle(),
+            login_throttle=LoginThrottle(shared=shared),  # the same buckets: one connection per process
             registry=Registry(ttl=settings.registry_ttl_seconds),
             passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib),
             access_tokens=AccessTokens(

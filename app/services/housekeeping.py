@@ -1,5 +1,5 @@
 """Periodic housekeeping of a server process: jobs (copies, device registrations) whose process died,
-expired idempotency keys.
+expired idempotency keys, idle rate-limit and login-throttle buckets.
 
 Each step is cheap and idempotent, so every worker process may run it; a failing step (the
 database restarting, say) is logged and tried again next time, never ends the loop.
@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.access.admission import purge_buckets
 from app.runtime import idempotency
 from app.runtime.periodic import every
 from app.services.connectivity import registering
@@ -29,6 +30,7 @@ async def run_once(engine: AsyncEngine, *, now: datetime) -> None:
     if stopped:
         log.warning("marked %d device registration job(s) of a stopped process FAILED", stopped)
     await idempotency.purge(engine, now=now)
+    await purge_buckets(engine)
 
 
 async def periodic(engine: AsyncEngine, interval: float, clock: Callable[[], datetime]) -> None:

@@ -48,11 +48,11 @@ async def login(platform: Platform, db: PlaneView, *, email: str, password: str,
                 address: str | None = None, request_id: str | None = None) -> Session:
     """A new session for the right email and password, on the request's own transaction."""
     email = email.strip()
-    platform.login_throttle.check(email, address)
+    await platform.login_throttle.check(email, address)
     user = await user_by_email(db, email)
     # The same error, and the same argon2 work, whether the email or the password is wrong.
     if not await platform.passwords.verify(user.password_hash if user else None, password) or user is None:
-        platform.login_throttle.failed(email, address)
+        await platform.login_throttle.failed(email, address)
         # Audited in the tenant asked for only if it exists (else in the management tenant's).
         known = tenant_id if tenant_id and is_tenant_id(tenant_id) and await platform.registry.tenant(
             db, tenant_id) is not None else "management"
@@ -63,7 +63,7 @@ async def login(platform: Platform, db: PlaneView, *, email: str, password: str,
 
         db.always(audit_failure)  # kept although the request fails, on the request's connection
         raise Unauthenticated(BAD_CREDENTIALS)
-    platform.login_throttle.succeeded(email)
+    await platform.login_throttle.succeeded(email, address)
     if user.disabled:  # said only after the right password: nobody else learns the account's state
         raise Unauthenticated("this account is disabled")
     default_tenant = await _default_tenant(db, user.id, tenant_id)
