@@ -30,7 +30,7 @@ from app.services.inventory import devices
 from app.services.sessions import accounts
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, World, unique
-from tests.test_stops import TENANTRY, _env, _free_port, _until_listening
+from tests.test_stops import _free_port, _serve, _until_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MOVE = "mutation($d: ID!, $p: ID!) { updateDevice(id: $d, input: {parentId: $p}) { id } }"
@@ -163,10 +163,7 @@ async def test_failed_logins_are_counted_once_for_every_worker(settings: Setting
     await _forget_address(platform, "127.0.0.1")
     t = await world.tenant()
     port = _free_port()
-    with (tmp_path / "serve.log").open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            *TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
-            env=_env(settings, TENANTRY_PORT=str(port), TENANTRY_WORKERS="2"))
+    process = await _serve(settings, port, tmp_path / "serve.log", TENANTRY_WORKERS="2")
     try:
         await _until_listening(port, process)
 

@@ -16,7 +16,7 @@ from app.services.usage.statistics import take_snapshots
 from app.settings import Settings
 from tests.conftest import PASSWORD, Api, TenantHandle, World, assert_denied, unique
 from tests.test_people import INVITE, _latest_token
-from tests.test_stops import ROOT, TENANTRY, _env, _free_port, _until_listening
+from tests.test_stops import _free_port, _serve, _until_listening
 
 UPDATE = "mutation($id: ID!, $l: TenantLimitsInput!) { updateTenant(id: $id, input: {limits: $l}) { id } }"
 
@@ -168,10 +168,7 @@ async def test_limits_hold_under_concurrent_calls_across_two_workers(
                                {"e": email, "h": await platform.passwords.hash(PASSWORD)})
         invitees.append((await api.token(email, PASSWORD), await _latest_token(platform, email)))
     port = _free_port()
-    with (tmp_path / "serve.log").open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            *TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
-            env=_env(settings, TENANTRY_PORT=str(port), TENANTRY_WORKERS="2"))
+    process = await _serve(settings, port, tmp_path / "serve.log", TENANTRY_WORKERS="2")
     try:
         await _until_listening(port, process)
 

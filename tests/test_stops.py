@@ -48,10 +48,10 @@ async def _wait_exit(process: asyncio.subprocess.Process, seconds: float) -> flo
     return time.monotonic() - started
 
 
-async def _serve(settings: Settings, port: int, log: Path) -> asyncio.subprocess.Process:
+async def _serve(settings: Settings, port: int, log: Path, **extra: str) -> asyncio.subprocess.Process:
     with log.open("wb") as out:
         return await asyncio.create_subprocess_exec(*TENANTRY, "serve", cwd=ROOT, stdout=out, stderr=out,
-                                                    env=_env(settings, TENANTRY_PORT=str(port)))
+                                                    env=_env(settings, TENANTRY_PORT=str(port), **extra))
 
 
 async def _until_listening(port: int, process: asyncio.subprocess.Process) -> None:
