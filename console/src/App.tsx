@@ -1,7 +1,7 @@
 // The console's shell: sign in, choose tenants (with the role in each), and the open tenants side
 // by side, each in its own panel with its own client (clients.ts). The URL hash lists the open
 // tenants (#/t/<id>,<id>), so a browser tab per tenant is a bookmark away.
-import { useEffect, useState, type FormEvent } from "react";
+import { useCallback, useEffect, useState, type FormEvent } from "react";
 import { graphql } from "./gql";
 import type { MeQuery } from "./gql/graphql";
 import { accessToken, ApiError, load, login, logout, onSessionChange, post, type Stored } from "./session";
@@ -22,8 +22,9 @@ function openFromHash(): string[] {
 export function App() {
   const [session, setSession] = useState<Stored | null>(load());
   useEffect(() => onSessionChange((stored) => { if (!stored) forgetClients(); setSession(stored); }), []);
+  const signedOut = useCallback(() => { forgetClients(); setSession(null); }, []);
   if (!session) return <SignIn onSignedIn={setSession} />;
-  return <Console email={session.email} onSignedOut={() => { forgetClients(); setSession(null); }} />;
+  return <Console email={session.email} onSignedOut={signedOut} />;
 }
 
 function SignIn({ onSignedIn }: { onSignedIn: (stored: Stored) => void }) {

@@ -55,7 +55,7 @@ export function useLive<R, V extends { after?: string | null }>(
       window.clearTimeout(timer);
       unsubscribe?.();
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // `variables` enter through `key` (their JSON): a new object with the same values is the same subscription.
   }, [tenant, document, key]);
 
   return { state, reconnects, last: last.current };
