@@ -62,8 +62,15 @@ async def both(http: httpx.AsyncClient, app: Starlette, token: str, tenant: str,
     assert READ_PATH not in generic.headers
     context = f"\n{query}\n{variables}\ncompiled: {compiled.text[:2000]}\ngeneric:  {generic.text[:2000]}"
     assert compiled.status_code == generic.status_code, context
-    assert canonical(orjson.loads(compiled.content)) == canonical(orjson.loads(generic.content)), context
-    return bool(compiled.headers.get(READ_PATH) == "compiled")
+    mine, theirs = orjson.loads(compiled.content), orjson.loads(generic.content)
+    if mine.get("data", 0) is None and theirs.get("data", 0) is None and "errors" in mine and "errors" in theirs:
+        # Several non-null roots failing: graphql-core reports the ones that fail before `data` is
+        # nulled and drops the rest, so which depends on what the gate had already looked up (the
+        # compiled path's checks before falling back, or a warm cache on the generic path alone).
+        assert all(e["extensions"]["code"] not in ("INTERNAL", None) for e in mine["errors"] + theirs["errors"])
+        return False
+    assert canonical(mine) == canonical(theirs), context
+    return compiled.headers.get(READ_PATH) in ("compiled", "partly compiled")
 
 
 # --- the corpus -------------------------------------------------------------------------------------
@@ -118,10 +125,20 @@ class Generator:
         return ""
 
     def leaves(self, names: list[str]) -> list[str]:
-        return [self.name(f) + self.directive() for f in self.rng.sample(names, self.rng.randint(1, 5))]
+        return [self.name(f) + self.directive()
+                for f in self.rng.sample(names, self.rng.randint(1, min(5, len(names))))]
 
     def group(self) -> str:
         return " ".join(self.leaves(GROUP_LEAVES))
+
+    def me(self) -> str:
+        user = f"user {{ {' '.join(self.leaves(['id', 'email']))} }}"
+        tenant = " ".join(self.leaves(TENANT_FIELDS))
+        if self.rng.random() < 0.2:  # a Tenant field with no translation: `me` is executed
+            tenant += " limits { maxDevices deviceCount }"
+        membership = " ".join(self.rng.sample([f"tenant {{ {tenant} }}", "role", "scope", user],
+                                              self.rng.randint(1, 4)))
+        return " ".join(self.rng.sample([user, f"memberships {{ {membership} }}"], self.rng.randint(1, 2)))
 
     def device(self, depth: int = 0) -> str:
         parts = self.leaves(DEVICE_LEAVES)
@@ -186,7 +203,11 @@ class Generator:
         rng = self.rng
         kind = rng.choice(["device", "device", "devices", "devices", "devices", "group", "groups", "alarms",
                            "events", "operations", "tenant", "usage", "measurements", "measurements", "series",
-                           "tenantById"])
+                           "tenantById", "me", "me", "executed", "executed"])
+        if kind == "me":
+            return f"{self.name('me')} {{ {self.me()} }}"
+        if kind == "executed":  # root fields only execution answers: mixed with compiled ones
+            return self.name(rng.choice(GENERIC_ROOTS))
         if kind == "tenantById":
             self.variables["tid"] = rng.choice([*self.tenants, "t999999999", "nope"])
             self.definitions["tid"] = "ID!"
@@ -277,6 +298,10 @@ class Generator:
         head = f"query Q({definitions})" if definitions else "query Q"
         return " ".join([f"{head} {{ {' '.join(roots)} }}", *self.fragments.values()]), self.variables
 
+
+GENERIC_ROOTS = ["roles { name builtin }", "members(first: 2) { totalCount edges { node { role } } }",
+                 'deviceByExternalId(value: "SN-1") { id name }', "apiTokens { name }",
+                 "tenant { id limits { maxDevices } }"]
 
 README_EXAMPLES = [
     "{ devices(first: 10) { totalCount edges { cursor node { id name type fragments } } "
@@ -403,6 +428,49 @@ async def test_compiled_reads_stay_in_the_routed_tenant(api: Api, world: World, 
     refused = await post(http, a.token, b.id, query, {"id": device_id})
     assert READ_PATH not in refused.headers
     assert orjson.loads(refused.content)["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+DASHBOARD = ("{ me { user { id email } memberships { role scope tenant { id domain kind } } } "
+             "devices(first: 20) { totalCount edges { node { id name availability alarms(first: 5) "
+             "{ id severity status } } } pageInfo { hasNextPage endCursor } } }")
+
+
+async def test_roots_are_compiled_one_by_one_and_merged_in_field_order(api: Api, world: World,
+                                                                      http: httpx.AsyncClient, app: Starlette) -> None:
+    a, b = await world.tenant(), await world.tenant()
+    _, reader = await world.member(a, "READER")
+    made = await api.gql('mutation { createDevice(input: {name: "mine"}) { id } }', token=a.token, tenant=a.id)
+    await api.gql('mutation($d: ID!) { raiseAlarm(input: {deviceId: $d, type: "t", severity: MAJOR, text: "x"}) '
+                  "{ id } }", {"d": made.data["createDevice"]["id"]}, token=a.token, tenant=a.id)
+    # The console's first question: `me` (management plane) and a devices page (the tenant's
+    # schema) are both compiled, one statement each in one round trip.
+    dashboard = await post(http, a.token, a.id, DASHBOARD, {})
+    assert dashboard.headers[READ_PATH] == "compiled"
+    data = orjson.loads(dashboard.content)["data"]
+    assert [m["tenant"]["id"] for m in data["me"]["memberships"]] == [a.id]
+    assert data["devices"]["edges"][0]["node"]["alarms"][0]["severity"] == "MAJOR"
+    assert await both(http, app, a.token, a.id, DASHBOARD, {})
+    # Roots with no translation are executed; the others still come from SQL, in field order.
+    mixed = ("{ roles { name } devices(first: 5) { edges { node { name } } } tenant { id limits { maxDevices } } "
+             "me { user { email } } a: tenant { id } }")
+    answer = await post(http, a.token, a.id, mixed, {})
+    assert answer.headers[READ_PATH] == "partly compiled"
+    assert list(orjson.loads(answer.content)["data"]) == ["roles", "devices", "tenant", "me", "a"]
+    assert await both(http, app, a.token, a.id, mixed, {})
+    # An executed root failing: its error as the generic path gives it, beside the compiled data;
+    # a non-null one nulls all of `data` on either path.
+    for query in ("{ devices { totalCount } auditLog(first: 1) { totalCount } }",
+                  "{ devices { totalCount } apiTokens { name } }"):
+        failed = await post(http, reader, a.id, query, {})
+        assert orjson.loads(failed.content)["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        await both(http, app, reader, a.id, query, {})
+    # Isolation holds per root: B's admin asking the same sees only B, and naming A is refused whole.
+    theirs = orjson.loads((await post(http, b.token, b.id, mixed, {})).content)["data"]
+    assert theirs["devices"]["edges"] == []
+    assert theirs["tenant"]["id"] == b.id
+    refused = await post(http, b.token, a.id, mixed, {})
+    assert READ_PATH not in refused.headers
+    assert orjson.loads(refused.content)["data"] is None
 
 
 def test_the_compiled_path_is_switched_off_by_the_setting(app: Starlette) -> None:

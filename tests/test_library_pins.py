@@ -13,9 +13,9 @@ import pytest
 from graphql import GraphQLInputObjectType
 from sqlalchemy import literal, select, text
 
-from app.access import acting
 from app.access.acting import tenant_transaction
 from app.access.scope import UNRESTRICTED, Scope
+from app.db import transaction as db_transaction
 from app.graphql.engine import sql_json
 from app.graphql.schema import build_schema
 from app.graphql.types.data import _new_measurement
@@ -109,15 +109,15 @@ async def test_sqlalchemys_statement_cache_renders_statements_that_answer_as_sql
 
 
 async def test_one_simple_protocol_round_trip_answers_as_psycopg_does(platform: Platform) -> None:
-    """acting._simple_query drives libpq through psycopg's generators (internals): every result of
+    """app.db.transaction.simple_query drives libpq through psycopg's generators (internals): every result of
     a multi-statement query, and the first failure raised as psycopg raises it."""
     async with platform.db.app.connect() as conn:
-        driver = await acting._driver(conn)
+        driver = await db_transaction.libpq_connection(conn)
         assert driver is (await conn.get_raw_connection()).driver_connection  # SQLAlchemy's private handle
-        results = await acting._simple_query(driver, "SELECT 1, 'a'; SELECT 'b'")
+        results = await db_transaction.simple_query(driver, "SELECT 1, 'a'; SELECT 'b'")
         assert [[r.get_value(0, n) for n in range(r.nfields)] for r in results] == [[b"1", b"a"], [b"b"]]
         with pytest.raises(psycopg.errors.UndefinedTable) as ours:
-            await acting._simple_query(driver, "SELECT 1; SELECT * FROM no_such_table")
+            await db_transaction.simple_query(driver, "SELECT 1; SELECT * FROM no_such_table")
         with pytest.raises(psycopg.errors.UndefinedTable) as theirs:
             await driver.execute("SELECT * FROM no_such_table")
         assert ours.value.sqlstate == theirs.value.sqlstate == "42P01"

@@ -24,9 +24,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg import errors as psycopg_errors
-from psycopg import generators
-from psycopg.pq import ExecStatus
 from sqlalchemy import Executable, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
@@ -44,8 +41,10 @@ from app.db.transaction import (
     discard,
     driver_execute,
     is_citus,
+    libpq_connection,
     release,
     schemas_per_connection,
+    simple_query,
     touched_schema,
 )
 from app.errors import CommitOutcomeUnknown
@@ -88,9 +87,9 @@ async def read_as_tenants(engine: AsyncEngine, queries: dict[str, str]) -> dict[
         steps = ["BEGIN READ ONLY"]
         for tenant in order:
             steps += [tenant_switch(tenant), queries[tenant]]
-        driver = await _driver(conn)
+        driver = await libpq_connection(conn)
         try:
-            results = await _simple_query(driver, "; ".join([*steps, "ROLLBACK"]))
+            results = await simple_query(driver, "; ".join([*steps, "ROLLBACK"]))
         except psycopg.Error:
             await driver.execute(b"ROLLBACK")
             raise
@@ -165,12 +164,12 @@ async def read_in_tenants(engine: AsyncEngine, tenant_ids: Sequence[str], sql: s
         part = tenant_ids[start:start + chunk]
         conn = await connect(engine)
         try:
-            driver = await _driver(conn)
+            driver = await libpq_connection(conn)
             steps = ["BEGIN"]
             for tenant_id in part:
                 steps += [tenant_switch(tenant_id), sql]
             steps.append("ROLLBACK")
-            results = await _simple_query(driver, "; ".join(steps))
+            results = await simple_query(driver, "; ".join(steps))
             for n in range(len(part)):
                 answer = results[2 + 2 * n]
                 rows.append(tuple(answer.get_value(0, k) for k in range(answer.nfields)) if answer.ntuples else ())
@@ -241,13 +240,13 @@ class RequestTransaction:
                 self.wrote = True
             return await conn.execute(statement, parameters)
 
-    async def read_row(self, plane: str | None, sql: str, *, setup: Sequence[str] = (),
-                       last: bool) -> tuple[bytes | None, ...]:
-        """The single row (each value's text, as bytes) of one read statement — complete SQL, its values
-        quoted as literals by the caller — with BEGIN and the role switch before it, any `setup`
-        statements (transaction-local settings), and COMMIT after it when this is the request's
-        `last` statement and nothing must run before COMMIT, all in ONE simple-protocol round trip
-        on libpq directly: the compiled read path. (A pipeline of four extended-protocol
+    async def read_rows(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
+                        last: bool) -> list[tuple[bytes | None, ...]]:
+        """The single row (each value's text, as bytes) of each read statement — complete SQL, its values
+        quoted as literals by the caller — on its plane, with BEGIN and the role switches between
+        them, any `setup` statements (transaction-local settings) first, and COMMIT after them when
+        they are the request's `last` and nothing must run before COMMIT, all in ONE simple-protocol
+        round trip on libpq directly: the compiled read path. (A pipeline of extended-protocol
         statements cost a third more CPU here, psycopg's cursor another tenth.) On failure the
         transaction stays open (aborted) for `finish` to roll back."""
         async with self._lock:
@@ -256,27 +255,31 @@ class RequestTransaction:
             steps: list[str] = []
             if self._conn is None or self._between:
                 self._conn = self._conn or await connect(self._engine)
-                self._plane, self._between = plane, False
-                steps = ["BEGIN", _switch(plane) + self._limits]
-            elif plane != self._plane:
-                steps = [_switch(plane)]
-                self._plane = plane
-            if plane is not None:
-                touched_schema(self._conn, plane)
+                self._between = False
+                steps, self._plane = ["BEGIN", _switch(statements[0][0]) + self._limits], statements[0][0]
             steps += setup
+            answers: list[int] = []
+            for plane, sql in statements:
+                if plane != self._plane:
+                    steps.append(_switch(plane))
+                    self._plane = plane
+                if plane is not None:
+                    touched_schema(self._conn, plane)
+                answers.append(len(steps))
+                steps.append(sql)
             commit = last and not self._always and not self._announced
-            driver = await _driver(self._conn)
-            query = "; ".join([*steps, sql, *(["COMMIT"] if commit else [])])
-            results = await _simple_query(driver, query)
-            answer = results[len(steps)]
-            values = tuple(answer.get_value(0, n) for n in range(answer.nfields)) if answer.ntuples else (None,)
+            driver = await libpq_connection(self._conn)
+            results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
+            rows = [tuple(results[n].get_value(0, c) for c in range(results[n].nfields)) if results[n].ntuples
+                    else (None,) for n in answers]
             if driver.info.encoding != "utf-8":  # a non-UTF-8 database: recode
-                values = tuple(v.decode(driver.info.encoding).encode() if v is not None else None for v in values)
+                rows = [tuple(v.decode(driver.info.encoding).encode() if v is not None else None for v in row)
+                        for row in rows]
             if commit:
                 self._finished = True
                 conn, self._conn = self._conn, None
                 await release(self._engine, conn)
-            return values
+            return rows
 
     async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
         """COPY … FROM STDIN (text format), the data sent in one write: the bulk path."""
@@ -404,30 +407,6 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook], announced: 
         raise CommitOutcomeUnknown() from exc
 
 
-async def _simple_query(driver: psycopg.AsyncConnection[Any], query: str) -> list[Any]:
-    """Every result of a multi-statement query sent in one simple-protocol round trip on libpq;
-    the first failed statement raised as psycopg would raise it."""
-    pgconn = driver.pgconn
-    pgconn.send_query(query.encode())
-    results = await driver.wait(generators.execute(pgconn))
-    for result in results:
-        if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
-            raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
-    return list(results)
-
-
-async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under `conn`: read directly when SQLAlchemy holds it (no greenlet
-    hop), else through get_raw_connection (which also revalidates)."""
-    sync = conn.sync_connection
-    dbapi = getattr(sync, "_dbapi_connection", None) if sync is not None else None
-    driver = getattr(dbapi, "driver_connection", None)
-    if driver is None:
-        driver = (await conn.get_raw_connection()).driver_connection
-    assert isinstance(driver, psycopg.AsyncConnection)
-    return driver
-
-
 async def _usable(conn: AsyncConnection) -> bool:
     """Whether the connection can still run this transaction's COMMIT/ROLLBACK and hooks: no
     statement of it was interrupted half-way (SQLAlchemy then refuses it until rolled back, and
@@ -467,8 +446,10 @@ class PlaneView:
     async def copy_text(self, copy_sql: str, data: bytes) -> None:
         await self._shared.copy_text(self.plane, copy_sql, data)
 
-    async def read_row(self, sql: str, *, setup: Sequence[str] = (), last: bool = False) -> tuple[bytes | None, ...]:
-        return await self._shared.read_row(self.plane, sql, setup=setup, last=last)
+    async def read_rows(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
+                        last: bool = False) -> list[tuple[bytes | None, ...]]:
+        """RequestTransaction.read_rows: each statement on the plane it names, whatever this view's."""
+        return await self._shared.read_rows(statements, setup=setup, last=last)
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)

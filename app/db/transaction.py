@@ -17,6 +17,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import errors as psycopg_errors
+from psycopg import generators
+from psycopg.pq import ExecStatus
 from sqlalchemy import Executable, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
@@ -418,3 +421,27 @@ async def settled(tx: Transaction) -> AsyncIterator[Transaction]:
         await tx.finish(commit=False)
         raise
     await tx.finish(commit=True)
+
+
+async def simple_query(driver: psycopg.AsyncConnection[Any], query: str) -> list[Any]:
+    """Every result of a multi-statement query sent in one simple-protocol round trip on libpq;
+    the first failed statement raised as psycopg would raise it."""
+    pgconn = driver.pgconn
+    pgconn.send_query(query.encode())
+    results = await driver.wait(generators.execute(pgconn))
+    for result in results:
+        if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+            raise psycopg_errors.error_from_result(result, encoding=driver.info.encoding)
+    return list(results)
+
+
+async def libpq_connection(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under `conn`: read directly when SQLAlchemy holds it (no greenlet
+    hop), else through get_raw_connection (which also revalidates)."""
+    sync = conn.sync_connection
+    dbapi = getattr(sync, "_dbapi_connection", None) if sync is not None else None
+    driver = getattr(dbapi, "driver_connection", None)
+    if driver is None:
+        driver = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    return driver

@@ -44,6 +44,8 @@ class Context:
     # A subscription's connection (app.http.subscriptions) and the client's id for this operation.
     session: Session | None = None
     operation_key: str = ""
+    # Root fields (response names) the compiled read path already answered: execution leaves them out.
+    answered_roots: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, platform: Platform, *, request_id: str, authorization: str | None, tenant_header: str | None,

@@ -16,13 +16,16 @@ TENANT, MANAGEMENT, ANY = "tenant", "management", "any"
 @dataclass(frozen=True)
 class RootAccess:
     """One of `permissions` (none: a routed caller is enough), and the plane the field reads: a
-    tenant's data through the data gate, the management schema, or either (nothing read)."""
+    tenant's data through the data gate, the management schema, or either (nothing read).
+    `routed`: whether the field needs a tenant at all (`me` does not: it is the tenant chooser)."""
 
     permissions: tuple[str, ...]
     plane: str
+    routed: bool = True
 
 
 ROOTS: dict[str, RootAccess] = {
+    "me": RootAccess((), MANAGEMENT, routed=False),
     "device": RootAccess((DEVICES_READ,), TENANT),
     "devices": RootAccess((DEVICES_READ,), TENANT),
     "group": RootAccess((DEVICES_READ,), TENANT),

@@ -78,6 +78,7 @@ GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 
 # Which path answered (README, "Compiled reads"): the generic one sends no header.
 _COMPILED = {"tenantry-read-path": "compiled"}
+_PARTIAL = {"tenantry-read-path": "partly compiled"}  # some root fields in SQL, the others executed
 
 
 class GraphQLLane:
@@ -225,10 +226,11 @@ class GraphQLEndpoint:
             if stored is not None:  # a retry: the first answer, nothing run again
                 await context.finish(commit=False)
                 return Response(stored, media_type=media_type, headers={"idempotent-replayed": "true"})
-        if self.planner is not None and claim is None:
-            answered = await self._compiled(context, query, variables, operation_name, media_type)
-            if answered is not None:
-                return answered
+        # The compiled path's answer; or its roots' JSON, execution answering the others; or None: all executed.
+        partial = await self._compiled(context, query, variables, operation_name, media_type) \
+            if self.planner is not None and claim is None else None
+        if isinstance(partial, Response):
+            return partial
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name,
@@ -248,8 +250,12 @@ class GraphQLEndpoint:
             await context.finish(commit=False)
             raise
 
-        data, errors, committed = await self._commit(context, claim, result.data, list(result.errors or []))
-        return self._answer(context, data, errors, committed, media_type, query, operation_name)
+        merged = partial.merged(result.data) if partial is not None else result.data
+        data, errors, committed = await self._commit(context, claim, merged, list(result.errors or []))
+        response = self._answer(context, data, errors, committed, media_type, query, operation_name)
+        if partial is not None:
+            response.headers.update(_PARTIAL)
+        return response
 
     async def _commit(self, context: Context, claim: idempotency.Claim | None, data: Any,
                       errors: list[GraphQLError]) -> tuple[Any, list[GraphQLError], bool]:
@@ -278,26 +284,31 @@ class GraphQLEndpoint:
         return data, errors, committed
 
     async def _compiled(self, context: Context, query: str, variables: dict[str, Any] | None,
-                        operation_name: str | None, media_type: str) -> Response | None:
-        """The answer by the compiled read path, or None when this request takes the generic one."""
+                        operation_name: str | None, media_type: str) -> Response | compiled.Answer | None:
+        """The answer by the compiled read path; or the compiled roots' part of it, the others to be
+        executed (`Context.answered_roots` tells execution which to leave out); or None when this
+        request takes the generic path whole."""
         assert self.planner is not None
         plan = self.planner.plan(query, operation_name)
         if plan is None:
             return None
         try:
-            data = await compiled.run(self.planner, plan, context, variables)
+            answer = await compiled.run(self.planner, plan, context, variables)
         except compiled.Fallback:
             return None
         except Exception as exc:  # the statement failed: reported as any resolver's failure would be
             await context.finish(commit=False)
             return self._answer(context, None, [GraphQLError(str(exc), original_error=exc)], False, media_type,
                                 query, operation_name)
+        if answer.rest:
+            context.answered_roots = frozenset(answer.pieces)
+            return answer
         await context.finish(commit=True)  # already committed with the statement, unless an audit waits
         self._meter(context, True, [])
         routed = context.access.routed_or_none
         context.log_fields = {"tenant": routed.tenant.id if routed else None,
                               "operation": operation_name or _first_operation_name(query), "code": None}
-        return Response(b'{"data":' + data + b"}", media_type=media_type, headers=_COMPILED)
+        return Response(b'{"data":' + answer.data() + b"}", media_type=media_type, headers=_COMPILED)
 
     def _answer(self, context: Context, data: Any, errors: list[GraphQLError], committed: bool, media_type: str,
                 query: str, operation_name: str | None) -> Response:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from graphql import (
     DocumentNode,
     FieldNode,
@@ -54,15 +55,15 @@ from graphql.validation import ASTValidationRule
 
 from app.errors import AppError
 from app.graphql.engine import execution, fast_path
-from app.graphql.roots import ANY, ROOTS, TENANT
+from app.graphql.roots import MANAGEMENT, ROOTS, TENANT
 
 if TYPE_CHECKING:
     from app.graphql.context import Context
 
 from app.graphql.engine.compiled_roots import CONNECTION_FIELDS, EDGE_FIELDS, PAGE_INFO_FIELDS, ROOT_SQL
-from app.graphql.engine.sql_json import FIELDS, MAX_KEYS, Fallback, Statement, named
+from app.graphql.engine.sql_json import FIELDS, Fallback, Statement, named
 
-__all__ = ["Fallback", "Plan", "Planner", "run"]
+__all__ = ["Answer", "Fallback", "Plan", "Planner", "run"]
 
 
 # --- planning (once per document and operation) -----------------------------------------------------
@@ -72,9 +73,31 @@ __all__ = ["Fallback", "Plan", "Planner", "run"]
 class Plan:
     operation: OperationDefinitionNode
     fragments: dict[str, FragmentDetails]
+    compiled: frozenset[str]  # the root fields answered in SQL; the others run the generic way
     permissions: tuple[tuple[str, ...], ...]  # asked of the gate in this order, as the resolvers would
-    plane: str  # TENANT or MANAGEMENT: one plane per compiled operation
+    routed: bool  # whether a compiled root needs the caller routed to a tenant
     variables: list[GraphQLVariableSignature] | None  # kept: building them costs more than coercing
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The compiled roots' JSON by response name, in the operation's field order. `rest`: the
+    response names the generic path answers (nothing: the whole `data` is here)."""
+
+    pieces: dict[str, bytes]
+    order: tuple[str, ...]
+    rest: frozenset[str]
+
+    def data(self) -> bytes:
+        return b"{" + b",".join(b'"%s":%s' % (name.encode(), self.pieces[name]) for name in self.order) + b"}"
+
+    def merged(self, generic: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The whole `data`: the generic path's values and these, in field order. Null stays null:
+        a non-null root the generic path could not answer nulls all of `data`, on either path."""
+        if generic is None:
+            return None
+        return {name: orjson.Fragment(self.pieces[name]) if name in self.pieces else generic[name]
+                for name in self.order if name in self.pieces or name in generic}
 
 
 class Planner:
@@ -115,19 +138,21 @@ class Planner:
                 fragments[definition.name.value] = FragmentDetails(definition, None)
         query_type = self.schema.query_type
         assert query_type is not None
-        roots: list[str] = []
-        for node in _fields(operation.selection_set, fragments):
-            name = node.name.value
-            if name == "__typename":
-                continue
-            if name not in ROOT_SQL or not _supported(query_type.fields[name], node, fragments):
-                return None
-            roots.append(name)
-        planes = {ROOTS[r].plane for r in roots} - {ANY}
-        if len(planes) > 1:
+        try:
+            nodes = [node for node in _fields(operation.selection_set, fragments) if node.name.value != "__typename"]
+        except _Unsupported:
             return None
+        # Per root field: compiled when every selection of it has a translation (aliases included).
+        supported = {node.name.value for node in nodes}
+        for node in nodes:
+            name = node.name.value
+            if name not in ROOT_SQL or not _supported(query_type.fields[name], node, fragments):
+                supported.discard(name)
+        if not supported:
+            return None
+        roots = [name for name in dict.fromkeys(node.name.value for node in nodes) if name in supported]
         permissions = tuple(dict.fromkeys(p for p in (ROOTS[r].permissions for r in roots) if p))
-        return Plan(operation, fragments, permissions, planes.pop() if planes else ANY,
+        return Plan(operation, fragments, frozenset(supported), permissions, any(ROOTS[r].routed for r in roots),
                     execution.variable_signatures(self.schema, operation.variable_definitions or ()))
 
 
@@ -198,8 +223,9 @@ def _check(type_: GraphQLObjectType, node: FieldNode, fragments: dict[str, Fragm
 _SAFE_NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 
 
-async def run(planner: Planner, plan: Plan, context: Context, variables: dict[str, Any] | None) -> bytes:
-    """The response's `data` as JSON (UTF-8), or Fallback (before anything reached the database)."""
+async def run(planner: Planner, plan: Plan, context: Context, variables: dict[str, Any] | None) -> Answer:
+    """The compiled roots' JSON, or Fallback (before anything reached the database, or in a transaction
+    that only read): the whole operation then runs the generic way."""
     schema = planner.schema
     coerced = execution.coerce_variables(schema, plan.variables, variables or {}) if plan.variables is not None \
         else None
@@ -208,39 +234,49 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         if isinstance(stock, list):
             raise Fallback  # the generic path reports the variable errors
         coerced = stock
+    query_type = schema.query_type
+    assert query_type is not None
+    roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
+    names = {response_name: details[0].node.name.value for response_name, details in roots.items()}
+    compiled = [r for r, name in names.items() if name in plan.compiled]
+    if not compiled:  # @skip / @include left only generic roots
+        raise Fallback
     try:
-        routed = await context.routed()
+        routed = await context.routed() if plan.routed else None
         for permissions in plan.permissions:  # as Context.root asks them
             routed = await (context.authorize(permissions[0]) if len(permissions) == 1
                             else context.authorize_any(*permissions))
-        db = await context.tenant_db() if plan.plane == TENANT else context.management_db
+        # Each plane's roots go in a statement of their own (on the one connection, one round trip);
+        # a root reading neither joins the first there is.
+        wanted = {ROOTS[names[r]].plane for r in compiled}
+        planes = {TENANT: (await context.tenant_db()).plane} if TENANT in wanted else {}
+        if MANAGEMENT in wanted or not planes:
+            planes[MANAGEMENT] = context.management_db.plane
     except AppError as exc:
         raise Fallback from exc
-    assert routed is not None
-    query_type = schema.query_type
-    assert query_type is not None
     q = Statement(schema, plan.operation, plan.fragments, coerced, routed, context)
-    roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
-    if len(roots) > MAX_KEYS:
-        raise Fallback
-    parts = []
-    for response_name, details in roots.items():
-        name = details[0].node.name.value
+    columns: dict[str, list[tuple[str, str]]] = {plane: [] for plane in planes}
+    guards: dict[str, list[str]] = {plane: [] for plane in planes}
+    for response_name in compiled:
+        name = names[response_name]
         assert _SAFE_NAME.match(response_name)
-        if name == "__typename":
-            parts.append(f"'{response_name}', 'Query'")
-            continue
-        expr = ROOT_SQL[name](q, query_type.fields[name], details)
+        plane = ROOTS[name].plane if ROOTS[name].plane in planes else next(iter(planes))
+        seen = len(q.guards)
+        expr = ROOT_SQL[name](q, query_type.fields[name], roots[response_name])
         if inspect.isawaitable(expr):
             expr = await expr
-        parts.append(f"'{response_name}', {expr}")
-    statement = f"SELECT json_build_object({', '.join(parts)})::text"
-    if q.guards:
-        statement += f", {' AND '.join(q.guards)}"
-    # With guards, COMMIT waits: the generic path may still have to run in this transaction.
-    row = await db.read_row(statement, setup=list(dict.fromkeys(q.setup)), last=not q.guards)
-    if q.guards and row[1] != b"t":
-        raise Fallback
-    data = row[0]
-    assert data is not None  # json_build_object of a row is never null
-    return data
+        columns[plane].append((response_name, expr))
+        guards[plane] += q.guards[seen:]
+    rest = frozenset(names) - frozenset(compiled)
+    statements = [(planes[p], f"SELECT {', '.join(f'({e})::text' for _, e in columns[p])}"
+                   + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes if columns[p]]
+    # With guards, or generic roots still to run, COMMIT waits: the generic path runs in this transaction.
+    rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)),
+                                                 last=not q.guards and not rest)
+    pieces: dict[str, bytes] = {r: b'"Query"' for r, name in names.items() if name == "__typename"}
+    for plane, row in zip([p for p in planes if columns[p]], rows, strict=True):
+        if guards[plane] and row[-1] != b"t":
+            raise Fallback
+        for (response_name, _), value in zip(columns[plane], row, strict=False):
+            pieces[response_name] = value if value is not None else b"null"  # NULL::json: a null root
+    return Answer(pieces, tuple(names), rest - pieces.keys())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from graphql import (
@@ -15,17 +15,6 @@ from graphql.execution.collect_fields import FieldDetails
 from strawberry.utils.str_converters import to_snake_case
 
 from app.errors import AppError
-from app.services.data import alarms as alarm_service
-from app.services.data import events as event_service
-from app.services.data import measurements as measurement_service
-from app.services.data import operations as operation_service
-from app.services.inventory import devices as inventory
-from app.services.tenants import queries as tenant_service
-from app.services.usage import statistics as usage_service
-
-if TYPE_CHECKING:
-    pass
-
 from app.graphql.engine.sql_json import (
     TENANT_FIELDS,
     Fallback,
@@ -38,6 +27,14 @@ from app.graphql.engine.sql_json import (
     scope_sql,
     time_cursor,
 )
+from app.services.data import alarms as alarm_service
+from app.services.data import events as event_service
+from app.services.data import measurements as measurement_service
+from app.services.data import operations as operation_service
+from app.services.inventory import devices as inventory
+from app.services.people import users as user_service
+from app.services.tenants import queries as tenant_service
+from app.services.usage import statistics as usage_service
 
 
 def _root_devices(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
@@ -208,8 +205,22 @@ async def _root_usage(q: Statement, field: GraphQLField, details: list[FieldDeta
             f"FROM ({q.clause(stmt)}) {u})")
 
 
+async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+    """`me`: the signed-in user's row and memberships. A caller that is not a user takes the generic
+    path, and so does one whose account is gone or disabled (the guard), for its UNAUTHENTICATED."""
+    try:
+        principal = await q.context.user()
+    except AppError as exc:
+        raise Fallback from exc
+    user = q.clause(user_service.user_statement(principal.user_id, active=True))
+    q.guards.append(f"EXISTS ({user})")
+    u = q.alias("u")
+    return f"(SELECT {q.object(named(field), details, u)} FROM ({user}) {u})"
+
+
 # Root fields and their translations; what each asks of the gate first is app.graphql.roots'.
 ROOT_SQL: dict[str, Callable[[Statement, GraphQLField, list[FieldDetails]], Any]] = {
+    "me": _root_me,
     "device": _root_device,
     "devices": _root_devices,
     "group": _root_group,

@@ -308,6 +308,16 @@ class TenantryExecutor(StrawberryGraphQLCoreExecutionContext):
         # Middleware wraps every resolver; with any, all fields take graphql-core's path.
         self._inline_allowed = manager is None or manager._middleware_resolvers is None
 
+    def execute_collected_root_fields(self, root_type: GraphQLObjectType, root_value: Any, grouped_field_set: Any,
+                                      serially: bool, new_defer_usages: Any) -> Any:
+        # The roots the compiled read path answered (app.graphql.engine.compiled) are not run again;
+        # the endpoint merges their JSON into this result in field order.
+        answered = getattr(self.context_value, "answered_roots", None)
+        if answered and root_type is self.schema.query_type:
+            grouped_field_set = {k: v for k, v in grouped_field_set.items() if k not in answered}
+        return super().execute_collected_root_fields(root_type, root_value, grouped_field_set, serially,
+                                                     new_defer_usages)
+
     def execute_fields(self, parent_type: GraphQLObjectType, source_value: Any, path: Path | None,
                        grouped_field_set: Any, position_context: Any) -> Any:
         if not self._inline_allowed:

@@ -38,6 +38,8 @@ from app.ids import current_tenant
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.services.data import alarms as alarm_service
 from app.services.inventory import devices as inventory
+from app.services.people import users as user_service
+from app.services.sessions import login as login_service
 from app.services.usage import statistics as usage_service
 
 if TYPE_CHECKING:
@@ -66,15 +68,14 @@ class Fallback(Exception):
 
 class Statement:
     def __init__(self, schema: GraphQLSchema, operation: OperationDefinitionNode,
-                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed,
+                 fragments: dict[str, FragmentDetails], variables: VariableValues, routed: Routed | None,
                  context: Context) -> None:
         self.schema = schema
-        self.routed = routed
+        self._routed = routed  # None: only roots that need no tenant (`me`) are compiled
         self.context = context  # the request's management plane and platform (lookups a root makes first)
         self.operation = operation
         self.fragments = fragments
         self.variables = variables
-        self.scope = routed.scope
         self.cap = context.cap
         self.setup: list[str] = []  # statements of the same transaction to run first (settings)
         self.tenant_of_rows = ""  # usage: the tenant its day rows belong to
@@ -82,6 +83,15 @@ class Statement:
         # request takes the generic path, in the same (read-only) transaction, for its error.
         self.guards: list[str] = []
         self._aliases = 0
+
+    @property
+    def routed(self) -> Routed:
+        assert self._routed is not None, "planned: every root that reads a tenant needs one"
+        return self._routed
+
+    @property
+    def scope(self) -> Scope:
+        return self.routed.scope
 
     @staticmethod
     def bind(value: Any) -> str:
@@ -265,6 +275,22 @@ def _global(type_name: str, column: str) -> Resolve:
 
 _DEVICE_ID = _global("Device", "device_id")
 
+
+def _same_row(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    """A to-one object read from the enclosing row itself (a membership row carries its tenant's columns)."""
+    return q.object(named(field), details, row)
+
+
+def _memberships(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    return _many(q, field, details, _relation_sql(login_service.memberships_statement, None, row, "id"),
+                 "{r}.depth, {r}.domain")
+
+
+def _membership_user(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> str:
+    x = q.alias("x")
+    sql = _relation_sql(user_service.user_statement, None, row, "user_id")
+    return f"(SELECT {q.object(named(field), details, x)} FROM ({sql}) {x})"
+
 TENANT_FIELDS = {"id": "id", "domain": "domain", "company": "company", "kind": "kind", "status": "status",
                   "parentId": "parent_id", "depth": "depth", "allowCreateTenants": "allow_create_tenants",
                   "contactName": "contact_name", "contactEmail": "contact_email",
@@ -279,6 +305,10 @@ FIELDS: dict[str, dict[str, Resolve]] = {
                "parent": _device_parent,
                "children": _device_children, "groups": _device_groups, "externalIds": _device_external_ids,
                "alarms": _device_alarms},
+    "Me": {"user": _same_row, "memberships": _memberships},
+    "User": {"id": _column("id", "{c}::text"), "email": _column("email")},
+    "Membership": {"tenant": _same_row, "role": _column("role"), "scope": _column("scope"),
+                   "user": _membership_user},
     "Group": {"id": _global("Group", "id"), "name": _column("name"), "parentId": _global("Group", "parent_id"),
               "createdAt": _column("created_at", ISO)},
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},

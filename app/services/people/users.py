@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, Select, func, insert, select
 
 from app.db.transaction import Executor
 from app.errors import InvalidInput
@@ -42,6 +42,12 @@ async def user_by_email(db: Executor, email: str) -> UserRecord | None:
     stmt = select(*_COLUMNS).where(func.lower(users.c.email) == email.lower())
     row = (await db.execute(stmt)).first()
     return _record(row) if row else None
+
+
+def user_statement(user_id: UUID | ColumnElement[Any], *, active: bool = False) -> Select[Any]:
+    """The user's id and email (the compiled read path's `me`); `active`: only if not disabled."""
+    stmt = select(users.c.id, users.c.email).where(users.c.id == user_id)
+    return stmt.where(users.c.disabled_at.is_(None)) if active else stmt
 
 
 async def user_by_id(db: Executor, user_id: UUID) -> UserRecord | None:

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, Select, func, insert, select, update
 
 from app.access.acting import PlaneView
 from app.access.principal import Reach
@@ -187,12 +187,17 @@ async def logout(db: Executor, *, refresh_token: str) -> bool:
     return True
 
 
-async def memberships_of(db: Executor, user_id: UUID) -> list[MembershipRecord]:
-    stmt = (
-        select(memberships.c.role, memberships.c.scope, *TENANT_COLUMNS)
+def memberships_statement(user_id: UUID | ColumnElement[Any]) -> Select[Any]:
+    """The user's memberships with their tenants' columns, tenant chooser order (the compiled read
+    path nests it under the user's row)."""
+    return (
+        select(memberships.c.role, memberships.c.scope, memberships.c.user_id, *TENANT_COLUMNS)
         .join(tenants, tenants.c.id == memberships.c.tenant_id)
         .where(memberships.c.user_id == user_id, tenants.c.status != "DELETED")
         .order_by(tenants.c.depth, tenants.c.domain)
     )
-    rows = (await db.execute(stmt)).all()
+
+
+async def memberships_of(db: Executor, user_id: UUID) -> list[MembershipRecord]:
+    rows = (await db.execute(memberships_statement(user_id))).all()
     return [MembershipRecord(TenantRecord.from_row(r), r.role, r.scope) for r in rows]
