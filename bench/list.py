@@ -2,6 +2,9 @@
 
     python -m bench.list [N]
 
+Also the console's dashboard (`me` + a devices page with alarms) and the same with roots that are
+executed beside the compiled ones, each against the generic path.
+
 The plain endpoint runs the same routed keyset query on the same pool and returns the same
 JSON (no auth, no GraphQL); the ratio is what the GraphQL layer costs on a wide list.
 """
@@ -30,6 +33,14 @@ QUERY = "{ devices(first: 100) { edges { cursor node { id name type owner fragme
 # compiler as correlated subqueries, batched by the loaders on the generic path).
 NESTED = "{ devices(first: 20) { edges { node { id name parent { id } children { id name } groups { name } " \
          "externalIds { value } alarms(first: 5) { id type count } } } } }"
+
+# The console's first question (`me` on the management plane, a page of devices with their
+# alarms in the tenant's schema): both compiled, one statement each in one round trip. MIXED adds
+# roots with no translation, executed beside the compiled ones.
+DASHBOARD = ("{ me { user { id email } memberships { role scope tenant { id domain kind } } } "
+             "devices(first: 20) { totalCount edges { node { id name availability alarms(first: 5) "
+             "{ id severity status } } } pageInfo { hasNextPage endCursor } } }")
+MIXED = DASHBOARD[:-1] + " roles { name } tenant { id limits { maxDevices deviceCount } } }"
 
 
 def plain_routes(platform: Platform) -> list[Any]:
@@ -94,6 +105,8 @@ async def main(n: int) -> None:
         runs: dict[str, Callable[[], Awaitable[object]]] = {
             "graphql": via_graphql, "generic": via_generic, "plain": via_plain, "nested compiled": nested_compiled,
             "nested generic": nested_generic}
+        for name, query, path in (("dashboard", DASHBOARD, "compiled"), ("mixed", MIXED, "partly compiled")):
+            runs[f"{name} compiled"], runs[f"{name} generic"] = _both(b, headers, query, path)
         for fn in runs.values():
             for _ in range(20):
                 await fn()
@@ -108,6 +121,25 @@ async def main(n: int) -> None:
     c, r = (median(samples[k]) * 1000 for k in ("nested compiled", "nested generic"))
     print(f"devices(first: 20) with every relation: compiled p50 {c:.2f} ms, generic {r:.2f} ms, "
           f"compiled/generic throughput {r / c:.2f}x")
+    for name in ("dashboard", "mixed"):
+        c, r = (median(samples[f"{name} {k}"]) * 1000 for k in ("compiled", "generic"))
+        print(f"{name}: compiled p50 {c:.2f} ms, generic {r:.2f} ms, compiled/generic throughput {r / c:.2f}x")
+
+
+def _both(b: Bench, headers: dict[str, str], query: str,
+          path: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[object]]]:
+    body = orjson.dumps({"query": query})
+
+    async def compiled() -> None:
+        response = await b.client.post("/graphql", content=body, headers=headers)
+        assert response.headers["tenantry-read-path"] == path, response.text
+
+    async def generic() -> None:
+        with generic_path(b.app):
+            response = await b.client.post("/graphql", content=body, headers=headers)
+        assert "errors" not in orjson.loads(response.content)
+
+    return compiled, generic
 
 
 async def _relations(b: Bench, token: str, tenant_id: str) -> None:
