@@ -450,6 +450,11 @@ async def test_roots_are_compiled_one_by_one_and_merged_in_field_order(api: Api,
     assert [m["tenant"]["id"] for m in data["me"]["memberships"]] == [a.id]
     assert data["devices"]["edges"][0]["node"]["alarms"][0]["severity"] == "MAJOR"
     assert await both(http, app, a.token, a.id, DASHBOARD, {})
+    # `me` alone needs no tenant (the tenant chooser): compiled without X-Tenant-ID too.
+    alone = await http.post("/graphql", json={"query": "{ me { user { email } memberships { role } } }"},
+                            headers={"authorization": f"Bearer {a.token}"})
+    assert alone.headers[READ_PATH] == "compiled"
+    assert orjson.loads(alone.content)["data"]["me"]["memberships"] == [{"role": "ADMIN"}]
     # Roots with no translation are executed; the others still come from SQL, in field order.
     mixed = ("{ roles { name } devices(first: 5) { edges { node { name } } } tenant { id limits { maxDevices } } "
              "me { user { email } } a: tenant { id } }")
