@@ -247,7 +247,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
             routed = await (context.authorize(permissions[0]) if len(permissions) == 1
                             else context.authorize_any(*permissions))
         # Each plane's roots go in a statement of their own (on the one connection, one round trip);
-        # a root reading neither joins the first there is.
+        # a root reading neither joins the first there is, so every plane here has a root.
         wanted = {ROOTS[names[r]].plane for r in compiled}
         planes = {TENANT: (await context.tenant_db()).plane} if TENANT in wanted else {}
         if MANAGEMENT in wanted or not planes:
@@ -269,12 +269,12 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         guards[plane] += q.guards[seen:]
     rest = frozenset(names) - frozenset(compiled)
     statements = [(planes[p], f"SELECT {', '.join(f'({e})::text' for _, e in columns[p])}"
-                   + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes if columns[p]]
+                   + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes]
     # With guards, or generic roots still to run, COMMIT waits: the generic path runs in this transaction.
     rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)),
                                                  last=not q.guards and not rest)
     pieces: dict[str, bytes] = {r: b'"Query"' for r, name in names.items() if name == "__typename"}
-    for plane, row in zip([p for p in planes if columns[p]], rows, strict=True):
+    for plane, row in zip(planes, rows, strict=True):
         if guards[plane] and row[-1] != b"t":
             raise Fallback
         for (response_name, _), value in zip(columns[plane], row, strict=False):
