@@ -5,7 +5,13 @@
 One run, one machine, one embedded PostgreSQL, each server with a 32-connection pool, one
 tenant with 100 devices, wrk with 32 keep-alive connections for SECONDS (default 6) per run,
 the runs interleaved over two rounds (the best of each is printed):
-  (a) one device by id, 3 fields;  (b) 100 devices (edges/cursor/node, pageInfo), 3 fields.
+  (a) one device by id, 3 fields;  (b) 100 devices (edges/cursor/node, pageInfo), 3 fields;
+  (d) the console's dashboard: `me` and 20 devices with their 5 newest alarms each (plain and
+      PostGraphile answer the devices part: neither has users);
+  (e) a filtered list with totalCount (20 of the 50 devices of one type);
+  (f) createDevice (a mutation: compiled and generic are the same path);
+  (g) createMeasurements of 1,000 rows (plain: the same rows parsed from the same JSON and
+      COPYed in the routed transaction; PostGraphile has no bulk create, so it has no row).
 Servers: `plain` — a Starlette endpoint in the same app doing the same routed transaction
 (BEGIN + set_config, one SELECT, COMMIT) and orjson, the 1.0x baseline; `compiled` — GraphQL
 answered by app.graphql.engine.compiled; `generic` — the same app with the planner off (what
@@ -40,6 +46,7 @@ from starlette.routing import Route
 
 from app.access.acting import tenant_transaction
 from app.db.naming import tenant_role, tenant_schema
+from app.ids import encode
 from app.models.tenant import devices
 from app.runtime.platform import Platform
 from app.services.pagination import encode_cursor
@@ -56,6 +63,17 @@ LIST = "{ devices(first: 100) { edges { cursor node { id name type } } pageInfo 
 PG_ONE = "query($id: BigInt!) { deviceByRowId(rowId: $id) { rowId name type } }"
 PG_LIST = "{ allDevices(first: 100, orderBy: PRIMARY_KEY_ASC) { edges { cursor node { rowId name type } } " \
           "pageInfo { hasNextPage endCursor } } }"
+DASHBOARD = ("{ me { user { email } } devices(first: 20) { edges { node { id name alarms(first: 5) "
+             "{ id severity text } } } } }")
+PG_DASHBOARD = ("{ allDevices(first: 20, orderBy: PRIMARY_KEY_ASC) { edges { node { rowId name "
+                "alarmsByDeviceId(first: 5, orderBy: PRIMARY_KEY_DESC) { nodes { rowId severity text } } } } } }")
+FILTERED = '{ devices(first: 20, filter: {type: "meter"}) { totalCount edges { node { id name type } } } }'
+PG_FILTERED = ('{ allDevices(first: 20, condition: {type: "meter"}, orderBy: PRIMARY_KEY_ASC) { totalCount '
+               'edges { node { rowId name type } } } }')
+CREATE = 'mutation { createDevice(input: {name: "new", type: "meter"}) { id name } }'
+PG_CREATE = 'mutation { createDevice(input: {device: {name: "new", type: "meter"}}) { device { rowId name } } }'
+INGEST = "mutation($m: [MeasurementInput!]!) { createMeasurements(input: $m) }"
+BATCH = 1000
 USAGE = """query($f: Date!, $t: Date!) { subtenantUsage(from: $f, to: $t) { tenantId tenantDomain tenantCompany
   parentTenantId status creationTime requestCount deviceRequestCount measurementsCreatedCount eventsCreatedCount
   alarmsCreatedCount inventoriesCreatedCount totalResourceCreateAndUpdateCount deviceCount deviceWithChildrenCount
@@ -112,7 +130,74 @@ def plain_routes(platform: Platform) -> list[Any]:
                                                                    "endCursor": cursors[-1] if cursors else None}}}}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    return [Route("/plain/device/{id}", plain_device), Route("/plain/devices", plain_devices)]
+    dashboard = text("SELECT d.id, d.name, a.id, a.severity, a.text FROM (SELECT id, name FROM devices ORDER BY id "
+                     "LIMIT 20) d LEFT JOIN LATERAL (SELECT id, severity, text FROM alarms WHERE device_id = d.id "
+                     "ORDER BY id DESC LIMIT 5) a ON true ORDER BY d.id, a.id DESC")
+    of_type = select(devices.c.id, devices.c.name, devices.c.type).where(devices.c.type == "meter") \
+        .order_by(devices.c.id).limit(21)
+    counted = text("SELECT count(*) FROM devices WHERE type = 'meter'")
+    insert = text("INSERT INTO devices (name, type) VALUES ('new', 'meter') RETURNING id, name")
+
+    async def plain_dashboard(request: Request) -> Response:
+        tenant = request.headers["x-tenant-id"]
+        tx = tenant_transaction(platform.db.app, tenant)
+        try:
+            rows = (await tx.execute(dashboard)).all()
+        finally:
+            await tx.finish(commit=True)
+        nodes: dict[int, dict[str, Any]] = {}
+        for device_id, name, alarm_id, severity, alarm_text in (tuple(r) for r in rows):
+            node = nodes.setdefault(device_id, {"id": encode("Device", tenant, device_id), "name": name,
+                                                "alarms": []})
+            if alarm_id is not None:
+                node["alarms"].append({"id": encode("Alarm", tenant, alarm_id), "severity": severity,
+                                       "text": alarm_text})
+        body = {"data": {"devices": {"edges": [{"node": n} for n in nodes.values()]}}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def plain_filtered(request: Request) -> Response:
+        tenant = request.headers["x-tenant-id"]
+        tx = tenant_transaction(platform.db.app, tenant)
+        try:
+            total = (await tx.execute(counted)).scalar_one()
+            rows = (await tx.execute(of_type)).all()
+        finally:
+            await tx.finish(commit=True)
+        edges = [{"node": {"id": encode("Device", tenant, r.id), "name": r.name, "type": r.type}} for r in rows[:20]]
+        body = {"data": {"devices": {"totalCount": total, "edges": edges}}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def plain_create(request: Request) -> Response:
+        tenant = request.headers["x-tenant-id"]
+        tx = tenant_transaction(platform.db.app, tenant)
+        try:
+            row = (await tx.execute(insert)).one()
+            await tx.finish(commit=True)
+        except BaseException:
+            await tx.finish(commit=False)
+            raise
+        body = {"data": {"createDevice": {"id": encode("Device", tenant, row.id), "name": row.name}}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def plain_ingest(request: Request) -> Response:
+        """The same JSON parsed and its rows COPYed in the routed transaction: no validation, no GraphQL."""
+        tenant = request.headers["x-tenant-id"]
+        rows = orjson.loads(await request.body())["variables"]["m"]
+        data = "".join(f"{_local(r['deviceId'])}\t{r['time']}\t{r['type']}\t{r['series']}\t{r['value']}\t"
+                       f"{r['unit']}\n" for r in rows).encode()
+        tx = tenant_transaction(platform.db.app, tenant)
+        try:
+            await tx.copy_text("COPY measurements (device_id, time, type, series, value, unit) FROM STDIN", data)
+            await tx.finish(commit=True)
+        except BaseException:
+            await tx.finish(commit=False)
+            raise
+        return Response(orjson.dumps({"data": {"createMeasurements": len(rows)}}), media_type="application/json")
+
+    return [Route("/plain/device/{id}", plain_device), Route("/plain/devices", plain_devices),
+            Route("/plain/dashboard", plain_dashboard), Route("/plain/filtered", plain_filtered),
+            Route("/plain/create", plain_create, methods=["POST"]),
+            Route("/plain/ingest", plain_ingest, methods=["POST"])]
 
 
 def _install_postgraphile() -> Path | None:
@@ -197,10 +282,20 @@ async def main(seconds: float, tenants: int) -> None:
         tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant)
         ids = []
         for i in range(100):
-            made = await b.gql('mutation($n: String!) { createDevice(input: {name: $n, type: "meter", '
-                               'fragments: {fw: "1.2.3"}}) { id } }', {"n": f"device-{i}"},
+            made = await b.gql('mutation($n: String!, $t: String!) { createDevice(input: {name: $n, type: $t, '
+                               'fragments: {fw: "1.2.3"}}) { id } }',
+                               {"n": f"device-{i}", "t": "meter" if i % 2 else "sensor"},
                                token=tenant_token, tenant=tenant)
             ids.append(made["createDevice"]["id"])
+        for device in ids[:20]:  # the dashboard's devices have alarms (one open alarm per type)
+            for k in range(6):
+                await b.gql('mutation($d: ID!, $t: String!) { raiseAlarm(input: {deviceId: $d, type: $t, '
+                            'severity: MAJOR, text: "over threshold"}) { id } }', {"d": device, "t": f"a{k}"},
+                            token=tenant_token, tenant=tenant)
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        batch = [{"deviceId": ids[i % 10], "time": (t0 + timedelta(seconds=i)).isoformat(),
+                  "type": "climate", "series": "temperature", "value": 20.0 + (i % 50) / 10, "unit": "C"}
+                 for i in range(BATCH)]
         headers = {"Authorization": f"Bearer {tenant_token}", "X-Tenant-ID": tenant,
                    "Content-Type": "application/json", "Accept": "application/graphql-response+json"}
         pg_headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -217,6 +312,18 @@ async def main(seconds: float, tenants: int) -> None:
             "b": {"plain": [("GET", "/plain/devices", {"X-Tenant-ID": tenant}, None)],
                   "tenantry": [post(LIST)],
                   "postgraphile": [post(PG_LIST, None, pg_headers)]},
+            "d": {"plain": [("GET", "/plain/dashboard", {"X-Tenant-ID": tenant}, None)],
+                  "tenantry": [post(DASHBOARD)],
+                  "postgraphile": [post(PG_DASHBOARD, None, pg_headers)]},
+            "e": {"plain": [("GET", "/plain/filtered", {"X-Tenant-ID": tenant}, None)],
+                  "tenantry": [post(FILTERED)],
+                  "postgraphile": [post(PG_FILTERED, None, pg_headers)]},
+            "f": {"plain": [("POST", "/plain/create", {"X-Tenant-ID": tenant}, "")],
+                  "tenantry": [post(CREATE)],
+                  "postgraphile": [post(PG_CREATE, None, pg_headers)]},
+            "g": {"plain": [("POST", "/plain/ingest", {"X-Tenant-ID": tenant, "Content-Type": "application/json"},
+                             orjson.dumps({"variables": {"m": batch}}).decode())],
+                  "tenantry": [post(INGEST, {"m": batch})]},
         }
 
         server = uvicorn.Server(uvicorn.Config(b.app, host="127.0.0.1", port=0, log_level="warning",
@@ -251,7 +358,7 @@ async def main(seconds: float, tenants: int) -> None:
                         ("plain", port, servers["plain"], None, planner),
                         ("compiled", port, servers["tenantry"], None, planner),
                         ("generic", port, servers["tenantry"], None, None)]
-                    if peer is not None:
+                    if peer is not None and "postgraphile" in servers:
                         runs.append(("postgraphile", peer_port, servers["postgraphile"], peer.pid, planner))
                     for name, where, requests, pid, plan in runs:
                         endpoint.planner = plan
@@ -275,7 +382,10 @@ async def main(seconds: float, tenants: int) -> None:
         if "-v" in sys.argv:
             for (case, name), r in results.items():
                 print(case, name, r["raw"])
-        labels = {"a": "(a) device(id), 3 fields", "b": "(b) devices(first: 100), 3 fields"}
+        labels = {"a": "(a) device(id), 3 fields", "b": "(b) devices(first: 100), 3 fields",
+                  "d": "(d) dashboard: me + devices(first: 20) with alarms(first: 5)",
+                  "e": "(e) devices(first: 20, filter: {type}) with totalCount",
+                  "f": "(f) createDevice", "g": f"(g) createMeasurements, {BATCH:,} rows a request"}
         for case, label in labels.items():
             print(label)
             base = results[(case, "plain")]["rps"]
@@ -283,8 +393,11 @@ async def main(seconds: float, tenants: int) -> None:
                 if (case, name) not in results:
                     continue
                 r = results[(case, name)]
+                rows = f"  {r['rps'] * BATCH:9,.0f} rows/s" if case == "g" else ""
                 print(f"  {name:12s} {r['rps']:7.0f} req/s  {r['rps'] / base:4.2f}x plain  "
-                      f"server CPU {r['cpu_ms']:.2f} ms/req  PostgreSQL CPU {r['pg_ms']:.2f} ms/req")
+                      f"server CPU {r['cpu_ms']:.2f} ms/req  PostgreSQL CPU {r['pg_ms']:.2f} ms/req{rows}")
+            if case == "g":
+                print("  postgraphile: no row (PostGraphile 5 has no bulk create)")
             if (case, "postgraphile") in results:
                 ratio = results[(case, "compiled")]["rps"] / results[(case, "postgraphile")]["rps"]
                 print(f"  compiled / postgraphile: {ratio:.2f}x")
