@@ -101,3 +101,36 @@ async def test_readers_read_but_do_not_write(api: Api, world: World, platform: P
     denied = await api.gql(CREATE, {"i": {"name": "nope"}}, token=reader, tenant=t.id)
     assert denied.code == "FORBIDDEN"
     assert denied.errors[0]["extensions"]["permission"] == "devices:write"
+
+
+async def test_audit_rows_are_written_with_the_commit_and_stay_in_their_tenant(api: Api, world: World,
+                                                                               platform: Platform) -> None:
+    """A request's data-plane audit rows travel with its COMMIT (app.db.notify.audit_sql): each
+    mutation's row is there, in order, with actor, changes and request id; an operation that fails
+    after auditing keeps none; another tenant sees none of them."""
+    t, other = await world.tenant(), await world.tenant()
+    made = await api.gql('mutation { a: createDevice(input: {name: "first"}) { id } '
+                         'b: createDevice(input: {name: "it\'s \\"second\\""}) { id } }', token=t.token, tenant=t.id)
+    assert not made.errors
+    failed = await api.gql('mutation { a: createDevice(input: {name: "kept?"}) { id } '
+                           'b: createDevice(input: {name: "x", parentId: "RGV2aWNlOnQxOjk5OTk5"}) { id } }',
+                           token=t.token, tenant=t.id)
+    assert failed.errors
+    log = await api.gql('{ auditLog(first: 10, filter: {plane: DATA, action: "device."}) { edges { node { action '
+                        'actorType target changes requestId } } } }', token=t.token, tenant=t.id)
+    nodes = [e["node"] for e in log.data["auditLog"]["edges"]]
+    assert [n["changes"][0]["new"] for n in nodes] == ['it\'s "second"', "first"]  # newest first
+    assert {n["actorType"] for n in nodes} == {"user"}
+    assert nodes[0]["requestId"] is not None
+    assert nodes[0]["requestId"] == nodes[1]["requestId"]  # one request, one id
+    assert [n["target"] for n in nodes] == ["2", "1"]  # the devices' numbers in this tenant
+    elsewhere = await api.gql('{ auditLog(filter: {plane: DATA}) { edges { node { action } } } }',
+                              token=other.token, tenant=other.id)
+    assert "device.created" not in {e["node"]["action"] for e in elsewhere.data["auditLog"]["edges"]}
+    async with platform.db.owner.connect() as conn:
+        rows = (await conn.execute(text(f"SELECT action, changes->0->>'new' FROM t_{t.id}.audit_log "
+                                        "WHERE action = 'device.created' ORDER BY id"))).all()
+        assert [tuple(r) for r in rows] == [("device.created", "first"), ("device.created", 'it\'s "second"')]
+        foreign = (await conn.execute(text(f"SELECT count(*) FROM t_{other.id}.audit_log "
+                                           "WHERE action = 'device.created'"))).scalar_one()
+        assert foreign == 0

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
-from app.db.notify import append_sql, wake_sql
+from app.db.notify import append_sql, audit_sql, wake_sql
 from app.db.transaction import (
     WORKER_XID,
     Executor,
@@ -202,8 +202,9 @@ class RequestTransaction:
         # parent-level access): run before COMMIT, or after a ROLLBACK in a short transaction
         # of their own on the same connection.
         self._always: list[AfterHook] = []
-        # Change-log entries per tenant (app.runtime.announcements), appended just before COMMIT.
-        self._announced: dict[str, list[str]] = {}
+        # Per tenant, change-log entries (app.runtime.announcements) and data-plane audit rows
+        # (app.services.audit.data_audit), both written in the round trip of COMMIT.
+        self._announced: dict[str, tuple[list[str], list[str]]] = {}
 
     @property
     def opened(self) -> bool:
@@ -309,7 +310,10 @@ class RequestTransaction:
         self._always.append(hook)
 
     def announce(self, tenant_id: str, entries: Sequence[str]) -> None:
-        self._announced.setdefault(tenant_id, []).extend(entries)
+        self._announced.setdefault(tenant_id, ([], []))[0].extend(entries)
+
+    def audit(self, tenant_id: str, row: str) -> None:
+        self._announced.setdefault(tenant_id, ([], []))[1].append(row)
 
     def plane(self, plane: str | None) -> PlaneView:
         return PlaneView(self, plane)
@@ -391,15 +395,17 @@ class RequestTransaction:
             await release(self._engine, conn)
 
 
-async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook], announced: dict[str, list[str]]) -> None:
-    """The kept writes, then the change-log entries (each tenant's under its own role), their
-    wake-up and COMMIT in one round trip."""
+async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
+                  announced: dict[str, tuple[list[str], list[str]]]) -> None:
+    """The kept writes, then the audit rows and change-log entries (each tenant's under its own
+    role), their wake-up and COMMIT in one round trip."""
     for hook in hooks:
         await hook(_Direct(conn))
-    steps = [step for tenant, entries in announced.items()
-             for step in (tenant_switch(tenant), *append_sql(tenant, entries))]
-    if announced:
-        steps.append(wake_sql(announced))
+    steps = [step for tenant, (entries, audited) in announced.items()
+             for step in (tenant_switch(tenant), *audit_sql(tenant, audited),
+                          *(append_sql(tenant, entries) if entries else ()))]
+    if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
+        steps.append(wake_sql(woken))
     try:
         await driver_execute(conn, "; ".join([*steps, "COMMIT"]))
     except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
@@ -463,6 +469,11 @@ class PlaneView:
     def announce(self, tenant_id: str, entries: Sequence[str]) -> None:
         """Queue change-log entries for this request's COMMIT (app.runtime.announcements)."""
         self._shared.announce(tenant_id, entries)
+
+    def audit(self, row: str) -> None:
+        """Queue an audit row (a JSON object, app.db.notify.audit_sql) of this view's tenant for COMMIT."""
+        assert self.plane is not None, "the audit log lives in a tenant's schema"
+        self._shared.audit(self.plane, row)
 
     def always(self, hook: AfterHook) -> None:
         """Run `hook` before COMMIT, or after a ROLLBACK in a short transaction of its own on the

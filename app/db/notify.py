@@ -1,5 +1,6 @@
 """Channel names and the SQL that appends to a tenant's change log and wakes its readers, shared by
-the request transaction and the services (app.runtime.announcements explains the protocol)."""
+the request transaction and the services (app.runtime.announcements explains the protocol), and
+the audit rows a request writes with its COMMIT."""
 
 from __future__ import annotations
 
@@ -48,3 +49,16 @@ def wake_sql(tenant_ids: Iterable[str]) -> str:
     """NOTIFY each tenant's log readers (sent at COMMIT only; the log, not the payload, is the news)."""
     literals = ",".join(literal(t) for t in sorted(set(tenant_ids)))
     return f"SELECT pg_notify('{CHANGES}', t) FROM unnest(ARRAY[{literals}]::text[]) AS t"
+
+
+def audit_sql(tenant_id: str, rows: Sequence[str]) -> list[str]:
+    """One INSERT of a request's data-plane audit rows (JSON objects with the audit_log columns
+    actor_type, actor_id, action, target, changes, request_id), sent with COMMIT instead of a round
+    trip each: every mutation writes one."""
+    if not rows:
+        return []
+    array = literal("[" + ",".join(rows) + "]")
+    return [f"INSERT INTO {tenant_schema(tenant_id)}.audit_log (actor_type, actor_id, action, target, changes, "
+            f"request_id) SELECT e.v->>'actor_type', e.v->>'actor_id', e.v->>'action', e.v->>'target', "
+            f"e.v->'changes', e.v->>'request_id' FROM jsonb_array_elements({array}::jsonb) WITH ORDINALITY "
+            f"AS e(v, o) ORDER BY e.o"]

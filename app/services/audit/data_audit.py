@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import insert, select
 
 from app.access.principal import Actor
@@ -20,8 +21,15 @@ from app.services.pagination import Page, build_page, decode_int_cursor, page_si
 
 async def record(db: Executor, *, actor: Actor, action: str, target: str | None,
                  changes: list[dict[str, Any]] | None = None, request_id: str | None = None) -> None:
-    await db.execute(insert(audit_log).values(actor_type=actor.type, actor_id=actor.id, action=action, target=target,
-                                              changes=changes or [], request_id=request_id))
+    """Audit one action in the transaction's tenant. A request's transaction writes the row with its
+    COMMIT (app.db.notify.audit_sql: no round trip of its own); any other transaction now."""
+    values = {"actor_type": actor.type, "actor_id": actor.id, "action": action, "target": target,
+              "changes": changes or [], "request_id": request_id}
+    deferred = getattr(db, "audit", None)
+    if deferred is not None:
+        deferred(orjson.dumps(values).decode())
+        return
+    await db.execute(insert(audit_log).values(**values))
 
 
 async def list_records(db: Executor, *, tenant_id: str, action: str | None, since: datetime | None,
