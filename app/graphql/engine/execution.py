@@ -37,6 +37,7 @@ from graphql import (
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLScalarType,
     GraphQLSchema,
     Undefined,
     is_leaf_type,
@@ -51,6 +52,8 @@ from graphql.type import is_required_input_field
 from graphql.type.introspection import TypeNameMetaFieldDef
 from graphql.utilities.coerce_input_value import coerce_default_value
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from app.graphql.engine.boundary import FAST
 
 Coercer = Callable[[Any], Any]
 
@@ -204,29 +207,37 @@ def _compile_body(type_: GraphQLInputType, open_objects: tuple[str, ...]) -> Coe
 def _compile_input_object(type_: GraphQLInputObjectType, open_objects: tuple[str, ...]) -> Coercer:
     fields = type_.fields
     inner = (type_.name, *open_objects)
-    # (name, out name, field, required, non-null, body of the nullable type)
+    # (name, out name, field, required, non-null, body of the nullable type, fast check): the fast
+    # check (app.graphql.engine.boundary.FAST) is true only of a present value its scalar's coercion
+    # returns unchanged, so such a value is taken as it is, with no call through the coercion.
     plan = []
     for name, field in fields.items():
         non_null = isinstance(field.type, GraphQLNonNull)
         nullable_type = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+        fast = FAST.get(nullable_type.name) if isinstance(nullable_type, GraphQLScalarType) else None
         plan.append((name, field.out_name or name, field, is_required_input_field(field), non_null,
-                     _compile_body(nullable_type, inner)))
+                     _compile_body(nullable_type, inner), fast))
     out_type = type_.out_type
     one_of = type_.is_one_of
+    names = frozenset(fields)
 
     def object_body(value: Any) -> Any:
         if not isinstance(value, dict):
             return Undefined
         defined = 0
-        for field_name, field_value in value.items():
-            if field_value is Undefined:
-                continue
-            defined += 1
-            if field_name not in fields:
-                return Undefined
+        if one_of or not value.keys() <= names:  # else every key is a field: nothing to count or refuse
+            for field_name, field_value in value.items():
+                if field_value is Undefined:
+                    continue
+                defined += 1
+                if field_name not in fields:
+                    return Undefined
         out: dict[str, Any] = {}
-        for name, out_name, field, required, non_null, body in plan:
+        for name, out_name, field, required, non_null, body, fast in plan:
             field_value = value.get(name, Undefined)
+            if fast is not None and fast(field_value):
+                out[out_name] = field_value
+                continue
             if field_value is Undefined:
                 if required:
                     return Undefined
