@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -646,3 +647,26 @@ def test_every_leaf_field_of_a_compiled_type_has_a_translation() -> None:
     missing = {name: sorted(set(leaves(name)) - {"__typename"} - set(fields))
                for name, fields in sql_json.FIELDS.items()}
     assert {name: m for name, m in missing.items() if m} == {}
+
+
+async def test_me_of_a_disabled_user_is_refused_as_on_the_generic_path(world: World, http: httpx.AsyncClient,
+                                                                       app: Starlette, platform: Platform) -> None:
+    """A token outlives its user's disabling: `me` must not answer from SQL for it. Disabled as
+    `set_disabled` does it (the row, then the registry's cache), the compiled path refuses it
+    exactly as the generic path does."""
+    t = await world.tenant()
+    user_id, token = await world.member(t, "READER")
+    query = "{ me { user { email } memberships { role } } }"
+    before = await post(http, token, t.id, query, {})
+    assert before.headers[READ_PATH] == "compiled"
+    async with platform.db.owner.begin() as conn:
+        await conn.execute(text("UPDATE tenantry.users SET disabled_at = now() WHERE id = :u"), {"u": user_id})
+    platform.registry.forget_user(uuid.UUID(str(user_id)))
+    compiled = await post(http, token, t.id, query, {})
+    with generic_path(app):
+        generic = await post(http, token, t.id, query, {})
+    assert compiled.headers.get(READ_PATH) != "compiled"
+    refused = orjson.loads(compiled.content)
+    assert refused.get("data") in (None, {"me": None})
+    assert refused["errors"][0]["extensions"]["code"] in {"UNAUTHENTICATED", "FORBIDDEN"}
+    assert refused == orjson.loads(generic.content)
