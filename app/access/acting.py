@@ -312,7 +312,7 @@ class RequestTransaction:
     def announce(self, tenant_id: str, entries: Sequence[str]) -> None:
         self._announced.setdefault(tenant_id, ([], []))[0].extend(entries)
 
-    def audit(self, tenant_id: str, row: str) -> None:
+    def audit_at_commit(self, tenant_id: str, row: str) -> None:
         self._announced.setdefault(tenant_id, ([], []))[1].append(row)
 
     def plane(self, plane: str | None) -> PlaneView:
@@ -470,10 +470,10 @@ class PlaneView:
         """Queue change-log entries for this request's COMMIT (app.runtime.announcements)."""
         self._shared.announce(tenant_id, entries)
 
-    def audit(self, row: str) -> None:
+    def audit_at_commit(self, row: str) -> None:
         """Queue an audit row (a JSON object, app.db.notify.audit_sql) of this view's tenant for COMMIT."""
         assert self.plane is not None, "the audit log lives in a tenant's schema"
-        self._shared.audit(self.plane, row)
+        self._shared.audit_at_commit(self.plane, row)
 
     def always(self, hook: AfterHook) -> None:
         """Run `hook` before COMMIT, or after a ROLLBACK in a short transaction of its own on the

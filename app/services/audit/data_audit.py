@@ -25,7 +25,7 @@ async def record(db: Executor, *, actor: Actor, action: str, target: str | None,
     COMMIT (app.db.notify.audit_sql: no round trip of its own); any other transaction now."""
     values = {"actor_type": actor.type, "actor_id": actor.id, "action": action, "target": target,
               "changes": changes or [], "request_id": request_id}
-    deferred = getattr(db, "audit", None)
+    deferred = getattr(db, "audit_at_commit", None)  # a request transaction (app.access.acting)
     if deferred is not None:
         deferred(orjson.dumps(values).decode())
         return
