@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -57,6 +58,23 @@ def current_tenant() -> str:
 
 def encode(type_name: str, tenant: str, local: int) -> str:
     return base64.urlsafe_b64encode(f"{type_name}:{tenant}:{local}".encode()).rstrip(b"=").decode()
+
+
+def encoder(type_name: str, tenant: str) -> Callable[[int | None], str | None]:
+    """`encode` for one type and tenant, None staying None: the prefix built once, the base64 in C
+    (a compiled page encodes a hundred ids a request)."""
+    prefix = f"{type_name}:{tenant}:".encode()
+    b2a = binascii.b2a_base64
+
+    def encode_one(local: int | None) -> str | None:
+        if local is None:
+            return None
+        return b2a(prefix + str(local).encode(), newline=False).rstrip(b"=").translate(_URLSAFE).decode()
+
+    return encode_one
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def here(type_name: str, local: int) -> str:

@@ -1,15 +1,15 @@
-"""Compiled reads: a query answered by ONE SQL statement whose result is the response's JSON.
+"""Compiled reads: a query answered by ONE SQL statement per plane, without GraphQL execution.
 
 For the read queries that carry volume, GraphQL execution in Python (a resolver, a record
 and a value completion per field, per row) costs several times what PostgreSQL spends
-building the same JSON (issue 15's measurements). The planner here decides once per
-(document, operation) whether every field the operation can select has a SQL translation;
-if so, each request walks the selection (fragments, aliases and @skip/@include resolved with
-its variables, by graphql-core's own `collect_fields`) into one statement —
-`json_build_object` per object, `json_agg` over a keyset page per connection, correlated
-subqueries for nested lists and to-one relations — and writes PostgreSQL's text into the
-response as it comes (`{"data":` + it + `}`), with BEGIN, the role switch and COMMIT in the
-same round trip (`RequestTransaction.read_row`).
+reading the same rows (issue 15's measurements). The planner here decides once per
+(document, operation) which root fields have a SQL translation for every field they can
+select; each request walks the selection (fragments, aliases and @skip/@include resolved with
+its variables, by graphql-core's own `collect_fields`) into one statement per plane, a column
+of JSON per root field — objects as JSON arrays, connections as their keyset page, correlated
+subqueries for nested lists and to-one relations (app.graphql.engine.sql_json, sql_pages) —
+with BEGIN, the role switch and COMMIT in the same round trip (`RequestTransaction.read_rows`).
+Python names the values, encodes ids and cursors and orjson writes the response.
 
 Same rules as the generic path, by construction:
 - routing, permissions and the data gate are the access gate's (`Context.authorize`,
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from app.graphql.context import Context
 
 from app.graphql.engine.compiled_roots import CONNECTION_FIELDS, EDGE_FIELDS, PAGE_INFO_FIELDS, ROOT_SQL
-from app.graphql.engine.sql_json import FIELDS, Fallback, Statement, named
+from app.graphql.engine.sql_json import FIELDS, Fallback, Part, Statement, named
 
 __all__ = ["Answer", "Fallback", "Plan", "Planner", "run"]
 
@@ -81,22 +81,23 @@ class Plan:
 
 @dataclass(frozen=True)
 class Answer:
-    """The compiled roots' JSON by response name, in the operation's field order. `rest`: the
-    response names the generic path answers (nothing: the whole `data` is here)."""
+    """The compiled roots' values by response name (JSON that PostgreSQL built stays its bytes, as an
+    orjson.Fragment), in the operation's field order. `rest`: the response names the generic path
+    answers (nothing: the whole `data` is here)."""
 
-    pieces: dict[str, bytes]
+    pieces: dict[str, Any]
     order: tuple[str, ...]
     rest: frozenset[str]
 
     def data(self) -> bytes:
-        return b"{" + b",".join(b'"%s":%s' % (name.encode(), self.pieces[name]) for name in self.order) + b"}"
+        return orjson.dumps({name: self.pieces[name] for name in self.order})
 
     def merged(self, generic: dict[str, Any] | None) -> dict[str, Any] | None:
         """The whole `data`: the generic path's values and these, in field order. Null stays null:
         a non-null root the generic path could not answer nulls all of `data`, on either path."""
         if generic is None:
             return None
-        return {name: orjson.Fragment(self.pieces[name]) if name in self.pieces else generic[name]
+        return {name: self.pieces[name] if name in self.pieces else generic[name]
                 for name in self.order if name in self.pieces or name in generic}
 
 
@@ -255,7 +256,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     except AppError as exc:
         raise Fallback from exc
     q = Statement(schema, plan.operation, plan.fragments, coerced, routed, context)
-    columns: dict[str, list[tuple[str, str]]] = {plane: [] for plane in planes}
+    columns: dict[str, list[tuple[str, Part]]] = {plane: [] for plane in planes}
     guards: dict[str, list[str]] = {plane: [] for plane in planes}
     for response_name in compiled:
         name = names[response_name]
@@ -268,15 +269,22 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         columns[plane].append((response_name, expr))
         guards[plane] += q.guards[seen:]
     rest = frozenset(names) - frozenset(compiled)
-    statements = [(planes[p], f"SELECT {', '.join(f'({e})::text' for _, e in columns[p])}"
+    statements = [(planes[p], f"SELECT {', '.join(f'({e.sql})::text' for _, e in columns[p])}"
                    + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes]
     # With guards, or generic roots still to run, COMMIT waits: the generic path runs in this transaction.
     rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)),
                                                  last=not q.guards and not rest)
-    pieces: dict[str, bytes] = {r: b'"Query"' for r, name in names.items() if name == "__typename"}
+    pieces: dict[str, Any] = {r: "Query" for r, name in names.items() if name == "__typename"}
     for plane, row in zip(planes, rows, strict=True):
         if guards[plane] and row[-1] != b"t":
             raise Fallback
-        for (response_name, _), value in zip(columns[plane], row, strict=False):
-            pieces[response_name] = value if value is not None else b"null"  # NULL::json: a null root
+        pieces.update((response_name, _value(part, value))
+                      for (response_name, part), value in zip(columns[plane], row, strict=False))
     return Answer(pieces, tuple(names), rest - pieces.keys())
+
+
+def _value(part: Part, value: bytes | None) -> Any:
+    """A root's value from its column: null (NULL::json), the JSON as PostgreSQL built it, or decoded."""
+    if value is None:
+        return None
+    return orjson.Fragment(value) if part.decode is None else part.decode(orjson.loads(value))

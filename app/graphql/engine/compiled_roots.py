@@ -18,15 +18,14 @@ from app.errors import AppError
 from app.graphql.engine.sql_json import (
     TENANT_FIELDS,
     Fallback,
-    Page,
+    Part,
     Statement,
     checked,
-    connection,
-    int_cursor,
+    listed,
     named,
     scope_sql,
-    time_cursor,
 )
+from app.graphql.engine.sql_pages import Page, connection, key_cursor, time_cursor
 from app.services.data import alarms as alarm_service
 from app.services.data import events as event_service
 from app.services.data import measurements as measurement_service
@@ -37,7 +36,7 @@ from app.services.tenants import queries as tenant_service
 from app.services.usage import statistics as usage_service
 
 
-def _root_devices(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_devices(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     from app.graphql.types.inventory import DeviceFilter, _filter  # the resolver's own conversion (and errors)
 
     args = q.arguments(field, details)
@@ -46,35 +45,36 @@ def _root_devices(q: Statement, field: GraphQLField, details: list[FieldDetails]
                                  if given is not None else None))
     stmt, size = checked(lambda: inventory.device_page(q.scope, filter=f, first=args.get("first"),
                                                         after=args.get("after"), cap=q.cap))
-    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), int_cursor,
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
                                                 lambda: inventory.count_statement(q.scope, f)))
 
 
-def _by_id(q: Statement, field: GraphQLField, details: list[FieldDetails], table: str) -> str:
+def _by_id(q: Statement, field: GraphQLField, details: list[FieldDetails], table: str) -> Part:
     """device(id) / group(id): the row in scope, or null (an id that parses as none names nothing)."""
     key = checked(lambda: inventory.parse_id(q.arguments(field, details)["id"], table[:-1]))
     if key is None:
-        return "NULL::json"
+        return Part("NULL::json")
     r = q.alias(table[0])
-    return (f"(SELECT {q.object(named(field), details, r)} FROM {table} {r} WHERE {r}.id = {q.bind(key)} "
-            f"AND {scope_sql(q.scope, table, f'{r}.id')})")
+    item = q.object(named(field), details, r)
+    return Part(f"(SELECT {item.sql} FROM {table} {r} WHERE {r}.id = {q.bind(key)} "
+                f"AND {scope_sql(q.scope, table, f'{r}.id')})", item.decode)
 
 
-def _root_device(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_device(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     return _by_id(q, field, details, "devices")
 
 
-def _root_groups(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_groups(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     parent = args.get("parentId")
     stmt, size = checked(lambda: inventory.group_page(
         q.scope, first=args.get("first"), after=args.get("after"), cap=q.cap,
         parent_id=inventory.require_id(parent, "group") if parent is not None else None,
         roots_only=parent is None and q.scope.unrestricted))
-    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), int_cursor))
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor))
 
 
-def _root_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     from app.graphql.types.data import AlarmFilter, alarm_filter  # the resolver's own conversion
 
     args = q.arguments(field, details)
@@ -83,19 +83,19 @@ def _root_alarms(q: Statement, field: GraphQLField, details: list[FieldDetails])
                      if given is not None else None)
     stmt, size = checked(lambda: alarm_service.alarm_page(q.scope, filter=f, first=args.get("first"),
                                                            after=args.get("after"), cap=q.cap))
-    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), int_cursor))
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor))
 
 
-def _root_operations(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_operations(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     status = args.get("status")
     stmt, size = checked(lambda: operation_service.operation_page(
         q.scope, device_id=args.get("deviceId"), status=status.value if status else None, first=args.get("first"),
         after=args.get("after"), cap=q.cap))
-    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), int_cursor))
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor))
 
 
-def _root_events(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_events(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     stmt, size = checked(lambda: event_service.event_page(
         q.scope, device_id=args.get("deviceId"), type=args.get("type"), start=args.get("from"), end=args.get("to"),
@@ -103,11 +103,11 @@ def _root_events(q: Statement, field: GraphQLField, details: list[FieldDetails])
     return connection(q, field, details, Page(q.clause(stmt), size, ("time", "id"), time_cursor))
 
 
-def _root_group(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_group(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     return _by_id(q, field, details, "groups")
 
 
-def _root_subtenant_usage(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_subtenant_usage(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     try:
         stmt = usage_service.summary_statement(q.routed, start=args["from"], end=args["to"],
@@ -117,19 +117,12 @@ def _root_subtenant_usage(q: Statement, field: GraphQLField, details: list[Field
         raise Fallback from exc
     u = q.alias("u")
     q.setup.append(usage_service.SUMMARY_SETUP)
-    return (f"(SELECT COALESCE(json_agg({q.object(named(field), details, u)} ORDER BY {u}.id), '[]'::json) "
-            f"FROM ({q.clause(stmt)}) {u})")
+    with q.json_objects():  # 10,000 rows of counters: Python would only copy them
+        item = q.object(named(field), details, u)
+    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.id), '[]'::json) FROM ({q.clause(stmt)}) {u})")
 
 
-_CURSOR_TEXT = "replace(translate(encode(convert_to('k:' || {c}, 'UTF8'), 'base64'), '+/', '-_'), E'\\n', '')"
-
-
-def _text_cursor(row: str) -> str:
-    """encode_cursor of a text key (tenant ids), exactly as base64.urlsafe_b64encode writes it."""
-    return _CURSOR_TEXT.format(c=f"{row}.id")
-
-
-def _root_measurements(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_measurements(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     size, key = checked(lambda: measurement_service.measurement_checks(
         device_id=args["deviceId"], start=args.get("from"), end=args.get("to"), first=args.get("first"), cap=q.cap))
@@ -140,7 +133,7 @@ def _root_measurements(q: Statement, field: GraphQLField, details: list[FieldDet
     return connection(q, field, details, Page(q.clause(stmt), size, ("time", "id"), time_cursor))
 
 
-def _root_measurement_series(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_measurement_series(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     key = checked(lambda: measurement_service.series_checks(
         device_id=args["deviceId"], start=args["from"], end=args["to"], interval=args["interval"].value))
@@ -149,19 +142,20 @@ def _root_measurement_series(q: Statement, field: GraphQLField, details: list[Fi
                                                 series=args.get("series"))
     q.guards.append(f"EXISTS ({q.clause(inventory.devices_in_scope(q.scope, [key]))})")
     b = q.alias("b")
-    return (f"COALESCE((SELECT json_agg({q.object(named(field), details, b)} ORDER BY {b}.series, {b}.bucket) "
-            f"FROM ({q.clause(stmt)}) {b}), '[]'::json)")
+    item = q.object(named(field), details, b)
+    return Part(f"COALESCE((SELECT json_agg({item.sql} ORDER BY {b}.series, {b}.bucket) "
+                f"FROM ({q.clause(stmt)}) {b}), '[]'::json)", listed(item.decode))
 
 
-async def _root_tenant_by_id(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+async def _root_tenant_by_id(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     """`tenantById`: the caller's own tenant or a descendant it administers, else null (as its resolver)."""
     ctx = q.context
     record = await tenant_service.visible_tenant(ctx.platform, ctx.management_db, q.routed,
                                                  q.arguments(field, details)["id"])
-    return _tenant_literal(q, field, details, record) if record is not None else "NULL::json"
+    return _tenant_literal(q, field, details, record) if record is not None else Part("NULL::json")
 
 
-def _root_tenants(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_tenants(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     from app.graphql.types.tenants import TenantFilter, tenant_filter  # the resolver's own conversion
 
     args = q.arguments(field, details)
@@ -169,17 +163,17 @@ def _root_tenants(q: Statement, field: GraphQLField, details: list[FieldDetails]
     f = tenant_filter(TenantFilter(**{to_snake_case(k): v for k, v in given.items()}) if given is not None else None)
     stmt, size = checked(lambda: tenant_service.subtree_page(q.routed, first=args.get("first"),
                                                               after=args.get("after"), cap=q.cap, filter=f))
-    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), _text_cursor,
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
                                                 lambda: tenant_service.count_subtree_statement(q.routed)))
 
 
-def _root_tenant(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+def _root_tenant(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     """`tenant`: the routed tenant's record as the gate holds it (the generic resolver reads no
     table either), written as a JSON literal."""
     return _tenant_literal(q, field, details, q.routed.tenant)
 
 
-def _tenant_literal(q: Statement, field: GraphQLField, details: list[FieldDetails], record: Any) -> str:
+def _tenant_literal(q: Statement, field: GraphQLField, details: list[FieldDetails], record: Any) -> Part:
     values: dict[str, Any] = {}
     for response_name, field_details in q.subfields(named(field), details).items():
         name = field_details[0].node.name.value
@@ -188,10 +182,10 @@ def _tenant_literal(q: Statement, field: GraphQLField, details: list[FieldDetail
             continue
         value = getattr(record, TENANT_FIELDS[name])
         values[response_name] = value.isoformat() if isinstance(value, datetime) else value
-    return q.bind(orjson.dumps(values).decode()) + "::json"
+    return Part(q.bind(orjson.dumps(values).decode()) + "::json")
 
 
-async def _root_usage(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+async def _root_usage(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     args = q.arguments(field, details)
     try:
         record = await usage_service.readable_tenant(q.context.management_db, q.routed, args.get("tenantId"),
@@ -201,11 +195,12 @@ async def _root_usage(q: Statement, field: GraphQLField, details: list[FieldDeta
         raise Fallback from exc
     u = q.alias("u")
     q.tenant_of_rows = record.id
-    return (f"(SELECT COALESCE(json_agg({q.object(named(field), details, u)} ORDER BY {u}.day), '[]'::json) "
-            f"FROM ({q.clause(stmt)}) {u})")
+    with q.json_objects():  # counters by day: Python would only copy them
+        item = q.object(named(field), details, u)
+    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.day), '[]'::json) FROM ({q.clause(stmt)}) {u})")
 
 
-async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> str:
+async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
     """`me`: the signed-in user's row and memberships. A caller that is not a user takes the generic
     path, and so does one whose account is gone or disabled (the guard), for its UNAUTHENTICATED."""
     try:
@@ -215,7 +210,8 @@ async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails
     user = q.clause(user_service.user_statement(principal.user_id, active=True))
     q.guards.append(f"EXISTS ({user})")
     u = q.alias("u")
-    return f"(SELECT {q.object(named(field), details, u)} FROM ({user}) {u})"
+    item = q.object(named(field), details, u)
+    return Part(f"(SELECT {item.sql} FROM ({user}) {u})", item.decode)
 
 
 # Root fields and their translations; what each asks of the gate first is app.graphql.roots'.
