@@ -69,12 +69,12 @@ def encoder(type_name: str, tenant: str) -> Callable[[int | None], str | None]:
     def encode_one(local: int | None) -> str | None:
         if local is None:
             return None
-        return b2a(prefix + str(local).encode(), newline=False).rstrip(b"=").translate(_URLSAFE).decode()
+        return b2a(prefix + b"%d" % local, newline=False).translate(_URLSAFE, b"=").decode()
 
     return encode_one
 
 
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # with b"=" deleted: urlsafe_b64encode(...).rstrip(b"=") in one pass
 
 
 def here(type_name: str, local: int) -> str:

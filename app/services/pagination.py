@@ -28,7 +28,11 @@ def page_size(first: int | None, cap: int) -> int:
 
 
 def encode_cursor(key: str | int) -> str:
-    return base64.urlsafe_b64encode(f"k:{key}".encode()).decode()
+    # urlsafe_b64encode, in one C call and a translate (a compiled page encodes a hundred a request)
+    return binascii.b2a_base64(f"k:{key}".encode(), newline=False).translate(_URLSAFE).decode()
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def decode_cursor(cursor: str | None) -> str | None:

@@ -203,15 +203,16 @@ class Statement:
         return parts
 
 
-def named_values(names: tuple[str, ...], decodes: tuple[Decode | None, ...]) -> Decode:
-    """An object's values (a JSON array, or None) as its response names and values: zipped in C,
-    then only the values that need it decoded (a page's rows are most of a request's Python)."""
+def named_values(names: tuple[str, ...], decodes: tuple[Decode | None, ...], start: int = 0) -> Decode:
+    """An object's values (a JSON array from `start` on, or None) as its response names and values:
+    zipped in C, then only the values that need it decoded (a page's rows are most of its Python)."""
     decoded = tuple((name, decode) for name, decode in zip(names, decodes, strict=True) if decode is not None)
+    end = start + len(names)
 
     def values_named(values: list[Any] | None) -> dict[str, Any] | None:
         if values is None:
             return None
-        named = dict(zip(names, values, strict=True))
+        named = dict(zip(names, values[start:end] if start else values, strict=True))
         for name, decode in decoded:
             named[name] = decode(named[name])
         return named
