@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,13 @@ def test_retention_run_from_the_shell(run) -> None:  # type: ignore[no-untyped-d
     result = run("retention", "run", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     assert "deleted:" in result.stdout
+
+
+def test_usage_snapshot_takes_snapshots_and_closes_the_days_before_today(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("usage", "snapshot")
+    assert result.returncode == 0, result.stderr
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    assert re.search(rf"usage snapshots taken for \d+ tenants; days closed through {yesterday}", result.stdout)
 
 
 def test_version_json_and_help_for_every_option(run) -> None:  # type: ignore[no-untyped-def]

@@ -36,13 +36,16 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_usage_snapshot(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services.usage.statistics import take_snapshots, utc_today_date
+    from datetime import timedelta
+
+    from app.services.usage.statistics import close_days, take_snapshots, utc_today_date
 
     async def work(platform: Platform) -> int:
+        today = utc_today_date()
         with working("taking usage snapshots"):
-            taken = await take_snapshots(platform.db.app, today=utc_today_date(),
-                                         warning_ratio=settings.limit_warning_ratio)
-        console.print(f"usage snapshots taken for {taken} tenants")
+            taken = await take_snapshots(platform.db.app, today=today, warning_ratio=settings.limit_warning_ratio)
+            closed = await close_days(platform.db.app, through=today - timedelta(days=1))
+        console.print(f"usage snapshots taken for {taken} tenants; days closed through {closed}")
         return 0
 
     return run(settings, work)

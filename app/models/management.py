@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     Uuid,
@@ -184,6 +185,28 @@ usage_daily = Table(
     Column("day", Date, primary_key=True),
     *(Column(name, BigInteger, nullable=False, server_default="0") for name in USAGE_COUNTERS + USAGE_SNAPSHOTS),
     Index("usage_daily_day_idx", "day", "tenant_id"),
+)
+
+# Closed days summed once per aligned block of 2**level days (migration m0024, which keeps them
+# equal to their days): summaries over a range read a few blocks per tenant, not every day.
+usage_blocks = Table(
+    "usage_blocks",
+    metadata,
+    Column("level", SmallInteger, primary_key=True),
+    Column("start", Date, primary_key=True),
+    Column("tenant_id", Text, primary_key=True),
+    *(Column(name, BigInteger, nullable=False) for name in USAGE_COUNTERS),
+    Column("peak_device_count", BigInteger, nullable=False),
+    Column("peak_storage_size", BigInteger, nullable=False),
+    Column("last_day", Date, nullable=False),
+)
+
+usage_closed = Table(
+    "usage_closed",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("through", Date),  # the last day the blocks cover (NULL: none yet)
+    CheckConstraint("id = 1", name="usage_closed_one_row"),
 )
 
 limit_warnings = Table(
