@@ -117,9 +117,9 @@ def _root_subtenant_usage(q: Statement, field: GraphQLField, details: list[Field
         raise Fallback from exc
     u = q.alias("u")
     q.setup.append(usage_service.SUMMARY_SETUP)
-    with q.json_objects():  # 10,000 rows of counters: Python would only copy them
-        item = q.object(named(field), details, u)
-    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.id), '[]'::json) FROM ({q.clause(stmt)}) {u})")
+    item = q.object(named(field), details, u)
+    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.id), '[]'::json) FROM ({q.clause(stmt)}) {u})",
+                listed(item.decode))
 
 
 def _root_measurements(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
@@ -195,9 +195,9 @@ async def _root_usage(q: Statement, field: GraphQLField, details: list[FieldDeta
         raise Fallback from exc
     u = q.alias("u")
     q.tenant_of_rows = record.id
-    with q.json_objects():  # counters by day: Python would only copy them
-        item = q.object(named(field), details, u)
-    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.day), '[]'::json) FROM ({q.clause(stmt)}) {u})")
+    item = q.object(named(field), details, u)
+    return Part(f"(SELECT COALESCE(json_agg({item.sql} ORDER BY {u}.day), '[]'::json) FROM ({q.clause(stmt)}) {u})",
+                listed(item.decode))
 
 
 async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:
