@@ -31,8 +31,10 @@ COUNTERS = ("request_count", "device_request_count", "measurements_created_count
             "subscription_event_count", "change_count", "webhook_delivery_count", "query_cost")
 LEVELS = 8  # blocks up to 256 days: a range of at most 400 days holds no aligned block of 512
 
-_SUMS = ", ".join(f"sum(d.{c})" for c in COUNTERS)
-_NAMES = ", ".join(COUNTERS)
+# What both the close and a rebuild write: a block's columns, and its values from its days `d`.
+_INTO = f"INTO tenantry.usage_blocks (level, start, tenant_id, {', '.join(COUNTERS)}, peak_device_count, " \
+        "peak_storage_size, last_day)"
+_TOTALS = ", ".join(f"sum(d.{c})" for c in COUNTERS) + ", max(d.device_count), max(d.storage_size), max(d.day)"
 _UPDATED = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*COUNTERS, "peak_device_count", "peak_storage_size", "last_day"))
 
 FUNCTIONS = f"""
@@ -78,9 +80,8 @@ DECLARE
     closed date := (SELECT through FROM tenantry.usage_closed);
 BEGIN
     IF closed IS NULL THEN RETURN; END IF;
-    INSERT INTO tenantry.usage_blocks (level, start, tenant_id, {_NAMES}, peak_device_count, peak_storage_size,
-                                       last_day)
-        SELECT r.level, r.start, r.tenant_id, {_SUMS}, max(d.device_count), max(d.storage_size), max(d.day)
+    INSERT {_INTO}
+        SELECT r.level, r.start, r.tenant_id, {_TOTALS}
           FROM tenantry.usage_touched(tenant_ids, days, closed) AS r
           JOIN tenantry.usage_daily d ON d.tenant_id = r.tenant_id
                                      AND d.day BETWEEN r.start AND r.start + ((1 << r.level) - 1)
@@ -138,10 +139,8 @@ BEGIN
         RETURN closed;
     END IF;
     FOR k IN 1..{LEVELS} LOOP  -- the blocks that end after the old horizon and by the new one
-        INSERT INTO tenantry.usage_blocks (level, start, tenant_id, {_NAMES}, peak_device_count,
-                                           peak_storage_size, last_day)
-            SELECT k, tenantry.usage_block_start(d.day, k), d.tenant_id, {_SUMS}, max(d.device_count),
-                   max(d.storage_size), max(d.day)
+        INSERT {_INTO}
+            SELECT k, tenantry.usage_block_start(d.day, k), d.tenant_id, {_TOTALS}
               FROM tenantry.usage_daily d
              WHERE d.day <= upto
                AND (closed IS NULL OR d.day >= tenantry.usage_block_start(closed + 1, k))
