@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +114,12 @@ class Statement:
     def bind(value: Any) -> str:
         """A value as a SQL literal, quoted by psycopg's own adapters: the statement goes by the
         simple protocol (with BEGIN, the role switch and COMMIT in one round trip), which takes
-        no parameters. Integers, the common case, are written as they are."""
+        no parameters. Integers, the common case, are written as they are; times in UTC, since
+        Python keeps zones up to ±23:59 that PostgreSQL's input refuses beyond ±15:59."""
         if type(value) is int:
             return str(value)
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC)
         try:
             return sql.Literal(value).as_string(None)
         except psycopg.Error as exc:  # a value PostgreSQL cannot hold (a NUL character): the generic path
