@@ -1,6 +1,6 @@
 """Tenantry (compiled and generic read paths) vs a plain endpoint vs PostGraphile 5, under load.
 
-    python -m bench.peer [SECONDS] [--tenants N] [-v]
+    python -m bench.peer [SECONDS] [--tenants N] [--cases abdefgc] [-v]
 
 One run, one machine, one embedded PostgreSQL, each server with a 32-connection pool, one
 tenant with 100 devices, wrk with 32 keep-alive connections for SECONDS (default 6) per run,
@@ -20,6 +20,7 @@ same tenant schema with the same per-request role and search_path (pgSettings), 
 with npm into a scratch directory (skipped with a message without npm). Printed per run:
 requests/s, the ratio to plain, and CPU per request of the server process and of PostgreSQL.
 (c) `subtenantUsage` over N tenants (default 10,000) x 30 days: p50 of 10 sequential requests.
+`--cases` runs only the cases named (all by default).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ async def _run(port: int, requests: list[WrkRequest], seconds: float, pid: int |
     return result
 
 
-async def main(seconds: float, tenants: int) -> None:
+async def main(seconds: float, tenants: int, cases: str = "abdefgc") -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench.peer needs wrk (apt-get install wrk)")
     node = _install_postgraphile()
@@ -326,6 +327,7 @@ async def main(seconds: float, tenants: int) -> None:
                   "tenantry": [post(INGEST, {"m": batch})]},
         }
 
+        scenarios = {case: servers for case, servers in scenarios.items() if case in cases}
         server = uvicorn.Server(uvicorn.Config(b.app, host="127.0.0.1", port=0, log_level="warning",
                                                lifespan="off", access_log=False))
         serving = asyncio.create_task(server.serve())
@@ -387,6 +389,8 @@ async def main(seconds: float, tenants: int) -> None:
                   "e": "(e) devices(first: 20, filter: {type}) with totalCount",
                   "f": "(f) createDevice", "g": f"(g) createMeasurements, {BATCH:,} rows a request"}
         for case, label in labels.items():
+            if case not in scenarios:
+                continue
             print(label)
             base = results[(case, "plain")]["rps"]
             for name in ("plain", "compiled", "generic", "postgraphile"):
@@ -402,6 +406,8 @@ async def main(seconds: float, tenants: int) -> None:
                 ratio = results[(case, "compiled")]["rps"] / results[(case, "postgraphile")]["rps"]
                 print(f"  compiled / postgraphile: {ratio:.2f}x")
 
+        if "c" not in cases:
+            return
         # (c) subtenantUsage over many tenants x 30 days (management plane).
         today = datetime.now(UTC).date()
         start = today - timedelta(days=29)
@@ -434,4 +440,9 @@ if __name__ == "__main__":
         at = args.index("--tenants")
         count = int(args[at + 1])
         del args[at:at + 2]
-    asyncio.run(main(float(args[0]) if args else 6.0, count))
+    chosen = "abdefgc"
+    if "--cases" in args:
+        at = args.index("--cases")
+        chosen = args[at + 1]
+        del args[at:at + 2]
+    asyncio.run(main(float(args[0]) if args else 6.0, count, chosen))

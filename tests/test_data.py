@@ -75,6 +75,29 @@ async def test_series_aggregates_match_the_raw_data(api: Api, world: World) -> N
         assert abs(p["avg"] - sum(values) / len(values)) < 1e-6
 
 
+async def test_measurement_times_are_stored_as_the_instants_sent_in_any_form(api: Api, world: World) -> None:
+    # Most times go to COPY as the client wrote them (RFC 3339 in UTC), the rest formatted again in
+    # UTC: a zone PostgreSQL does not take (+20:00), a week date, a comma, a seventh fraction digit.
+    t = await world.tenant()
+    device = await _device(api, t)
+    texts = ["2026-03-01T00:00:00Z", "2026-03-01T00:00:01.5Z", "2026-03-01T00:00:02.123456+00:00",
+             "2026-03-01T05:30:03+05:30", "2026-02-28T16:00:04-08:00", "2026-03-01T20:00:05+20:00",
+             "2026-W09-7T00:00:06Z", "2026-03-01T00:00:07,25Z", "2026-03-01T00:00:08.1234567Z",
+             "2026-03-01 00:00:09Z", "2026-03-01T00:00:10"]
+    rows = [{"deviceId": device, "time": text, "type": "t", "series": "s", "value": float(i), "unit": None}
+            for i, text in enumerate(texts[:-1])]
+    stored = await api.gql(CREATE_M, {"m": rows}, token=t.token, tenant=t.id)
+    assert stored.data["createMeasurements"] == len(rows)
+    # `from` in a zone beyond PostgreSQL's ±15:59 as well: the read binds it in UTC
+    page = await api.gql('query($d: ID!) { measurements(deviceId: $d, first: 50, from: "2026-03-01T20:00:00+20:00") '
+                         '{ edges { node { time value } } } }', {"d": device}, token=t.token, tenant=t.id)
+    read = {node["value"]: datetime.fromisoformat(node["time"])
+            for node in (edge["node"] for edge in page.data["measurements"]["edges"])}
+    assert read == {float(i): datetime.fromisoformat(text) for i, text in enumerate(texts[:-1])}
+    refused = await api.gql(CREATE_M, {"m": [{**rows[0], "time": texts[-1]}]}, token=t.token, tenant=t.id)
+    assert refused.code == "INVALID_INPUT"  # no zone
+
+
 async def test_bad_measurement_input_is_refused_whole(api: Api, world: World) -> None:
     t = await world.tenant()
     device = await _device(api, t)

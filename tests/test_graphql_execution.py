@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -212,6 +213,47 @@ async def test_inline_fields_cover_what_they_claim() -> None:
     plans = {tuple(entry[0] for entry in plan.inline): list(plan.rest) for plan in executor._plans.values()}
     assert plans[("name", "count", "__typename")] == ["later", "child", "plain"]
     assert plans[("name",)] == []
+
+
+DEVICE = "RGV2aWNlOnQxOjE"
+MEASUREMENT = {"deviceId": DEVICE, "time": "2026-01-01T00:00:00Z", "type": "t", "series": "s", "value": 1.5,
+               "unit": "C"}
+MEASUREMENT_VALUES: list[Any] = [
+    MEASUREMENT, {**MEASUREMENT, "unit": None}, {k: v for k, v in MEASUREMENT.items() if k != "unit"},
+    {**MEASUREMENT, "time": "2026-01-01T00:00:00.123+00:00"}, {**MEASUREMENT, "time": "2026-01-01T02:00:00+02:00"},
+    {**MEASUREMENT, "time": "2026-01-01T00:00:00.1234567Z"}, {**MEASUREMENT, "time": "2026-W01-4T00:00:00Z"},
+    {**MEASUREMENT, "time": "2026-01-01T00:00:00"}, {**MEASUREMENT, "time": "2026-01"}, {**MEASUREMENT, "time": 5},
+    {**MEASUREMENT, "time": "yesterday"}, {**MEASUREMENT, "time": "9999-12-31T23:00:00-05:00"},
+    {**MEASUREMENT, "value": 2}, {**MEASUREMENT, "value": "2"}, {**MEASUREMENT, "value": True},
+    {**MEASUREMENT, "value": 1e300}, {**MEASUREMENT, "value": float("nan")}, {**MEASUREMENT, "value": None},
+    {**MEASUREMENT, "deviceId": 7}, {**MEASUREMENT, "deviceId": "a\x00"}, {**MEASUREMENT, "type": "a\x00"},
+    {**MEASUREMENT, "series": "a\x00"}, {**MEASUREMENT, "unit": "a\x00"}, {**MEASUREMENT, "unit": 5},
+    {**MEASUREMENT, "extra": 1}, {k: v for k, v in MEASUREMENT.items() if k != "series"},
+    {**MEASUREMENT, "series": None}, "x", [MEASUREMENT],
+]
+
+
+@pytest.mark.parametrize("value", MEASUREMENT_VALUES, ids=range(len(MEASUREMENT_VALUES)))
+def test_the_measurement_shortcut_equals_graphql_core(value: Any) -> None:
+    # MeasurementInput has a hand-written coercion for its common case (execution.shortcut).
+    # Besides graphql-core's result it carries the time's text where COPY takes it unchanged.
+    schema = build_schema()._schema
+    assert schema.mutation_type is not None
+    type_ = schema.mutation_type.fields["createMeasurements"].args["input"].type
+    compiled = coercer(schema, type_)
+    assert compiled is not None
+    expected = coerce_input_value(copy.deepcopy([value]), type_)
+    got = compiled(copy.deepcopy([value]))
+    texts = [item.time_text for item in got] if isinstance(got, list) else []
+    if isinstance(got, list):
+        got = [item._replace(time_text=None) for item in got]
+    assert got == expected
+    for item, text in zip(expected if isinstance(expected, list) else [], texts, strict=True):
+        assert text is None or datetime.fromisoformat(text) == item.time
+    measurement_input = schema.type_map["MeasurementInput"]
+    shortcut_taken = execution.DECLINE is not getattr(measurement_input, "_tenantry_shortcut")(copy.deepcopy(value))
+    assert shortcut_taken == (value in MEASUREMENT_VALUES[:8])  # the zone is checked later (service)
+    assert bool(texts and texts[0]) == (value in MEASUREMENT_VALUES[:4])
 
 
 def test_tenantry_schema_inlines_plain_fields_and_compiles_measurements() -> None:

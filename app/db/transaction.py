@@ -163,7 +163,8 @@ def split_statements(sql: str) -> list[str]:
     return out
 
 
-_citus: dict[str, bool] = {}
+_citus: dict[str, bool] = {}  # by database URL
+_citus_engines: weakref.WeakKeyDictionary[AsyncEngine, bool] = weakref.WeakKeyDictionary()
 # Routed to the worker holding the tenant schema (every tenant schema has alembic_version), so the
 # function runs in the worker's part of the distributed transaction: the xid its rows carry.
 WORKER_XID = text("SELECT pg_current_xact_id()::text::bigint % 4294967296 FROM alembic_version LIMIT 1")
@@ -181,6 +182,9 @@ async def is_citus(engine: AsyncEngine, conn: AsyncConnection | None = None) -> 
     deadlocked provisioning on a cold cache (each of four concurrent createSubtenant held an owner
     connection, three waiting on the parent row the fourth had locked while it waited 30 s for a
     fifth connection to ask this)."""
+    known = _citus_engines.get(engine)
+    if known is not None:  # asked on every ingest request: rendering the URL cost more than the rest
+        return known
     key = engine.url.render_as_string(hide_password=True)
     if key not in _citus:
         if conn is not None:
@@ -189,6 +193,7 @@ async def is_citus(engine: AsyncEngine, conn: AsyncConnection | None = None) -> 
             async with engine.connect() as own:
                 found = (await own.exec_driver_sql(_CITUS_QUERY)).scalar()
         _citus[key] = bool(found)
+    _citus_engines[engine] = _citus[key]
     return _citus[key]
 
 

@@ -85,22 +85,17 @@ class Plane:
 
 async def ingest_measurements(plane: Plane, batch: Sequence[NewMeasurement]) -> int:
     await limits.enforce_storage_limit(plane.management, plane.tenant)
-    stored = await create_measurements(plane.db, plane.scope, batch)
+    spans = await create_measurements(plane.db, plane.scope, batch)
+    stored = sum(span.count for span in spans.values())
     plane.count("measurements_created_count", stored)
     await plane.heard_from_device()
     if stored:
         # One log entry per device of the batch (its time range and count), never one per row.
-        # A batch names a few devices many times: each distinct id is decoded once.
-        ids = {d: devices.require_id(d, "device") for d in {m.device_id for m in batch}}
-        spans: dict[int, list[Any]] = {}
-        for m in batch:
-            span = spans.setdefault(ids[m.device_id], [m.time, m.time, 0])
-            span[0], span[1], span[2] = min(span[0], m.time), max(span[1], m.time), span[2] + 1
         # On Citus the rows' xmin is the worker's transaction id, not the coordinator's.
         worker: dict[str, Any] = {"w": xid} if (xid := await plane.db.worker_xid()) is not None else {}
-        for device, (lo, hi, n) in sorted(spans.items()):
-            await plane.announce("measurement", "created", device_id=device, lo=lo.isoformat(), hi=hi.isoformat(),
-                                 n=n, **worker)
+        for device, span in sorted(spans.items()):
+            await plane.announce("measurement", "created", device_id=device, lo=span.first.isoformat(),
+                                 hi=span.last.isoformat(), n=span.count, **worker)
     return stored
 
 

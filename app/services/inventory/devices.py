@@ -12,9 +12,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import BigInteger, ColumnElement, Select, any_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import ids
@@ -137,16 +139,22 @@ def devices_in_scope(scope: Scope, ids: Sequence[int]) -> Select[Any]:
     return select(devices.c.id).where(devices.c.id.in_(set(ids)), scope.devices(devices.c.id))
 
 
+@lru_cache(maxsize=1024)
+def _devices_found(scope: Scope, lock: bool) -> Select[Any]:
+    """`devices_in_scope` with the ids as one array parameter, built once per scope: an IN list is
+    rendered anew on every call (a fifth of a small ingest request's CPU went there)."""
+    stmt = select(devices.c.id).where(devices.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))),
+                                      scope.devices(devices.c.id))
+    return stmt.with_for_update(read=True, key_share=True) if lock else stmt
+
+
 async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, lock: bool = False) -> None:
     """NOT_FOUND unless every id names a device in scope (one query for a whole batch).
 
     `lock` takes FOR KEY SHARE on them until the transaction ends, as a foreign key check
     would: a concurrent delete of one of these devices waits, then sees the new rows."""
     wanted = set(ids)
-    stmt = devices_in_scope(scope, ids)
-    if lock:
-        stmt = stmt.with_for_update(read=True, key_share=True)
-    found = set((await db.execute(stmt)).scalars())
+    found = set((await db.execute(_devices_found(scope, lock), {"ids": sorted(wanted)})).scalars())
     missing = sorted(wanted - found)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
