@@ -118,11 +118,7 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
         if stop_requested is not None and stop_requested():
             # A stop arrived before uvicorn listened for signals (app.stopping): hand it over now.
             signal.raise_signal(signal.SIGTERM)
-        # What start-up built (modules, schema, compiled plans) lives as long as the process: out of
-        # the collector's way, so full collections traverse only what requests and subscriptions
-        # made (bench/realtime.py saw 170-320 ms pauses before).
-        gc.collect()
-        gc.freeze()
+        tune_collector(settings)
         yield
         await _stop_background([*background, *live.background])
         try:
@@ -135,6 +131,18 @@ def _lifespan(live: Platform, settings: Settings, *, owned: bool, stop_requested
             await live.close()
 
     return lifespan
+
+
+def tune_collector(settings: Settings) -> None:
+    """Set the garbage collector up for serving, once start-up is done (benchmarks call it too).
+
+    What start-up built (modules, schema, compiled plans) lives as long as the process: frozen out
+    of the collector's way, so full collections traverse only what requests and subscriptions made
+    (bench/realtime.py saw 170-320 ms pauses before). The young threshold: `gc_young_threshold`."""
+    gc.collect()
+    gc.freeze()
+    if settings.gc_young_threshold > 0:
+        gc.set_threshold(settings.gc_young_threshold, 20, 100)
 
 
 def _start_log_readers(live: Platform, settings: Settings, hub: Hub) -> list[asyncio.Task[None]]:

@@ -177,6 +177,11 @@ class Settings:
     invitation_ttl_seconds: int = 48 * 3600
     # How often the server applies retention rules (0: never; `tenantry retention run` always can).
     retention_interval_seconds: int = 3600
+    # Allocations between young-generation collections (Python's default is 700; 0 keeps it). A
+    # 1,000-row ingest request holds some 3,000 objects: at 700 each was traversed by several
+    # collections and promoted; at 50,000 nearly all are freed by reference counting first
+    # (bench.peer (g): 15-25% less server CPU a batch).
+    gc_young_threshold: int = 50_000
     # How often usage counters are written (what a SIGKILLed worker can lose; each flush is one
     # upsert per active tenant and day).
     usage_flush_seconds: float = 1.0
@@ -277,6 +282,7 @@ class Settings:
             app_role=env.get("TENANTRY_APP_ROLE", "tenantry_app"),
             tenant_roles_login=_bool(env.get("TENANTRY_TENANT_ROLES_LOGIN"), False),
             retention_interval_seconds=_int(env, "TENANTRY_RETENTION_INTERVAL", 3600),
+            gc_young_threshold=_int(env, "TENANTRY_GC_THRESHOLD", 50_000),
             smtp_url=env.get("TENANTRY_SMTP_URL") or None,
             mail_from=env.get("TENANTRY_MAIL_FROM", "Tenantry <noreply@tenantry.local>"),
             signup_parent=env.get("TENANTRY_SIGNUP_PARENT") or None,

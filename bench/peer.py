@@ -48,6 +48,7 @@ from starlette.routing import Route
 from app.access.acting import tenant_transaction
 from app.db.naming import tenant_role, tenant_schema
 from app.ids import encode
+from app.main import tune_collector
 from app.models.tenant import devices
 from app.runtime.platform import Platform
 from app.services.pagination import encode_cursor
@@ -336,6 +337,7 @@ async def main(seconds: float, tenants: int, cases: str = "abdefgc") -> None:
                 break
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
+        tune_collector(b.platform.settings)  # as the app's lifespan does (off here: bench_platform owns the platform)
         peer: asyncio.subprocess.Process | None = None
         peer_port = 0
         if node is not None:

@@ -294,3 +294,22 @@ async def test_snapshots_read_many_tenants_in_one_round_trip_and_skip_a_vanished
     finally:  # the registry must not keep a live tenant without a schema (migrate would report it)
         async with platform.db.owner.begin() as conn:
             await conn.exec_driver_sql(f"UPDATE tenantry.tenants SET status = 'DELETED' WHERE id = '{vanished.id}'")
+
+
+async def test_start_up_sets_the_collectors_young_threshold(platform: Platform) -> None:
+    # Not usage, but the same real lifespan: the setting reaches the process at start-up, and 0 keeps Python's.
+    import dataclasses
+    import gc
+
+    from app.main import create_app
+
+    before = gc.get_threshold()
+    try:
+        for threshold, expected in ((12_345, 12_345), (0, 700)):
+            gc.set_threshold(700, 10, 10)
+            settings = dataclasses.replace(platform.settings, gc_young_threshold=threshold)
+            app = create_app(settings=settings, platform=platform)
+            async with app.router.lifespan_context(app):
+                assert gc.get_threshold()[0] == expected
+    finally:
+        gc.set_threshold(*before)
