@@ -125,16 +125,21 @@ async def test_a_transaction_never_needs_a_second_connection_to_learn_the_engine
                          max_overflow=0, pool_timeout=2)
     key = engine.url.render_as_string(hide_password=True)
     citus = await is_citus(engine)
-    try:
+
+    def forget() -> None:  # both caches: by URL and by engine
         module._citus.pop(key)
+        module._citus_engines.pop(engine)
+
+    try:
+        forget()
         async with transaction(engine) as tx:
             await tx.execute(text("SELECT 1"))  # the pool's one connection is this transaction's now
             await tx.exec_ddl("SELECT 1;\nSELECT 2")
-        module._citus.pop(key)
+        forget()
         async with transaction(engine, f"BEGIN; SET LOCAL search_path = {tenant_schema(t.id)}") as tx:
             await tx.execute(text("SELECT 1"))
             assert (await tx.worker_xid() is None) == (not citus)
-        module._citus.pop(key)
+        forget()
         request = RequestTransaction(engine)
         try:
             await request.plane(t.id).execute(text("SELECT 1"))
