@@ -7,10 +7,9 @@ transaction-local (`set_config(…, true)`), so nothing leaks into the next chec
 connection — a session-level SET would. Identifiers are inlined because the simple protocol
 takes no parameters; they come only from `app.db.naming`, which validates them.
 
-- `RequestTransaction`: one request's single transaction on ONE pooled connection. The
-  management lookups of routing and the tenant's work share it, switching role between them
-  (a request never holds one connection while waiting for a second: with every connection
-  held that way the server once stopped answering under load).
+- `RequestTransaction`: one request's single transaction on ONE pooled connection, shared by
+  routing's management lookups and the tenant's work (a request never holds one connection while
+  waiting for a second: with every connection held so, the server once stopped answering).
 - `tenant_transaction` / `management_transaction`: stand-alone transactions (jobs, CLI).
 - `act_as_tenant` / `act_as_app`: switches inside a caller's own transaction (copy, migration,
   template sync: one transaction that reads as one tenant and writes as another).
@@ -243,13 +242,25 @@ class RequestTransaction:
 
     async def read_rows(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
                         last: bool) -> list[tuple[bytes | None, ...]]:
-        """The single row (each value's text, as bytes) of each read statement — complete SQL, its values
-        quoted as literals by the caller — on its plane, with BEGIN and the role switches between
-        them, any `setup` statements (transaction-local settings) first, and COMMIT after them when
-        they are the request's `last` and nothing must run before COMMIT, all in ONE simple-protocol
-        round trip on libpq directly: the compiled read path. (A pipeline of extended-protocol
-        statements cost a third more CPU here, psycopg's cursor another tenth.) On failure the
-        transaction stays open (aborted) for `finish` to roll back."""
+        """The single row (each value's text, as bytes) of each read statement (complete SQL, values
+        inlined by the caller) on its plane, with BEGIN and the role switches, `setup` statements
+        (transaction-local settings) first, and COMMIT after them when they are the request's `last`
+        and nothing must run before COMMIT, in ONE simple-protocol round trip on libpq: the compiled
+        read path. (A pipeline of extended-protocol statements cost a third more CPU, psycopg's cursor
+        another tenth.) On failure the transaction stays open (aborted) for `finish` to roll back."""
+        results, encoding = await self._round_trip(statements, setup, last)
+        rows = [tuple(result.get_value(0, c) for c in range(result.nfields)) if result.ntuples else (None,)
+                for result in results]
+        if encoding == "utf-8":
+            return rows
+        return [tuple(v.decode(encoding).encode() if v is not None else None for v in row) for row in rows]
+
+    async def read_ids(self, plane: str | None, sql: str) -> list[int]:  # app.db.transaction.read_ids
+        (result,), _ = await self._round_trip([(plane, sql)], (), False)
+        return [int(result.get_value(row, 0)) for row in range(result.ntuples)]
+
+    async def _round_trip(self, statements: Sequence[tuple[str | None, str]], setup: Sequence[str],
+                          last: bool) -> tuple[list[Any], str]:  # libpq's results, the encoding: `read_rows`
         async with self._lock:
             if self._finished:
                 raise RuntimeError("transaction already finished")
@@ -271,16 +282,10 @@ class RequestTransaction:
             commit = last and not self._always and not self._announced
             driver = await libpq_connection(self._conn)
             results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
-            rows = [tuple(results[n].get_value(0, c) for c in range(results[n].nfields)) if results[n].ntuples
-                    else (None,) for n in answers]
-            if driver.info.encoding != "utf-8":  # a non-UTF-8 database: recode
-                rows = [tuple(v.decode(driver.info.encoding).encode() if v is not None else None for v in row)
-                        for row in rows]
             if commit:
-                self._finished = True
-                conn, self._conn = self._conn, None
+                self._finished, conn, self._conn = True, self._conn, None
                 await release(self._engine, conn)
-            return rows
+            return [results[n] for n in answers], driver.info.encoding
 
     async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
         """COPY … FROM STDIN (text format), the data sent in one write: the bulk path."""
@@ -456,6 +461,9 @@ class PlaneView:
                         last: bool = False) -> list[tuple[bytes | None, ...]]:
         """RequestTransaction.read_rows: each statement on the plane it names, whatever this view's."""
         return await self._shared.read_rows(statements, setup=setup, last=last)
+
+    async def read_ids(self, sql: str) -> list[int]:
+        return await self._shared.read_ids(self.plane, sql)
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)

@@ -129,7 +129,7 @@ def _root_measurements(q: Statement, field: GraphQLField, details: list[FieldDet
     stmt = checked(lambda: measurement_service.measurement_page(
         key, start=args.get("from"), end=args.get("to"), type=args.get("type"), series=args.get("series"),
         after=args.get("after"), size=size))
-    q.guards.append(f"EXISTS ({q.clause(inventory.devices_in_scope(q.scope, [key]))})")
+    q.guards.append(f"EXISTS ({inventory.devices_in_scope(q.scope, [key])})")
     return connection(q, field, details, Page(q.clause(stmt), size, ("time", "id"), time_cursor))
 
 
@@ -140,7 +140,7 @@ def _root_measurement_series(q: Statement, field: GraphQLField, details: list[Fi
     stmt = measurement_service.series_statement(key, start=args["from"], end=args["to"],
                                                 interval=args["interval"].value, type=args.get("type"),
                                                 series=args.get("series"))
-    q.guards.append(f"EXISTS ({q.clause(inventory.devices_in_scope(q.scope, [key]))})")
+    q.guards.append(f"EXISTS ({inventory.devices_in_scope(q.scope, [key])})")
     b = q.alias("b")
     item = q.object(named(field), details, b)
     return Part(f"COALESCE((SELECT json_agg({item.sql} ORDER BY {b}.series, {b}.bucket) "
