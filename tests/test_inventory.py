@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
+import httpx
+from starlette.applications import Starlette
+
+from bench.common import generic_path
 from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
 DEVICE = "mutation($i: CreateDeviceInput!) { createDevice(input: $i) { id name parentId } }"
@@ -72,6 +77,38 @@ async def test_gateways_and_child_devices(api: Api, world: World) -> None:
     missing_parent = await api.gql(DEVICE, {"i": {"name": "orphan", "parentId": nowhere(t)}}, token=t.token,
                                    tenant=t.id)
     assert missing_parent.code == "NOT_FOUND"
+
+
+async def test_children_are_capped_oldest_first_per_gateway(api: Api, world: World, app: Starlette,
+                                                            http: httpx.AsyncClient) -> None:
+    """A gateway's `children` answered every child however many; now at most `first` (default
+    100, at most 500) each, oldest first, batched for a page of gateways (one rank per parent) on the
+    generic path and as a LIMIT on the compiled one; the rest are paged with devices(filter)."""
+    t = await world.tenant()
+    gateways = [await _device(api, t, type="gateway") for _ in range(2)]
+    kids = {g: [await _device(api, t, parentId=g) for _ in range(3)] for g in gateways}
+    query = "query($f: Int!) { devices(first: 10) { edges { node { id children(first: $f) { id } } } } }"
+    headers = {"authorization": f"Bearer {t.token}", "x-tenant-id": t.id}
+    for generic in (False, True):
+        for first, expected in ((2, 2), (0, 0), (500, 3)):
+            with generic_path(app) if generic else nullcontext():
+                response = await http.post("/graphql", json={"query": query, "variables": {"f": first}},
+                                           headers=headers)
+            assert response.headers.get("tenantry-read-path") == (None if generic else "compiled")
+            answered = {e["node"]["id"]: [c["id"] for c in e["node"]["children"]]
+                        for e in response.json()["data"]["devices"]["edges"]}
+            assert {g: answered[g] for g in gateways} == {g: kids[g][:expected] for g in gateways}, (generic, first)
+    default = await api.gql("query($d: ID!) { device(id: $d) { children { id } } }", {"d": gateways[0]},
+                            token=t.token, tenant=t.id)
+    assert [c["id"] for c in default.data["device"]["children"]] == kids[gateways[0]]
+    for bad in (501, -1):
+        refused = await api.gql("query($d: ID!, $f: Int!) { device(id: $d) { children(first: $f) { id } } }",
+                                {"d": gateways[0], "f": bad}, token=t.token, tenant=t.id)
+        assert refused.code == "INVALID_INPUT"
+        assert refused.errors[0]["extensions"]["cap"] == 500
+    rest = await api.gql('query($p: ID!) { devices(first: 2, filter: {parentId: $p}) '
+                         '{ totalCount } }', {"p": gateways[1]}, token=t.token, tenant=t.id)
+    assert rest.data["devices"]["totalCount"] == 3
 
 
 async def test_external_ids_resolve_to_devices(api: Api, world: World) -> None:

@@ -92,7 +92,7 @@ async def test_sqlalchemys_statement_cache_renders_statements_that_answer_as_sql
     statements = [
         select(literal("it's %% a \\ name"), literal(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
                literal(1.5), literal(None)),
-        devices.children_statement(UNRESTRICTED, [gw[2], 999]),
+        devices.children_statement(UNRESTRICTED, [gw[2], 999], 1),
         devices.devices_statement(UNRESTRICTED, []),
         devices.groups_statement(Scope(group_ids=(1, 2)), [gw[2]]),
         alarms.alarms_statement(UNRESTRICTED, [gw[2]], status=("ACTIVE", "CLEARED"), limit=3),

@@ -10,7 +10,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from strawberry.dataloader import DataLoader
 
@@ -25,6 +25,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 AlarmKey = tuple[int, tuple[str, ...], int]  # device id, statuses, limit
+ChildrenKey = tuple[int, int]  # device id, limit
 
 
 class SharedLoader(DataLoader[K, V]):
@@ -36,13 +37,22 @@ class SharedLoader(DataLoader[K, V]):
     tests/test_compiled_reads.py's corpus). Each waiter gets a shield of its own."""
 
     def load(self, key: K) -> Awaitable[V]:
-        return asyncio.shield(super().load(key))
+        future = asyncio.ensure_future(super().load(key))  # the loader's own future, typed as one
+        future.add_done_callback(_retrieved)
+        return asyncio.shield(future)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a batch's failure as seen: when every waiter was cancelled (the request ended, its
+    transaction with it), nobody asks, and asyncio logged "Future exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(frozen=True)
 class Loaders:
     groups_by_device: DataLoader[int, list[GroupRecord]]
-    children_by_device: DataLoader[int, list[DeviceRecord]]
+    children_by_device: DataLoader[ChildrenKey, list[DeviceRecord]]
     external_ids_by_device: DataLoader[int, list[ExternalId]]
     device_by_id: DataLoader[int, DeviceRecord | None]
     alarms_by_device: DataLoader[AlarmKey, list[AlarmRecord]]
@@ -60,8 +70,13 @@ def build_loaders(db: Callable[[], Awaitable[BulkExecutor]], scope: Callable[[],
     async def groups(ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
         return await inventory.groups_of_devices(await db(), await scope(), ids)
 
-    async def children(ids: Sequence[int]) -> dict[int, list[DeviceRecord]]:
-        return await inventory.children_of_devices(await db(), await scope(), ids)
+    async def children(keys: list[ChildrenKey]) -> list[list[DeviceRecord]]:
+        by_limit: dict[int, list[int]] = defaultdict(list)
+        for device_id, limit in keys:
+            by_limit[limit].append(device_id)
+        found = {limit: await inventory.children_of_devices(await db(), await scope(), device_ids, limit)
+                 for limit, device_ids in by_limit.items()}
+        return [found[limit].get(device_id, []) for device_id, limit in keys]
 
     async def external_ids(ids: Sequence[int]) -> dict[int, list[ExternalId]]:
         return await inventory.external_ids_of_devices(await db(), ids)
@@ -84,7 +99,7 @@ def build_loaders(db: Callable[[], Awaitable[BulkExecutor]], scope: Callable[[],
 
     return Loaders(
         groups_by_device=_many(groups),
-        children_by_device=_many(children),
+        children_by_device=SharedLoader(load_fn=children),
         external_ids_by_device=_many(external_ids),
         device_by_id=SharedLoader(load_fn=devices),
         alarms_by_device=SharedLoader(load_fn=alarms),

@@ -2,8 +2,9 @@
 
 The estimate is the number of objects the response can hold: a composite field resolved once
 counts 1 for each time its parent is there; a connection's `edges`/`nodes` count its page size
-(`first`/`last` up to the page-size cap; without them, the page the server then answers, 50); an
-unpaged list (`Device.children`, `subtenantUsage`) counts at `list_estimate` items. Scalars are
+(`first`/`last` up to the page-size cap; without them, the page the server then answers, 50); a
+list with `first` (`Device.alarms`, `Device.children`) counts its `first` (or that argument's
+default); an unpaged list (`subtenantUsage`) counts at `list_estimate` items. Scalars are
 free: they ride on their object. Introspection (`__schema`, `__type`) is not counted (depth and
 token limits bound it, and production serves it to verified callers only).
 

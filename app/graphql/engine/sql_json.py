@@ -291,7 +291,14 @@ def _device_parent(q: Statement, field: GraphQLField, details: list[FieldDetails
 
 
 def _device_children(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> Part:
-    return _many(q, field, details, _relation_sql(inventory.children_statement, q.scope, row, "id"), "{r}.id")
+    """Device.children: the oldest `first` (0-500) child devices, as the loader reads them."""
+    from app.graphql.types.inventory import CHILDREN_CAP
+
+    first = q.arguments(field, details)["first"]
+    if not 0 <= first <= CHILDREN_CAP:
+        raise Fallback  # the generic path answers INVALID_INPUT
+    sql = _relation_sql(inventory.children_statement, q.scope, row, "id", (first,), limited=True)
+    return _many(q, field, details, sql, "{r}.id")
 
 
 def _device_groups(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> Part:

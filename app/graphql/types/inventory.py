@@ -22,6 +22,7 @@ from app.services.inventory.devices import DeviceRecord, ExternalId, GroupRecord
 
 Info = strawberry.Info[Context, None]
 ALARM_PAGE_CAP = 100
+CHILDREN_CAP = 500  # Device.children: more are paged with devices(filter: {parentId})
 
 
 @strawberry.enum
@@ -138,9 +139,12 @@ class Device(Node):
     async def groups(self, info: Info) -> list[Group]:
         return [Group.of(g) for g in await info.context.loaders.groups_by_device.load(self.local)]
 
-    @strawberry.field(description="Child devices (e.g. the devices behind a gateway).")
-    async def children(self, info: Info) -> list[Device]:
-        return [Device.of(d) for d in await info.context.loaders.children_by_device.load(self.local)]
+    @strawberry.field(description=f"Child devices (e.g. the devices behind a gateway), oldest first: at most `first` "
+                                  f"(0-{CHILDREN_CAP}); devices(filter: {{parentId}}) pages through all of them.")
+    async def children(self, info: Info, first: int = 100) -> list[Device]:
+        if not 0 <= first <= CHILDREN_CAP:
+            raise InvalidInput(f"first must be 0-{CHILDREN_CAP}", field="first", cap=CHILDREN_CAP)
+        return [Device.of(d) for d in await info.context.loaders.children_by_device.load((self.local, first))]
 
     @strawberry.field
     async def parent(self, info: Info) -> Device | None:

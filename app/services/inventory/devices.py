@@ -453,10 +453,15 @@ def groups_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
             .order_by(groups.c.id))
 
 
-def children_statement(scope: Scope, parent_keys: Keys) -> Select[Any]:
-    """Child devices (in scope) of the parents, by id."""
-    return (select(*DEVICE_COLUMNS).where(keyed(devices.c.parent_id, parent_keys), scope.devices(devices.c.id))
-            .order_by(devices.c.id))
+def children_statement(scope: Scope, parent_keys: Keys, limit: int) -> Select[Any]:
+    """Up to `limit` child devices (in scope) of each parent, oldest first: for a list of parents
+    ranked in one query (the loaders), for the enclosing row's device a LIMIT (compiled reads)."""
+    where = (keyed(devices.c.parent_id, parent_keys), scope.devices(devices.c.id))
+    if isinstance(parent_keys, ColumnElement):
+        return select(*DEVICE_COLUMNS).where(*where).order_by(devices.c.id).limit(limit)
+    ranked = (select(*DEVICE_COLUMNS, func.row_number().over(partition_by=devices.c.parent_id, order_by=devices.c.id)
+                     .label("rank")).where(*where).subquery())
+    return select(*(ranked.c[c.name] for c in DEVICE_COLUMNS)).where(ranked.c.rank <= limit).order_by(ranked.c.id)
 
 
 def external_ids_statement(device_keys: Keys) -> Select[Any]:
@@ -477,9 +482,10 @@ async def groups_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int
     return out
 
 
-async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[DeviceRecord]]:
+async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int],
+                              limit: int) -> dict[int, list[DeviceRecord]]:
     out: dict[int, list[DeviceRecord]] = defaultdict(list)
-    for row in (await db.execute(children_statement(scope, device_ids))).all():
+    for row in (await db.execute(children_statement(scope, device_ids, limit))).all():
         device = device_record(row)
         assert device.parent_id is not None
         out[device.parent_id].append(device)
