@@ -136,9 +136,8 @@ def _check_fragments(fragments: object) -> dict[str, Any]:
 
 
 def devices_in_scope(scope: Scope, ids: Sequence[int], *, lock: bool = False) -> str:
-    """The ids among `ids` that name devices in scope, as one complete SQL read: the scope's
-    predicate is rendered once per scope, the ids (integers) inlined. The device check of every
-    write (`require_devices`) and the guard of a compiled read alike."""
+    """The ids among `ids` naming devices in scope, as SQL: the scope's predicate rendered once per scope,
+    the ids (integers) inlined. Every write's device check (`require_devices`) and a compiled read's guard."""
     head, tail = _in_scope_sql(scope, lock)
     return f"{head}{','.join(str(int(i)) for i in ids)}{tail}"
 
@@ -151,13 +150,11 @@ def _in_scope_sql(scope: Scope, lock: bool) -> tuple[str, str]:
 
 
 async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, lock: bool = False) -> None:
-    """NOT_FOUND unless every id names a device in scope (one query for a whole batch; the
-    transaction's BEGIN rides in its round trip when it is the first statement).
-
-    `lock` takes FOR KEY SHARE on them until the transaction ends, as a foreign key check
-    would: a concurrent delete of one of these devices waits, then sees the new rows."""
-    wanted = sorted(set(ids))
-    missing = sorted(set(wanted) - set(await read_ids(db, devices_in_scope(scope, wanted, lock=lock))))
+    """NOT_FOUND unless every id names a device in scope, one query for a batch (BEGIN in its round trip).
+    `lock` takes FOR KEY SHARE on them until the transaction ends, as a foreign key check would: a
+    concurrent delete of one of these devices waits, then sees the new rows."""
+    wanted = set(ids)
+    missing = sorted(wanted - set(await read_ids(db, devices_in_scope(scope, sorted(wanted), lock=lock))))
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
         raise NotFound(f"device(s) not found: {shown}", deviceIds=[str(m) for m in missing[:100]])
@@ -328,10 +325,9 @@ async def add_external_id(db: Executor, scope: Scope, *, device_id: int, type: s
         raise InvalidInput("externalId must be 1-200 characters", field="externalId")
     if not checked:
         await require_devices(db, scope, [device_id])
-    # INSERT reports no rowcount here; RETURNING tells whether the row went in.
     stmt = (pg_insert(external_ids).values(type=type, value=value, device_id=device_id).on_conflict_do_nothing()
             .returning(external_ids.c.value))
-    if (await db.execute(stmt)).first() is None:
+    if (await db.execute(stmt)).first() is None:  # INSERT reports no rowcount here: RETURNING tells
         raise Conflict(f"external id {type}:{value} is already in use", field="externalId")
     return ExternalId(type, value, device_id)
 
@@ -411,9 +407,8 @@ async def set_group_devices(db: Executor, scope: Scope, *, group_id: str, device
         stmt = pg_insert(group_devices).values([{"group_id": gid, "device_id": d} for d in ids])
         added = (await db.execute(stmt.on_conflict_do_nothing().returning(group_devices.c.device_id))).all()
         return len(added)
-    else:
-        result = await db.execute(delete(group_devices).where(
-            group_devices.c.group_id == gid, group_devices.c.device_id.in_(ids)))
+    result = await db.execute(delete(group_devices).where(
+        group_devices.c.group_id == gid, group_devices.c.device_id.in_(ids)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -454,8 +449,8 @@ def groups_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
 
 
 def children_statement(scope: Scope, parent_keys: Keys, limit: int) -> Select[Any]:
-    """Up to `limit` child devices (in scope) of each parent, oldest first: for a list of parents
-    ranked in one query (the loaders), for the enclosing row's device a LIMIT (compiled reads)."""
+    """Up to `limit` child devices (in scope) of each parent, oldest first: ranked for a list of parents
+    (the loaders), a LIMIT for the enclosing row's device (compiled reads)."""
     where = (keyed(devices.c.parent_id, parent_keys), scope.devices(devices.c.id))
     if isinstance(parent_keys, ColumnElement):
         return select(*DEVICE_COLUMNS).where(*where).order_by(devices.c.id).limit(limit)
