@@ -131,8 +131,14 @@ class Generator:
         return [self.name(f) + self.directive()
                 for f in self.rng.sample(names, self.rng.randint(1, min(5, len(names))))]
 
-    def group(self) -> str:
-        return " ".join(self.leaves(GROUP_LEAVES))
+    def group(self, depth: int = 0) -> str:
+        parts = self.leaves(GROUP_LEAVES)
+        if depth < 2 and self.rng.random() < 0.3:
+            args = self.paging()
+            if self.rng.random() < 0.4:
+                args.append(f"includeSubgroups: {self.rng.choice(['true', 'false'])}")
+            parts.append(f"{self.name('devices')}{self._args(args)} {{ {self.connection(self.device(depth + 1))} }}")
+        return " ".join(parts)
 
     def me(self) -> str:
         user = f"user {{ {' '.join(self.leaves(['id', 'email']))} }}"
@@ -152,7 +158,7 @@ class Generator:
             first = rng.choice(["", "", "(first: 1)", "(first: 0)", "(first: 2)"] * 4 + ["(first: 501)"])
             parts.append(f"{self.name('children')}{first}{self.directive()} {{ {self.device(depth + 1)} }}")
         if rng.random() < 0.25:
-            parts.append(f"{self.name('groups')} {{ {self.group()} }}")
+            parts.append(f"{self.name('groups')} {{ {self.group(depth + 1)} }}")
         if rng.random() < 0.25:
             parts.append(f"{self.name('externalIds')} {{ {' '.join(rng.sample(['type', 'value'], 2))} }}")
         if rng.random() < 0.15:
@@ -443,6 +449,34 @@ async def test_compiled_reads_stay_in_the_routed_tenant(api: Api, world: World, 
 DASHBOARD = ("{ me { user { id email } memberships { role scope tenant { id domain kind } } } "
              "devices(first: 20) { totalCount edges { node { id name availability alarms(first: 5) "
              "{ id severity status } } } pageInfo { hasNextPage endCursor } } }")
+
+
+GROUP_PAGE = ("query($g: ID!, $after: String) { group(id: $g) { name devices(first: 1, after: $after) { totalCount "
+              "edges { cursor node { id name } } pageInfo { hasNextPage endCursor } } all: devices(includeSubgroups: "
+              "true) { totalCount edges { node { id } } } } groups { edges { node { name devices(first: 5) "
+              "{ totalCount edges { node { id } } } } } } }")
+
+
+async def test_a_groups_device_pages_are_compiled(api: Api, world: World, http: httpx.AsyncClient,
+                                                  app: Starlette) -> None:
+    """Group.devices had no translation: a group page's whole operation went the generic way. Now each
+    group's page is a correlated keyset page (with its subgroups' devices when asked), in scope."""
+    _, t, ids = await _setup(api, world)
+    _, west_only = await world.member(t, "MANAGER", group_ids=[ids["west"]])
+    answer = await post(http, t.token, t.id, GROUP_PAGE, {"g": ids["east"], "after": None})
+    assert answer.headers[READ_PATH] == "compiled"
+    east = orjson.loads(answer.content)["data"]["group"]
+    assert (east["devices"]["totalCount"], east["all"]["totalCount"]) == (2, 3)
+    assert [e["node"]["name"] for e in east["devices"]["edges"]] == ["gw"]
+    assert east["devices"]["pageInfo"]["hasNextPage"] is True
+    after = east["devices"]["pageInfo"]["endCursor"]
+    for token in (t.token, west_only):
+        for group, cursor in ((ids["east"], None), (ids["east"], after), (ids["west"], None)):
+            assert await both(http, app, token, t.id, GROUP_PAGE, {"g": group, "after": cursor})
+    # A group-scoped caller sees its groups' devices only: east is out of its scope.
+    scoped = orjson.loads((await post(http, west_only, t.id, GROUP_PAGE, {"g": ids["east"], "after": None})).content)
+    assert scoped["data"]["group"] is None
+    assert [g["node"]["devices"]["totalCount"] for g in scoped["data"]["groups"]["edges"]] == [1]
 
 
 async def test_roots_are_compiled_one_by_one_and_merged_in_field_order(api: Api, world: World,

@@ -7,13 +7,25 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from graphql import GraphQLField, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetails
 from sqlalchemy.sql.elements import ClauseElement
 
-from app.graphql.engine.sql_json import ISO, MAX_KEYS, Fallback, Part, Statement, named, named_values
+from app.graphql.engine.sql_json import (
+    FIELDS,
+    ISO,
+    MAX_KEYS,
+    Fallback,
+    Part,
+    Statement,
+    checked,
+    named,
+    named_values,
+    outer,
+)
+from app.services.inventory import devices as inventory
 from app.services.pagination import encode_cursor
 
 
@@ -135,3 +147,18 @@ def _page_info(q: Statement, connection_type: GraphQLObjectType, details: list[F
         else:  # endCursor: the last edge's
             builders.append((info_name, lambda rows, more, total: cursor(rows[-1]) if rows else None))
     return lambda rows, more, total: {name: build(rows, more, total) for name, build in builders}
+
+
+def _group_devices(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> Part:
+    """Group.devices: the generic resolver's page (the devices in the group, or in it and all its
+    subgroups, within scope), correlated on the enclosing group's row."""
+    args = q.arguments(field, details)
+    in_group = inventory.DeviceFilter(group_id=cast(int, outer(row, "id")),
+                                      include_subgroups=bool(args.get("includeSubgroups")))
+    stmt, size = checked(lambda: inventory.device_page(q.scope, filter=in_group, first=args.get("first"),
+                                                        after=args.get("after"), cap=q.cap))
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
+                                                lambda: inventory.count_statement(q.scope, in_group)))
+
+
+FIELDS["Group"]["devices"] = _group_devices  # a connection inside an object, so built on this module's pages
