@@ -133,11 +133,14 @@ class Generator:
 
     def group(self, depth: int = 0) -> str:
         parts = self.leaves(GROUP_LEAVES)
-        if depth < 2 and self.rng.random() < 0.3:
+        if depth < 1 and self.rng.random() < 0.3:
             args = self.paging()
             if self.rng.random() < 0.4:
                 args.append(f"includeSubgroups: {self.rng.choice(['true', 'false'])}")
             parts.append(f"{self.name('devices')}{self._args(args)} {{ {self.connection(self.device(depth + 1))} }}")
+        if depth < 1 and self.rng.random() < 0.2:
+            args = self.paging()
+            parts.append(f"{self.name('subgroups')}{self._args(args)} {{ {self.connection(self.group(depth + 1))} }}")
         return " ".join(parts)
 
     def me(self) -> str:
@@ -453,14 +456,14 @@ DASHBOARD = ("{ me { user { id email } memberships { role scope tenant { id doma
 
 GROUP_PAGE = ("query($g: ID!, $after: String) { group(id: $g) { name devices(first: 1, after: $after) { totalCount "
               "edges { cursor node { id name } } pageInfo { hasNextPage endCursor } } all: devices(includeSubgroups: "
-              "true) { totalCount edges { node { id } } } } groups { edges { node { name devices(first: 5) "
-              "{ totalCount edges { node { id } } } } } } }")
+              "true) { totalCount edges { node { id } } } subgroups { edges { node { name } } pageInfo { hasNextPage "
+              "} } } groups { edges { node { name devices(first: 5) { totalCount edges { node { id } } } } } } }")
 
 
-async def test_a_groups_device_pages_are_compiled(api: Api, world: World, http: httpx.AsyncClient,
+async def test_a_groups_device_and_subgroup_pages_are_compiled(api: Api, world: World, http: httpx.AsyncClient,
                                                   app: Starlette) -> None:
-    """Group.devices had no translation: a group page's whole operation went the generic way. Now each
-    group's page is a correlated keyset page (with its subgroups' devices when asked), in scope."""
+    """Group.devices and .subgroups had no translation: a group page's whole operation went the generic
+    way. Now each is a correlated keyset page (devices with the subgroups' when asked), in scope."""
     _, t, ids = await _setup(api, world)
     _, west_only = await world.member(t, "MANAGER", group_ids=[ids["west"]])
     answer = await post(http, t.token, t.id, GROUP_PAGE, {"g": ids["east"], "after": None})
@@ -469,6 +472,7 @@ async def test_a_groups_device_pages_are_compiled(api: Api, world: World, http: 
     assert (east["devices"]["totalCount"], east["all"]["totalCount"]) == (2, 3)
     assert [e["node"]["name"] for e in east["devices"]["edges"]] == ["gw"]
     assert east["devices"]["pageInfo"]["hasNextPage"] is True
+    assert east["subgroups"] == {"edges": [{"node": {"name": "east-a"}}], "pageInfo": {"hasNextPage": False}}
     after = east["devices"]["pageInfo"]["endCursor"]
     for token in (t.token, west_only):
         for group, cursor in ((ids["east"], None), (ids["east"], after), (ids["west"], None)):

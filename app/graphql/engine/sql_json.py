@@ -367,7 +367,7 @@ FIELDS: dict[str, dict[str, Resolve]] = {
     "Membership": {"tenant": _same_row, "role": _column("role"), "scope": _column("scope"),
                    "user": _membership_user},
     "Group": {"id": _global("Group", "id"), "name": _column("name"), "parentId": _global("Group", "parent_id"),
-              "createdAt": _column("created_at", ISO)},  # and "devices" (a connection: sql_pages)
+              "createdAt": _column("created_at", ISO)},  # and the connections (sql_pages)
     "ExternalIdentity": {"type": _column("type"), "value": _column("value")},
     "Tenant": {name: _column(column, ISO if column in ("created_at", "updated_at") else "{c}")
                for name, column in TENANT_FIELDS.items()},

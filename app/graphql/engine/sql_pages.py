@@ -161,4 +161,13 @@ def _group_devices(q: Statement, field: GraphQLField, details: list[FieldDetails
                                                 lambda: inventory.count_statement(q.scope, in_group)))
 
 
-FIELDS["Group"]["devices"] = _group_devices  # a connection inside an object, so built on this module's pages
+def _group_subgroups(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> Part:
+    """Group.subgroups: the generic resolver's page of the group's children (in scope), correlated."""
+    args = q.arguments(field, details)
+    stmt, size = checked(lambda: inventory.group_page(q.scope, first=args.get("first"), after=args.get("after"),
+                                                       cap=q.cap, parent_id=cast(int, outer(row, "id"))))
+    return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor))
+
+
+# Connections inside an object, so built on this module's pages.
+FIELDS["Group"].update(devices=_group_devices, subgroups=_group_subgroups)
