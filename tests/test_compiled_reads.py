@@ -717,3 +717,15 @@ async def test_me_of_a_disabled_user_is_refused_as_on_the_generic_path(world: Wo
     assert refused.get("data") in (None, {"me": None})
     assert refused["errors"][0]["extensions"]["code"] in {"UNAUTHENTICATED", "FORBIDDEN"}
     assert refused == orjson.loads(generic.content)
+    # Disabled behind the cache's back: the statement's guard fails after its COMMIT went with it,
+    # and the generic path answers in a transaction of its own, as it would have alone.
+    other_id, other = await world.member(t, "READER")
+    assert (await post(http, other, t.id, query, {})).headers[READ_PATH] == "compiled"  # now cached
+    async with platform.db.owner.begin() as conn:
+        await conn.execute(text("UPDATE tenantry.users SET disabled_at = now() WHERE id = :u"), {"u": other_id})
+    compiled = await post(http, other, t.id, query, {})
+    with generic_path(app):
+        generic = await post(http, other, t.id, query, {})
+    assert compiled.headers.get(READ_PATH) != "compiled"
+    assert orjson.loads(compiled.content) == orjson.loads(generic.content)
+    assert orjson.loads(compiled.content)["errors"][0]["extensions"]["code"] in {"UNAUTHENTICATED", "FORBIDDEN"}

@@ -282,8 +282,8 @@ class RequestTransaction:
             commit = last and not self._always and not self._announced
             driver = await libpq_connection(self._conn)
             results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
-            if commit:
-                self._finished, conn, self._conn = True, self._conn, None
+            if commit:  # a statement after this (a compiled read's failed guard: the generic path) opens another
+                conn, self._conn = self._conn, None
                 await release(self._engine, conn)
             return [results[n] for n in answers], driver.info.encoding
 

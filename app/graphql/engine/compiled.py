@@ -271,9 +271,9 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     rest = frozenset(names) - frozenset(compiled)
     statements = [(planes[p], f"SELECT {', '.join(f'({e.sql})::text' for _, e in columns[p])}"
                    + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes]
-    # With guards, or generic roots still to run, COMMIT waits: the generic path runs in this transaction.
-    rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)),
-                                                 last=not q.guards and not rest)
+    # With generic roots still to run, COMMIT waits: they read in this transaction. A failed guard
+    # (checked below) sends the operation the generic way after COMMIT, in a transaction of its own.
+    rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)), last=not rest)
     pieces: dict[str, Any] = {r: "Query" for r, name in names.items() if name == "__typename"}
     for plane, row in zip(planes, rows, strict=True):
         if guards[plane] and row[-1] != b"t":
