@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 import orjson
 from graphql import (
@@ -207,11 +209,17 @@ async def _root_me(q: Statement, field: GraphQLField, details: list[FieldDetails
         principal = await q.context.user()
     except AppError as exc:
         raise Fallback from exc
-    user = q.clause(user_service.user_statement(principal.user_id, active=True))
+    user = _active_user_sql(principal.user_id)
     q.guards.append(f"EXISTS ({user})")
     u = q.alias("u")
     item = q.object(named(field), details, u)
     return Part(f"(SELECT {item.sql} FROM ({user}) {u})", item.decode)
+
+
+@lru_cache(maxsize=4096)
+def _active_user_sql(user_id: UUID) -> str:
+    """Rendered once per user: building and rendering it was a tenth of a dashboard request's CPU."""
+    return Statement.clause(user_service.user_statement(user_id, active=True))
 
 
 # Root fields and their translations; what each asks of the gate first is app.graphql.roots'.
