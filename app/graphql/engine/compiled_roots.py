@@ -16,6 +16,7 @@ from graphql import (
 from graphql.execution.collect_fields import FieldDetails
 from strawberry.utils.str_converters import to_snake_case
 
+from app.access.scope import Scope
 from app.errors import AppError
 from app.graphql.engine.sql_json import (
     TENANT_FIELDS,
@@ -45,10 +46,28 @@ def _root_devices(q: Statement, field: GraphQLField, details: list[FieldDetails]
     given = args.get("filter")
     f = checked(lambda: _filter(DeviceFilter(**{to_snake_case(k): v for k, v in given.items()})
                                  if given is not None else None))
-    stmt, size = checked(lambda: inventory.device_page(q.scope, filter=f, first=args.get("first"),
-                                                        after=args.get("after"), cap=q.cap))
+    first, after = args.get("first"), args.get("after")
+    if f is None or f.fragments is None:  # hashable: rendered once per (scope, filter, page)
+        rows, size = checked(lambda: _device_page_sql(q.scope, f, first, after, q.cap))
+        return connection(q, field, details, Page(rows, size, ("id",), key_cursor,
+                                                    lambda: _device_count_sql(q.scope, f)))
+    stmt, size = checked(lambda: inventory.device_page(q.scope, filter=f, first=first, after=after, cap=q.cap))
     return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
-                                                lambda: inventory.count_statement(q.scope, f)))
+                                                lambda: q.clause(inventory.count_statement(q.scope, f))))
+
+
+@lru_cache(maxsize=4096)
+def _device_page_sql(scope: Scope, f: inventory.DeviceFilter | None, first: int | None, after: str | None,
+                     cap: int) -> tuple[str, int]:
+    """A devices page, rendered once: building and rendering it each time was as much CPU as a
+    small page's whole answer. Its checks raise each time (exceptions are not cached)."""
+    stmt, size = inventory.device_page(scope, filter=f, first=first, after=after, cap=cap)
+    return Statement.clause(stmt), size
+
+
+@lru_cache(maxsize=4096)
+def _device_count_sql(scope: Scope, f: inventory.DeviceFilter | None) -> str:
+    return Statement.clause(inventory.count_statement(scope, f))
 
 
 def _by_id(q: Statement, field: GraphQLField, details: list[FieldDetails], table: str) -> Part:
@@ -166,7 +185,7 @@ def _root_tenants(q: Statement, field: GraphQLField, details: list[FieldDetails]
     stmt, size = checked(lambda: tenant_service.subtree_page(q.routed, first=args.get("first"),
                                                               after=args.get("after"), cap=q.cap, filter=f))
     return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
-                                                lambda: tenant_service.count_subtree_statement(q.routed)))
+                                                lambda: q.clause(tenant_service.count_subtree_statement(q.routed))))
 
 
 def _root_tenant(q: Statement, field: GraphQLField, details: list[FieldDetails]) -> Part:

@@ -11,7 +11,6 @@ from typing import Any, cast
 
 from graphql import GraphQLField, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetails
-from sqlalchemy.sql.elements import ClauseElement
 
 from app.graphql.engine.sql_json import (
     FIELDS,
@@ -51,7 +50,7 @@ class Page:
     key: tuple[str, ...]  # the columns of the order: ("id",) or ("time", "id")
     cursor: Callable[[list[Any]], str]  # a row's cursor, from its key's values (the row's first values)
     # totalCount's statement, built only when the selection asks for it (None: null, as the generic path)
-    count: Callable[[], ClauseElement] | None = None
+    count: Callable[[], str] | None = None
 
 
 Build = Callable[[list[list[Any]], bool, Any], Any]  # (the page's rows, hasNextPage, totalCount) → a field's value
@@ -78,7 +77,7 @@ def connection(q: Statement, field: GraphQLField, details: list[FieldDetails], p
         elif name == "pageInfo":
             builders.append((response_name, _page_info(q, connection_type, field_details, cursor)))
         else:  # totalCount
-            count = f"({q.clause(page.count())})" if page.count is not None else count
+            count = f"({page.count()})" if page.count is not None else count
             builders.append((response_name, lambda rows, more, total: total))
     if len(builders) > MAX_KEYS or len(cells) > 2 * MAX_KEYS:  # json_build_array takes at most 100 arguments
         raise Fallback
@@ -158,7 +157,7 @@ def _group_devices(q: Statement, field: GraphQLField, details: list[FieldDetails
     stmt, size = checked(lambda: inventory.device_page(q.scope, filter=in_group, first=args.get("first"),
                                                         after=args.get("after"), cap=q.cap))
     return connection(q, field, details, Page(q.clause(stmt), size, ("id",), key_cursor,
-                                                lambda: inventory.count_statement(q.scope, in_group)))
+                                                lambda: q.clause(inventory.count_statement(q.scope, in_group))))
 
 
 def _group_subgroups(q: Statement, field: GraphQLField, details: list[FieldDetails], row: str) -> Part:
