@@ -31,8 +31,8 @@ DEFAULT_EXTERNAL_ID_TYPE = "serial"
 DEVICE_COLUMNS = (devices.c.id, devices.c.name, devices.c.type, devices.c.owner, devices.c.fragments,
                   devices.c.created_at, devices.c.updated_at, devices.c.parent_id, devices.c.required_interval,
                   devices.c.availability)
-_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 GROUP_COLUMNS = (groups.c.id, groups.c.name, groups.c.parent_id, groups.c.created_at)
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]  # renders the device check once per scope
 
 # Built once: constructing a statement per request costs more than its round trip's overhead.
 _BY_ID = select(*DEVICE_COLUMNS).where(devices.c.id == bindparam("id"))
