@@ -447,6 +447,22 @@ async def test_compiled_reads_stay_in_the_routed_tenant(api: Api, world: World, 
     refused = await post(http, a.token, b.id, query, {"id": device_id})
     assert READ_PATH not in refused.headers
     assert orjson.loads(refused.content)["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    # A group's pages and a gateway's children stay A's too: B naming A's group reads nothing.
+    group = (await api.gql('mutation { createGroup(name: "g") { id } }', token=a.token, tenant=a.id)
+             ).data["createGroup"]["id"]
+    await api.gql('mutation($g: ID!, $p: ID!) { createDevice(input: {name: "kid", groupId: $g, parentId: $p}) '
+                  "{ id } }", {"g": group, "p": device_id}, token=a.token, tenant=a.id)
+    nested = ("query($g: ID!) { group(id: $g) { devices { totalCount edges { node { name children { name } } } } "
+              "subgroups { edges { node { id } } } } groups { edges { node { devices { totalCount } } } } }")
+    own = await post(http, a.token, a.id, nested, {"g": group})
+    assert own.headers[READ_PATH] == "compiled"
+    assert orjson.loads(own.content)["data"]["group"]["devices"]["totalCount"] == 1
+    other = await post(http, b.token, b.id, nested, {"g": group})
+    assert other.headers[READ_PATH] == "compiled"
+    assert orjson.loads(other.content) == {"data": {"group": None, "groups": {"edges": []}}}
+    kids = await post(http, b.token, b.id, "query($id: ID!) { device(id: $id) { children { id } } }",
+                      {"id": device_id})
+    assert orjson.loads(kids.content) == {"data": {"device": None}}
 
 
 DASHBOARD = ("{ me { user { id email } memberships { role scope tenant { id domain kind } } } "
