@@ -10,9 +10,11 @@ data adds `scope.devices(column)`, so lists, single reads, aggregates and writes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, literal, select, true
+from sqlalchemy import ColumnElement, column, literal, select, table, true
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from app.models.tenant import group_devices, groups
@@ -51,3 +53,17 @@ class Scope:
 
 
 UNRESTRICTED = Scope()
+
+
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=4096)
+def scope_sql(scope: Scope, kind: str, row_column: str) -> str:
+    """Scope's own predicate (`kind`: devices or groups) on `row.column`, as SQL with its ids inlined
+    (they are integers), rendered once per scope: for statements sent as text (compiled reads,
+    the device check of writes)."""
+    row, name = row_column.split(".")
+    target = table(row, column(name)).c[name]
+    predicate = scope.devices(target) if kind == "devices" else scope.groups(target)
+    return str(predicate.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))

@@ -16,7 +16,7 @@ from graphql import (
 from graphql.execution.collect_fields import FieldDetails
 from strawberry.utils.str_converters import to_snake_case
 
-from app.access.scope import Scope
+from app.access.scope import Scope, scope_sql
 from app.errors import AppError
 from app.graphql.engine.sql_json import (
     TENANT_FIELDS,
@@ -26,7 +26,6 @@ from app.graphql.engine.sql_json import (
     checked,
     listed,
     named,
-    scope_sql,
 )
 from app.graphql.engine.sql_pages import Page, connection, key_cursor, time_cursor
 from app.services.data import alarms as alarm_service

@@ -33,8 +33,7 @@ from graphql import (
 from graphql.execution.collect_fields import FieldDetails, FragmentDetails, collect_subfields
 from graphql.execution.values import VariableValues, get_argument_values
 from psycopg import sql
-from sqlalchemy import ColumnElement, Select, literal_column, table
-from sqlalchemy import column as sql_column
+from sqlalchemy import ColumnElement, Select, literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import LRUCache
@@ -212,16 +211,6 @@ def listed(decode: Decode | None) -> Decode | None:
     if decode is None:
         return None
     return lambda values: [decode(v) for v in values]
-
-
-@lru_cache(maxsize=4096)
-def scope_sql(scope: Scope, kind: str, column: str) -> str:
-    """Scope's own predicate (devices or groups) on `row.column`, as SQL with its ids inlined
-    (they are integers), cached per scope."""
-    row, name = column.split(".")
-    target = table(row, sql_column(name)).c[name]
-    predicate = scope.devices(target) if kind == "devices" else scope.groups(target)
-    return str(predicate.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
 
 
 def named(field: GraphQLField) -> GraphQLObjectType:

@@ -16,11 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import ids
-from app.access.scope import Scope
+from app.access.scope import Scope, scope_sql
 from app.db.transaction import Executor, read_ids
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.tenant import devices, external_ids, group_devices, groups, measurements
@@ -32,7 +31,6 @@ DEVICE_COLUMNS = (devices.c.id, devices.c.name, devices.c.type, devices.c.owner,
                   devices.c.created_at, devices.c.updated_at, devices.c.parent_id, devices.c.required_interval,
                   devices.c.availability)
 GROUP_COLUMNS = (groups.c.id, groups.c.name, groups.c.parent_id, groups.c.created_at)
-_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]  # renders the device check once per scope
 
 # Built once: constructing a statement per request costs more than its round trip's overhead.
 _BY_ID = select(*DEVICE_COLUMNS).where(devices.c.id == bindparam("id"))
@@ -144,8 +142,8 @@ def devices_in_scope(scope: Scope, ids: Sequence[int], *, lock: bool = False) ->
 
 @lru_cache(maxsize=1024)
 def _in_scope_sql(scope: Scope, lock: bool) -> tuple[str, str]:
-    where = scope.devices(devices.c.id).compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True})
-    return (f"SELECT devices.id FROM devices WHERE ({where}) AND devices.id = ANY('{{",
+    return (f"SELECT devices.id FROM devices WHERE ({scope_sql(scope, 'devices', 'devices.id')}) "
+            "AND devices.id = ANY('{",
             "}'::bigint[])" + (" FOR KEY SHARE" if lock else ""))
 
 
