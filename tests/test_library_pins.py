@@ -22,7 +22,7 @@ from app.graphql.types.data import _new_measurement
 from app.ids import decode
 from app.runtime.platform import Platform
 from app.services.data import alarms
-from app.services.inventory import devices
+from app.services.inventory import devices, relations
 from tests.conftest import Api, World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,9 +92,9 @@ async def test_sqlalchemys_statement_cache_renders_statements_that_answer_as_sql
     statements = [
         select(literal("it's %% a \\ name"), literal(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
                literal(1.5), literal(None)),
-        devices.children_statement(UNRESTRICTED, [gw[2], 999], 1),
-        devices.devices_statement(UNRESTRICTED, []),
-        devices.groups_statement(Scope(group_ids=(1, 2)), [gw[2]]),
+        relations.children_statement(UNRESTRICTED, [gw[2], 999], 1),
+        relations.devices_statement(UNRESTRICTED, []),
+        relations.groups_statement(Scope(group_ids=(1, 2)), [gw[2]]),
         alarms.alarms_statement(UNRESTRICTED, [gw[2]], status=("ACTIVE", "CLEARED"), limit=3),
         select(devices.DEVICE_COLUMNS[0]).where(devices.DEVICE_COLUMNS[1] == "it's %% a \\ name"),
     ]

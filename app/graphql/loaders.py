@@ -18,7 +18,7 @@ from app.access.scope import Scope
 from app.db.transaction import BulkExecutor
 from app.services.data import alarms as alarm_service
 from app.services.data.alarms import AlarmRecord
-from app.services.inventory import devices as inventory
+from app.services.inventory import relations as inventory
 from app.services.inventory.devices import DeviceRecord, ExternalId, GroupRecord
 
 K = TypeVar("K")

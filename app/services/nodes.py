@@ -15,6 +15,7 @@ from app.services.data import events as event_service
 from app.services.data import measurements as measurement_service
 from app.services.data import operations as operation_service
 from app.services.inventory import devices as device_service
+from app.services.inventory import relations
 from app.services.rows import to_record
 
 # Rows that belong to a device: (table, columns, record), visible when their device is in scope.
@@ -30,7 +31,7 @@ TYPES = frozenset({"Device", "Group", *_DEVICE_DATA})
 async def by_ids(db: Executor, scope: Scope, type_name: str, ids: Sequence[int]) -> dict[int, Any]:
     """The records of `type_name` with these row ids that the scope lets the caller see."""
     if type_name == "Device":
-        return await device_service.devices_by_ids(db, scope, ids)
+        return await relations.devices_by_ids(db, scope, ids)
     if type_name == "Group":
         rows = await db.execute(select(*device_service.GROUP_COLUMNS).where(groups.c.id.in_(ids),
                                                                             scope.groups(groups.c.id)))

@@ -45,7 +45,7 @@ from app.errors import AppError
 from app.ids import current_tenant, encoder
 from app.models.management import USAGE_COUNTERS, USAGE_SNAPSHOTS
 from app.services.data import alarms as alarm_service
-from app.services.inventory import devices as inventory
+from app.services.inventory import relations as inventory
 from app.services.people import users as user_service
 from app.services.sessions import login as login_service
 from app.services.usage import statistics as usage_service

@@ -20,7 +20,8 @@ from app.db.transaction import Executor
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.models.tenant import alarms
 from app.services.data.timeseries import check_text
-from app.services.inventory.devices import Keys, keyed, require_devices, require_id
+from app.services.inventory.devices import require_devices, require_id
+from app.services.inventory.relations import Keys, keyed
 from app.services.pagination import Page, build_page, decode_int_cursor, page_size
 from app.services.rows import to_record
 

@@ -8,14 +8,13 @@ Deleting a device deletes its data (measurements, events, alarms, operations, ch
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Select, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import ids
@@ -109,7 +108,7 @@ def device_record(row: Any) -> DeviceRecord:
     return DeviceRecord(*row)
 
 
-def _group(row: Any) -> GroupRecord:
+def group_record(row: Any) -> GroupRecord:
     return GroupRecord(*row)
 
 
@@ -343,7 +342,7 @@ async def require_group(db: Executor, scope: Scope, group_id: int) -> GroupRecor
     row = (await db.execute(select(*GROUP_COLUMNS).where(groups.c.id == group_id, scope.groups(groups.c.id)))).first()
     if row is None:
         raise NotFound(f"group {group_id} not found")
-    return _group(row)
+    return group_record(row)
 
 
 async def group_by_id(db: Executor, scope: Scope, group_id: str) -> GroupRecord | None:
@@ -351,7 +350,7 @@ async def group_by_id(db: Executor, scope: Scope, group_id: str) -> GroupRecord 
     if key is None:
         return None
     row = (await db.execute(select(*GROUP_COLUMNS).where(groups.c.id == key, scope.groups(groups.c.id)))).first()
-    return _group(row) if row else None
+    return group_record(row) if row else None
 
 
 async def create_group(db: Executor, scope: Scope, *, name: str, parent_id: int | None) -> GroupRecord:
@@ -363,7 +362,7 @@ async def create_group(db: Executor, scope: Scope, *, name: str, parent_id: int 
     elif not scope.unrestricted:
         raise Forbidden("your access is limited to groups: create subgroups of them (parentId)")
     row = (await db.execute(insert(groups).values(name=name, parent_id=parent_id).returning(*GROUP_COLUMNS))).one()
-    return _group(row)
+    return group_record(row)
 
 
 async def list_groups(
@@ -372,7 +371,7 @@ async def list_groups(
 ) -> Page[GroupRecord]:
     stmt, size = group_page(scope, first=first, after=after, cap=cap, parent_id=parent_id, roots_only=roots_only)
     rows = (await db.execute(stmt)).all()
-    return build_page([_group(r) for r in rows], size, lambda g: g.id)
+    return build_page([group_record(r) for r in rows], size, lambda g: g.id)
 
 
 def group_page(scope: Scope, *, first: int | None, after: str | None, cap: int, parent_id: int | None = None,
@@ -420,79 +419,3 @@ async def delete_group(db: Executor, scope: Scope, group_id: str) -> None:
     result = await db.execute(delete(groups).where(groups.c.id == gid, scope.groups(groups.c.id)))
     if not result.rowcount:  # type: ignore[attr-defined]
         raise NotFound(f"group {group_id} not found")
-
-
-# --- batch loads (DataLoaders) ------------------------------------------------------------------
-
-
-# --- relations of a device ------------------------------------------------------------------------
-# Each relation is ONE statement builder taking its parents' keys: a list of ids (the loaders
-# batch a page's devices) or a column of the enclosing row (the compiled read path nests the
-# statement as a correlated subquery). Both read paths take their rules from here.
-
-Keys = Sequence[int] | ColumnElement[Any]
-
-
-def keyed(column: ColumnElement[Any], keys: Keys) -> ColumnElement[bool]:
-    """`column` matches the parents' keys: IN the list, or equal to the enclosing row's column."""
-    return column == keys if isinstance(keys, ColumnElement) else column.in_(keys)
-
-
-def groups_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
-    """The groups (in scope) each device belongs to, by group id, with the device's id first."""
-    return (select(group_devices.c.device_id, *GROUP_COLUMNS)
-            .join(groups, groups.c.id == group_devices.c.group_id)
-            .where(keyed(group_devices.c.device_id, device_keys), scope.groups(groups.c.id))
-            .order_by(groups.c.id))
-
-
-def children_statement(scope: Scope, parent_keys: Keys, limit: int) -> Select[Any]:
-    """Up to `limit` child devices (in scope) of each parent, oldest first: ranked for a list of parents
-    (the loaders), a LIMIT for the enclosing row's device (compiled reads)."""
-    where = (keyed(devices.c.parent_id, parent_keys), scope.devices(devices.c.id))
-    if isinstance(parent_keys, ColumnElement):
-        return select(*DEVICE_COLUMNS).where(*where).order_by(devices.c.id).limit(limit)
-    ranked = (select(*DEVICE_COLUMNS, func.row_number().over(partition_by=devices.c.parent_id, order_by=devices.c.id)
-                     .label("rank")).where(*where).subquery())
-    return select(*(ranked.c[c.name] for c in DEVICE_COLUMNS)).where(ranked.c.rank <= limit).order_by(ranked.c.id)
-
-
-def external_ids_statement(device_keys: Keys) -> Select[Any]:
-    """The devices' external ids, by type and value (the device is in scope already)."""
-    return (select(external_ids.c.type, external_ids.c.value, external_ids.c.device_id)
-            .where(keyed(external_ids.c.device_id, device_keys)).order_by(external_ids.c.type, external_ids.c.value))
-
-
-def devices_statement(scope: Scope, device_keys: Keys) -> Select[Any]:
-    """Devices by id, in scope (a device's parent, a node by global id)."""
-    return select(*DEVICE_COLUMNS).where(keyed(devices.c.id, device_keys), scope.devices(devices.c.id))
-
-
-async def groups_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, list[GroupRecord]]:
-    out: dict[int, list[GroupRecord]] = defaultdict(list)
-    for row in (await db.execute(groups_statement(scope, device_ids))).all():
-        out[row[0]].append(_group(row[1:]))
-    return out
-
-
-async def children_of_devices(db: Executor, scope: Scope, device_ids: Sequence[int],
-                              limit: int) -> dict[int, list[DeviceRecord]]:
-    out: dict[int, list[DeviceRecord]] = defaultdict(list)
-    for row in (await db.execute(children_statement(scope, device_ids, limit))).all():
-        device = device_record(row)
-        assert device.parent_id is not None
-        out[device.parent_id].append(device)
-    return out
-
-
-async def external_ids_of_devices(db: Executor, device_ids: Sequence[int]) -> dict[int, list[ExternalId]]:
-    out: dict[int, list[ExternalId]] = defaultdict(list)
-    for row in (await db.execute(external_ids_statement(device_ids))).all():
-        out[row.device_id].append(ExternalId(type=row.type, value=row.value, device_id=row.device_id))
-    return out
-
-
-async def devices_by_ids(db: Executor, scope: Scope, device_ids: Sequence[int]) -> dict[int, DeviceRecord]:
-    return {row.id: device_record(row) for row in (await db.execute(devices_statement(scope, device_ids))).all()}
-
-
