@@ -8,6 +8,11 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
+from app import ids
+from app.access.acting import tenant_transaction
+from app.access.scope import UNRESTRICTED
+from app.runtime.platform import Platform
+from app.services.inventory import devices
 from bench.common import generic_path
 from tests.conftest import Api, TenantHandle, World, nowhere, unique
 
@@ -170,3 +175,39 @@ async def test_deleting_a_device_deletes_its_children_and_data(api: Api, world: 
                          "operations": {"edges": []}}
     again = await api.gql("mutation($d: ID!) { deleteDevice(id: $d) }", {"d": gateway}, token=t.token, tenant=t.id)
     assert again.code == "NOT_FOUND"
+
+
+# Characters that mean something to SQL, to SQLAlchemy's text() (a colon before a word) or to
+# pyformat (%), in the name, the type and the fragments' keys and values.
+HOSTILE_TEXT = ["O'Brien", "a\\'b", "\\", "''", "x:true", ":name", "%(name)s", "%%", "$$ $q$", "--", "/* */",
+                "é 😀 ß", '"quoted"', "{}::jsonb"]
+
+
+async def test_a_device_is_created_with_whatever_characters_it_is_given(api: Api, world: World,
+                                                                        platform: Platform) -> None:
+    """createDevice sends its values inlined in one SQL text (BEGIN in the same round trip): on the
+    request path, and through SQLAlchemy on any other transaction. Both store exactly what they were
+    given, and read back the same through GraphQL."""
+    t = await world.tenant()
+    read = "query($d: ID!) { device(id: $d) { name type fragments } }"
+    for text_ in HOSTILE_TEXT:
+        fragments = {text_: [text_, {"k": text_}], "n": 1.5, "t": True, "z": None}
+        created = await api.gql("mutation($i: CreateDeviceInput!) { createDevice(input: $i) "
+                                "{ id name type fragments } }",
+                                {"i": {"name": f"n {text_}", "type": text_, "fragments": fragments}},
+                                token=t.token, tenant=t.id)
+        got = created.data["createDevice"]
+        assert (got["name"], got["type"], got["fragments"]) == (f"n {text_}", text_, fragments)
+        again = await api.gql(read, {"d": got["id"]}, token=t.token, tenant=t.id)
+        assert again.data["device"] == {"name": f"n {text_}", "type": text_, "fragments": fragments}
+
+        tx = tenant_transaction(platform.db.app, t.id)  # not a request's transaction: SQLAlchemy's text()
+        try:
+            record = await devices.create_device(tx, UNRESTRICTED, name=f"j {text_}", type=text_, owner=text_,
+                                                 external_id=None, fragments=fragments)
+        finally:
+            await tx.finish(commit=True)
+        assert (record.name, record.type, record.owner, record.fragments) == (f"j {text_}", text_, text_, fragments)
+        assert record.created_at.tzinfo is not None
+        stored = await api.gql(read, {"d": ids.encode("Device", t.id, record.id)}, token=t.token, tenant=t.id)
+        assert stored.data["device"] == {"name": f"j {text_}", "type": text_, "fragments": fragments}

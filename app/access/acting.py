@@ -32,6 +32,7 @@ from app.db.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 from app.db.notify import append_sql, audit_sql, wake_sql
 from app.db.transaction import (
     WORKER_XID,
+    Direct,
     Executor,
     Params,
     Transaction,
@@ -255,9 +256,11 @@ class RequestTransaction:
             return rows
         return [tuple(v.decode(encoding).encode() if v is not None else None for v in row) for row in rows]
 
-    async def read_ids(self, plane: str | None, sql: str) -> list[int]:  # app.db.transaction.read_ids
-        (result,), _ = await self._round_trip([(plane, sql)], (), False)
-        return [int(result.get_value(row, 0)) for row in range(result.ntuples)]
+    async def first_column(self, plane: str | None, sql: str, writes: bool) -> list[bytes | None]:  # transaction.
+        self.wrote |= writes
+        (result,), encoding = await self._round_trip([(plane, sql)], (), False)
+        values: list[bytes | None] = [result.get_value(row, 0) for row in range(result.ntuples)]
+        return values if encoding == "utf-8" else [v and v.decode(encoding).encode() for v in values]
 
     async def _round_trip(self, statements: Sequence[tuple[str | None, str]], setup: Sequence[str],
                           last: bool) -> tuple[list[Any], str]:  # libpq's results, the encoding: `read_rows`
@@ -390,7 +393,7 @@ class RequestTransaction:
                     if hooks:
                         await driver_execute(conn, self._begin(None))
                         for hook in hooks:
-                            await hook(_Direct(conn))
+                            await hook(Direct(conn))
                         await driver_execute(conn, "COMMIT")
             except BaseException:
                 await discard(conn)
@@ -405,7 +408,7 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     """The kept writes, then the audit rows and change-log entries (each tenant's under its own
     role), their wake-up and COMMIT in one round trip."""
     for hook in hooks:
-        await hook(_Direct(conn))
+        await hook(Direct(conn))
     steps = [step for tenant, (entries, audited) in announced.items()
              for step in (tenant_switch(tenant), *audit_sql(tenant, audited),
                           *(append_sql(tenant, entries) if entries else ()))]
@@ -434,16 +437,6 @@ async def _usable(conn: AsyncConnection) -> bool:
         psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
-class _Direct:
-    """An Executor on a connection whose transaction the caller already controls."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]:
-        return await self._conn.execute(statement, parameters)
-
-
 class PlaneView:
     """The request transaction seen from one plane: what services take as their `db`."""
 
@@ -462,8 +455,8 @@ class PlaneView:
         """RequestTransaction.read_rows: each statement on the plane it names, whatever this view's."""
         return await self._shared.read_rows(statements, setup=setup, last=last)
 
-    async def read_ids(self, sql: str) -> list[int]:
-        return await self._shared.read_ids(self.plane, sql)
+    async def first_column(self, sql: str, *, writes: bool = False) -> list[bytes | None]:
+        return await self._shared.first_column(self.plane, sql, writes)
 
     async def exec_driver_sql(self, sql: str) -> None:
         await self._shared.exec_driver_sql(self.plane, sql)

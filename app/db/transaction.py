@@ -14,8 +14,9 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
+import orjson
 import psycopg
 from psycopg import errors as psycopg_errors
 from psycopg import generators
@@ -37,19 +38,38 @@ class Executor(Protocol):
     async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]: ...
 
 
-@runtime_checkable
-class IdReader(Protocol):
-    async def read_ids(self, sql: str) -> list[int]: ...
+async def first_column(db: Executor, sql: str, *, writes: bool = False) -> list[bytes | None]:
+    """The first column's text (UTF-8) of each row of one complete SQL statement, its values inlined
+    as literals by the caller (`writes`: an INSERT … RETURNING or the like). Request transactions
+    send it on libpq directly, with BEGIN in its round trip when it opens the transaction
+    (SQLAlchemy's execute cost four times the CPU of a one-row check); any other executor runs the
+    same text through SQLAlchemy, its colons escaped so that none in a literal is read as a bind."""
+    # Duck-typed (app.access.acting.PlaneView.first_column): isinstance on a Protocol costs more than the call.
+    reader = getattr(db, "first_column", None)
+    if reader is not None:
+        return cast(list[bytes | None], await reader(sql, writes=writes))
+    values = (await db.execute(text(sql.replace(":", "\\:")))).scalars()
+    return [str(v).encode() if v is not None else None for v in values]
 
 
 async def read_ids(db: Executor, sql: str) -> list[int]:
-    """The first column, an integer, of each row of one complete SQL read (its values inlined as
-    literals by the caller). Request transactions send it on libpq directly, with BEGIN in its
-    round trip when it opens the transaction (SQLAlchemy's execute cost four times the CPU of a
-    one-row check); any other executor runs the same text through SQLAlchemy."""
-    if isinstance(db, IdReader):
-        return await db.read_ids(sql)
-    return [int(v) for v in (await db.execute(text(sql))).scalars()]
+    """The first column, an integer, of each row of one complete SQL read (`first_column`)."""
+    return [int(v) for v in await first_column(db, sql) if v is not None]
+
+
+async def returned_json(db: Executor, sql: str) -> list[Any]:
+    """The rows of one complete SQL write returning one JSON text per row (`first_column`), parsed."""
+    return [orjson.loads(v) for v in await first_column(db, sql, writes=True) if v is not None]
+
+
+class Direct:
+    """An Executor on a connection whose transaction the caller already controls."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Executable, parameters: Params = None) -> Result[Any]:
+        return await self._conn.execute(statement, parameters)
 
 
 class BulkExecutor(Executor, Protocol):
@@ -447,7 +467,7 @@ async def simple_query(driver: psycopg.AsyncConnection[Any], query: str) -> list
     """Every result of a multi-statement query sent in one simple-protocol round trip on libpq;
     the first failed statement raised as psycopg would raise it."""
     pgconn = driver.pgconn
-    pgconn.send_query(query.encode())
+    pgconn.send_query(query.encode(driver.info.encoding))
     results = await driver.wait(generators.execute(pgconn))
     for result in results:
         if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
