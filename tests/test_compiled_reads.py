@@ -26,7 +26,9 @@ from graphql import get_named_type, is_leaf_type
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from app.db.transaction import libpq_connection, simple_query
 from app.graphql.engine import sql_json
+from app.graphql.engine.sql_pages import page_rows
 from app.graphql.schema import build_schema
 from app.http.graphql import GraphQLEndpoint
 from app.ids import encode
@@ -745,3 +747,25 @@ async def test_me_of_a_disabled_user_is_refused_as_on_the_generic_path(world: Wo
     assert compiled.headers.get(READ_PATH) != "compiled"
     assert orjson.loads(compiled.content) == orjson.loads(generic.content)
     assert orjson.loads(compiled.content)["errors"][0]["extensions"]["code"] in {"UNAUTHENTICATED", "FORBIDDEN"}
+
+
+async def test_a_root_pages_rows_read_as_its_json_aggregate_would(platform: Platform) -> None:
+    """A root connection's page comes as rows (each value a column), no longer one JSON aggregate:
+    each value must read as its JSON would, whatever its type, or the request goes the generic way
+    (Fallback) rather than answer differently. On the real database, each type as PostgreSQL sends it."""
+    select = ("SELECT 7::bigint, 'it''s \\ \"q\" é'::text, 'x'::varchar, true, 1.50::numeric, 2::numeric, "
+              "0.1::float8, '{\"a\": [1, null]}'::jsonb, json_build_array(1, 'b'), ARRAY['a', 'b'], NULL::text, "
+              "replace(to_char(timestamptz '2026-01-02 03:04:05.5+00' AT TIME ZONE 'UTC', "
+              "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), '.000000+', '+')")
+    refused = ["SELECT now()", "SELECT current_date", "SELECT gen_random_uuid()", "SELECT interval '1 day'"]
+    async with platform.db.app.connect() as conn:
+        driver = await libpq_connection(conn)
+        (result,) = await simple_query(driver, select)
+        assert page_rows(result) == [[7, "it's \\ \"q\" é", "x", True, 1.5, 2, 0.1, {"a": [1, None]}, [1, "b"],
+                                      ["a", "b"], None, "2026-01-02T03:04:05.500000+00:00"]]
+        (result,) = await simple_query(driver, select.replace("SELECT", "SELECT * FROM (SELECT") + ") s WHERE false")
+        assert page_rows(result) == []
+        for sql in refused:
+            (result,) = await simple_query(driver, sql)
+            with pytest.raises(sql_json.Fallback):
+                page_rows(result)

@@ -241,20 +241,15 @@ class RequestTransaction:
                 self.wrote = True
             return await conn.execute(statement, parameters)
 
-    async def read_rows(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
-                        last: bool) -> list[tuple[bytes | None, ...]]:
-        """The single row (each value's text, as bytes) of each read statement (complete SQL, values
-        inlined by the caller) on its plane, with BEGIN and the role switches, `setup` statements
+    async def read_results(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
+                           last: bool) -> tuple[list[Any], str]:
+        """libpq's result of each read statement (complete SQL, values inlined by the caller) on its
+        plane, and the connection's encoding: with BEGIN and the role switches, `setup` statements
         (transaction-local settings) first, and COMMIT after them when they are the request's `last`
         and nothing must run before COMMIT, in ONE simple-protocol round trip on libpq: the compiled
         read path. (A pipeline of extended-protocol statements cost a third more CPU, psycopg's cursor
         another tenth.) On failure the transaction stays open (aborted) for `finish` to roll back."""
-        results, encoding = await self._round_trip(statements, setup, last)
-        rows = [tuple(result.get_value(0, c) for c in range(result.nfields)) if result.ntuples else (None,)
-                for result in results]
-        if encoding == "utf-8":
-            return rows
-        return [tuple(v.decode(encoding).encode() if v is not None else None for v in row) for row in rows]
+        return await self._round_trip(statements, setup, last)
 
     async def first_column(self, plane: str | None, sql: str, writes: bool) -> list[bytes | None]:  # transaction.
         self.wrote |= writes
@@ -263,7 +258,7 @@ class RequestTransaction:
         return values if encoding == "utf-8" else [v and v.decode(encoding).encode() for v in values]
 
     async def _round_trip(self, statements: Sequence[tuple[str | None, str]], setup: Sequence[str],
-                          last: bool) -> tuple[list[Any], str]:  # libpq's results, the encoding: `read_rows`
+                          last: bool) -> tuple[list[Any], str]:  # libpq's results, the encoding
         async with self._lock:
             if self._finished:
                 raise RuntimeError("transaction already finished")
@@ -450,10 +445,10 @@ class PlaneView:
     async def copy_text(self, copy_sql: str, data: bytes) -> None:
         await self._shared.copy_text(self.plane, copy_sql, data)
 
-    async def read_rows(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
-                        last: bool = False) -> list[tuple[bytes | None, ...]]:
-        """RequestTransaction.read_rows: each statement on the plane it names, whatever this view's."""
-        return await self._shared.read_rows(statements, setup=setup, last=last)
+    async def read_results(self, statements: Sequence[tuple[str | None, str]], *, setup: Sequence[str] = (),
+                           last: bool = False) -> tuple[list[Any], str]:
+        """RequestTransaction.read_results: each statement on the plane it names, whatever this view's."""
+        return await self._shared.read_results(statements, setup=setup, last=last)
 
     async def first_column(self, sql: str, *, writes: bool = False) -> list[bytes | None]:
         return await self._shared.first_column(self.plane, sql, writes)

@@ -65,8 +65,9 @@ def make_engine(url: str, *, pool_size: int, max_overflow: int, pool_timeout: fl
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
         # Timestamps come back in UTC whatever the server's default zone, so a DateTime reads
-        # the same from every server and on both read paths (app.graphql.engine.compiled formats UTC).
-        connect_args={"options": "-c TimeZone=UTC"},
+        # the same from every server and on both read paths (app.graphql.engine.compiled formats UTC);
+        # text in UTF-8 whatever the database's encoding (compiled reads take it as it is sent).
+        connect_args={"options": "-c TimeZone=UTC", "client_encoding": "UTF8"},
         # Rolled back on return only when a transaction is still open (below): every transaction
         # here ends with an explicit COMMIT or ROLLBACK, and an unconditional rollback per
         # checkin cost a greenlet round into psycopg on every request.

@@ -6,9 +6,10 @@ reading the same rows (issue 15's measurements). The planner here decides once p
 (document, operation) which root fields have a SQL translation for every field they can
 select; each request walks the selection (fragments, aliases and @skip/@include resolved with
 its variables, by graphql-core's own `collect_fields`) into one statement per plane, a column
-of JSON per root field — objects as JSON arrays, connections as their keyset page, correlated
+of JSON per root field (a root connection: its page's rows, a statement of its own in the same
+round trip) — objects as JSON arrays, connections as their keyset page, correlated
 subqueries for nested lists and to-one relations (app.graphql.engine.sql_json, sql_pages) —
-with BEGIN, the role switch and COMMIT in the same round trip (`RequestTransaction.read_rows`).
+with BEGIN, the role switch and COMMIT in the same round trip (`RequestTransaction.read_results`).
 Python names the values, encodes ids and cursors and orjson writes the response.
 
 Same rules as the generic path, by construction:
@@ -51,6 +52,7 @@ from graphql import (
 )
 from graphql.execution.collect_fields import FragmentDetails, collect_fields
 from graphql.execution.get_variable_signature import GraphQLVariableSignature
+from graphql.execution.values import VariableValues
 from graphql.validation import ASTValidationRule
 
 from app.errors import AppError
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
 
 from app.graphql.engine.compiled_roots import CONNECTION_FIELDS, EDGE_FIELDS, PAGE_INFO_FIELDS, ROOT_SQL
 from app.graphql.engine.sql_json import FIELDS, Fallback, Part, Statement, named
+from app.graphql.engine.sql_pages import page_rows
 
 __all__ = ["Answer", "Fallback", "Plan", "Planner", "run"]
 
@@ -228,13 +231,7 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     """The compiled roots' JSON, or Fallback (before anything reached the database, or in a transaction
     that only read): the whole operation then runs the generic way."""
     schema = planner.schema
-    coerced = execution.coerce_variables(schema, plan.variables, variables or {}) if plan.variables is not None \
-        else None
-    if coerced is None:  # defaults, omissions, errors: graphql-core's own coercion decides
-        stock = execution.get_variable_values(schema, plan.operation.variable_definitions or (), variables or {})
-        if isinstance(stock, list):
-            raise Fallback  # the generic path reports the variable errors
-        coerced = stock
+    coerced = _coerced(schema, plan, variables)
     query_type = schema.query_type
     assert query_type is not None
     roots = collect_fields(schema, plan.fragments, coerced, query_type, plan.operation).grouped_field_set
@@ -242,22 +239,11 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
     compiled = [r for r, name in names.items() if name in plan.compiled]
     if not compiled:  # @skip / @include left only generic roots
         raise Fallback
-    try:
-        routed = await context.routed() if plan.routed else None
-        for permissions in plan.permissions:  # as Context.root asks them
-            routed = await (context.authorize(permissions[0]) if len(permissions) == 1
-                            else context.authorize_any(*permissions))
-        # Each plane's roots go in a statement of their own (on the one connection, one round trip);
-        # a root reading neither joins the first there is, so every plane here has a root.
-        wanted = {ROOTS[names[r]].plane for r in compiled}
-        planes = {TENANT: (await context.tenant_db()).plane} if TENANT in wanted else {}
-        if MANAGEMENT in wanted or not planes:
-            planes[MANAGEMENT] = context.management_db.plane
-    except AppError as exc:
-        raise Fallback from exc
+    routed, planes = await _admitted(plan, context, {ROOTS[names[r]].plane for r in compiled})
     q = Statement(schema, plan.operation, plan.fragments, coerced, routed, context)
     columns: dict[str, list[tuple[str, Part]]] = {plane: [] for plane in planes}
     guards: dict[str, list[str]] = {plane: [] for plane in planes}
+    pages: list[tuple[str, str, Part]] = []  # (response name, plane, part): connections read as rows
     for response_name in compiled:
         name = names[response_name]
         assert _SAFE_NAME.match(response_name)
@@ -266,21 +252,77 @@ async def run(planner: Planner, plan: Plan, context: Context, variables: dict[st
         expr = ROOT_SQL[name](q, query_type.fields[name], roots[response_name])
         if inspect.isawaitable(expr):
             expr = await expr
-        columns[plane].append((response_name, expr))
+        if expr.rows is None:
+            columns[plane].append((response_name, expr))
+        else:  # a connection: its rows (and totalCount) are statements of their own
+            pages.append((response_name, plane, expr))
         guards[plane] += q.guards[seen:]
     rest = frozenset(names) - frozenset(compiled)
-    statements = [(planes[p], f"SELECT {', '.join(f'({e.sql})::text' for _, e in columns[p])}"
-                   + (f", {' AND '.join(guards[p])}" if guards[p] else "")) for p in planes]
+    selects = [p for p in planes if columns[p] or guards[p]]
+    statements = [(planes[p], "SELECT " + ", ".join([*(f"({e.sql})::text" for _, e in columns[p]), *guards[p]]))
+                  for p in selects]
+    for _, plane, part in pages:
+        assert part.rows is not None
+        statements += [(planes[plane], sql) for sql in part.rows if sql is not None]
     # With generic roots still to run, COMMIT waits: they read in this transaction. A failed guard
     # (checked below) sends the operation the generic way after COMMIT, in a transaction of its own.
-    rows = await context.management_db.read_rows(statements, setup=list(dict.fromkeys(q.setup)), last=not rest)
+    results, encoding = await context.management_db.read_results(
+        statements, setup=list(dict.fromkeys(q.setup)), last=not rest)
+    if encoding != "utf-8":  # the engine asks for UTF8: text values are taken as they are sent
+        raise Fallback
     pieces: dict[str, Any] = {r: "Query" for r, name in names.items() if name == "__typename"}
-    for plane, row in zip(planes, rows, strict=True):
-        if guards[plane] and row[-1] != b"t":
-            raise Fallback
-        pieces.update((response_name, _value(part, value))
-                      for (response_name, part), value in zip(columns[plane], row, strict=False))
+    answers = iter(results)
+    for plane in selects:
+        pieces.update(_columns(next(answers), columns[plane], guarded=bool(guards[plane])))
+    for response_name, _, part in pages:
+        pieces[response_name] = _page(part, answers)
     return Answer(pieces, tuple(names), rest - pieces.keys())
+
+
+async def _admitted(plan: Plan, context: Context, wanted: set[str]) -> tuple[Any, dict[str, Any]]:
+    """The gate's answer for the plan's permissions, and the planes its roots read. Each plane's roots
+    go in a statement of their own (on the one connection, one round trip); a root reading neither
+    joins the first there is, so every plane here has a root."""
+    try:
+        routed = await context.routed() if plan.routed else None
+        for permissions in plan.permissions:  # as Context.root asks them
+            routed = await (context.authorize(permissions[0]) if len(permissions) == 1
+                            else context.authorize_any(*permissions))
+        planes = {TENANT: (await context.tenant_db()).plane} if TENANT in wanted else {}
+        if MANAGEMENT in wanted or not planes:
+            planes[MANAGEMENT] = context.management_db.plane
+    except AppError as exc:
+        raise Fallback from exc
+    return routed, planes
+
+
+def _coerced(schema: Any, plan: Plan, variables: dict[str, Any] | None) -> VariableValues:
+    """The operation's variables, coerced the plan's fast way where it can, else graphql-core's."""
+    coerced = execution.coerce_variables(schema, plan.variables, variables or {}) if plan.variables is not None \
+        else None
+    if coerced is None:  # defaults, omissions, errors: graphql-core's own coercion decides
+        stock = execution.get_variable_values(schema, plan.operation.variable_definitions or (), variables or {})
+        if isinstance(stock, list):
+            raise Fallback  # the generic path reports the variable errors
+        coerced = stock
+    return coerced
+
+
+def _columns(result: Any, columns: list[tuple[str, Part]], *, guarded: bool) -> list[tuple[str, Any]]:
+    """One plane's roots from its one row; the guard columns after them must all be true."""
+    row = [result.get_value(0, c) for c in range(result.nfields)]
+    if guarded and any(v != b"t" for v in row[len(columns):]):
+        raise Fallback
+    return [(response_name, _value(part, value)) for (response_name, part), value in zip(columns, row, strict=False)]
+
+
+def _page(part: Part, answers: Iterator[Any]) -> Any:
+    """A connection from its page's rows and (when asked) its count's one value."""
+    assert part.rows is not None
+    assert part.decode is not None
+    rows = page_rows(next(answers))
+    total = int(next(answers).get_value(0, 0)) if part.rows[1] is not None else None
+    return part.decode([rows, total])
 
 
 def _value(part: Part, value: bytes | None) -> Any:

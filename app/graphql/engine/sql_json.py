@@ -4,7 +4,8 @@ how Python turns that JSON into the response's value (`Part`). app.graphql.engin
 and runs it; app.graphql.engine.compiled_roots translates the root fields.
 
 Objects travel as JSON arrays (`json_build_array`, no keys) and connections as their keyset page
-of one row more (no window, no FILTER); Python names the values, encodes global ids and cursors
+of one row more (no window, no FILTER), a root connection as rows rather than an aggregate
+(app.graphql.engine.sql_pages.page_rows); Python names the values, encodes global ids and cursors
 (app.ids, app.services.pagination themselves) and decides hasNextPage. Measured for 100 devices
 (docs/compiled-reads.md): 0.10 ms of PostgreSQL CPU against 0.39 ms for the same response built
 as JSON objects in SQL, for about 0.1 ms more of server CPU. The usage reports too: for 10,000 tenants'
@@ -77,6 +78,9 @@ class Part:
 
     sql: str
     decode: Decode | None = None
+    # A connection as a root field: its page's statement, each value a column (and its totalCount's, or
+    # None), read as rows rather than one JSON aggregate (app.graphql.engine.sql_pages.connection).
+    rows: tuple[str, str | None] | None = None
 
 
 # --- the SQL being built ----------------------------------------------------------------------------

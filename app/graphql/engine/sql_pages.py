@@ -9,8 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
+import psycopg
 from graphql import GraphQLField, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetails
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Loader, Transformer
 
 from app.graphql.engine.sql_json import (
     FIELDS,
@@ -91,7 +95,48 @@ def connection(q: Statement, field: GraphQLField, details: list[FieldDetails], p
         return {name: build(rows, more, total) for name, build in builders}
 
     return Part(f"(SELECT json_build_array(COALESCE(json_agg(json_build_array({', '.join(cells)}) ORDER BY {order}), "
-                f"'[]'::json), {count}) FROM ({page.rows}) {s})", decode)
+                f"'[]'::json), {count}) FROM ({page.rows}) {s})", decode,
+                rows=(f"SELECT {', '.join(cells)} FROM ({page.rows}) {s} ORDER BY {order}",
+                      f"SELECT {count}" if count != "NULL::int" else None))
+
+
+class _Parsed(Loader):
+    """A value as its JSON reads: a nested selection's JSON, a JSON column, a numeric (PostgreSQL
+    writes a numeric's text into JSON as it is)."""
+
+    def load(self, data: Buffer) -> Any:
+        return orjson.loads(bytes(data))
+
+
+class _Refused(Loader):
+    """A type whose text is not what its JSON would be (times are selected as ISO text, uuids and
+    dates are not selected raw): the request goes the generic way rather than answer differently."""
+
+    def load(self, data: Buffer) -> Any:
+        raise Fallback
+
+
+_ROW_TYPES = AdaptersMap(psycopg.adapters)
+for _name in ("json", "jsonb", "numeric"):
+    _ROW_TYPES.register_loader(_name, _Parsed)
+for _name in ("uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval", "bytea"):
+    _ROW_TYPES.register_loader(_name, _Refused)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    adapters: AdaptersMap = _ROW_TYPES
+    connection: None = None  # text as UTF-8 (the engine asks the server for client_encoding UTF8)
+
+
+def page_rows(result: Any) -> list[list[Any]]:
+    """A page statement's rows (libpq's result) as the JSON aggregate would have read: each value by
+    psycopg's C loaders for its type (a page of 100 in a fifth of the CPU of decoding them in
+    Python), JSON and numerics parsed as JSON. For PostgreSQL, rows cost two thirds of the CPU of
+    json_agg over json_build_array (docs/compiled-reads.md)."""
+    loader = Transformer(_Rows())
+    loader.set_pgresult(result)
+    return loader.load_rows(0, result.ntuples, list)
 
 
 def _constant(value: str) -> Build:
