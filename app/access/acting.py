@@ -28,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db import prepared
 from app.db.naming import MANAGEMENT_SCHEMA, tenant_role, tenant_schema
 from app.db.notify import append_sql, audit_sql, wake_sql
 from app.db.transaction import (
@@ -269,17 +270,22 @@ class RequestTransaction:
                 steps, self._plane = ["BEGIN", _switch(statements[0][0]) + self._limits], statements[0][0]
             steps += setup
             answers: list[int] = []
+            driver = await libpq_connection(self._conn)
+            new: list[tuple[Any, str]] = []  # shapes prepared in this round trip (app.db.prepared)
             for plane, sql in statements:
                 if plane != self._plane:
                     steps.append(_switch(plane))
                     self._plane = plane
                 if plane is not None:
                     touched_schema(self._conn, plane)
-                answers.append(len(steps))
-                steps.append(sql)
+                steps += prepared.steps(driver, sql, new)
+                answers.append(len(steps) - 1)
             commit = last and not self._always and not self._announced
-            driver = await libpq_connection(self._conn)
-            results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
+            try:
+                results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
+            except BaseException:
+                prepared.forget(new)
+                raise
             if commit:  # a statement after this (a compiled read's failed guard: the generic path) opens another
                 conn, self._conn = self._conn, None
                 await release(self._engine, conn)

@@ -1,0 +1,156 @@
+"""Prepared statements for the SQL text the compiled paths send: PostgreSQL parses and plans a
+statement's shape once per connection instead of once per request.
+
+The compiled reads (and createDevice's INSERT) go as simple-protocol text with their values
+written in as literals, so BEGIN, the role switch and COMMIT share their round trip. Parsing
+and planning that text was a third of a `device(id)` statement's database CPU. Here the text
+is cut into a shape and its values: a value compared with `=`, `<>`, `<`, `>`, `<=`, `>=` (a
+bigint, or a quoted string whose type PostgreSQL takes from the other side, as it does a
+literal's) and a quoted string cast with `::`. A shape seen a second time in this process is
+PREPAREd on the connection that meets it (in the same round trip, under the transaction's role
+and search_path) and EXECUTEd with the values after that.
+
+psycopg prepares the generic path's statements itself and, on a rollback it sees (or DROP,
+ALTER …), deallocates ALL of the connection's statements, these too: a connection's shapes are
+forgotten when psycopg has cleared its own since they were prepared, and none is used while its
+DEALLOCATE ALL is still to be sent (`_psycopg_epoch`, tests/test_library_pins.py).
+
+Isolation stays PostgreSQL's: a prepared statement names tables as the text does (through
+search_path), PostgreSQL parses it again when search_path differs from the one it was
+prepared under, and checks the role's privileges at every execution. Names are never reused on
+a connection (a round trip that failed may have left a PREPARE behind: it is forgotten, not
+reused), and each connection keeps at most `PER_CONNECTION` shapes, deallocating the oldest.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+from psycopg._preparing import PrepareManager
+
+PER_CONNECTION = 128  # shapes prepared on one connection (each holds a parse tree and a plan)
+SEEN_LIMIT = 4096  # shapes counted in this process before the count starts over
+LONGEST = 16_000  # characters: longer texts go as they are (rare, and their plans are big)
+_BIGINT = 2**63
+
+# Quoted identifiers and strings are read whole so nothing inside them is taken for a value;
+# an operator must not be the end of a longer one (->>, #>, @>, <@ …): `v->>'name'` keeps its key.
+_TOKENS = re.compile(r"""
+    "(?:[^"]|"")*"
+  | (?<![-<>!=#@~|&^*/%+])(?P<op>(?:<>|<=|>=|!=|=|<|>)\s*)
+    (?P<value>-?\d+(?![\w.])|E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')
+  | (?P<cast>(?<![\w'])(?:E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*'))(?=::)
+  | E'(?:[^'\\]|''|\\.)*'
+  | '(?:[^']|'')*'
+""", re.VERBOSE)
+
+
+class _Connection:
+    """One connection's prepared shapes (shape → name), oldest first."""
+
+    __slots__ = ("epoch", "names", "next")
+
+    def __init__(self, epoch: int) -> None:
+        self.names: OrderedDict[str, str] = OrderedDict()
+        self.next = 0
+        self.epoch = epoch  # psycopg's clears when these were prepared
+
+
+_CONNECTIONS: weakref.WeakKeyDictionary[Any, _Connection] = weakref.WeakKeyDictionary()
+_SEEN: dict[str, int] = {}
+
+
+def shape(sql: str) -> tuple[str, list[str], list[str]]:
+    """`sql` as a shape with $n for its values, the values' SQL text and their declared types."""
+    values: list[str] = []
+    types: list[str] = []
+
+    def cut(match: re.Match[str]) -> str:
+        value = match.group("value") or match.group("cast")
+        if value is None:
+            return match.group(0)
+        if value[-1] != "'":  # an integer: bigint, unless it is bigger (then it stays as it is)
+            if not -_BIGINT <= int(value) < _BIGINT:
+                return match.group(0)
+            types.append("bigint")
+        else:
+            types.append("unknown")  # typed by its context, as the literal was
+        values.append(value)
+        return f"{match.group('op') or ''}${len(values)}"
+
+    return _TOKENS.sub(cut, sql), values, types
+
+
+def steps(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
+    """The statements that run `sql` on `driver`'s connection: EXECUTE of its prepared shape
+    (after PREPARE, and DEALLOCATE of the oldest, when it is new there), or `sql` itself.
+    Shapes prepared here are added to `new`, for `forget` if the round trip fails."""
+    if len(sql) > LONGEST:
+        return [sql]
+    manager = driver._prepared
+    if None in manager._to_flush:  # psycopg's DEALLOCATE ALL goes with its next command
+        _CONNECTIONS.pop(driver, None)
+        return [sql]
+    text, values, types = shape(sql)
+    connection = _CONNECTIONS.get(driver)
+    epoch = _psycopg_epoch(manager)
+    if connection is not None and connection.epoch != epoch:  # deallocated since, with psycopg's own
+        connection.names.clear()
+        connection.epoch = epoch
+    name = connection.names.get(text) if connection is not None else None
+    if name is not None:
+        assert connection is not None
+        connection.names.move_to_end(text)
+        return [_execute(name, values)]
+    seen = _SEEN.get(text, 0) + 1
+    if seen < 2:  # a one-off (a device's own scope, a rare filter) is not worth a plan kept
+        if len(_SEEN) >= SEEN_LIMIT:
+            _SEEN.clear()
+        _SEEN[text] = seen
+        return [sql]
+    if connection is None:
+        connection = _CONNECTIONS[driver] = _Connection(epoch)
+    out: list[str] = []
+    if len(connection.names) >= PER_CONNECTION:
+        _, oldest = connection.names.popitem(last=False)
+        out.append(f"DEALLOCATE {oldest}")
+    name = f"tenantry_{connection.next}"
+    connection.next += 1
+    connection.names[text] = name
+    new.append((driver, text))
+    declared = f"({', '.join(types)})" if types else ""
+    return [*out, f"PREPARE {name}{declared} AS {text}", _execute(name, values)]
+
+
+def forget(new: list[tuple[Any, str]]) -> None:
+    """After a failed round trip: its new shapes are prepared again (under new names) next time."""
+    for driver, text in new:
+        connection = _CONNECTIONS.get(driver)
+        if connection is not None:
+            connection.names.pop(text, None)
+
+
+def _execute(name: str, values: list[str]) -> str:
+    return f"EXECUTE {name}({', '.join(values)})" if values else f"EXECUTE {name}"
+
+
+def _psycopg_epoch(manager: PrepareManager) -> int:
+    """How many times psycopg has cleared this connection's statements (each a DEALLOCATE ALL)."""
+    return getattr(manager, "_tenantry_epoch", 0)
+
+
+_clear = PrepareManager.clear
+
+
+def _counted_clear(self: PrepareManager) -> bool:
+    """psycopg's own clear (which queues DEALLOCATE ALL when it returns True), counted."""
+    cleared = _clear(self)
+    if cleared:
+        self._tenantry_epoch = _psycopg_epoch(self) + 1  # type: ignore[attr-defined]
+    return cleared
+
+
+PrepareManager.clear = _counted_clear  # type: ignore[method-assign]
