@@ -410,16 +410,22 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     role), their wake-up and COMMIT in one round trip."""
     for hook in hooks:
         await hook(Direct(conn))
+    driver = await libpq_connection(conn)
+    new: list[tuple[Any, str]] = []  # every write's audit and log statements: the same few shapes
     steps = [step for tenant, (entries, audited) in announced.items()
-             for step in (tenant_switch(tenant), *audit_sql(tenant, audited),
-                          *(append_sql(tenant, entries) if entries else ()))]
+             for step in (tenant_switch(tenant), *(prepared_step for sql in (
+                 *audit_sql(tenant, audited), *(append_sql(tenant, entries) if entries else ()))
+                 for prepared_step in prepared.steps(driver, sql, new)))]
     if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
         steps.append(wake_sql(woken))
     try:
-        await driver_execute(conn, "; ".join([*steps, "COMMIT"]))
-    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
-        raise CommitOutcomeUnknown() from exc
+        await simple_query(driver, "; ".join([*steps, "COMMIT"]))
+    except BaseException as exc:
+        prepared.forget(new)
+        if isinstance(exc, psycopg.OperationalError | sa_exc.OperationalError | sa_exc.InterfaceError):
+            # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
+            raise CommitOutcomeUnknown() from exc
+        raise
 
 
 async def _usable(conn: AsyncConnection) -> bool:
