@@ -23,7 +23,7 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from app.graphql.engine import boundary, execution
+from app.graphql.engine import boundary, execution, inputs
 from app.graphql.engine.execution import AttributeResolver, TenantryExecutor
 from app.graphql.engine.fast_path import FastPath
 from app.graphql.scalars import SCALAR_MAP
@@ -101,5 +101,6 @@ def build_schema(settings: Settings | None = None) -> TenantrySchema:
     boundary.install(schema._schema)  # before any coercion is compiled (execution.install)
     _direct_attribute_resolvers(schema)
     install_ingest_path(schema._schema)
+    inputs.install(schema.schema_converter.type_map)
     execution.install()
     return schema
