@@ -30,17 +30,27 @@ def test_a_statement_is_cut_into_its_shape_and_its_values() -> None:
 
 
 async def _run(driver: Any, setup: str, sql: str) -> tuple[list[str], list[Any]]:
-    """`sql` in a transaction of its own after `setup`, as app.access.acting sends it."""
-    new: list[tuple[Any, str]] = []
-    steps = prepared.steps(driver, sql, new)
+    """`sql` in a transaction of its own after `setup`, as app.access.acting sends it: the steps it
+    went as (`steps_for`, looked at before the round trip) and its rows' first values."""
+    sent: list[str] = []
+    original = prepared.steps_for
+
+    def seen(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
+        steps = original(driver, sql, new)
+        if not sent:  # the first attempt (a refused shape is sent again as its text)
+            sent[:] = steps
+        return steps
+
+    prepared.steps_for = seen
     try:
-        results = await simple_query(driver, "; ".join(["BEGIN", setup, *steps, "COMMIT"]))
+        (last,) = await prepared.round_trip(driver, [("BEGIN", False), (setup, False), (sql, True),
+                                                     ("COMMIT", False)], whole=True)
     except BaseException:
-        prepared.forget(new)
         await simple_query(driver, "ROLLBACK")
         raise
-    last = results[-2]
-    return steps, [last.get_value(r, 0) for r in range(last.ntuples)]
+    finally:
+        prepared.steps_for = original
+    return sent, [last.get_value(r, 0) for r in range(last.ntuples)]
 
 
 def _as(tenant_id: str, schema_of: str | None = None) -> str:
@@ -134,3 +144,20 @@ async def test_through_graphql_each_tenant_reads_its_own_device_from_the_shape_b
             crossed = await api.gql("query($id: ID!) { device(id: $id) { name } }", {"id": made[other.id]},
                                     token=t.token, tenant=t.id)
             assert crossed.data in ({"device": None}, None)
+
+
+async def test_a_shape_postgresql_cannot_prepare_is_sent_as_its_text_and_answers(
+        world: World, platform: Platform) -> None:
+    """A value whose type nothing around it tells (here cast to `unknown`): PREPARE fails, and the
+    round trip, which began the transaction, is rolled back and sent again as the text."""
+    t = await world.tenant()
+    sql = "SELECT json_build_array('never prepared'::unknown, 7)::text"
+    async with platform.db.app.connect() as conn:
+        driver = await libpq_connection(conn)
+        answers = [await _run(driver, _as(t.id), sql) for _ in range(3)]
+        assert [rows for _, rows in answers] == [[b'["never prepared", 7]']] * 3
+        assert answers[1][0][0].startswith("PREPARE")  # tried once, refused by PostgreSQL
+        assert answers[2][0] == [sql]  # and not again
+        for _ in range(3):  # any other failure is the statement's own, prepared or not
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await _run(driver, _as(t.id), "SELECT (SELECT 1 / 0 WHERE 2 = 2)")

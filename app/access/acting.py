@@ -268,28 +268,22 @@ class RequestTransaction:
                 self._conn = self._conn or await connect(self._engine)
                 self._between = False
                 steps, self._plane = ["BEGIN", _switch(statements[0][0]) + self._limits], statements[0][0]
-            steps += setup
-            answers: list[int] = []
-            driver = await libpq_connection(self._conn)
-            new: list[tuple[Any, str]] = []  # shapes prepared in this round trip (app.db.prepared)
+            planned = [(step, False) for step in [*steps, *setup]]
             for plane, sql in statements:
                 if plane != self._plane:
-                    steps.append(_switch(plane))
+                    planned.append((_switch(plane), False))
                     self._plane = plane
                 if plane is not None:
                     touched_schema(self._conn, plane)
-                steps += prepared.steps(driver, sql, new)
-                answers.append(len(steps) - 1)
+                planned.append((sql, True))  # prepared once the connection has met its shape (app.db.prepared)
             commit = last and not self._always and not self._announced
-            try:
-                results = await simple_query(driver, "; ".join([*steps, *(["COMMIT"] if commit else [])]))
-            except BaseException:
-                prepared.forget(new)
-                raise
+            driver = await libpq_connection(self._conn)
+            results = await prepared.round_trip(driver, [*planned, *([("COMMIT", False)] if commit else [])],
+                                                whole=bool(steps))
             if commit:  # a statement after this (a compiled read's failed guard: the generic path) opens another
                 conn, self._conn = self._conn, None
                 await release(self._engine, conn)
-            return [results[n] for n in answers], driver.info.encoding
+            return results, driver.info.encoding
 
     async def copy_text(self, plane: str | None, copy_sql: str, data: bytes) -> None:
         """COPY … FROM STDIN (text format), the data sent in one write: the bulk path."""
@@ -410,22 +404,17 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     role), their wake-up and COMMIT in one round trip."""
     for hook in hooks:
         await hook(Direct(conn))
-    driver = await libpq_connection(conn)
-    new: list[tuple[Any, str]] = []  # every write's audit and log statements: the same few shapes
+    # Every write's audit and log statements: the same few shapes, prepared (app.db.prepared).
     steps = [step for tenant, (entries, audited) in announced.items()
-             for step in (tenant_switch(tenant), *(prepared_step for sql in (
-                 *audit_sql(tenant, audited), *(append_sql(tenant, entries) if entries else ()))
-                 for prepared_step in prepared.steps(driver, sql, new)))]
+             for step in ((tenant_switch(tenant), False), *((sql, True) for sql in (
+                 *audit_sql(tenant, audited), *(append_sql(tenant, entries) if entries else ()))))]
     if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
-        steps.append(wake_sql(woken))
+        steps.append((wake_sql(woken), False))
     try:
-        await simple_query(driver, "; ".join([*steps, "COMMIT"]))
-    except BaseException as exc:
-        prepared.forget(new)
-        if isinstance(exc, psycopg.OperationalError | sa_exc.OperationalError | sa_exc.InterfaceError):
-            # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
-            raise CommitOutcomeUnknown() from exc
-        raise
+        await prepared.round_trip(await libpq_connection(conn), [*steps, ("COMMIT", False)], whole=False)
+    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
+        raise CommitOutcomeUnknown() from exc
 
 
 async def _usable(conn: AsyncConnection) -> bool:

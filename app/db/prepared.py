@@ -1,19 +1,22 @@
 """Prepared statements for the SQL text the compiled paths send: PostgreSQL parses and plans a
 statement's shape once per connection instead of once per request.
 
-The compiled reads (and createDevice's INSERT) go as simple-protocol text with their values
+The compiled reads (and createDevice's INSERT, and every write's audit row and change-log
+statements at COMMIT) go as simple-protocol text with their values
 written in as literals, so BEGIN, the role switch and COMMIT share their round trip. Parsing
 and planning that text was a third of a `device(id)` statement's database CPU. Here the text
 is cut into a shape and its values: a value compared with `=`, `<>`, `<`, `>`, `<=`, `>=` (a
 bigint, or a quoted string whose type PostgreSQL takes from the other side, as it does a
 literal's) and a quoted string cast with `::`. A shape seen a second time in this process is
 PREPAREd on the connection that meets it (in the same round trip, under the transaction's role
-and search_path) and EXECUTEd with the values after that.
+and search_path) and EXECUTEd with the values after that. A shape PostgreSQL refuses to prepare
+(a value whose type nothing around it tells: `_UNPREPARABLE`) is sent again as its text, the
+round trip rolled back first when it began the transaction, and is never prepared again.
 
 psycopg prepares the generic path's statements itself and, on a rollback it sees (or DROP,
 ALTER …), deallocates ALL of the connection's statements, these too: a connection's shapes are
 forgotten when psycopg has cleared its own since they were prepared, and none is used while its
-DEALLOCATE ALL is still to be sent (`_psycopg_epoch`, tests/test_library_pins.py).
+DEALLOCATE ALL is still to be sent (`_psycopg_epoch`, tests/test_prepared.py).
 
 Isolation stays PostgreSQL's: a prepared statement names tables as the text does (through
 search_path), PostgreSQL parses it again when search_path differs from the one it was
@@ -27,9 +30,13 @@ from __future__ import annotations
 import re
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg._preparing import PrepareManager
+
+from app.db.transaction import simple_query
 
 PER_CONNECTION = 128  # shapes prepared on one connection (each holds a parse tree and a plan)
 SEEN_LIMIT = 4096  # shapes counted in this process before the count starts over
@@ -61,6 +68,48 @@ class _Connection:
 
 _CONNECTIONS: weakref.WeakKeyDictionary[Any, _Connection] = weakref.WeakKeyDictionary()
 _SEEN: dict[str, int] = {}
+_REFUSED: set[str] = set()  # shapes PostgreSQL would not prepare: they go as their text
+# What PostgreSQL says when it cannot parse or type a shape its text parsed as (a value whose
+# type no side tells, say): the text is sent again as it is, and the shape never prepared again.
+_UNPREPARABLE = frozenset({"42601", "42P18", "42P08", "42725", "42883", "42804"})
+
+
+async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: bool) -> list[Any]:
+    """libpq's results of the `steps` marked preparable (each run through `steps_for`), all sent in one
+    simple-protocol round trip. `whole`: the steps begin the transaction (BEGIN first), so a shape
+    PostgreSQL refuses to prepare can be rolled back and the round trip sent again with its text."""
+    new: list[tuple[Any, str]] = []
+    sent, answers = _compose(driver, steps, new)
+    try:
+        results = await simple_query(driver, "; ".join(sent))
+    except psycopg.Error as exc:
+        forget(new)
+        if not (new and exc.sqlstate in _UNPREPARABLE):
+            raise
+        if len(_REFUSED) >= SEEN_LIMIT:
+            _REFUSED.clear()
+        _REFUSED.update(text for _, text in new)  # one request's worth of trouble at most
+        if not whole:  # what ran before this round trip is lost with it: the caller's error
+            raise
+        await simple_query(driver, "ROLLBACK")
+        sent, answers = _compose(driver, steps, [])
+        results = await simple_query(driver, "; ".join(sent))
+    except BaseException:
+        forget(new)
+        raise
+    return [results[n] for n in answers]
+
+
+def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any, str]]) -> tuple[list[str], list[int]]:
+    sent: list[str] = []
+    answers: list[int] = []
+    for sql, preparable in steps:
+        if preparable:
+            sent += steps_for(driver, sql, new)
+            answers.append(len(sent) - 1)
+        else:
+            sent.append(sql)
+    return sent, answers
 
 
 def shape(sql: str) -> tuple[str, list[str], list[str]]:
@@ -84,7 +133,7 @@ def shape(sql: str) -> tuple[str, list[str], list[str]]:
     return _TOKENS.sub(cut, sql), values, types
 
 
-def steps(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
+def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
     """The statements that run `sql` on `driver`'s connection: EXECUTE of its prepared shape
     (after PREPARE, and DEALLOCATE of the oldest, when it is new there), or `sql` itself.
     Shapes prepared here are added to `new`, for `forget` if the round trip fails."""
@@ -95,6 +144,8 @@ def steps(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
         _CONNECTIONS.pop(driver, None)
         return [sql]
     text, values, types = shape(sql)
+    if text in _REFUSED:
+        return [sql]
     connection = _CONNECTIONS.get(driver)
     epoch = _psycopg_epoch(manager)
     if connection is not None and connection.epoch != epoch:  # deallocated since, with psycopg's own
