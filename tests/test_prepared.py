@@ -23,8 +23,8 @@ def test_a_statement_is_cut_into_its_shape_and_its_values() -> None:
     assert text == ("SELECT d1.id, 'x = 1', \"a = 2\" FROM devices d1 WHERE d1.id = $1 AND d1.name <> $2 "
                     "AND d1.type = $3 AND v->>'name' = $4 AND f @> '{}' AND g >= $5 AND h = 1.5 "
                     "AND k = 99999999999999999999 AND t < $6::timestamptz LIMIT 101")
-    assert values == ["12", "'it''s'", "E'a\\\\b'", "'n'", "-3", "'2026-01-01 00:00:00+00:00'"]
-    assert types == ["bigint", "unknown", "unknown", "unknown", "bigint", "unknown"]
+    assert values == ("12", "'it''s'", "E'a\\\\b'", "'n'", "-3", "'2026-01-01 00:00:00+00:00'")
+    assert types == ("bigint", "unknown", "unknown", "unknown", "bigint", "unknown")
     assert prepared.shape("SELECT x FROM (SELECT '{\"a\": 1}'::jsonb AS v) s")[0] == \
         "SELECT x FROM (SELECT $1::jsonb AS v) s"
 

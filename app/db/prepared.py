@@ -43,16 +43,18 @@ SEEN_LIMIT = 4096  # shapes counted in this process before the count starts over
 LONGEST = 16_000  # characters: longer texts go as they are (rare, and their plans are big)
 _BIGINT = 2**63
 
-# Quoted identifiers and strings are read whole so nothing inside them is taken for a value;
-# an operator must not be the end of a longer one (->>, #>, @>, <@ …): `v->>'name'` keeps its key.
+# Quoted identifiers and strings are read whole so nothing inside them is taken for a value.
+# (No lookbehind: it would keep the engine from skipping to the characters that can start a
+# match; `cut` looks at the character before an operator instead.)
 _TOKENS = re.compile(r"""
     "(?:[^"]|"")*"
-  | (?<![-<>!=#@~|&^*/%+])(?P<op>(?:<>|<=|>=|!=|=|<|>)\s*)
-    (?P<value>-?\d+(?![\w.])|E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')
-  | (?P<cast>(?<![\w'])(?:E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*'))(?=::)
+  | (?P<op>(?:<>|<=|>=|!=|=|<|>)\s*)(?P<value>-?\d+(?![\w.])|E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')
+  | (?P<cast>E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')(?=::)
   | E'(?:[^'\\]|''|\\.)*'
   | '(?:[^']|'')*'
 """, re.VERBOSE)
+# An operator that is the end of a longer one (->>, #>, @>, <@ …): `v->>'name'` keeps its key.
+_LONGER = frozenset("-<>!=#@~|&^*/%+")
 
 
 class _Connection:
@@ -68,6 +70,7 @@ class _Connection:
 
 _CONNECTIONS: weakref.WeakKeyDictionary[Any, _Connection] = weakref.WeakKeyDictionary()
 _SEEN: dict[str, int] = {}
+_SHAPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}  # text → its shape, values, types
 _REFUSED: set[str] = set()  # shapes PostgreSQL would not prepare: they go as their text
 # What PostgreSQL says when it cannot parse or type a shape its text parsed as (a value whose
 # type no side tells, say): the text is sent again as it is, and the shape never prepared again.
@@ -112,14 +115,25 @@ def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any
     return sent, answers
 
 
-def shape(sql: str) -> tuple[str, list[str], list[str]]:
-    """`sql` as a shape with $n for its values, the values' SQL text and their declared types."""
+def shape(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """`sql` as a shape with $n for its values, the values' SQL text and their declared types.
+    Remembered by text: the compiled statements are built from cached pieces, so a request that
+    repeats another's (a dashboard's poll) is cut once."""
+    known = _SHAPES.get(sql)
+    if known is None:
+        if len(_SHAPES) >= SEEN_LIMIT:
+            _SHAPES.clear()
+        known = _SHAPES[sql] = _cut(sql)
+    return known
+
+
+def _cut(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     values: list[str] = []
     types: list[str] = []
 
     def cut(match: re.Match[str]) -> str:
         value = match.group("value") or match.group("cast")
-        if value is None:
+        if value is None or (match.group("op") is not None and sql[match.start() - 1:match.start()] in _LONGER):
             return match.group(0)
         if value[-1] != "'":  # an integer: bigint, unless it is bigger (then it stays as it is)
             if not -_BIGINT <= int(value) < _BIGINT:
@@ -130,7 +144,7 @@ def shape(sql: str) -> tuple[str, list[str], list[str]]:
         values.append(value)
         return f"{match.group('op') or ''}${len(values)}"
 
-    return _TOKENS.sub(cut, sql), values, types
+    return _TOKENS.sub(cut, sql), tuple(values), tuple(types)
 
 
 def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
@@ -184,7 +198,7 @@ def forget(new: list[tuple[Any, str]]) -> None:
             connection.names.pop(text, None)
 
 
-def _execute(name: str, values: list[str]) -> str:
+def _execute(name: str, values: tuple[str, ...]) -> str:
     return f"EXECUTE {name}({', '.join(values)})" if values else f"EXECUTE {name}"
 
 
