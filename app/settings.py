@@ -200,6 +200,9 @@ class Settings:
     copy_inline_rows: int = 50_000
     # Read queries the planner can answer in SQL alone skip GraphQL execution (app.graphql.engine.compiled).
     compiled_reads: bool = True
+    # The compiled paths' statements PREPAREd once per connection (app.db.prepared). Off behind a
+    # pooler that hands one client's statements to several server sessions (PgBouncer's transaction mode).
+    prepared_statements: bool = True
     # Operator's allow-list of GraphQL documents (app.http.persisted); unset → any document.
     trusted_documents: Path | None = None
     # Realtime (app.realtime.hub): caps, each subscription's queue (beyond it the subscription reads
@@ -289,6 +292,7 @@ class Settings:
             public_url=public_url,
             copy_inline_rows=_int(env, "TENANTRY_COPY_INLINE_ROWS", 50_000),
             compiled_reads=_bool(env.get("TENANTRY_COMPILED_READS"), True),
+            prepared_statements=_bool(env.get("TENANTRY_PREPARED_STATEMENTS"), True),
             trusted_documents=Path(trusted) if (trusted := env.get("TENANTRY_TRUSTED_DOCUMENTS")) else None,
             spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 5),
             **_subscriptions(env),

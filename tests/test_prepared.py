@@ -12,6 +12,7 @@ from app.db.naming import tenant_role, tenant_schema
 from app.db.transaction import libpq_connection, simple_query
 from app.ids import decode
 from app.runtime.platform import Platform
+from app.settings import Settings
 from tests.conftest import Api, World
 
 
@@ -161,3 +162,23 @@ async def test_a_shape_postgresql_cannot_prepare_is_sent_as_its_text_and_answers
         for _ in range(3):  # any other failure is the statement's own, prepared or not
             with pytest.raises(psycopg.errors.DivisionByZero):
                 await _run(driver, _as(t.id), "SELECT (SELECT 1 / 0 WHERE 2 = 2)")
+
+
+async def test_behind_a_transaction_pooler_nothing_is_prepared(world: World, platform: Platform) -> None:
+    """TENANTRY_PREPARED_STATEMENTS=0: every statement goes as its text (a pooler in transaction
+    mode may send the EXECUTE to another server session than the PREPARE)."""
+    assert Settings.from_env({"TENANTRY_PREPARED_STATEMENTS": "0"}).prepared_statements is False
+    assert Settings.from_env({}).prepared_statements is True
+    t = await world.tenant()
+    sql = "SELECT (SELECT count(*) FROM devices WHERE id > 41 AND type IS DISTINCT FROM 'pooled')"  # its own shape
+    async with platform.db.app.connect() as conn:
+        driver = await libpq_connection(conn)
+        prepared.enabled = False
+        try:
+            answers = [await _run(driver, _as(t.id), sql) for _ in range(3)]
+        finally:
+            prepared.enabled = platform.settings.prepared_statements
+        assert answers == [([sql], [b"0"])] * 3
+        on = [(await _run(driver, _as(t.id), sql))[0] for _ in range(2)]  # and on again: counted from now
+        assert on[0] == [sql]
+        assert on[1][0].startswith("PREPARE")

@@ -42,6 +42,7 @@ PER_CONNECTION = 128  # shapes prepared on one connection (each holds a parse tr
 SEEN_LIMIT = 4096  # shapes counted in this process before the count starts over
 LONGEST = 16_000  # characters: longer texts go as they are (rare, and their plans are big)
 _BIGINT = 2**63
+enabled = True  # Settings.prepared_statements (app.runtime.platform)
 
 # Quoted identifiers and strings are read whole so nothing inside them is taken for a value.
 # (No lookbehind: it would keep the engine from skipping to the characters that can start a
@@ -151,7 +152,7 @@ def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
     """The statements that run `sql` on `driver`'s connection: EXECUTE of its prepared shape
     (after PREPARE, and DEALLOCATE of the oldest, when it is new there), or `sql` itself.
     Shapes prepared here are added to `new`, for `forget` if the round trip fails."""
-    if len(sql) > LONGEST:
+    if len(sql) > LONGEST or not enabled:
         return [sql]
     manager = driver._prepared
     if None in manager._to_flush:  # psycopg's DEALLOCATE ALL goes with its next command

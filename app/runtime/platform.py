@@ -13,6 +13,7 @@ from app.access.credentials import LastUsed
 from app.access.gate import AccessGate
 from app.auth.passwords import Passwords
 from app.auth.tokens import AccessTokens
+from app.db import prepared
 from app.db.embedded import Supervisor
 from app.db.engines import Database
 from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
@@ -66,6 +67,7 @@ class Platform:
         # Requests keep a few clean connections between them (app.db.transaction._Kept).
         keep_connections(db.app, limit=max(1, settings.pool_size // 2))
         limit_schemas_per_connection(db.app, settings.schemas_per_connection)
+        prepared.enabled = settings.prepared_statements  # one setting per process, as the engines are
         metrics = RequestMetrics(max_tenants=settings.metrics_max_tenants)
         shared = SharedBuckets(db.app.url.set(drivername="postgresql").render_as_string(hide_password=False))
         return cls(
