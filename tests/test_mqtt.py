@@ -327,7 +327,12 @@ async def test_qos1_uplinks_survive_a_bridge_and_a_broker_restart(served: Served
     values = await api.gql("query($d: ID!) { measurements(deviceId: $d, first: 500) { edges { node { value } } } }",
                            {"d": device}, token=t.token, tenant=t.id)
     seen = sorted(e["node"]["value"] for e in values.data["measurements"]["edges"])
-    assert seen == [float(i) for i in range(201)]  # none lost, none twice (each was acknowledged once stored)
+    # None lost; none twice of those the broker queued while the bridge was down (each acknowledged
+    # once stored). The first may be stored twice: the bridge was killed once it was committed, and
+    # if that was before its acknowledgement, the broker delivers it again (at least once, by design:
+    # app.realtime.mqtt).
+    assert [v for v in seen if v] == [float(i) for i in range(1, 201)]
+    assert seen.count(0.0) in (1, 2)
 
 
 async def test_the_device_example_in_the_docs_runs(served: Served, api: Api, world: World) -> None:
