@@ -45,15 +45,17 @@ _BIGINT = 2**63
 enabled = True  # Settings.prepared_statements (app.runtime.platform)
 
 # Quoted identifiers and strings are read whole so nothing inside them is taken for a value.
-# (No lookbehind: it would keep the engine from skipping to the characters that can start a
-# match; `cut` looks at the character before an operator instead.)
-_TOKENS = re.compile(r"""
-    "(?:[^"]|"")*"
-  | (?P<op>(?:<>|<=|>=|!=|=|<|>)\s*)(?P<value>-?\d+(?![\w.])|E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')
-  | (?P<cast>E'(?:[^'\\]|''|\\.)*'|'(?:[^']|'')*')(?=::)
-  | E'(?:[^'\\]|''|\\.)*'
-  | '(?:[^']|'')*'
-""", re.VERBOSE)
+# Written for Python's engine: the lookahead lets it skip to a character that can start a match
+# (no lookbehind, which kept it trying every alternative at every position: `cut` looks at the
+# character before an operator instead), and each quoted text is one run of what it may hold
+# between its doubled quotes, not a choice per character. Half the time of the plain form.
+_TOKENS = re.compile(r"""(?=["'E<>!=])(?:
+    "[^"]*(?:""[^"]*)*"
+  | (?P<op>(?:<>|<=|>=|!=|=|<|>)\s*)(?P<value>-?\d+(?![\w.])|E'[^'\\]*(?:(?:''|\\.)[^'\\]*)*'|'[^']*(?:''[^']*)*')
+  | (?P<cast>E'[^'\\]*(?:(?:''|\\.)[^'\\]*)*'|'[^']*(?:''[^']*)*')(?=::)
+  | E'[^'\\]*(?:(?:''|\\.)[^'\\]*)*'
+  | '[^']*(?:''[^']*)*'
+)""", re.VERBOSE)
 # An operator that is the end of a longer one (->>, #>, @>, <@ …): `v->>'name'` keeps its key.
 _LONGER = frozenset("-<>!=#@~|&^*/%+")
 
