@@ -74,31 +74,33 @@ class _Connection:
 _CONNECTIONS: weakref.WeakKeyDictionary[Any, _Connection] = weakref.WeakKeyDictionary()
 _SEEN: dict[str, int] = {}
 _SHAPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}  # text → its shape, values, types
-_REFUSED: set[str] = set()  # shapes PostgreSQL would not prepare: they go as their text
+_REFUSED: dict[str, bool] = {}  # shapes PostgreSQL would not prepare: they go as their text
 # What PostgreSQL says when it cannot parse or type a shape its text parsed as (a value whose
 # type no side tells, say): the text is sent again as it is, and the shape never prepared again.
 _UNPREPARABLE = frozenset({"42601", "42P18", "42P08", "42725", "42883", "42804"})
 
 
-async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: bool) -> list[Any]:
+async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: bool,
+                     repeats: bool = True) -> list[Any]:
     """libpq's results of the `steps` marked preparable (each run through `steps_for`), all sent in one
     simple-protocol round trip. `whole`: the steps begin the transaction (BEGIN first), so a shape
-    PostgreSQL refuses to prepare can be rolled back and the round trip sent again with its text."""
+    PostgreSQL refuses to prepare can be rolled back and the round trip sent again with its text.
+    `repeats`: the same text may come again (reads), so its shape is remembered by text; a write's
+    text carries its new values every time, and remembering it would only push the reads' out."""
     new: list[tuple[Any, str]] = []
-    sent, answers = _compose(driver, steps, new)
+    sent, answers = _compose(driver, steps, new, repeats)
     try:
         results = await simple_query(driver, "; ".join(sent))
     except psycopg.Error as exc:
         forget(new)
         if not (new and exc.sqlstate in _UNPREPARABLE):
             raise
-        if len(_REFUSED) >= SEEN_LIMIT:
-            _REFUSED.clear()
-        _REFUSED.update(text for _, text in new)  # one request's worth of trouble at most
+        for _, text in new:  # one request's worth of trouble at most
+            _remember(_REFUSED, text, True)
         if not whole:  # what ran before this round trip is lost with it: the caller's error
             raise
         await simple_query(driver, "ROLLBACK")
-        sent, answers = _compose(driver, steps, [])
+        sent, answers = _compose(driver, steps, [], repeats)
         results = await simple_query(driver, "; ".join(sent))
     except BaseException:
         forget(new)
@@ -106,28 +108,36 @@ async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: b
     return [results[n] for n in answers]
 
 
-def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any, str]]) -> tuple[list[str], list[int]]:
+def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any, str]],
+             repeats: bool) -> tuple[list[str], list[int]]:
     sent: list[str] = []
     answers: list[int] = []
     for sql, preparable in steps:
         if preparable:
-            sent += steps_for(driver, sql, new)
+            sent += steps_for(driver, sql, new, repeats=repeats)
             answers.append(len(sent) - 1)
         else:
             sent.append(sql)
     return sent, answers
 
 
-def shape(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+def shape(sql: str, *, repeats: bool = True) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """`sql` as a shape with $n for its values, the values' SQL text and their declared types.
-    Remembered by text: the compiled statements are built from cached pieces, so a request that
-    repeats another's (a dashboard's poll) is cut once."""
+    Remembered by text when it `repeats`: the compiled statements are built from cached pieces, so
+    a request that repeats another's (a dashboard's poll) is cut once."""
     known = _SHAPES.get(sql)
     if known is None:
-        if len(_SHAPES) >= SEEN_LIMIT:
-            _SHAPES.clear()
-        known = _SHAPES[sql] = _cut(sql)
+        known = _cut(sql)
+        if repeats:
+            _remember(_SHAPES, sql, known)
     return known
+
+
+def _remember(table: dict[str, Any], key: str, value: Any) -> None:
+    """`table[key] = value`, the table started over once it holds SEEN_LIMIT entries."""
+    if len(table) >= SEEN_LIMIT:
+        table.clear()
+    table[key] = value
 
 
 def _cut(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
@@ -150,7 +160,7 @@ def _cut(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     return _TOKENS.sub(cut, sql), tuple(values), tuple(types)
 
 
-def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
+def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]], *, repeats: bool = True) -> list[str]:
     """The statements that run `sql` on `driver`'s connection: EXECUTE of its prepared shape
     (after PREPARE, and DEALLOCATE of the oldest, when it is new there), or `sql` itself.
     Shapes prepared here are added to `new`, for `forget` if the round trip fails."""
@@ -160,7 +170,7 @@ def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
     if None in manager._to_flush:  # psycopg's DEALLOCATE ALL goes with its next command
         _CONNECTIONS.pop(driver, None)
         return [sql]
-    text, values, types = shape(sql)
+    text, values, types = shape(sql, repeats=repeats)
     if text in _REFUSED:
         return [sql]
     connection = _CONNECTIONS.get(driver)
@@ -175,9 +185,7 @@ def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
         return [_execute(name, values)]
     seen = _SEEN.get(text, 0) + 1
     if seen < 2:  # a one-off (a device's own scope, a rare filter) is not worth a plan kept
-        if len(_SEEN) >= SEEN_LIMIT:
-            _SEEN.clear()
-        _SEEN[text] = seen
+        _remember(_SEEN, text, seen)
         return [sql]
     if connection is None:
         connection = _CONNECTIONS[driver] = _Connection(epoch)
