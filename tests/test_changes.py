@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from app.access.acting import tenant_switch
 from app.db.naming import tenant_role, tenant_schema
 from app.db.notify import append_sql
 from app.runtime.platform import Platform
@@ -43,11 +44,14 @@ async def test_positions_are_gap_free_in_commit_order_under_overlapping_transact
     tenant = await world.tenant()
     schema, entry = tenant_schema(tenant.id), '{"k":"event","o":"created","d":null,"b":{}}'
     engine = platform.db.owner
+    switch = tenant_switch(tenant.id)  # as the request's COMMIT does: the statements name tables through search_path
     async with engine.connect() as first, engine.connect() as second:
         await first.exec_driver_sql("BEGIN")
+        await first.exec_driver_sql(switch)
         for statement in append_sql(tenant.id, [entry]):
             await first.exec_driver_sql(statement)
         await second.exec_driver_sql("BEGIN")
+        await second.exec_driver_sql(switch)
         blocked = asyncio.ensure_future(second.exec_driver_sql(append_sql(tenant.id, [entry, entry])[0]))
         await asyncio.sleep(0.3)
         assert not blocked.done()  # waits for the first writer's COMMIT
@@ -66,6 +70,7 @@ async def test_positions_are_gap_free_in_commit_order_under_overlapping_transact
         async with engine.connect() as conn:
             for _ in range(40):
                 await conn.exec_driver_sql("BEGIN")
+                await conn.exec_driver_sql(switch)
                 for statement in append_sql(tenant.id, [entry] * random.randint(1, 3)):
                     await conn.exec_driver_sql(statement)
                 await asyncio.sleep(random.random() / 500)

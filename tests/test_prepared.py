@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from app.db import prepared
 from app.db.naming import tenant_role, tenant_schema
@@ -182,3 +183,51 @@ async def test_behind_a_transaction_pooler_nothing_is_prepared(world: World, pla
         on = [(await _run(driver, _as(t.id), sql))[0] for _ in range(2)]  # and on again: counted from now
         assert on[0] == [sql]
         assert on[1][0].startswith("PREPARE")
+
+
+def test_a_shaped_statement_carries_its_shape_and_is_never_cut() -> None:
+    statement = prepared.shaped("SELECT {}::jsonb -> 'a', {} = 1",
+                                [("'{\"a\": \"x = 1\"}'", "unknown"), ("7", "bigint")])
+    assert statement == "SELECT '{\"a\": \"x = 1\"}'::jsonb -> 'a', 7 = 1"
+    assert prepared.shape(statement) == ("SELECT $1::jsonb -> 'a', $2 = 1", ("'{\"a\": \"x = 1\"}'", "7"),
+                                         ("unknown", "bigint"))
+
+
+async def test_every_tenant_s_writes_share_one_shape_and_land_in_its_own_log_and_audit(
+        api: Api, world: World, platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit row, the change-log head and entries, and createDevice's INSERT come shaped by
+    their builders (nothing cut) and name their tables through search_path: one prepared shape
+    serves every tenant, each write still lands in its own tenant's tables (read back as the owner)."""
+    cut: list[str] = []
+    original = prepared._cut
+
+    def counted(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        cut.append(sql)
+        return original(sql)
+
+    monkeypatch.setattr(prepared, "_cut", counted)
+    a, b = await world.tenant(), await world.tenant()
+    made: dict[str, list[str]] = {a.id: [], b.id: []}
+    for k in range(4):  # alternating, on the pool's connections: the shapes are prepared and shared
+        for t in (a, b):
+            name = f"{t.id}-{k}"
+            answer = await api.gql('mutation($n: String!) { createDevice(input: {name: $n}) { id name } }',
+                                   {"n": name}, token=t.token, tenant=t.id)
+            assert answer.data == {"createDevice": {"id": answer.data["createDevice"]["id"], "name": name}}
+            made[t.id].append(name)
+    assert not [sql for sql in cut if "change_head" in sql or "audit_log" in sql or "INSERT INTO devices" in sql]
+    assert "UPDATE change_head SET last = last + $1 WHERE id = 1" in prepared._SEEN or any(
+        "UPDATE change_head SET last = last + $1 WHERE id = 1" in c.names for c in prepared._CONNECTIONS.values())
+    async with platform.db.owner.connect() as conn:
+        for t in (a, b):
+            schema = tenant_schema(t.id)
+            logged = [(r[0], r[1]) for r in (await conn.execute(text(
+                f"SELECT position, body->>'name' FROM {schema}.changes WHERE kind = 'device' ORDER BY position")))]
+            assert [name for _, name in logged] == made[t.id]
+            positions = [p for p, _ in logged]
+            assert positions == list(range(positions[0], positions[0] + 4))
+            audited = (await conn.execute(text(
+                f"SELECT count(*) FROM {schema}.audit_log WHERE action = 'device.created'"))).scalar_one()
+            assert audited == 4
+            names = (await conn.execute(text(f"SELECT array_agg(name ORDER BY id) FROM {schema}.devices"))).scalar_one()
+            assert names == made[t.id]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from app.db.naming import tenant_schema
+from app.db.prepared import shaped
 
 CHANGES = "tenantry_changes"
 ACCESS = "tenantry_access"
@@ -28,21 +29,30 @@ _BODY = ("CASE WHEN e.v->>'k' = 'measurement' "
 
 def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -> list[str]:
     """The two statements appending `entries` (JSON objects `{"k", "o", "d", "b"}`) to the tenant's
-    log: with the entries as a literal (one simple-protocol round trip before COMMIT), or, `bound`,
-    as the parameter `:entries` (a JSON array).
+    log: `bound`, with the entries as the parameter `:entries` (a JSON array), the tables named with
+    the tenant's schema; else as a literal (one simple-protocol round trip before COMMIT), `Shaped`
+    for app.db.prepared and the tables named through search_path — one shape for every tenant, so
+    the caller must have switched to the tenant (app.access.acting.tenant_switch) just before.
 
     The UPDATE of the one-row head takes its row lock until the transaction ends: a concurrent
     writer of the same tenant waits here, and draws its positions only once these are committed
     and visible. That is what makes positions gap-free in commit order (migration t0007); callers
     run this just before COMMIT, so the lock is held for as short a time as possible."""
-    schema = tenant_schema(tenant_id)
     n = len(entries)
-    array = "CAST(:entries AS jsonb)" if bound else literal("[" + ",".join(entries) + "]") + "::jsonb"
-    return [f"UPDATE {schema}.change_head SET last = last + {n} WHERE id = 1",
-            f"INSERT INTO {schema}.changes (position, logged_at, kind, op, device_id, body) "
-            f"SELECT h.last - {n} + e.o, clock_timestamp(), e.v->>'k', e.v->>'o', (e.v->>'d')::bigint, {_BODY} "
-            f"FROM {schema}.change_head h, jsonb_array_elements({array}) WITH ORDINALITY AS e(v, o) "
-            f"WHERE h.id = 1"]
+    if bound:
+        schema = tenant_schema(tenant_id)
+        return [f"UPDATE {schema}.change_head SET last = last + {n} WHERE id = 1",
+                _APPEND.format(f"{schema}.", n, f"{schema}.", "CAST(:entries AS jsonb)")]
+    array = literal("[" + ",".join(entries) + "]")
+    count = (str(n), "bigint")
+    return [shaped("UPDATE change_head SET last = last + {} WHERE id = 1", [count]),
+            shaped(_APPEND.format("", "{}", "", "{}::jsonb"), [count, (array, "unknown")])]
+
+
+_APPEND = ("INSERT INTO {}changes (position, logged_at, kind, op, device_id, body) "
+           "SELECT h.last - {} + e.o, clock_timestamp(), e.v->>'k', e.v->>'o', (e.v->>'d')::bigint, "
+           + _BODY.replace("{", "{{").replace("}", "}}") +
+           " FROM {}change_head h, jsonb_array_elements({}) WITH ORDINALITY AS e(v, o) WHERE h.id = 1")
 
 
 def wake_sql(tenant_ids: Iterable[str]) -> str:
@@ -54,11 +64,12 @@ def wake_sql(tenant_ids: Iterable[str]) -> str:
 def audit_sql(tenant_id: str, rows: Sequence[str]) -> list[str]:
     """One INSERT of a request's data-plane audit rows (JSON objects with the audit_log columns
     actor_type, actor_id, action, target, changes, request_id), sent with COMMIT instead of a round
-    trip each: every mutation writes one."""
+    trip each: every mutation writes one. `Shaped`, its table named through search_path, as
+    `append_sql`'s literal form: the caller has switched to `tenant_id`."""
     if not rows:
         return []
     array = literal("[" + ",".join(rows) + "]")
-    return [f"INSERT INTO {tenant_schema(tenant_id)}.audit_log (actor_type, actor_id, action, target, changes, "
-            f"request_id) SELECT e.v->>'actor_type', e.v->>'actor_id', e.v->>'action', e.v->>'target', "
-            f"e.v->'changes', e.v->>'request_id' FROM jsonb_array_elements({array}::jsonb) WITH ORDINALITY "
-            f"AS e(v, o) ORDER BY e.o"]
+    return [shaped("INSERT INTO audit_log (actor_type, actor_id, action, target, changes, request_id) "
+                   "SELECT e.v->>'actor_type', e.v->>'actor_id', e.v->>'action', e.v->>'target', e.v->'changes', "
+                   "e.v->>'request_id' FROM jsonb_array_elements({}::jsonb) WITH ORDINALITY AS e(v, o) "
+                   "ORDER BY e.o", [(array, "unknown")])]

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import ids
 from app.access.scope import Scope, scope_sql
 from app.db.notify import literal
+from app.db.prepared import shaped
 from app.db.transaction import Executor, read_ids, returned_json
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models.tenant import devices, external_ids, group_devices, groups, measurements
@@ -160,7 +161,8 @@ async def require_devices(db: Executor, scope: Scope, ids: Sequence[int], *, loc
 
 
 # SQL text with its values in one JSON literal: a request transaction sends it on libpq with BEGIN in the
-# same round trip (app.db.transaction.returned_json); through SQLAlchemy it was a round trip of its own.
+# same round trip (app.db.transaction.returned_json), prepared once the connection has met it (app.db.prepared:
+# `shaped`, so its text is not cut every time); through SQLAlchemy it was a round trip of its own.
 _INSERT = ("INSERT INTO devices (name, type, owner, fragments, parent_id, required_interval) SELECT v->>'name', "
            "v->>'type', v->>'owner', v->'fragments', (v->>'parent_id')::bigint, (v->>'required_interval')::integer "
            "FROM (SELECT {}::jsonb AS v) AS given RETURNING json_build_array("
@@ -186,7 +188,7 @@ async def create_device(
         await require_devices(db, scope, [parent_id])
     given = {"name": name, "type": type, "owner": owner, "fragments": values, "parent_id": parent_id,
              "required_interval": availability.check_interval(required_interval)}
-    (row,) = await returned_json(db, _INSERT.format(literal(orjson.dumps(given).decode())))
+    (row,) = await returned_json(db, shaped(_INSERT, [(literal(orjson.dumps(given).decode()), "unknown")]))
     row[5:7] = map(datetime.fromisoformat, row[5:7])  # created_at, updated_at: JSON has them as text
     device = device_record(row)
     if group_id is not None:
