@@ -12,11 +12,11 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from starlette.applications import Starlette
@@ -30,6 +30,8 @@ from app.runtime.platform import Platform
 from app.services.tenants.bootstrap import bootstrap
 from app.settings import Settings
 from app.tenancy.migrate import migrate_management
+
+T = TypeVar("T")
 
 ADMIN_EMAIL = "bench@tenantry.test"
 ADMIN_PASSWORD = "bench-password-1"
@@ -98,6 +100,16 @@ async def bench_platform(extra_routes: Callable[[Platform], list[Any]] | None = 
         await platform.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_as_served(main: Coroutine[Any, Any, T]) -> T:
+    """`main` on the event loop `tenantry serve` runs (uvicorn's loop="auto": uvloop where it is
+    installed, asyncio's own elsewhere), so a server measured in process costs what it costs served."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 @asynccontextmanager

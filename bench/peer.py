@@ -19,6 +19,8 @@ TENANTRY_COMPILED_READS=0 serves); `postgraphile` — PostGraphile 5 (amber pres
 same tenant schema with the same per-request role and search_path (pgSettings), installed
 with npm into a scratch directory (skipped with a message without npm). Printed per run:
 requests/s, the ratio to plain, and CPU per request of the server process and of PostgreSQL.
+The app (plain, compiled and generic alike) is served in this process as `tenantry serve` serves
+it: uvicorn with its HTTP protocol on uvloop (`bench.common.run_as_served`).
 (c) `subtenantUsage` over N tenants (default 10,000) x 30 days: p50 of 10 sequential requests.
 `--cases` runs only the cases named (all by default).
 """
@@ -46,13 +48,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.access.acting import tenant_transaction
+from app.cli import uvicorn_options
 from app.db.naming import tenant_role, tenant_schema
 from app.ids import encode
 from app.main import tune_collector
 from app.models.tenant import devices
 from app.runtime.platform import Platform
 from app.services.pagination import encode_cursor
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, median, run_as_served
 from bench.common import local_id as _local
 from bench.concurrency import Request as WrkRequest
 from bench.concurrency import _script, _wrk
@@ -329,8 +332,10 @@ async def main(seconds: float, tenants: int, cases: str = "abdefgc") -> None:
         }
 
         scenarios = {case: servers for case, servers in scenarios.items() if case in cases}
+        # Served as `tenantry serve` serves it: its HTTP protocol, on its event loop (`run_as_served`).
         server = uvicorn.Server(uvicorn.Config(b.app, host="127.0.0.1", port=0, log_level="warning",
-                                               lifespan="off", access_log=False))
+                                               lifespan="off", access_log=False,
+                                               http=uvicorn_options(b.platform.settings)["http"]))
         serving = asyncio.create_task(server.serve())
         for _ in range(1000):
             if server.started:
@@ -447,4 +452,4 @@ if __name__ == "__main__":
         at = args.index("--cases")
         chosen = args[at + 1]
         del args[at:at + 2]
-    asyncio.run(main(float(args[0]) if args else 6.0, count, chosen))
+    run_as_served(main(float(args[0]) if args else 6.0, count, chosen))
