@@ -407,7 +407,7 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     # Every write's audit and log statements: the same few shapes, prepared (app.db.prepared).
     steps = [step for tenant, (entries, audited) in announced.items()
              for step in ((tenant_switch(tenant), False), *((sql, True) for sql in (
-                 *audit_sql(tenant, audited), *(append_sql(tenant, entries) if entries else ()))))]
+                 *audit_sql(audited), *(append_sql(tenant, entries) if entries else ()))))]
     if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
         steps.append((wake_sql(woken), False))
     try:

@@ -61,11 +61,11 @@ def wake_sql(tenant_ids: Iterable[str]) -> str:
     return f"SELECT pg_notify('{CHANGES}', t) FROM unnest(ARRAY[{literals}]::text[]) AS t"
 
 
-def audit_sql(tenant_id: str, rows: Sequence[str]) -> list[str]:
+def audit_sql(rows: Sequence[str]) -> list[str]:
     """One INSERT of a request's data-plane audit rows (JSON objects with the audit_log columns
     actor_type, actor_id, action, target, changes, request_id), sent with COMMIT instead of a round
     trip each: every mutation writes one. `Shaped`, its table named through search_path, as
-    `append_sql`'s literal form: the caller has switched to `tenant_id`."""
+    `append_sql`'s literal form: the caller has switched to the rows' tenant just before."""
     if not rows:
         return []
     array = literal("[" + ",".join(rows) + "]")
