@@ -14,12 +14,14 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import psycopg
+import pytest
 import websockets
 
 from tests.test_webhooks import receiving
@@ -73,9 +75,27 @@ class Server:
         pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGKILL)
 
+    def close(self) -> None:
+        """`serve` killed if it still runs, and its PostgreSQL stopped (SIGQUIT: immediate shutdown).
+        A SIGKILLed `serve` never stops the embedded PostgreSQL it started: without this each run
+        left two servers behind."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            os.kill(int((self.pgdata / "postmaster.pid").read_text().split()[0]), signal.SIGQUIT)
+        self.log.close()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    made = Server(tmp_path)
+    yield made
+    made.close()
 
 
 async def _gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, *,
@@ -144,8 +164,7 @@ async def _writer(server: Server, token: str, tenant: str, device: str, acknowle
 
 
 async def test_kill_9_of_server_and_postgres_leaves_every_committed_change_once_with_both_readers(
-        tmp_path: Path) -> None:
-    server = Server(tmp_path)
+        server: Server) -> None:
     await server.run("migrate")
     await server.run("bootstrap")
     await server.start()
@@ -221,12 +240,11 @@ async def _steady_subscriber(server: Server, token: str, tenant: str, query: str
 
 
 async def test_a_database_restart_under_a_running_server_loses_no_subscriber_event_and_fails_copies_promptly(
-        tmp_path: Path) -> None:
+        server: Server) -> None:
     """PostgreSQL's postmaster SIGKILLed under a running `tenantry serve` (which starts it again): a
     subscriber that stays connected receives every alarm committed before, during and after, once
     and in order (it missed 17-93 and was told nothing); a copy job caught by the restart is FAILED
     within seconds saying the database was lost, and its subscription completes with it."""
-    server = Server(tmp_path)
     server.env["TENANTRY_COPY_INLINE_ROWS"] = "0"  # every copy is a background job
     await server.run("migrate")
     await server.run("bootstrap")
