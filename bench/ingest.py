@@ -4,7 +4,8 @@
 
 The baseline writes the same rows with psycopg's COPY into the same table on its own
 connection (as the owner: no routing, no validation, no GraphQL). Goal: >= 50,000 rows/s
-through GraphQL.
+through GraphQL. Both run in this process on the event loop `tenantry serve` runs (uvloop:
+`bench.common.run_as_served`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, local_id
+from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, local_id, run_as_served
 
 BATCH = 1000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -143,4 +144,4 @@ async def _served_rate(b: Bench, tenant_id: str, token: str, payloads: list[byte
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50))
+    run_as_served(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50))
