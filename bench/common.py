@@ -62,6 +62,15 @@ class Bench:
                               "tenantId: $t) { accessToken } }", {"e": email, "p": password, "t": tenant})
         return str(data["login"]["accessToken"])
 
+    async def subtenant(self, domain: str) -> tuple[str, str]:
+        """A new STANDARD tenant under the operator, the bench admin its admin: its id and the admin's token."""
+        operator = await self.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
+        created = await self.gql('mutation($d: String!, $e: String!) { createSubtenant(input: {domain: $d, '
+                                 'company: $d, adminEmail: $e}) { id } }', {"d": domain, "e": ADMIN_EMAIL},
+                                 token=operator, tenant="management")
+        tenant = str(created["createSubtenant"]["id"])
+        return tenant, await self.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant)
+
 
 @contextmanager
 def generic_path(app: Starlette) -> Iterator[None]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, Bench, bench_platform, local_id, run_as_served
+from bench.common import Bench, bench_platform, local_id, run_as_served
 
 BATCH = 1000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -28,11 +28,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 async def main(batches: int) -> None:
     async with bench_platform() as b:
-        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
-        created = await b.gql('mutation { createSubtenant(input: {domain: "ingest", company: "I", adminEmail: "'
-                              + ADMIN_EMAIL + '"}) { id } }', token=token, tenant="management")
-        tenant_id = created["createSubtenant"]["id"]
-        tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant_id)
+        tenant_id, tenant_token = await b.subtenant("ingest")
         devices = [(await b.gql('mutation { createDevice(input: {name: "m"}) { id } }', token=tenant_token,
                                 tenant=tenant_id))["createDevice"]["id"] for _ in range(10)]
         headers = {"authorization": f"Bearer {tenant_token}", "x-tenant-id": tenant_id,

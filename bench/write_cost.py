@@ -22,7 +22,7 @@ import psutil
 
 from app.db import prepared
 from app.db.transaction import libpq_connection
-from bench.common import ADMIN_EMAIL, ADMIN_PASSWORD, bench_platform, run_as_served
+from bench.common import bench_platform, run_as_served
 
 Step = tuple[str, bool]
 CREATE = 'mutation { createDevice(input: {name: "new", type: "meter"}) { id name } }'
@@ -47,11 +47,7 @@ async def _captured(b: Any, token: str, tenant: str) -> list[tuple[list[Step], d
 
 async def main(n: int) -> None:
     async with bench_platform() as b:
-        token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, "management")
-        created = await b.gql('mutation { createSubtenant(input: {domain: "cost", company: "C", adminEmail: "'
-                              + ADMIN_EMAIL + '"}) { id } }', token=token, tenant="management")
-        tenant = created["createSubtenant"]["id"]
-        tenant_token = await b.token(ADMIN_EMAIL, ADMIN_PASSWORD, tenant)
+        tenant, tenant_token = await b.subtenant("cost")
         trips = await _captured(b, tenant_token, tenant)
         first, commit = trips[-2][0], trips[-1][0]
         begin = [step for step in first if step[0] == "BEGIN"] or [("BEGIN", False)]
