@@ -71,7 +71,7 @@ async def main(n: int) -> None:
 
             async def once(round_trips: list[list[Step]]) -> None:
                 for steps in round_trips:
-                    await prepared.round_trip(driver, steps, whole=False, repeats=False)
+                    await prepared.round_trip(driver, steps, whole=False)
 
             for _ in range(3):
                 for label, round_trips in variants.items():

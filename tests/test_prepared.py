@@ -37,8 +37,8 @@ async def _run(driver: Any, setup: str, sql: str) -> tuple[list[str], list[Any]]
     sent: list[str] = []
     original = prepared.steps_for
 
-    def seen(driver: Any, sql: str, new: list[tuple[Any, str]], *, repeats: bool = True) -> list[str]:
-        steps = original(driver, sql, new, repeats=repeats)
+    def seen(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
+        steps = original(driver, sql, new)
         if not sent:  # the first attempt (a refused shape is sent again as its text)
             sent[:] = steps
         return steps

@@ -254,12 +254,12 @@ class RequestTransaction:
 
     async def first_column(self, plane: str | None, sql: str, writes: bool) -> list[bytes | None]:  # transaction.
         self.wrote |= writes
-        (result,), encoding = await self._round_trip([(plane, sql)], (), False, repeats=not writes)
+        (result,), encoding = await self._round_trip([(plane, sql)], (), False)
         values: list[bytes | None] = [result.get_value(row, 0) for row in range(result.ntuples)]
         return values if encoding == "utf-8" else [v and v.decode(encoding).encode() for v in values]
 
     async def _round_trip(self, statements: Sequence[tuple[str | None, str]], setup: Sequence[str],
-                          last: bool, repeats: bool = True) -> tuple[list[Any], str]:  # libpq's results, encoding
+                          last: bool) -> tuple[list[Any], str]:  # libpq's results, the encoding
         async with self._lock:
             if self._finished:
                 raise RuntimeError("transaction already finished")
@@ -279,7 +279,7 @@ class RequestTransaction:
             commit = last and not self._always and not self._announced
             driver = await libpq_connection(self._conn)
             results = await prepared.round_trip(driver, [*planned, *([("COMMIT", False)] if commit else [])],
-                                                whole=bool(steps), repeats=repeats)
+                                                whole=bool(steps))
             if commit:  # a statement after this (a compiled read's failed guard: the generic path) opens another
                 conn, self._conn = self._conn, None
                 await release(self._engine, conn)
@@ -411,8 +411,7 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
         steps.append((wake_sql(woken), False))
     try:
-        await prepared.round_trip(await libpq_connection(conn), [*steps, ("COMMIT", False)], whole=False,
-                                  repeats=False)
+        await prepared.round_trip(await libpq_connection(conn), [*steps, ("COMMIT", False)], whole=False)
     except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
         raise CommitOutcomeUnknown() from exc

@@ -28,6 +28,7 @@ reused), and each connection keeps at most `PER_CONNECTION` shapes, deallocating
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 from collections import OrderedDict
@@ -74,9 +75,15 @@ def shaped(template: str, values: Sequence[tuple[str, str]]) -> Shaped:
     statements carry new values every time, so cutting their text was most of what preparing them
     cost in Python (createDevice's change-log statement: 8 µs, 29 µs the first time)."""
     text = Shaped(template.format(*(value for value, _ in values)))
-    text.shape = (template.format(*(f"${n}" for n in range(1, len(values) + 1))),
-                  tuple(value for value, _ in values), tuple(kind for _, kind in values))
+    text.shape = (_placeheld(template, len(values)), tuple(value for value, _ in values),
+                  tuple(kind for _, kind in values))
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _placeheld(template: str, count: int) -> str:
+    """`template` with $1…$count for its values: the same few templates every write, rendered once."""
+    return template.format(*(f"${n}" for n in range(1, count + 1)))
 
 
 class _Connection:
@@ -99,15 +106,12 @@ _REFUSED: dict[str, bool] = {}  # shapes PostgreSQL would not prepare: they go a
 _UNPREPARABLE = frozenset({"42601", "42P18", "42P08", "42725", "42883", "42804"})
 
 
-async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: bool,
-                     repeats: bool = True) -> list[Any]:
+async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: bool) -> list[Any]:
     """libpq's results of the `steps` marked preparable (each run through `steps_for`), all sent in one
     simple-protocol round trip. `whole`: the steps begin the transaction (BEGIN first), so a shape
-    PostgreSQL refuses to prepare can be rolled back and the round trip sent again with its text.
-    `repeats`: the same text may come again (reads), so its shape is remembered by text; a write's
-    text carries its new values every time, and remembering it would only push the reads' out."""
+    PostgreSQL refuses to prepare can be rolled back and the round trip sent again with its text."""
     new: list[tuple[Any, str]] = []
-    sent, answers = _compose(driver, steps, new, repeats)
+    sent, answers = _compose(driver, steps, new)
     try:
         results = await simple_query(driver, "; ".join(sent))
     except psycopg.Error as exc:
@@ -119,7 +123,7 @@ async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: b
         if not whole:  # what ran before this round trip is lost with it: the caller's error
             raise
         await simple_query(driver, "ROLLBACK")
-        sent, answers = _compose(driver, steps, [], repeats)
+        sent, answers = _compose(driver, steps, [])
         results = await simple_query(driver, "; ".join(sent))
     except BaseException:
         forget(new)
@@ -127,30 +131,30 @@ async def round_trip(driver: Any, steps: Sequence[tuple[str, bool]], *, whole: b
     return [results[n] for n in answers]
 
 
-def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any, str]],
-             repeats: bool) -> tuple[list[str], list[int]]:
+def _compose(driver: Any, steps: Sequence[tuple[str, bool]], new: list[tuple[Any, str]]
+             ) -> tuple[list[str], list[int]]:
     sent: list[str] = []
     answers: list[int] = []
     for sql, preparable in steps:
         if preparable:
-            sent += steps_for(driver, sql, new, repeats=repeats)
+            sent += steps_for(driver, sql, new)
             answers.append(len(sent) - 1)
         else:
             sent.append(sql)
     return sent, answers
 
 
-def shape(sql: str, *, repeats: bool = True) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """`sql` as a shape with $n for its values, the values' SQL text and their declared types.
-    Remembered by text when it `repeats`: the compiled statements are built from cached pieces, so
-    a request that repeats another's (a dashboard's poll) is cut once."""
+def shape(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """`sql` as a shape with $n for its values, the values' SQL text and their declared types: its
+    own when it is `Shaped` (the writes, new values every time), else cut and remembered by text —
+    the compiled reads are built from cached pieces, so a request that repeats another's (a
+    dashboard's poll) is cut once."""
     if type(sql) is Shaped:
         return sql.shape
     known = _SHAPES.get(sql)
     if known is None:
         known = _cut(sql)
-        if repeats:
-            _remember(_SHAPES, sql, known)
+        _remember(_SHAPES, sql, known)
     return known
 
 
@@ -181,7 +185,7 @@ def _cut(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     return _TOKENS.sub(cut, sql), tuple(values), tuple(types)
 
 
-def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]], *, repeats: bool = True) -> list[str]:
+def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]]) -> list[str]:
     """The statements that run `sql` on `driver`'s connection: EXECUTE of its prepared shape
     (after PREPARE, and DEALLOCATE of the oldest, when it is new there), or `sql` itself.
     Shapes prepared here are added to `new`, for `forget` if the round trip fails."""
@@ -191,7 +195,7 @@ def steps_for(driver: Any, sql: str, new: list[tuple[Any, str]], *, repeats: boo
     if None in manager._to_flush:  # psycopg's DEALLOCATE ALL goes with its next command
         _CONNECTIONS.pop(driver, None)
         return [sql]
-    text, values, types = shape(sql, repeats=repeats)
+    text, values, types = shape(sql)
     if text in _REFUSED or len(text) > LONGEST:
         return [sql]
     connection = _CONNECTIONS.get(driver)

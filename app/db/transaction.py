@@ -58,7 +58,9 @@ async def read_ids(db: Executor, sql: str) -> list[int]:
 
 
 async def returned_json(db: Executor, sql: str) -> list[Any]:
-    """The rows of one complete SQL write returning one JSON text per row (`first_column`), parsed."""
+    """The rows of one complete SQL write returning one JSON text per row (`first_column`), parsed.
+    A write's text carries new values every time: give it `app.db.prepared.shaped`, so it is
+    prepared by its shape without being cut (and not remembered by its text)."""
     return [orjson.loads(v) for v in await first_column(db, sql, writes=True) if v is not None]
 
 
