@@ -8,7 +8,6 @@ one place that classifies, masks and logs errors.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -64,7 +63,7 @@ from app.http.errors import (
     is_request_error,
 )
 from app.http.negotiation import negotiate, wants_event_stream
-from app.http.payload import unpack
+from app.http.payload import read_payload, unpack
 from app.http.persisted import PersistedQueries, PersistedQueryError, load_trusted
 from app.http.routing import tenant_path
 from app.http.subscriptions import Operations, serve_sse, serve_websocket
@@ -161,9 +160,9 @@ class GraphQLEndpoint:
                     raise RequestError(404, "GraphiQL is disabled (TENANTRY_GRAPHIQL=false)")
                 return HTMLResponse(self._ide_html)
             if wants_event_stream(request):
-                return await serve_sse(self.operations, request, await self._read_payload(request))
+                return await serve_sse(self.operations, request, await read_payload(request, self.platform.settings))
             media_type = negotiate(request.headers.get("accept", ""))
-            payload = await self._read_payload(request)
+            payload = await read_payload(request, self.platform.settings)
             query, variables, operation_name = unpack(payload, self.persisted,
                                                       request.headers.get("authorization"),
                                                       max_bytes=self.platform.settings.max_document_bytes)
@@ -368,58 +367,6 @@ class GraphQLEndpoint:
     @staticmethod
     def _wants_ide(request: Request) -> bool:
         return "text/html" in request.headers.get("accept", "") and "query" not in request.query_params
-
-    async def _read_payload(self, request: Request) -> dict[str, Any]:
-        if request.method == "GET":
-            params = request.query_params
-            variables = params.get("variables")
-            try:
-                parsed_variables = orjson.loads(variables) if variables else None
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(400, "variables must be JSON") from exc
-            extensions = params.get("extensions")
-            try:
-                parsed_extensions = orjson.loads(extensions) if extensions else None
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(400, "extensions must be JSON") from exc
-            return {"query": params.get("query"), "variables": parsed_variables,
-                    "operationName": params.get("operationName"), "extensions": parsed_extensions}
-        if request.method != "POST":
-            raise RequestError(405, "GraphQL accepts GET and POST", {"Allow": "GET, POST"})
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != JSON:
-            raise RequestError(415, "POST bodies must be application/json")
-        settings = self.platform.settings
-        limit = settings.max_body_bytes  # without any credential, twice the anonymous document limit
-        if "authorization" not in request.headers and settings.max_anonymous_document_bytes:
-            limit = min(limit, 2 * settings.max_anonymous_document_bytes)
-        try:
-            async with asyncio.timeout(settings.body_timeout_seconds or None):
-                body = await _read_limited(request, limit)
-        except TimeoutError as exc:  # a client trickling its body holds a connection and a task
-            raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_seconds:g} s",
-                               {"connection": "close"}) from exc
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(400, "the body is not valid JSON") from exc
-        if not isinstance(payload, dict):
-            raise RequestError(400, "the body must be a JSON object")
-        return payload
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 access_log = logging.getLogger("tenantry.access")

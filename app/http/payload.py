@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from app.http.errors import RequestError
+import orjson
+from starlette.requests import Request
+
+from app.http.errors import JSON, RequestError
 from app.http.persisted import PersistedQueries, scope_of
+from app.settings import Settings
 
 
 def unpack(payload: dict[str, Any], persisted: PersistedQueries, authorization: str | None, *,
@@ -30,3 +35,56 @@ def unpack(payload: dict[str, Any], persisted: PersistedQueries, authorization: 
     if operation_name is not None and not isinstance(operation_name, str):
         raise RequestError(400, "'operationName' must be a string")
     return query, variables, operation_name
+
+
+async def read_payload(request: Request, settings: Settings) -> dict[str, Any]:
+    """The request's JSON payload (GET: its query parameters), within the body limits; RequestError."""
+    if request.method == "GET":
+        params = request.query_params
+        variables = params.get("variables")
+        try:
+            parsed_variables = orjson.loads(variables) if variables else None
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(400, "variables must be JSON") from exc
+        extensions = params.get("extensions")
+        try:
+            parsed_extensions = orjson.loads(extensions) if extensions else None
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(400, "extensions must be JSON") from exc
+        return {"query": params.get("query"), "variables": parsed_variables,
+                "operationName": params.get("operationName"), "extensions": parsed_extensions}
+    if request.method != "POST":
+        raise RequestError(405, "GraphQL accepts GET and POST", {"Allow": "GET, POST"})
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON:
+        raise RequestError(415, "POST bodies must be application/json")
+    limit = settings.max_body_bytes  # without any credential, twice the anonymous document limit
+    if "authorization" not in request.headers and settings.max_anonymous_document_bytes:
+        limit = min(limit, 2 * settings.max_anonymous_document_bytes)
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds or None):
+            body = await _read_limited(request, limit)
+    except TimeoutError as exc:  # a client trickling its body holds a connection and a task
+        raise RequestError(408, f"the request body did not arrive within {settings.body_timeout_seconds:g} s",
+                           {"connection": "close"}) from exc
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "the body is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return payload
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
