@@ -9,12 +9,12 @@ the runs interleaved over two rounds (the best of each is printed):
   (d) the console's dashboard: `me` and 20 devices with their 5 newest alarms each (plain and
       PostGraphile answer the devices part: neither has users);
   (e) a filtered list with totalCount (20 of the 50 devices of one type);
-  (f) createDevice (a mutation: compiled and generic are the same path);
+  (f) createDevice (a mutation: `compiled` is the direct path, app.graphql.engine.direct);
   (g) createMeasurements of 1,000 rows (plain: the same rows parsed from the same JSON and
       COPYed in the routed transaction; PostGraphile has no bulk create, so it has no row).
 Servers: `plain` — a Starlette endpoint in the same app doing the same routed transaction
 (BEGIN + set_config, one SELECT, COMMIT) and orjson, the 1.0x baseline; `compiled` — GraphQL
-answered by app.graphql.engine.compiled; `generic` — the same app with the planner off (what
+answered by app.graphql.engine.compiled (direct for mutations); `generic` — the planner off (what
 TENANTRY_COMPILED_READS=0 serves); `postgraphile` — PostGraphile 5 (amber preset) serving the
 same tenant schema with the same per-request role and search_path (pgSettings), installed
 with npm into a scratch directory (skipped with a message without npm). Printed per run:

@@ -50,7 +50,7 @@ from app.errors import (
     Unavailable,
 )
 from app.graphql.context import Context
-from app.graphql.engine import compiled
+from app.graphql.engine import compiled, direct
 from app.graphql.schema import TenantrySchema
 from app.http.errors import (
     GRAPHQL_RESPONSE,
@@ -78,6 +78,7 @@ GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
 # Which path answered (README, "Compiled reads"): the generic one sends no header.
 _COMPILED = {"tenantry-read-path": "compiled"}
 _PARTIAL = {"tenantry-read-path": "partly compiled"}  # some root fields in SQL, the others executed
+_DIRECT = {"tenantry-read-path": "direct"}  # a mutation run without graphql-core's executor
 
 
 class GraphQLLane:
@@ -230,11 +231,30 @@ class GraphQLEndpoint:
             if self.planner is not None and claim is None else None
         if isinstance(partial, Response):
             return partial
+        executed = await self._execute(context, query, variables, operation_name, allowed, media_type)
+        if isinstance(executed, Response):
+            return executed
+        result, answered = executed
+        merged = partial.merged(result.data) if partial is not None else result.data
+        data, errors, committed = await self._commit(context, claim, merged, list(result.errors or []))
+        response = self._answer(context, data, errors, committed, media_type, query, operation_name)
+        if partial is not None or answered:
+            response.headers.update(_PARTIAL if partial is not None else _DIRECT)
+        return response
+
+    async def _execute(self, context: Context, query: str, variables: dict[str, Any] | None,
+                       operation_name: str | None, allowed: set[OperationType],
+                       media_type: str) -> tuple[Any, bool] | Response:
+        """The execution result, and whether the direct path answered (a mutation answered in scalars
+        without graphql-core's executor: app.graphql.engine.direct); or the request error's response."""
+        mutation = self.planner.mutation(query, operation_name) \
+            if self.planner is not None and OperationType.MUTATION in allowed else None
         try:
-            result = await self.schema.execute(
+            answered = await direct.run(self.schema._schema, mutation, context, variables) if mutation else None
+            return answered or await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name,
                 allowed_operation_types=allowed,
-            )
+            ), answered is not None
         except InvalidOperationTypeError:
             await context.finish(commit=False)
             return error_response(RequestError(405, "mutations are only accepted over POST", {"Allow": "POST"}),
@@ -248,13 +268,6 @@ class GraphQLEndpoint:
         except BaseException:
             await context.finish(commit=False)
             raise
-
-        merged = partial.merged(result.data) if partial is not None else result.data
-        data, errors, committed = await self._commit(context, claim, merged, list(result.errors or []))
-        response = self._answer(context, data, errors, committed, media_type, query, operation_name)
-        if partial is not None:
-            response.headers.update(_PARTIAL)
-        return response
 
     async def _commit(self, context: Context, claim: idempotency.Claim | None, data: Any,
                       errors: list[GraphQLError]) -> tuple[Any, list[GraphQLError], bool]:

@@ -56,7 +56,7 @@ from graphql.execution.values import VariableValues
 from graphql.validation import ASTValidationRule
 
 from app.errors import AppError
-from app.graphql.engine import execution, fast_path
+from app.graphql.engine import direct, execution, fast_path
 from app.graphql.roots import MANAGEMENT, ROOTS, TENANT
 
 if TYPE_CHECKING:
@@ -110,9 +110,19 @@ class Planner:
         self.schema = schema
         self.max_tokens = max_tokens
         self.rules = tuple(specified_rules) + extra_rules
-        self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, str | None], Plan | direct.MutationPlan | None] = OrderedDict()
 
     def plan(self, query: str, operation_name: str | None) -> Plan | None:
+        """The compiled read plan of a query operation (None: it takes the generic path)."""
+        found = self._cached(query, operation_name)
+        return found if isinstance(found, Plan) else None
+
+    def mutation(self, query: str, operation_name: str | None) -> direct.MutationPlan | None:
+        """The direct plan of a mutation operation (app.graphql.engine.direct), or None."""
+        found = self._cached(query, operation_name)
+        return found if isinstance(found, direct.MutationPlan) else None
+
+    def _cached(self, query: str, operation_name: str | None) -> Plan | direct.MutationPlan | None:
         key = (query, operation_name)
         plans = self._plans
         if key in plans:
@@ -124,7 +134,7 @@ class Planner:
             plans.popitem(last=False)
         return found
 
-    def _plan(self, query: str, operation_name: str | None) -> Plan | None:
+    def _plan(self, query: str, operation_name: str | None) -> Plan | direct.MutationPlan | None:
         try:
             document = fast_path._parse(query, self.max_tokens)
         except GraphQLError:
@@ -132,6 +142,8 @@ class Planner:
         if fast_path._validate(self.schema, document, self.rules):
             return None
         operation = _operation(document, operation_name)
+        if operation is not None and operation.operation == OperationType.MUTATION:
+            return direct.plan(self.schema, document, operation)
         if operation is None or operation.operation != OperationType.QUERY:
             return None
         fragments: dict[str, FragmentDetails] = {}
