@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from graphql import (
     DocumentNode,
+    ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -38,6 +39,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionResult as StrawberryResult
 from strawberry.types.graphql import OperationType
 
 from app.errors import (
@@ -244,7 +246,7 @@ class GraphQLEndpoint:
 
     async def _execute(self, context: Context, query: str, variables: dict[str, Any] | None,
                        operation_name: str | None, allowed: set[OperationType],
-                       media_type: str) -> tuple[Any, bool] | Response:
+                       media_type: str) -> tuple[ExecutionResult | StrawberryResult, bool] | Response:
         """The execution result, and whether the direct path answered (a mutation answered in scalars
         without graphql-core's executor: app.graphql.engine.direct); or the request error's response."""
         mutation = self.planner.mutation(query, operation_name) \

@@ -100,8 +100,11 @@ def plan(schema: GraphQLSchema, document: DocumentNode, operation: OperationDefi
     mutation = schema.mutation_type
     if operation.operation != OperationType.MUTATION or mutation is None or operation.directives:
         return None
+    selected = _plain_fields(operation.selection_set.selections)
+    if selected is None:  # a fragment or a directive at the root
+        return None
     roots: list[_Root] = []
-    for node in _plain_fields(operation.selection_set.selections) or ():
+    for node in selected:
         field = mutation.fields.get(node.name.value)
         if field is None or field.resolve is None:
             return None
