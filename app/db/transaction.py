@@ -372,8 +372,9 @@ async def schemas_per_connection(engine: AsyncEngine) -> int | None:
     if engine not in _schema_limits:
         return None
     limit = _schema_limits[engine]
-    if limit is None:
-        limit = CITUS_SCHEMAS_PER_CONNECTION if await is_citus(engine) else SCHEMAS_PER_CONNECTION
+    if limit is None:  # decided once: asked again on every connection's release, it was 2% of a write's handler
+        limit = _schema_limits[engine] = CITUS_SCHEMAS_PER_CONNECTION if await is_citus(engine) \
+            else SCHEMAS_PER_CONNECTION
     return limit
 
 
