@@ -310,13 +310,10 @@ async def _admitted(plan: Plan, context: Context, wanted: set[str]) -> tuple[Any
 
 def _coerced(schema: Any, plan: Plan, variables: dict[str, Any] | None) -> VariableValues:
     """The operation's variables, coerced the plan's fast way where it can, else graphql-core's."""
-    coerced = execution.coerce_variables(schema, plan.variables, variables or {}) if plan.variables is not None \
-        else None
-    if coerced is None:  # defaults, omissions, errors: graphql-core's own coercion decides
-        stock = execution.get_variable_values(schema, plan.operation.variable_definitions or (), variables or {})
-        if isinstance(stock, list):
-            raise Fallback  # the generic path reports the variable errors
-        coerced = stock
+    coerced = execution.operation_variables(schema, plan.variables, plan.operation.variable_definitions or (),
+                                            variables)
+    if coerced is None:
+        raise Fallback  # the generic path reports the variable errors
     return coerced
 
 

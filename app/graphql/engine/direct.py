@@ -43,7 +43,6 @@ from graphql import (
     GraphQLObjectType,
         GraphQLResolveInfo,
     GraphQLSchema,
-    GraphQLString,
     OperationDefinitionNode,
     OperationType,
     is_leaf_type,
@@ -51,14 +50,13 @@ from graphql import (
 )
 from graphql.execution.executor import Executor
 from graphql.execution.get_variable_signature import GraphQLVariableSignature
-from graphql.execution.values import VariableValues, get_argument_values
+from graphql.execution.values import get_argument_values
 from graphql.language import DocumentNode
 from graphql.pyutils import Path, gather_with_cancel, inspect
 from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.execution import optimized_is_awaitable
 
 from app.graphql.engine import execution
-from app.graphql.engine.execution import AttributeResolver
 
 __all__ = ["MutationPlan", "plan", "run"]
 
@@ -140,18 +138,11 @@ def _leaves(type_: GraphQLObjectType, node: FieldNode) -> tuple[_Leaf, ...] | No
         return None
     leaves: list[_Leaf] = []
     for child in selected:
-        name = child.name.value
-        if name == "__typename":
-            leaves.append(_Leaf(_response_name(child), name, None, GraphQLString, True, child))
-            continue
-        field = type_.fields.get(name)
-        if field is None or not isinstance(field.resolve, AttributeResolver) or field.args or child.arguments:
+        found = execution.inline_leaf(type_, child)  # the fields TenantryExecutor reads inline
+        if found is None:
             return None
-        non_null = isinstance(field.type, GraphQLNonNull)
-        leaf = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
-        if not is_leaf_type(leaf) or child.selection_set is not None:
-            return None
-        leaves.append(_Leaf(_response_name(child), name, field.resolve.name, leaf, non_null, child))
+        attribute, leaf, non_null = found
+        leaves.append(_Leaf(_response_name(child), child.name.value, attribute, leaf, non_null, child))
     if len({leaf.response_name for leaf in leaves}) != len(leaves):
         return None
     return tuple(leaves)
@@ -163,8 +154,9 @@ def _leaves(type_: GraphQLObjectType, node: FieldNode) -> tuple[_Leaf, ...] | No
 async def run(schema: GraphQLSchema, mutation_plan: MutationPlan, context: Any,
               variables: dict[str, Any] | None) -> ExecutionResult | None:
     """The operation's result, or None before anything ran (then the generic path runs it)."""
-    coerced = _coerced(schema, mutation_plan, variables)
-    if coerced is None:
+    coerced = execution.operation_variables(schema, mutation_plan.variables,
+                                            mutation_plan.operation.variable_definitions or (), variables)
+    if coerced is None:  # they do not coerce: the generic path reports it, nothing has run
         return None
     mutation = schema.mutation_type
     assert mutation is not None
@@ -184,7 +176,7 @@ async def run(schema: GraphQLSchema, mutation_plan: MutationPlan, context: Any,
                 args = get_argument_values(root.field, root.node, coerced) \
                     if root.field.args or root.node.arguments else {}
                 result = root.field.resolve(None, info, **args)  # type: ignore[misc]
-                if optimized_is_awaitable(result):
+                if _is_awaitable(result):
                     result = await result
                 value = await _complete(root, result, info, path, errors)
             except Exception as exc:
@@ -199,18 +191,6 @@ async def run(schema: GraphQLSchema, mutation_plan: MutationPlan, context: Any,
             with suppress(Exception):  # settled and observed, as graphql-core's tracked work is
                 await work
     return ExecutionResult(None if nulled else data, errors or None)
-
-
-def _coerced(schema: GraphQLSchema, mutation_plan: MutationPlan, variables: dict[str, Any] | None) \
-        -> VariableValues | None:
-    signatures = mutation_plan.variables
-    inputs = variables or {}
-    if signatures is not None:
-        coerced = execution.coerce_variables(schema, signatures, inputs)
-        if coerced is not None:
-            return coerced
-    stock = execution.get_variable_values(schema, mutation_plan.operation.variable_definitions or (), inputs)
-    return None if isinstance(stock, list) else stock  # errors: the generic path reports them
 
 
 async def _complete(root: _Root, result: Any, info: GraphQLResolveInfo[Any], path: Path,

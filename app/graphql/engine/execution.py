@@ -91,6 +91,18 @@ def _compiled_variable_values(schema: GraphQLSchema, var_def_nodes: Any,
     return None if signatures is None else coerce_variables(schema, signatures, inputs)
 
 
+def operation_variables(schema: GraphQLSchema, signatures: list[GraphQLVariableSignature] | None,
+                        var_def_nodes: Any, inputs: dict[str, Any] | None) -> VariableValues | None:
+    """An operation's variables for a caller that keeps its `signatures` (the compiled reads, the
+    direct mutations): coerced the compiled way where it can, else graphql-core's; None when they do
+    not coerce (the generic path then reports it, before anything ran)."""
+    coerced = coerce_variables(schema, signatures, inputs or {}) if signatures is not None else None
+    if coerced is not None:
+        return coerced
+    stock = get_variable_values(schema, var_def_nodes, inputs or {})  # defaults, omissions, errors
+    return None if isinstance(stock, list) else stock
+
+
 def variable_signatures(schema: GraphQLSchema, var_def_nodes: Any) -> list[GraphQLVariableSignature] | None:
     """The operation's variable signatures (None where one is invalid), which a caller running
     the same document many times can keep (app.graphql.engine.compiled)."""
@@ -430,22 +442,27 @@ class TenantryExecutor(StrawberryGraphQLCoreExecutionContext):
         inline: list[_Inline] = []
         rest: dict[str, Any] = {}
         for response_name, details in grouped_field_set.items():
-            node = details[0].node
-            name = node.name.value
-            field = TypeNameMetaFieldDef if name == "__typename" else parent_type.fields.get(name)
-            attribute: str | None = None
-            if field is None:
+            leaf = inline_leaf(parent_type, details[0].node)
+            if leaf is None:
                 rest[response_name] = details
                 continue
-            if name != "__typename":
-                if not isinstance(field.resolve, AttributeResolver) or field.args or node.arguments:
-                    rest[response_name] = details
-                    continue
-                attribute = field.resolve.name
-            non_null = isinstance(field.type, GraphQLNonNull)
-            leaf = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
-            if not is_leaf_type(leaf):
-                rest[response_name] = details
-                continue
-            inline.append((response_name, attribute, leaf, non_null, details))
+            inline.append((response_name, *leaf, details))
         return _Plan(grouped_field_set, inline, rest, list(grouped_field_set))
+
+
+def inline_leaf(parent_type: GraphQLObjectType, node: Any) -> tuple[str | None, GraphQLLeafType, bool] | None:
+    """How a field is read inline — (its attribute, None for __typename; its scalar or enum type;
+    whether it is non-null) — or None when graphql-core must run it: a resolver of its own,
+    arguments, or a type that is not a leaf. Shared by this executor and the direct mutations."""
+    name = node.name.value
+    field = TypeNameMetaFieldDef if name == "__typename" else parent_type.fields.get(name)
+    if field is None:
+        return None
+    attribute: str | None = None
+    if name != "__typename":
+        if not isinstance(field.resolve, AttributeResolver) or field.args or node.arguments:
+            return None
+        attribute = field.resolve.name
+    non_null = isinstance(field.type, GraphQLNonNull)
+    leaf = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    return (attribute, leaf, non_null) if is_leaf_type(leaf) else None
