@@ -160,24 +160,32 @@ def test_other_operations_take_the_generic_path(source: str) -> None:
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
-def _neutral(value: Any, tenant: str) -> Any:
-    """`value` with the tenant's global ids and any timestamp set aside (the two tenants differ there)."""
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{12,}")
+
+
+def _neutral(value: Any, own: str, other: str) -> Any:
+    """`value` with both tenants' ids (alone or inside a message) and any timestamp set aside: the two
+    tenants differ there. Ids of the caller's own tenant and of the other one stay told apart."""
     if isinstance(value, dict):
-        return {k: _neutral(v, tenant) for k, v in value.items()}
+        return {k: _neutral(v, own, other) for k, v in value.items()}
     if isinstance(value, list):
-        return [_neutral(v, tenant) for v in value]
-    if isinstance(value, str):
-        if _TIME.match(value):
-            return "<time>"
+        return [_neutral(v, own, other) for v in value]
+    if not isinstance(value, str):
+        return value
+    if _TIME.match(value):
+        return "<time>"
+    names = {own: "own", other: "other"}
+
+    def global_id(match: re.Match[str]) -> str:
+        token = match.group(0)
         try:
-            decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+            decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         except (ValueError, UnicodeDecodeError):
-            decoded = ""
-        type_name, _, rest = decoded.partition(":")
-        if rest.startswith(f"{tenant}:"):
-            return f"<{type_name}:{rest[len(tenant) + 1:]}>"
-        return value.replace(tenant, "<tenant>")
-    return value
+            return token
+        type_name, tenant, local = [*decoded.split(":"), "", ""][:3]
+        return f"<{type_name}:{names[tenant]}:{local}>" if tenant in names else token
+
+    return _TOKEN.sub(global_id, value).replace(own, "<own>").replace(other, "<other>")
 
 
 class Pair:
@@ -194,7 +202,7 @@ class Pair:
                    tokens: tuple[str, str] | None = None) -> None:
         answers = []
         for n, tenant in enumerate(self.tenants):
-            values = {k: self.ids[n].get(v, v) if isinstance(v, str) else v for k, v in (variables or {}).items()}
+            values = {k: self._value(n, v) for k, v in (variables or {}).items()}
             token = tokens[n] if tokens else tenant.token
             if n == 0:
                 response = await post(self.http, token, tenant.id, query, values)
@@ -204,16 +212,30 @@ class Pair:
                     response = await post(self.http, token, tenant.id, query, values)
                 assert READ_PATH not in response.headers
             body = orjson.loads(response.content)
-            if keep and body.get("data"):
+            if keep:  # a step whose id later steps use: it must have succeeded
+                assert "errors" not in body, body
                 self.ids[n][keep] = next(iter(body["data"].values()))["id"]
-            answers.append((response.status_code, _neutral(body, tenant.id)))
+            answers.append((response.status_code, _neutral(body, tenant.id, self.tenants[1 - n].id)))
         (mine_status, mine), (theirs_status, theirs) = answers
+        assert all(e.get("extensions", {}).get("code") not in ("INTERNAL", None) for e in mine.get("errors", ())), mine
         assert mine_status == theirs_status, f"{query}\n{mine}\n{theirs}"
         assert canonical(mine) == canonical(theirs), f"{query}\n{mine}\n{theirs}"
 
 
-DEVICE = "id name type fragments requiredInterval childDeviceCount __typename createdAt"
-ALARM = "id type severity status text count deviceId __typename"
+    def _value(self, n: int, value: Any) -> Any:
+        """A variable's value for tenant `n`: its own id for a kept name, "other:<name>" the other tenant's
+        (values inside input objects are given as they are)."""
+        if not isinstance(value, str):
+            return value
+        if value.startswith("other:"):
+            return self.ids[1 - n][value.removeprefix("other:")]
+        if value == "nowhere":  # a well-formed id of the tenant's own that names no row
+            return nowhere(self.tenants[n])
+        return self.ids[n].get(value, value)
+
+
+DEVICE = "id name type fragments requiredInterval parentId __typename createdAt updatedAt"
+ALARM = "id type severity status text count deviceId __typename firstRaisedAt"
 
 
 async def test_the_apps_mutations_answer_alike_on_both_paths(world: World, http: httpx.AsyncClient,
@@ -234,11 +256,23 @@ async def test_the_apps_mutations_answer_alike_on_both_paths(world: World, http:
     await pair.step('mutation($d: ID!) { updateDevice(id: $d, input: {name: "renamed"}) { id name } }',
                     {"d": "dev"})
     await pair.step('mutation($d: ID!) { updateDevice(id: $d, input: {name: "x"}) { id } }',
-                    {"d": nowhere(first)})  # NOT_FOUND (the other tenant's id for the second: also not found)
+                    {"d": "nowhere"})  # NOT_FOUND
     await pair.step(f'mutation($d: ID!) {{ raiseAlarm(input: {{deviceId: $d, type: "hot", severity: MAJOR, '
                     f'text: "it\'s hot"}}) {{ {ALARM} }} }}', {"d": "dev"}, keep="alarm")
     await pair.step(f"mutation($a: ID!) {{ updateAlarmStatus(id: $a, status: CLEARED) {{ {ALARM} }} }}",
                     {"a": "alarm"})
+    # Bad input of every kind: a clear code on both paths, never INTERNAL, nothing half-created.
+    create = "mutation($i: CreateDeviceInput!) { createDevice(input: $i) { id name } }"
+    await pair.step(create, {"i": {"name": "x" * 10_000}})  # over-long
+    await pair.step(create, {"i": {"name": "n", "requiredInterval": 10**12}})  # beyond Int
+    await pair.step(create, {"i": {"name": "n", "fragments": {"deep": [[[[[[[[[[[[1]]]]]]]]]]]]}}})
+    await pair.step("mutation($p: ID) { createDevice(input: {name: \"n\", parentId: $p}) { id } }",
+                    {"p": "other:dev"})  # the other tenant's device as the parent
+    await pair.step(f'mutation($d: ID!) {{ raiseAlarm(input: {{deviceId: $d, type: "t", severity: MAJOR, '
+                    f'text: "x"}}) {{ {ALARM} }} }}', {"d": "other:dev"})
+    for time in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2026-02-30T00:00:00Z"):  # extreme dates
+        await pair.step('mutation($d: ID!, $t: DateTime!) { createEvent(input: {deviceId: $d, time: $t, '
+                        'type: "e", text: "t"}) { id type } }', {"d": "dev", "t": time})
     await pair.step('mutation { createGroup(name: "g") { id name } }', keep="group")
     await pair.step("mutation($g: ID!, $d: ID!) { addDevicesToGroup(groupId: $g, deviceIds: [$d]) }",
                     {"g": "group", "d": "dev"})
