@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.acting import tenant_switch
 from app.db.naming import tenant_role, tenant_schema
@@ -36,6 +37,27 @@ async def _changes(api: Api, tenant: TenantHandle, **variables: Any) -> Any:
     return result
 
 
+async def _append_unhindered(engine: AsyncEngine, other: TenantHandle, entry: str) -> None:
+    """Another tenant's writers append and commit, in both of append_sql's forms, while a writer
+    of the first tenant holds its queue and head: each tenant's log queues apart. Any wait for a
+    lock over 5 s fails (lock_timeout) instead of hanging the test."""
+    head = f"SELECT last FROM {tenant_schema(other.id)}.change_head"
+    async with engine.connect() as conn:
+        before = (await conn.exec_driver_sql(head)).scalar_one()
+        await conn.exec_driver_sql("SET lock_timeout = '5s'")
+        await conn.exec_driver_sql("BEGIN")
+        await conn.exec_driver_sql(tenant_switch(other.id))
+        for statement in append_sql(other.id, [entry]):
+            await conn.exec_driver_sql(statement)
+        await conn.exec_driver_sql("COMMIT")
+        await conn.exec_driver_sql("BEGIN")
+        for statement in append_sql(other.id, [entry], bound=True):
+            await conn.execute(text(statement), {"entries": f"[{entry}]"})
+        await conn.exec_driver_sql("COMMIT")
+        assert (await conn.exec_driver_sql(head)).scalar_one() == before + 2
+        await conn.exec_driver_sql("RESET lock_timeout")
+
+
 async def test_positions_are_gap_free_in_commit_order_under_overlapping_transactions(platform: Platform,
                                                                                       world: World) -> None:
     """A serial is not enough: a transaction that drew 10 may commit after 11 is read. The head's
@@ -50,14 +72,17 @@ async def test_positions_are_gap_free_in_commit_order_under_overlapping_transact
         await first.exec_driver_sql(switch)
         for statement in append_sql(tenant.id, [entry]):
             await first.exec_driver_sql(statement)
+        await _append_unhindered(engine, await world.tenant(), entry)  # the queue is the tenant's own
         await second.exec_driver_sql("BEGIN")
         await second.exec_driver_sql(switch)
-        blocked = asyncio.ensure_future(second.exec_driver_sql(append_sql(tenant.id, [entry, entry])[0]))
+        queue, *rest = append_sql(tenant.id, [entry, entry])
+        blocked = asyncio.ensure_future(second.exec_driver_sql(queue))
         await asyncio.sleep(0.3)
-        assert not blocked.done()  # waits for the first writer's COMMIT
+        assert not blocked.done()  # queued behind the first writer until its COMMIT
         await first.exec_driver_sql("COMMIT")
         await asyncio.wait_for(blocked, 5)
-        await second.exec_driver_sql(append_sql(tenant.id, [entry, entry])[1])
+        for statement in rest:
+            await second.exec_driver_sql(statement)
         await second.exec_driver_sql("COMMIT")
     async with engine.connect() as conn:
         rows = (await conn.exec_driver_sql(f"SELECT position FROM {schema}.changes ORDER BY position")).all()
