@@ -41,7 +41,7 @@ from graphql import (
     GraphQLLeafType,
     GraphQLNonNull,
     GraphQLObjectType,
-        GraphQLResolveInfo,
+    GraphQLResolveInfo,
     GraphQLSchema,
     OperationDefinitionNode,
     OperationType,
