@@ -5,8 +5,9 @@
 createDevice sends two round trips: BEGIN, the role switch and the INSERT; then, with COMMIT,
 its audit row, the change log's queue, head and entry, and the wake-up of the log's readers
 (app.access.acting). This captures exactly the steps the app sends for one createDevice (as
-prepared on the connection, app.db.prepared), then runs subsets of them N times each (default
-2,000) on C connections of the app's pool at once (default 1), all writing the one tenant, and
+prepared on the connection, app.db.prepared), then runs subsets of them, N transactions each
+(default 2,000) shared out over C connections of the app's pool writing the one tenant at once
+(default 1; with 32, take N = 20,000: CPU is counted in clock ticks per backend), and
 prints the CPU PostgreSQL used a transaction, the transactions a second, and the ratio to the
 bare INSERT in the same run: what the audit row, the log and its wake-up add to a write, what
 the log's queue saves when writers contend for its head (app.db.notify), and what the second

@@ -44,18 +44,18 @@ async def _append_unhindered(engine: AsyncEngine, other: TenantHandle, entry: st
     head = f"SELECT last FROM {tenant_schema(other.id)}.change_head"
     async with engine.connect() as conn:
         before = (await conn.exec_driver_sql(head)).scalar_one()
-        await conn.exec_driver_sql("SET lock_timeout = '5s'")
         await conn.exec_driver_sql("BEGIN")
+        await conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
         await conn.exec_driver_sql(tenant_switch(other.id))
         for statement in append_sql(other.id, [entry]):
             await conn.exec_driver_sql(statement)
         await conn.exec_driver_sql("COMMIT")
         await conn.exec_driver_sql("BEGIN")
+        await conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
         for statement in append_sql(other.id, [entry], bound=True):
             await conn.execute(text(statement), {"entries": f"[{entry}]"})
         await conn.exec_driver_sql("COMMIT")
         assert (await conn.exec_driver_sql(head)).scalar_one() == before + 2
-        await conn.exec_driver_sql("RESET lock_timeout")
 
 
 async def test_positions_are_gap_free_in_commit_order_under_overlapping_transactions(platform: Platform,

@@ -42,8 +42,8 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
     Before it, each writer queues on the tenant's own advisory lock (`_QUEUE`), held to COMMIT too.
     The row lock alone still decides the order; the queue only changes how writers wait. Waiting on
     a row's tuple lock, thirty-two writers of one tenant each woke, re-read the row and waited again
-    on its next updater: 0.72 ms of PostgreSQL CPU a write against 0.43 ms queued on the lock
-    (`python -m bench.write_cost 20000 --connections 32`)."""
+    on its next updater: 0.58 to 0.66 ms of PostgreSQL CPU a write against 0.32 to 0.34 ms queued on the
+    lock (`python -m bench.write_cost 20000 --connections 32`)."""
     n = len(entries)
     if bound:
         schema = tenant_schema(tenant_id)
@@ -60,6 +60,7 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
 # One advisory lock per tenant, in the two-key space: the first key is this queue's (7106407 is
 # "log" in ASCII), the second the oid of the tenant's own head table. Resolved when it runs, so one
 # prepared statement serves every tenant (through search_path); an oid fits an integer's 32 bits.
+# The app's other advisory locks take one bigint key, a space of their own: none can collide.
 CHANGE_LOG_QUEUE = 7106407
 _QUEUE = f"SELECT pg_advisory_xact_lock({CHANGE_LOG_QUEUE}, to_regclass('{{}}change_head')::oid::integer)"
 
