@@ -52,7 +52,7 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
                 _APPEND.format(f"{schema}.", n, f"{schema}.", "CAST(:entries AS jsonb)")]
     array = literal("[" + ",".join(entries) + "]")
     count = (str(n), "bigint")
-    return [shaped(_QUEUE.format(""), []),
+    return [_QUEUE_HERE,
             shaped("UPDATE change_head SET last = last + {} WHERE id = 1", [count]),
             shaped(_APPEND.format("", "{}", "", "{}::jsonb"), [count, (array, "unknown")])]
 
@@ -63,6 +63,7 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
 # The app's other advisory locks take one bigint key, a space of their own: none can collide.
 CHANGE_LOG_QUEUE = 7106407
 _QUEUE = f"SELECT pg_advisory_xact_lock({CHANGE_LOG_QUEUE}, to_regclass('{{}}change_head')::oid::integer)"
+_QUEUE_HERE = shaped(_QUEUE.format(""), [])  # the same for every tenant and write: made once
 
 
 _APPEND = ("INSERT INTO {}changes (position, logged_at, kind, op, device_id, body) "
