@@ -17,7 +17,13 @@ from app.runtime.platform import Platform
 from app.services.usage.statistics import take_snapshots
 from tests.conftest import Api, TenantHandle, World
 
-TODAY = datetime.now(UTC).date()
+
+def _utc_day() -> date:
+    """Today (UTC), read when used: a date taken at import went stale for every test that ran after
+    midnight in a suite started before it."""
+    return datetime.now(UTC).date()
+
+
 USAGE = """query($f: Date!, $t: Date!, $id: ID) { usage(from: $f, to: $t, tenantId: $id) { day tenantId requestCount
            deviceRequestCount measurementsCreatedCount eventsCreatedCount alarmsCreatedCount alarmsUpdatedCount
            inventoriesCreatedCount totalResourceCreateAndUpdateCount deviceCount deviceWithChildrenCount
@@ -26,9 +32,10 @@ USAGE = """query($f: Date!, $t: Date!, $id: ID) { usage(from: $f, to: $t, tenant
 
 async def _today(api: Api, t: TenantHandle, platform: Platform) -> dict[str, int]:
     await platform.meter.flush()
-    result = await api.gql(USAGE, {"f": TODAY.isoformat(), "t": TODAY.isoformat()}, token=t.token, tenant=t.id)
-    day: dict[str, int] = result.data["usage"][0]
-    return day
+    day = _utc_day().isoformat()
+    result = await api.gql(USAGE, {"f": day, "t": day}, token=t.token, tenant=t.id)
+    counts: dict[str, int] = result.data["usage"][0]
+    return counts
 
 
 async def test_n_concurrent_requests_are_counted_exactly(api: Api, world: World, platform: Platform) -> None:
@@ -73,17 +80,17 @@ async def test_resources_are_counted_only_when_committed(api: Api, world: World,
 async def test_usage_is_zero_filled_and_readable_by_ancestors_only(api: Api, world: World) -> None:
     ent = await world.tenant(kind="ENTERPRISE")
     child, sibling = await world.tenant(ent), await world.tenant(kind="ENTERPRISE")
-    week = {"f": (TODAY - timedelta(days=6)).isoformat(), "t": TODAY.isoformat()}
+    week = {"f": (_utc_day() - timedelta(days=6)).isoformat(), "t": _utc_day().isoformat()}
     own = await api.gql(USAGE, week, token=child.token, tenant=child.id)
     days = own.data["usage"]
-    assert [d["day"] for d in days] == [(TODAY - timedelta(days=6 - i)).isoformat() for i in range(7)]
+    assert [d["day"] for d in days] == [(_utc_day() - timedelta(days=6 - i)).isoformat() for i in range(7)]
     assert all(d["requestCount"] == 0 for d in days[:-1])  # created today: zeros before
     by_parent = await api.gql(USAGE, {**week, "id": child.id}, token=ent.token, tenant=ent.id)
     assert {d["tenantId"] for d in by_parent.data["usage"]} == {child.id}
     assert (await api.gql(USAGE, {**week, "id": child.id}, token=sibling.token, tenant=sibling.id)).code == \
         "NOT_FOUND"
     assert (await api.gql(USAGE, {**week, "id": ent.id}, token=child.token, tenant=child.id)).code == "NOT_FOUND"
-    backwards = await api.gql(USAGE, {"f": TODAY.isoformat(), "t": (TODAY - timedelta(days=1)).isoformat()},
+    backwards = await api.gql(USAGE, {"f": _utc_day().isoformat(), "t": (_utc_day() - timedelta(days=1)).isoformat()},
                               token=child.token, tenant=child.id)
     assert backwards.code == "INVALID_INPUT"
     _, reader = await world.member(child, "READER")
@@ -104,10 +111,10 @@ async def test_subtenant_usage_keeps_deleted_tenants_history(api: Api, world: Wo
         await conn.execute(text(
             "INSERT INTO tenantry.usage_daily (tenant_id, day, measurements_created_count, device_count) "
             "VALUES (:t, :d, 10, 5), (:t, :d2, 0, 2)"),
-            {"t": leaf.id, "d": TODAY - timedelta(days=3), "d2": TODAY - timedelta(days=2)})
+            {"t": leaf.id, "d": _utc_day() - timedelta(days=3), "d2": _utc_day() - timedelta(days=2)})
     await api.gql("mutation($id: ID!) { deleteTenant(id: $id) }", {"id": leaf.id}, token=world.operator_token,
                   tenant="management")
-    month = {"f": (TODAY - timedelta(days=29)).isoformat(), "t": TODAY.isoformat()}
+    month = {"f": (_utc_day() - timedelta(days=29)).isoformat(), "t": _utc_day().isoformat()}
     everything = await api.gql(SUMMARY, month, token=ent.token, tenant=ent.id)
     rows = {r["tenantId"]: r for r in everything.data["subtenantUsage"]}
     assert set(rows) == {child.id, grandchild.id, leaf.id}
@@ -131,7 +138,7 @@ async def test_snapshots_count_inside_each_tenant(api: Api, world: World, platfo
                              tenant=t.id)).data["createDevice"]["id"]
     await api.gql("mutation($p: ID!) { createDevice(input: {name: \"child\", parentId: $p}) { id } }", {"p": gateway},
                   token=t.token, tenant=t.id)
-    assert await take_snapshots(platform.db.app, today=TODAY, tenant_ids=[t.id]) == 1
+    assert await take_snapshots(platform.db.app, today=_utc_day(), tenant_ids=[t.id]) == 1
     day = await _today(api, t, platform)
     assert (day["deviceCount"], day["deviceWithChildrenCount"], day["userCount"]) == (1, 2, 1)
     assert day["storageSize"] > 0
@@ -261,9 +268,9 @@ async def test_subtenant_usage_sums_large_counters_exactly(api: Api, world: Worl
         await conn.execute(text(
             "INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, measurements_created_count) "
             "VALUES (:t, :d, :big, 3), (:t, :d2, :big, 4), (:t, :d3, 1, 5)"),
-            {"t": child.id, "big": big, "d": TODAY - timedelta(days=3), "d2": TODAY - timedelta(days=2),
-             "d3": TODAY - timedelta(days=1)})
-    month = {"f": (TODAY - timedelta(days=29)).isoformat(), "t": TODAY.isoformat()}
+            {"t": child.id, "big": big, "d": _utc_day() - timedelta(days=3), "d2": _utc_day() - timedelta(days=2),
+             "d3": _utc_day() - timedelta(days=1)})
+    month = {"f": (_utc_day() - timedelta(days=29)).isoformat(), "t": _utc_day().isoformat()}
     rows = (await api.gql(SUMMARY, month, token=ent.token, tenant=ent.id)).data["subtenantUsage"]
     (row,) = [r for r in rows if r["tenantId"] == child.id]
     assert row["requestCount"] == 2 * big + 1

@@ -12,7 +12,13 @@ from app.runtime.platform import Platform
 from app.services.usage.statistics import close_days
 from tests.conftest import Api, TenantHandle, World, assert_denied
 
-TODAY = datetime.now(UTC).date()
+
+def _utc_day() -> date:
+    """Today (UTC), read when used: a date taken at import went stale for every test that ran after
+    midnight in a suite started before it."""
+    return datetime.now(UTC).date()
+
+
 SUMMARY = """query($f: Date!, $t: Date!) { subtenantUsage(from: $f, to: $t) { tenantId requestCount
     measurementsCreatedCount deviceCount storageSize userCount peakDeviceCount peakStorageSize } }"""
 COLUMNS = ("request_count", "measurements_created_count", "device_count", "storage_size", "user_count")
@@ -53,8 +59,8 @@ async def _seed(platform: Platform, tenants: list[TenantHandle], rng: random.Ran
             values = {"request_count": rng.randrange(1000), "measurements_created_count": rng.randrange(10**6),
                       "device_count": rng.randrange(50), "storage_size": rng.randrange(10**9),
                       "user_count": rng.randrange(1, 9)}
-            days[t.id][TODAY - timedelta(days=back)] = values
-            rows.append({"t": t.id, "d": TODAY - timedelta(days=back), **values})
+            days[t.id][_utc_day() - timedelta(days=back)] = values
+            rows.append({"t": t.id, "d": _utc_day() - timedelta(days=back), **values})
     async with platform.db.owner.begin() as conn:  # one statement: the trigger rebuilds the closed blocks once
         await conn.execute(text(
             f"INSERT INTO tenantry.usage_daily (tenant_id, day, {', '.join(COLUMNS)}) "
@@ -81,11 +87,11 @@ async def _check(api: Api, platform: Platform, parent: TenantHandle, days: Days,
 
 
 def _ranges(rng: random.Random) -> list[tuple[date, date]]:
-    ranges = [(TODAY - timedelta(days=29), TODAY), (TODAY - timedelta(days=399), TODAY),
-              (TODAY - timedelta(days=1), TODAY - timedelta(days=1)), (TODAY, TODAY),
-              (TODAY - timedelta(days=300), TODAY - timedelta(days=45))]
+    ranges = [(_utc_day() - timedelta(days=29), _utc_day()), (_utc_day() - timedelta(days=399), _utc_day()),
+              (_utc_day() - timedelta(days=1), _utc_day() - timedelta(days=1)), (_utc_day(), _utc_day()),
+              (_utc_day() - timedelta(days=300), _utc_day() - timedelta(days=45))]
     for _ in range(25):
-        last = TODAY - timedelta(days=rng.randrange(0, 60))
+        last = _utc_day() - timedelta(days=rng.randrange(0, 60))
         ranges.append((last - timedelta(days=rng.randrange(0, 400)), last))
     return ranges
 
@@ -99,7 +105,7 @@ async def test_a_summary_from_blocks_equals_the_sum_of_its_days(api: Api, world:
         levels = (await conn.execute(text("SELECT DISTINCT level FROM tenantry.usage_blocks WHERE tenant_id = :t"),
                                      {"t": tenants[0].id})).scalars().all()
         pieces = (await conn.execute(text("SELECT max(level), count(*) FROM tenantry.usage_pieces(:f, :l)"),
-                                     {"f": TODAY - timedelta(days=399), "l": TODAY})).one()
+                                     {"f": _utc_day() - timedelta(days=399), "l": _utc_day()})).one()
     assert set(levels) == set(range(1, 9))
     assert pieces[0] >= 7  # a block of 128 days at least
     assert pieces[1] < 20  # 400 days in under 20 rows a tenant
@@ -112,14 +118,14 @@ async def test_writes_to_closed_days_rebuild_their_blocks(api: Api, world: World
     tenants = [await world.tenant(ent)]
     days = await _seed(platform, tenants, rng)
     own = days[tenants[0].id]
-    corrected, removed = TODAY - timedelta(days=40), sorted(own)[len(own) // 2]
+    corrected, removed = _utc_day() - timedelta(days=40), sorted(own)[len(own) // 2]
     async with platform.db.owner.begin() as conn:  # a correction, a removal, a day added late
         await conn.execute(text("UPDATE tenantry.usage_daily SET request_count = request_count + 5000, "
                                 "device_count = 99 WHERE tenant_id = :t AND day = :d"),
                            {"t": tenants[0].id, "d": corrected})
         await conn.execute(text("DELETE FROM tenantry.usage_daily WHERE tenant_id = :t AND day = :d"),
                            {"t": tenants[0].id, "d": removed})
-        late = min(d for d in (TODAY - timedelta(days=n) for n in range(2, 400)) if d not in own)
+        late = min(d for d in (_utc_day() - timedelta(days=n) for n in range(2, 400)) if d not in own)
         await conn.execute(text("INSERT INTO tenantry.usage_daily (tenant_id, day, request_count, device_count) "
                                 "VALUES (:t, :d, 7, 1)"), {"t": tenants[0].id, "d": late})
     if corrected in own:
@@ -134,7 +140,8 @@ async def test_writes_to_closed_days_rebuild_their_blocks(api: Api, world: World
         left = (await conn.execute(text("SELECT count(*) FROM tenantry.usage_blocks WHERE tenant_id = :t"),
                                    {"t": tenants[0].id})).scalar()
     assert left == 0
-    assert (await _summaries(api, ent, TODAY - timedelta(days=399), TODAY))[tenants[0].id]["requestCount"] == 0
+    today = _utc_day()
+    assert (await _summaries(api, ent, today - timedelta(days=399), today))[tenants[0].id]["requestCount"] == 0
 
 
 async def test_closing_builds_the_blocks_the_triggers_keep(api: Api, world: World, platform: Platform) -> None:
@@ -148,8 +155,8 @@ async def test_closing_builds_the_blocks_the_triggers_keep(api: Api, world: Worl
         # As if these days had been recorded before any was closed: every block from scratch.
         await conn.execute(text("DELETE FROM tenantry.usage_blocks WHERE tenant_id = ANY(:ids)"), {"ids": list(days)})
         await conn.execute(text("UPDATE tenantry.usage_closed SET through = NULL"))
-    assert await close_days(platform.db.app, through=TODAY + timedelta(days=5)) == TODAY - timedelta(days=1)
-    assert await close_days(platform.db.app, through=TODAY) == TODAY - timedelta(days=1)  # never today
+    assert await close_days(platform.db.app, through=_utc_day() + timedelta(days=5)) == _utc_day() - timedelta(days=1)
+    assert await close_days(platform.db.app, through=_utc_day()) == _utc_day() - timedelta(days=1)  # never today
     async with platform.db.owner.connect() as conn:
         assert (await conn.execute(blocks, {"ids": list(days)})).all() == kept
     await _check(api, platform, ent, days, _ranges(rng)[:5])
