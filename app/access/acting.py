@@ -48,6 +48,7 @@ from app.db.transaction import (
     simple_query,
     touched_schema,
 )
+from app.db.wakes import Waker
 from app.errors import CommitOutcomeUnknown
 
 # The management plane: back to the application role, management schema on the path.
@@ -190,9 +191,10 @@ class RequestTransaction:
     a lock serialises their statements (results are buffered, so nothing is left half-read).
     """
 
-    def __init__(self, engine: AsyncEngine, limits: str = "") -> None:
+    def __init__(self, engine: AsyncEngine, limits: str = "", waker: Waker | None = None) -> None:
         self._engine = engine
         self._limits = limits  # request_limits(…), set with the first role switch of each transaction
+        self._waker = waker  # wakes the log's readers after COMMIT (app.db.wakes); without one, at COMMIT
         self._conn: AsyncConnection | None = None
         self._plane: str | None = None
         self._between = False  # the connection is held, but no transaction is open on it (own_transaction)
@@ -350,7 +352,7 @@ class RequestTransaction:
         announced, self._announced = self._announced, {}
         if hooks and self._plane is not None:
             await driver_execute(conn, APP_SWITCH)
-        await _commit(conn, hooks, announced)
+        await _commit(conn, hooks, announced, self._waker)
 
     async def finish(self, *, commit: bool) -> None:
         """COMMIT or ROLLBACK (once) and return the connection to the pool."""
@@ -382,7 +384,7 @@ class RequestTransaction:
                 return
             try:
                 if commit:
-                    await _commit(conn, hooks, announced)
+                    await _commit(conn, hooks, announced, self._waker)
                 else:
                     await driver_execute(conn, "ROLLBACK")
                     if hooks:
@@ -399,22 +401,26 @@ class RequestTransaction:
 
 
 async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
-                  announced: dict[str, tuple[list[str], list[str]]]) -> None:
+                  announced: dict[str, tuple[list[str], list[str]]], waker: Waker | None) -> None:
     """The kept writes, then the audit rows and change-log entries (each tenant's under its own
-    role), their wake-up and COMMIT in one round trip."""
+    role) and COMMIT in one round trip; then the log's readers are woken by `waker`, or, without
+    one, by a NOTIFY sent with the COMMIT (app.db.wakes says why not by default)."""
     for hook in hooks:
         await hook(Direct(conn))
     # Every write's audit and log statements: the same few shapes, prepared (app.db.prepared).
     steps = [step for tenant, (entries, audited) in announced.items()
              for step in ((tenant_switch(tenant), False), *((sql, True) for sql in (
                  *audit_sql(audited), *(append_sql(tenant, entries) if entries else ()))))]
-    if woken := [tenant for tenant, (entries, _) in announced.items() if entries]:
+    woken = [tenant for tenant, (entries, _) in announced.items() if entries]
+    if woken and waker is None:
         steps.append((wake_sql(woken), False))
     try:
         await prepared.round_trip(await libpq_connection(conn), [*steps, ("COMMIT", False)], whole=False)
     except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
         raise CommitOutcomeUnknown() from exc
+    if woken and waker is not None:
+        waker.wake(woken)
 
 
 async def _usable(conn: AsyncConnection) -> bool:

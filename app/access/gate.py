@@ -43,6 +43,7 @@ from app.auth.roles import BUILTIN_ROLES, METRICS_READ, permissions_of
 from app.auth.tokens import AccessTokens
 from app.db.naming import MANAGEMENT_TENANT_ID, is_tenant_id
 from app.db.transaction import Executor
+from app.db.wakes import Waker
 from app.errors import Forbidden, InvalidInput, NotFound, RateLimited, TenantSuspended, Unauthenticated
 from app.models.management import audit_log
 from app.tenancy.registry import MembershipInfo, Registry, TenantRecord
@@ -61,6 +62,8 @@ class AccessGate:
     clock: Callable[[], datetime]
     # The request transaction's timeouts (app.access.acting.request_limits).
     limits: str = ""
+    # Wakes the change log's readers after a request's COMMIT (app.db.wakes); None: with the COMMIT.
+    waker: Waker | None = None
     # Principals of verified tokens (a SPA sends the same token with every request).
     principals: dict[str, tuple[object, Principal]] = field(default_factory=dict)
 
@@ -143,7 +146,7 @@ class RequestAccess:
         self.authorization = authorization
         self.tenant_header = tenant_header
         self.request_id = request_id
-        self.tx = RequestTransaction(gate.engine, gate.limits)
+        self.tx = RequestTransaction(gate.engine, gate.limits, gate.waker)
         self.management_db: PlaneView = self.tx.plane(None)
         # The tenant this request's global ids speak of: bound when it is routed (app.ids).
         self.ids = ids.begin()

@@ -73,7 +73,8 @@ _APPEND = ("INSERT INTO {}changes (position, logged_at, kind, op, device_id, bod
 
 
 def wake_sql(tenant_ids: Iterable[str]) -> str:
-    """NOTIFY each tenant's log readers (sent at COMMIT only; the log, not the payload, is the news)."""
+    """NOTIFY each tenant's log readers (sent with a COMMIT, or after it by app.db.wakes; the log, not the
+    payload, is the news)."""
     literals = ",".join(literal(t) for t in sorted(set(tenant_ids)))
     return f"SELECT pg_notify('{CHANGES}', t) FROM unnest(ARRAY[{literals}]::text[]) AS t"
 

@@ -1,8 +1,9 @@
 """The realtime hub: one per process, between PostgreSQL's notifications and live subscriptions.
 
 - Every change is an entry of its tenant's durable log (app.runtime.announcements). One LISTEN
-  connection per process hears which tenants' logs grew (`tenantry_changes`, sent at COMMIT, from
-  any worker process) and who may do what changed (`tenantry_access`).
+  connection per process hears which tenants' logs grew (`tenantry_changes`, sent after COMMIT, from
+  any worker process: app.db.wakes) and who may do what changed (`tenantry_access`). Every
+  `SWEEP_SECONDS` it reads its tenants' logs whether it heard of them or not.
 - For each tenant that has subscribers the hub keeps a cursor: on a wake-up it reads the log past
   it, once, in one transaction under that tenant's role, and offers each change to each
   subscriber its rights let see at delivery time: the permission it subscribed with, its group
@@ -59,6 +60,7 @@ READ_PAGE = 2000  # log entries read per round by the hub
 TENANTS_PER_READ = 50  # tenants' logs read in one round trip
 REPLAY_PAGE = 500  # … and by a subscription catching up
 RETRY_SECONDS = 0.2
+SWEEP_SECONDS = 5.0  # every followed log is read this often even when no wake-up came (`Hub._sweep`)
 
 
 class Hub:
@@ -225,8 +227,14 @@ class Hub:
                 session.hold()
 
     async def _deliver_loop(self) -> None:
+        sweep_at = time.monotonic() + SWEEP_SECONDS
         while True:
-            await self._wake.wait()
+            # Busy tenants' wake-ups must not put off the sweep of a quiet one: it is due by the clock.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, sweep_at - time.monotonic()))
+            if time.monotonic() >= sweep_at:
+                self._sweep()
+                sweep_at = time.monotonic() + SWEEP_SECONDS
             self._wake.clear()
             tenants = sorted(t for t in self._pending if t in self._cursors)
             self._pending = set()
@@ -275,6 +283,14 @@ class Hub:
                 await readers.finish()
             if len(changes) == READ_PAGE:
                 self._wake_tenants([tenant])  # more to read
+
+    def _sweep(self) -> None:
+        """Read every followed log past its cursor, heard of or not: a wake-up is sent after COMMIT
+        (app.db.wakes), so one lost with the process that committed delays delivery this long at
+        most. A sweep that finds nothing is not looked at again (`_later`)."""
+        quiet = [tenant for tenant in self._cursors if tenant not in self._pending]
+        self._retried.update(quiet)
+        self._wake_tenants(quiet)
 
     def _later(self, tenant: str) -> None:
         """Look again shortly, once: a wake-up can come before a distributed commit is visible on its

@@ -11,7 +11,9 @@ A request's transaction (app.access.acting) appends all of its entries just befo
 same round trip, so the head's row lock (which orders writers) is held for microseconds; any other
 transaction appends at once. Then one NOTIFY per tenant on `tenantry_changes` wakes the readers
 (app.realtime.hub), which read the log from their own position: a notification lost while a
-listener reconnects loses nothing, and a forged one can only make a reader look.
+listener reconnects loses nothing, and a forged one can only make a reader look. A request's are
+sent after its COMMIT by the process's waker, many in one NOTIFY (app.db.wakes says why); any
+other transaction's with its COMMIT.
 
 `tenantry_access` carries `tenant:<id>` or `user:<uuid>` when who may do what there changed
 (memberships, tokens, logins, tenant status — mostly sent by triggers on the management tables,

@@ -17,6 +17,7 @@ from app.db import prepared
 from app.db.embedded import Supervisor
 from app.db.engines import Database
 from app.db.transaction import keep_connections, limit_schemas_per_connection, release_kept
+from app.db.wakes import Waker
 from app.runtime.metering import Meter
 from app.runtime.metrics import RequestMetrics
 from app.runtime.throttle import LoginThrottle
@@ -46,8 +47,11 @@ class Platform:
     # What higher layers built on this platform and must stop before it closes (the realtime hub,
     # owned by the transport that serves subscriptions): the platform imports none of them.
     _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Wakes the change log's readers after requests' COMMITs, many tenants in one NOTIFY.
+    waker: Waker = field(init=False)
 
     def __post_init__(self) -> None:
+        self.waker = Waker(self.db.app)
         self.gate = AccessGate(
             engine=self.db.app, registry=self.registry, access_tokens=self.access_tokens,
             rate_limiter=self.rate_limiter, api_token_use=self.api_token_use, clock=lambda: self.clock(),
@@ -55,6 +59,7 @@ class Platform:
                                share=self.settings.tenant_in_flight),
             limits=request_limits(self.settings.statement_timeout_seconds, self.settings.lock_timeout_seconds,
                                   self.settings.idle_in_transaction_seconds),
+            waker=self.waker,
         )
 
     def on_close(self, stop: Callable[[], Awaitable[None]]) -> None:
@@ -92,6 +97,7 @@ class Platform:
         stops, self._closing = self._closing, []
         for stop in stops:
             await stop()
+        await self.waker.close()  # what requests committed last still wakes its readers
         await release_kept(self.db.app)
         if self.rate_limiter.shared is not None:
             await self.rate_limiter.shared.close()
