@@ -1,18 +1,25 @@
 """What one createDevice costs PostgreSQL, statement by statement, alone and under contention.
 
-    python -m bench.write_cost [N] [--connections C]
+    python -m bench.write_cost [N] [--connections C] [--tenants K]
 
 createDevice sends two round trips: BEGIN, the role switch and the INSERT; then, with COMMIT,
-its audit row, the change log's queue, head and entry, and the wake-up of the log's readers
-(app.access.acting). This captures exactly the steps the app sends for one createDevice (as
+its audit row and the change log's queue, head and entry (app.access.acting); once committed,
+its tenant goes to the process's waker, which wakes the log's readers (app.db.wakes; its NOTIFYs
+are counted with the writes, and compared with the NOTIFY a request used to send with its
+COMMIT). This captures exactly the steps the app sends for one createDevice (as
 prepared on the connection, app.db.prepared), then runs subsets of them, N transactions each
-(default 2,000) shared out over C connections of the app's pool writing the one tenant at once
-(default 1; with 32, take N = 20,000: CPU is counted in clock ticks per backend), and
-prints the CPU PostgreSQL used a transaction, the transactions a second, and the ratio to the
-bare INSERT in the same run: what the audit row, the log and its wake-up add to a write, what
-the log's queue saves when writers contend for its head (app.db.notify), and what the second
-round trip costs. Interleaved over three rounds (the lowest of each is printed): the machine is
-shared.
+(default 2,000) shared out over C connections of the app's pool writing at once (default 1; with
+32, take N = 20,000: CPU is counted in clock ticks per backend), connection i writing tenant
+i mod K (default K = 1: all of them the one tenant), and prints the CPU PostgreSQL used a
+transaction, the transactions a second, and the ratio to the bare INSERT in the same run: what
+the audit row, the log and its wake-up add to a write, what the log's queue saves when writers
+contend for its head (app.db.notify), and what the second round trip costs.
+
+The queue alone, held to COMMIT, is measured with and without waiting for the WAL flush
+(`synchronous_commit = off`, a diagnostic the app never sends): one tenant's writers commit one
+at a time, so each flushes the WAL on its own where unqueued commits share a flush (group
+commit); spread over K tenants, they share it again. Interleaved over three rounds (the lowest
+of each is printed): the machine is shared.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.db import prepared
+from app.db.notify import wake_sql
 from app.db.transaction import libpq_connection
+from app.db.wakes import Waker
 from bench.common import bench_platform, run_as_served
 from bench.peer import _pg_cpu, _pg_delta
 
@@ -50,44 +59,62 @@ async def _captured(b: Any, token: str, tenant: str) -> list[tuple[list[Step], d
     return sent
 
 
-def _variants(trips: list[tuple[list[Step], dict[str, Any]]]) -> dict[str, list[list[Step]]]:
+# A variant: its round trips, and whether the tenant is then handed to the platform's waker
+# (app.db.wakes), as the app does once a request's COMMIT has succeeded.
+Variant = tuple[list[list[Step]], bool]
+
+
+def _variants(trips: list[tuple[list[Step], dict[str, Any]]], tenant: str) -> dict[str, Variant]:
     first, commit = trips[-2][0], trips[-1][0]
     begin = [step for step in first if step[0] == "BEGIN"] or [("BEGIN", False)]
     start, insert = [*begin, *(s for s in first if s[0] != "BEGIN" and not s[1])], [s for s in first if s[1]]
-    switch, audit, queue, head, append, wake = commit[:-1]
+    switch, audit, queue, head, append = commit[:-1]
+    wake: Step = (wake_sql([tenant]), False)  # what a request sent with its COMMIT before the waker
     done: Step = ("COMMIT", False)
+    unflushed: Step = ("SET LOCAL synchronous_commit = off", False)
     return {
-        "BEGIN, role switch, COMMIT": [[*start, done]],
-        "+ INSERT (the bare write)": [[*start, *insert, done]],
-        "+ audit row": [[*start, *insert, audit, done]],
-        "+ change log, unqueued": [[*start, *insert, head, append, done]],
-        "+ change log (queue, head, entry)": [[*start, *insert, queue, head, append, done]],
-        "+ wake-up (NOTIFY)": [[*start, *insert, wake, done]],
-        "all of it, one round trip": [[*start, *insert, switch, audit, queue, head, append, wake, done]],
-        "as the app sends it (two)": [[*start, *insert], [switch, audit, queue, head, append, wake, done]],
+        "BEGIN, role switch, COMMIT": ([[*start, done]], False),
+        "+ INSERT (the bare write)": ([[*start, *insert, done]], False),
+        "+ audit row": ([[*start, *insert, audit, done]], False),
+        "+ the queue alone": ([[*start, *insert, queue, done]], False),
+        "+ the queue alone, flush not awaited": ([[*start, *insert, unflushed, queue, done]], False),
+        "+ change log, unqueued": ([[*start, *insert, head, append, done]], False),
+        "+ change log (queue, head, entry)": ([[*start, *insert, queue, head, append, done]], False),
+        "+ wake-up, NOTIFY with COMMIT": ([[*start, *insert, wake, done]], False),
+        "+ wake-up, by the waker": ([[*start, *insert, done]], True),
+        "all of it, NOTIFY with COMMIT": ([[*start, *insert], [switch, audit, queue, head, append, wake, done]], False),
+        "as the app sends it (two)": ([[*start, *insert], commit], True),
     }
 
 
-async def _rate(drivers: list[Any], round_trips: list[list[Step]], n: int) -> tuple[float, float]:
+async def _rate(drivers: list[Any], variants: list[tuple[str, Variant]], n: int,
+                waker: Waker) -> tuple[float, float]:
     """(PostgreSQL CPU seconds a transaction, transactions a second) of `n` transactions shared out
-    over `drivers`, all at once."""
-    async def run(driver: Any, count: int) -> None:
+    over `drivers`, all at once, driver i sending `variants[i % len(variants)]` (its tenant's), and
+    the waker's NOTIFYs counted with them."""
+    async def run(i: int, count: int) -> None:
+        tenant, (round_trips, woken) = variants[i % len(variants)]
         for _ in range(count):
             for steps in round_trips:
-                await prepared.round_trip(driver, steps, whole=False)
+                await prepared.round_trip(drivers[i], steps, whole=False)
+            if woken:
+                waker.wake([tenant])
 
-    await asyncio.gather(*(run(driver, 50) for driver in drivers))  # the shapes prepared, the plans cached
+    await asyncio.gather(*(run(i, 50) for i in range(len(drivers))))  # the shapes prepared, the plans cached
     each = max(1, n // len(drivers))
     pg, began = _pg_cpu(), time.perf_counter()
-    await asyncio.gather(*(run(driver, each) for driver in drivers))
+    await asyncio.gather(*(run(i, each) for i in range(len(drivers))))
+    await waker.flushed()
     elapsed, done = time.perf_counter() - began, each * len(drivers)
     return _pg_delta(pg) / done, done / elapsed
 
 
-async def main(n: int, connections: int) -> None:
+async def main(n: int, connections: int, tenants: int) -> None:
     async with bench_platform(pool_size=max(10, connections + 2)) as b:
-        tenant, tenant_token = await b.subtenant("cost")
-        variants = _variants(await _captured(b, tenant_token, tenant))
+        per_tenant = []
+        for k in range(tenants):
+            tenant, tenant_token = await b.subtenant(f"cost-{k}")
+            per_tenant.append((tenant, _variants(await _captured(b, tenant_token, tenant), tenant)))
         best: dict[str, tuple[float, float]] = {}
         async with contextlib.AsyncExitStack() as stack:
             drivers = []
@@ -96,19 +123,21 @@ async def main(n: int, connections: int) -> None:
                 await driver.set_autocommit(True)
                 drivers.append(driver)
             for _ in range(3):
-                for label, round_trips in variants.items():
-                    used, rate = await _rate(drivers, round_trips, n)
+                for label in per_tenant[0][1]:
+                    used, rate = await _rate(drivers, [(tenant, variants[label]) for tenant, variants in per_tenant],
+                                             n, b.platform.waker)
                     best[label] = min(best.get(label, (used, rate)), (used, rate))
         bare = best["+ INSERT (the bare write)"][0]
-        print(f"createDevice's statements on {connections} connection(s) writing one tenant, "
+        print(f"createDevice's statements on {connections} connection(s) writing {tenants} tenant(s), "
               f"PostgreSQL CPU a transaction (lowest of 3 x {n}):")
         for label, (used, rate) in best.items():
-            print(f"  {label:34s} {used * 1000:.3f} ms  {rate:7.0f} tx/s  {used / bare:.2f}x the bare INSERT")
+            print(f"  {label:38s} {used * 1000:.3f} ms  {rate:7.0f} tx/s  {used / bare:.2f}x the bare INSERT")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="What one createDevice costs PostgreSQL.")
     parser.add_argument("n", nargs="?", type=int, default=2000, help="transactions a variant, a round")
     parser.add_argument("--connections", type=int, default=1, help="connections writing at once")
+    parser.add_argument("--tenants", type=int, default=1, help="tenants they write, shared out")
     args = parser.parse_args()
-    run_as_served(main(args.n, max(1, args.connections)))
+    run_as_served(main(args.n, max(1, args.connections), max(1, args.tenants)))
