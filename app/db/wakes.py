@@ -63,8 +63,8 @@ class Waker:
     async def close(self) -> None:
         """Send what is pending (a shutdown leaves no reader unwoken), then stop."""
         if self._task is not None and not self._task.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._sent.wait(), RETRY_MAX_SECONDS * 2)
+            with contextlib.suppress(TimeoutError):  # PostgreSQL gone: the readers' sweeps will see
+                await asyncio.wait_for(self._sent.wait(), RETRY_MAX_SECONDS)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
@@ -84,7 +84,7 @@ class Waker:
                 conn = await self._connection()
                 await conn.execute(wake_sql(batch))
                 delay = RETRY_SECONDS
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # whatever it was, the batch is kept and the waker lives on
                 self._pending |= batch  # sent again once PostgreSQL answers
                 await self._disconnect()
                 log.warning("changes: waking the readers of %d tenant(s) failed (%s); again in %.1fs",
