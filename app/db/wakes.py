@@ -9,8 +9,9 @@ against 6,500 with the change log and no wake-up, and 0.17 ms more PostgreSQL CP
 
 So requests (app.access.acting) hand the tenants whose logs grew to the process's `Waker` once
 their COMMIT has succeeded, and it sends them on a connection of its own: what arrives while one
-NOTIFY is under way goes in the next, so the rate of notifying commits is at most one at a time
-per process however many requests commit. A request is answered without waiting for it.
+NOTIFY is under way, or within `SPACING_SECONDS` of it, goes in the next, so a process sends at
+most one notifying commit at a time and a few hundred a second however many requests commit. A
+request is answered without waiting for it.
 
 The log, not the notification, is the news (app.runtime.announcements): a wake-up that is late or
 lost delays readers and loses nothing. One lost with a process that dies between COMMIT and its
@@ -32,6 +33,9 @@ from app.db.notify import wake_sql
 
 log = logging.getLogger("tenantry.changes")
 
+# At most one NOTIFY a process this often: under a stream of writes each wake-up waits up to this
+# long for the next ones instead of costing a NOTIFY (and its commit) of its own.
+SPACING_SECONDS = 0.002
 RETRY_SECONDS = 0.1  # … doubling up to RETRY_MAX_SECONDS while PostgreSQL cannot be reached
 RETRY_MAX_SECONDS = 2.0
 
@@ -72,9 +76,12 @@ class Waker:
         await self._disconnect()
 
     async def _run(self) -> None:
-        delay = RETRY_SECONDS
+        loop = asyncio.get_running_loop()
+        delay, next_at = RETRY_SECONDS, 0.0
         while True:
             await self._ready.wait()
+            if (wait := next_at - loop.time()) > 0:
+                await asyncio.sleep(wait)
             self._ready.clear()
             batch, self._pending = self._pending, set()
             if not batch:
@@ -83,7 +90,7 @@ class Waker:
             try:
                 conn = await self._connection()
                 await conn.execute(wake_sql(batch))
-                delay = RETRY_SECONDS
+                delay, next_at = RETRY_SECONDS, loop.time() + SPACING_SECONDS
             except Exception as exc:  # whatever it was, the batch is kept and the waker lives on
                 self._pending |= batch  # sent again once PostgreSQL answers
                 await self._disconnect()
