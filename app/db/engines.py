@@ -108,3 +108,10 @@ class Database:
     async def dispose(self) -> None:
         await self.app.dispose()
         await self.owner.dispose()
+
+
+async def own_connection(engine: AsyncEngine) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+    """A connection of its own to `engine`'s database as `engine`'s role, outside its pool and in
+    autocommit: for a process's long-lived listener (app.realtime.hub) and waker (app.db.wakes)."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    return await psycopg.AsyncConnection.connect(*cargs, **{**cparams, "autocommit": True})

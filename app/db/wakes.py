@@ -26,10 +26,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engines import own_connection
 from app.db.notify import wake_sql
 
 log = logging.getLogger("tenantry.changes")
@@ -49,7 +51,7 @@ class Waker:
         self._sent = asyncio.Event()  # nothing pending and nothing under way
         self._sent.set()
         self._task: asyncio.Task[None] | None = None
-        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
 
     def wake(self, tenants: Iterable[str]) -> None:
         """Wake the readers of these tenants' logs soon (their COMMIT has succeeded)."""
@@ -104,10 +106,9 @@ class Waker:
             if not self._pending:
                 self._sent.set()
 
-    async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
-            cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
-            self._conn = await psycopg.AsyncConnection.connect(*cargs, **{**cparams, "autocommit": True})
+            self._conn = await own_connection(self._engine)
         return self._conn
 
     async def _disconnect(self) -> None:

@@ -42,6 +42,7 @@ from app.access.acting import management_transaction, read_as_tenants, tenant_tr
 from app.access.gate import AccessGate
 from app.access.principal import Routed
 from app.access.scope import Scope
+from app.db.engines import own_connection
 from app.db.notify import ACCESS, CHANGES
 from app.db.transaction import Executor, Transaction
 from app.errors import LimitExceeded
@@ -179,10 +180,9 @@ class Hub:
         """Keep one LISTEN connection; reconnect with backoff, then read on from every cursor (the
         log, not the notification, is the news: nothing committed meanwhile is lost)."""
         delay = 0.1  # a restarted PostgreSQL answers within a second: resume at once, not seconds later
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(*cargs, **{**cparams, "autocommit": True})
+                conn = await own_connection(self.engine)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANGES}")
                     await conn.execute(f"LISTEN {ACCESS}")
