@@ -12,8 +12,8 @@ prepared on the connection, app.db.prepared), then runs subsets of them, N trans
 32, take N = 20,000: CPU is counted in clock ticks per backend), connection i writing tenant
 i mod K (default K = 1: all of them the one tenant), and prints the CPU PostgreSQL used a
 transaction, the transactions a second, and the ratio to the bare INSERT in the same run: what
-the audit row, the log and its wake-up add to a write, what the log's queue saves when writers
-contend for its head (app.db.notify), and what the second round trip costs.
+the audit row, the log and its wake-up add to a write, and what the log's queue saves when writers
+contend for its head (app.db.notify).
 
 The queue alone, held to COMMIT, is measured with and without waiting for the WAL flush
 (`synchronous_commit = off`, a diagnostic the app never sends): one tenant's writers commit one
