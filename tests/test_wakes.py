@@ -88,8 +88,9 @@ async def test_closing_sends_what_is_pending(platform: Platform) -> None:
 class _Dropped:
     """A waker whose process died between COMMIT and its NOTIFY: nothing is sent."""
 
-    def wake(self, tenants: Iterable[str]) -> None:
-        pass
+    @contextlib.asynccontextmanager
+    async def committing(self, driver: object, tenants: Iterable[str]) -> AsyncIterator[list[tuple[str, bool]]]:
+        yield []  # its COMMIT flushed as it commits; then nothing is sent
 
 
 async def test_a_wake_up_lost_with_its_process_still_reaches_subscribers(

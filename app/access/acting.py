@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -48,7 +48,7 @@ from app.db.transaction import (
     simple_query,
     touched_schema,
 )
-from app.db.wakes import Waker
+from app.db.wakes import READ_GUARD, Waker
 from app.errors import CommitOutcomeUnknown
 
 # The management plane: back to the application role, management schema on the path.
@@ -90,6 +90,8 @@ async def read_as_tenants(engine: AsyncEngine, queries: dict[str, str]) -> dict[
         for tenant in order:
             steps += [tenant_switch(tenant), queries[tenant]]
         driver = await libpq_connection(conn)
+        if driver.info.server_version >= 170000:  # what it read made durable before it is handed on
+            steps.append(READ_GUARD)
         try:
             results = await simple_query(driver, "; ".join([*steps, "ROLLBACK"]))
         except psycopg.Error:
@@ -403,8 +405,8 @@ class RequestTransaction:
 async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
                   announced: dict[str, tuple[list[str], list[str]]], waker: Waker | None) -> None:
     """The kept writes, then the audit rows and change-log entries (each tenant's under its own
-    role) and COMMIT in one round trip; then the log's readers are woken by `waker`, or, without
-    one, by a NOTIFY sent with the COMMIT (app.db.wakes says why not by default)."""
+    role) and COMMIT in one round trip; then the log's readers are woken by `waker` (which first
+    makes the commit durable if it is grouped), or without one by a NOTIFY sent with the COMMIT."""
     for hook in hooks:
         await hook(Direct(conn))
     # Every write's audit and log statements: the same few shapes, prepared (app.db.prepared).
@@ -414,13 +416,15 @@ async def _commit(conn: AsyncConnection, hooks: Sequence[AfterHook],
     woken = [tenant for tenant, (entries, _) in announced.items() if entries]
     if woken and waker is None:
         steps.append((wake_sql(woken), False))
-    try:
-        await prepared.round_trip(await libpq_connection(conn), [*steps, ("COMMIT", False)], whole=False)
-    except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
-        raise CommitOutcomeUnknown() from exc
-    if woken and waker is not None:
-        waker.wake(woken)
+    driver = await libpq_connection(conn)
+    around: AbstractAsyncContextManager[list[tuple[str, bool]]] = \
+        waker.committing(driver, woken) if waker is not None else nullcontext([])
+    async with around as before_commit:
+        try:
+            await prepared.round_trip(driver, [*steps, *before_commit, ("COMMIT", False)], whole=False)
+        except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            # Lost mid-COMMIT: saved or not, nobody here can tell. Say so.
+            raise CommitOutcomeUnknown() from exc
 
 
 async def _usable(conn: AsyncConnection) -> bool:

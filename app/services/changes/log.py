@@ -20,6 +20,7 @@ from app.access.principal import Routed
 from app.access.scope import Scope
 from app.auth.roles import DEVICES_READ, TENANT_ADMIN
 from app.db.transaction import Executor
+from app.db.wakes import DURABLE_READS
 from app.errors import Forbidden, InvalidInput
 from app.ids import encode
 from app.models.tenant import change_head, changes, devices
@@ -105,7 +106,16 @@ async def read(db: Executor, tenant_id: str, *, after: int, limit: int, kinds: S
     if kinds is not None:
         statement = statement.where(changes.c.kind.in_(list(kinds)))
     rows = (await db.execute(statement)).all()
+    if rows:
+        await durable_reads(db)
     return [Change(tenant_id, r.position, r.logged_at, r.kind, r.op, r.device_id, r.body) for r in rows]
+
+
+async def durable_reads(db: Executor) -> None:
+    """Make what was just read from a log durable before the reader hands it on: a request's
+    grouped commit is visible before its flush (app.db.wakes), and a change a crash took back
+    would leave its position to the next writer, so a reader resuming after it would skip that."""
+    await db.execute(text(DURABLE_READS))
 
 
 # --- reading with the caller's rights --------------------------------------------------------------
@@ -231,6 +241,8 @@ async def page(db: Executor, tenant_id: str, *, after: int, limit: int,
     last = rows[0].last if rows else after
     found = [Change(tenant_id, r.position, r.logged_at, r.kind, r.op, r.device_id, r.body)
              for r in rows if r.position is not None]
+    if found:
+        await durable_reads(db)
     if len(found) == limit:
         return found, found[-1].position
     return found, max(after, last)
