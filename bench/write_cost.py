@@ -34,7 +34,7 @@ from typing import Any
 from app.db import prepared
 from app.db.notify import wake_sql
 from app.db.transaction import libpq_connection
-from app.db.wakes import Waker
+from app.db.wakes import GROUPED, Waker
 from bench.common import bench_platform, run_as_served
 from bench.peer import _pg_cpu, _pg_delta
 
@@ -59,31 +59,32 @@ async def _captured(b: Any, token: str, tenant: str) -> list[tuple[list[Step], d
     return sent
 
 
-# A variant: its round trips, and whether the tenant is then handed to the platform's waker
-# (app.db.wakes), as the app does once a request's COMMIT has succeeded.
-Variant = tuple[list[list[Step]], bool]
+# A variant: its round trips, and what the platform's waker (app.db.wakes) is then told once the
+# COMMIT has succeeded: nothing (None), to wake the tenant's readers ("wake"), or that and to make
+# the commit, sent unflushed, durable before it counts as done ("durable": grouped, as the app does).
+Variant = tuple[list[list[Step]], str | None]
 
 
 def _variants(trips: list[tuple[list[Step], dict[str, Any]]], tenant: str) -> dict[str, Variant]:
-    first, commit = trips[-2][0], trips[-1][0]
+    first, commit = trips[-2][0], [step for step in trips[-1][0] if step != GROUPED]
     begin = [step for step in first if step[0] == "BEGIN"] or [("BEGIN", False)]
     start, insert = [*begin, *(s for s in first if s[0] != "BEGIN" and not s[1])], [s for s in first if s[1]]
     switch, audit, queue, head, append = commit[:-1]
     wake: Step = (wake_sql([tenant]), False)  # what a request sent with its COMMIT before the waker
     done: Step = ("COMMIT", False)
-    unflushed: Step = ("SET LOCAL synchronous_commit = off", False)
     return {
-        "BEGIN, role switch, COMMIT": ([[*start, done]], False),
-        "+ INSERT (the bare write)": ([[*start, *insert, done]], False),
-        "+ audit row": ([[*start, *insert, audit, done]], False),
-        "+ the queue alone": ([[*start, *insert, queue, done]], False),
-        "+ the queue alone, flush not awaited": ([[*start, *insert, unflushed, queue, done]], False),
-        "+ change log, unqueued": ([[*start, *insert, head, append, done]], False),
-        "+ change log (queue, head, entry)": ([[*start, *insert, queue, head, append, done]], False),
-        "+ wake-up, NOTIFY with COMMIT": ([[*start, *insert, wake, done]], False),
-        "+ wake-up, by the waker": ([[*start, *insert, done]], True),
-        "all of it, NOTIFY with COMMIT": ([[*start, *insert], [switch, audit, queue, head, append, wake, done]], False),
-        "as the app sends it (two)": ([[*start, *insert], commit], True),
+        "BEGIN, role switch, COMMIT": ([[*start, done]], None),
+        "+ INSERT (the bare write)": ([[*start, *insert, done]], None),
+        "+ audit row": ([[*start, *insert, audit, done]], None),
+        "+ the queue alone": ([[*start, *insert, queue, done]], None),
+        "+ the queue alone, flush not awaited": ([[*start, *insert, GROUPED, queue, done]], None),
+        "+ change log, unqueued": ([[*start, *insert, head, append, done]], None),
+        "+ change log (queue, head, entry)": ([[*start, *insert, queue, head, append, done]], None),
+        "+ wake-up, NOTIFY with COMMIT": ([[*start, *insert, wake, done]], None),
+        "+ wake-up, by the waker": ([[*start, *insert, done]], "wake"),
+        "all of it, NOTIFY with COMMIT": ([[*start, *insert], [switch, audit, queue, head, append, wake, done]], None),
+        "all of it, each COMMIT flushed": ([[*start, *insert], commit], "wake"),
+        "as the app sends it, grouped when others commit": ([[*start, *insert], commit], "durable"),
     }
 
 
@@ -93,12 +94,18 @@ async def _rate(drivers: list[Any], variants: list[tuple[str, Variant]], n: int,
     over `drivers`, all at once, driver i sending `variants[i % len(variants)]` (its tenant's), and
     the waker's NOTIFYs counted with them."""
     async def run(i: int, count: int) -> None:
-        tenant, (round_trips, woken) = variants[i % len(variants)]
+        tenant, (round_trips, then) = variants[i % len(variants)]
         for _ in range(count):
-            for steps in round_trips:
+            *before, last = round_trips
+            for steps in before:
                 await prepared.round_trip(drivers[i], steps, whole=False)
-            if woken:
-                waker.wake([tenant])
+            if then != "durable":
+                await prepared.round_trip(drivers[i], last, whole=False)
+                if then == "wake":
+                    waker.wake([tenant])
+                continue
+            async with waker.committing(drivers[i], [tenant]) as before_commit:  # as app.access.acting does
+                await prepared.round_trip(drivers[i], [*last[:-1], *before_commit, last[-1]], whole=False)
 
     await asyncio.gather(*(run(i, 50) for i in range(len(drivers))))  # the shapes prepared, the plans cached
     each = max(1, n // len(drivers))
@@ -131,7 +138,7 @@ async def main(n: int, connections: int, tenants: int) -> None:
         print(f"createDevice's statements on {connections} connection(s) writing {tenants} tenant(s), "
               f"PostgreSQL CPU a transaction (lowest of 3 x {n}):")
         for label, (used, rate) in best.items():
-            print(f"  {label:38s} {used * 1000:.3f} ms  {rate:7.0f} tx/s  {used / bare:.2f}x the bare INSERT")
+            print(f"  {label:48s} {used * 1000:.3f} ms  {rate:7.0f} tx/s  {used / bare:.2f}x the bare INSERT")
 
 
 if __name__ == "__main__":
