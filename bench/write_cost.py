@@ -16,9 +16,11 @@ the audit row, the log and its wake-up add to a write, and what the log's queue 
 contend for its head (app.db.notify).
 
 The queue alone, held to COMMIT, is measured with and without waiting for the WAL flush
-(`synchronous_commit = off`, a diagnostic the app never sends): one tenant's writers commit one
-at a time, so each flushes the WAL on its own where unqueued commits share a flush (group
-commit); spread over K tenants, they share it again. Interleaved over three rounds (the lowest
+(`synchronous_commit = off`): one tenant's writers commit one at a time, so each flushed the WAL
+on its own where unqueued commits share a flush; spread over K tenants, they share it again. So
+the app groups them (app.db.wakes): "as the app sends it" commits through the platform's real
+waker, unflushed when another commit is under way and counted done only once the waker's flush
+has made it durable, against "each COMMIT flushed". Interleaved over three rounds (the lowest
 of each is printed): the machine is shared.
 """
 

@@ -43,7 +43,9 @@ def append_sql(tenant_id: str, entries: Sequence[str], *, bound: bool = False) -
     The row lock alone still decides the order; the queue only changes how writers wait. Waiting on
     a row's tuple lock, thirty-two writers of one tenant each woke, re-read the row and waited again
     on its next updater: 0.58 to 0.66 ms of PostgreSQL CPU a write against 0.32 to 0.34 ms queued on the
-    lock (`python -m bench.write_cost 20000 --connections 32`)."""
+    lock (`python -m bench.write_cost 20000 --connections 32`). Held until COMMIT returns, both
+    locks would also be held through the commit's WAL flush; requests that contend COMMIT without
+    waiting for it, and are made durable by their process's next flush (app.db.wakes)."""
     n = len(entries)
     if bound:
         schema = tenant_schema(tenant_id)
