@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,27 +127,33 @@ async def _gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] 
 
 async def _log(client: httpx.AsyncClient, token: str, tenant: str) -> tuple[list[str], set[str]]:
     """Every alarm change in the tenant's log (its positions) and the alarm types they carry."""
+    entries = await _entries(client, token, tenant)
+    return [position for position, _ in entries], {kind for _, kind in entries}
+
+
+async def _entries(client: httpx.AsyncClient, token: str, tenant: str) -> list[tuple[str, str]]:
+    """Every alarm change in the tenant's log: its position and the alarm's type."""
     query = """query($a: ChangePosition) { changes(types: [ALARM], first: 500, after: $a) {
       edges { cursor node { data } } pageInfo { hasNextPage endCursor } } }"""
-    positions: list[str] = []
-    types: set[str] = set()
+    out: list[tuple[str, str]] = []
     after = None
     while True:
         page = (await _gql(client, query, {"a": after}, token=token, tenant=tenant))["changes"]
-        positions += [e["cursor"] for e in page["edges"]]
-        types |= {e["node"]["data"]["type"] for e in page["edges"]}
+        out += [(e["cursor"], e["node"]["data"]["type"]) for e in page["edges"]]
         if not page["pageInfo"]["hasNextPage"]:
-            return positions, types
+            return out
         after = page["pageInfo"]["endCursor"]
 
 
 LOGIN = "mutation($e: String!, $p: String!, $t: ID) { login(email: $e, password: $p, tenantId: $t) { accessToken } }"
 
 
-async def _subscriber(server: Server, token: str, tenant: str, start: str, seen: list[str],
+async def _subscriber(server: Server, token: str, tenant: str, start: str, seen: list[tuple[str, str]],
                       stop: asyncio.Event) -> None:
-    """Subscribes; on any loss reconnects with `after:` the last position it saw."""
-    query = "subscription($a: ChangePosition) { alarms(after: $a) { position } }"
+    """Subscribes; on any loss reconnects with `after:` the last position it saw. Keeps each event's
+    alarm type with its position: a position a crash took back and gave to another change would
+    otherwise look the same."""
+    query = "subscription($a: ChangePosition) { alarms(after: $a) { position alarm { type } } }"
     while not stop.is_set():
         with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError, KeyError):
             async with websockets.connect(f"ws://127.0.0.1:{server.port}/graphql",
@@ -156,12 +162,38 @@ async def _subscriber(server: Server, token: str, tenant: str, start: str, seen:
                     "Authorization": f"Bearer {token}", "X-Tenant-ID": tenant}}).decode())
                 await asyncio.wait_for(ws.recv(), 5)
                 await ws.send(orjson.dumps({"id": "1", "type": "subscribe", "payload": {
-                    "query": query, "variables": {"a": seen[-1] if seen else start}}}).decode())
+                    "query": query, "variables": {"a": seen[-1][0] if seen else start}}}).decode())
                 while not stop.is_set():
                     message = orjson.loads(await asyncio.wait_for(ws.recv(), 1))
                     if message.get("type") == "next":
-                        seen.append(message["payload"]["data"]["alarms"]["position"])
+                        event = message["payload"]["data"]["alarms"]
+                        seen.append((event["position"], event["alarm"]["type"]))
         await asyncio.sleep(0.1)
+
+
+async def _tenant_with_device(client: httpx.AsyncClient, domain: str) -> tuple[str, str, str]:
+    """A new subtenant of the operator's, its admin's token and one device in it."""
+    operator = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": "management"}))["login"]["accessToken"]
+    tenant = (await _gql(client, f'mutation {{ createSubtenant(input: {{domain: "{domain}", company: "F", '
+                                 f'adminEmail: "{ADMIN}"}}) {{ id }} }}', token=operator,
+                         tenant="management"))["createSubtenant"]["id"]
+    token = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": tenant}))["login"]["accessToken"]
+    device = (await _gql(client, 'mutation { createDevice(input: {name: "d"}) { id } }', token=token,
+                         tenant=tenant))["createDevice"]["id"]
+    return tenant, token, device
+
+
+async def _drained(server: Server, reading: asyncio.Future[None], stop_reading: asyncio.Event,
+                   caught_up: Callable[[], bool]) -> None:
+    """Give the readers up to 15 s to catch up, then stop them and the server."""
+    for _ in range(300):
+        if caught_up():
+            break
+        await asyncio.sleep(0.05)
+    stop_reading.set()
+    await reading
+    server.kill()
+    await server.process.wait()  # type: ignore[union-attr]
 
 
 async def _writer(server: Server, token: str, tenant: str, device: str, acknowledged: list[str],
@@ -184,16 +216,10 @@ async def test_kill_9_of_server_and_postgres_leaves_every_committed_change_once_
     await server.run("bootstrap")
     await server.start()
     async with receiving() as (receiver, url), httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        operator = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": "management"}))["login"]["accessToken"]
-        tenant = (await _gql(client, 'mutation { createSubtenant(input: {domain: "faults", company: "F", '
-                                     f'adminEmail: "{ADMIN}"}}) {{ id }} }}', token=operator,
-                             tenant="management"))["createSubtenant"]["id"]
-        token = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": tenant}))["login"]["accessToken"]
-        device = (await _gql(client, 'mutation { createDevice(input: {name: "d"}) { id } }', token=token,
-                             tenant=tenant))["createDevice"]["id"]
+        tenant, token, device = await _tenant_with_device(client, "faults")
         await _gql(client, 'mutation($u: String!) { createWebhook(input: {url: $u, types: [ALARM]}) { secret } }',
                    {"u": url}, token=token, tenant=tenant)
-        seen: list[str] = []
+        seen: list[tuple[str, str]] = []
         acknowledged: list[str] = []
         stop_writing, stop_reading = asyncio.Event(), asyncio.Event()
         start = (await _gql(client, "{ changes { pageInfo { endCursor } } }", token=token,
@@ -214,18 +240,12 @@ async def test_kill_9_of_server_and_postgres_leaves_every_committed_change_once_
         stop_writing.set()
         await writing
         committed, written = await _log(client, token, tenant)
-        for _ in range(300):
-            if seen[-1:] == committed[-1:] and set(committed) <= set(receiver.ids()):
-                break
-            await asyncio.sleep(0.05)
-        stop_reading.set()
-        await reading
-        server.kill()
-        await server.process.wait()  # type: ignore[union-attr]
+        await _drained(server, reading, stop_reading, lambda: [p for p, _ in seen[-1:]] == committed[-1:]
+                       and set(committed) <= set(receiver.ids()))
     server.log.close()
     assert len(committed) > 50
     assert set(acknowledged) <= written  # every acknowledged write is in the log (and more may be: unknown outcomes)
-    assert seen == committed  # the subscriber: each committed change once, in order, across both crashes
+    assert [p for p, _ in seen] == committed  # the subscriber: each committed change once, in order, both crashes
     assert list(dict.fromkeys(receiver.ids())) == committed  # the receiver, after dedupe by webhook-id
 
 
@@ -328,41 +348,6 @@ async def test_a_database_restart_under_a_running_server_loses_no_subscriber_eve
           f"{len(committed)} alarms, none missed")
 
 
-async def _typed_subscriber(server: Server, token: str, tenant: str, start: str, seen: list[tuple[str, str]],
-                            stop: asyncio.Event) -> None:
-    """As `_subscriber`, keeping each event's alarm type with its position: a position a crash took
-    back and gave to another change would otherwise look the same."""
-    query = "subscription($a: ChangePosition) { alarms(after: $a) { position alarm { type } } }"
-    while not stop.is_set():
-        with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError, KeyError):
-            async with websockets.connect(f"ws://127.0.0.1:{server.port}/graphql",
-                                          subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
-                await ws.send(orjson.dumps({"type": "connection_init", "payload": {
-                    "Authorization": f"Bearer {token}", "X-Tenant-ID": tenant}}).decode())
-                await asyncio.wait_for(ws.recv(), 5)
-                await ws.send(orjson.dumps({"id": "1", "type": "subscribe", "payload": {
-                    "query": query, "variables": {"a": seen[-1][0] if seen else start}}}).decode())
-                while not stop.is_set():
-                    message = orjson.loads(await asyncio.wait_for(ws.recv(), 1))
-                    if message.get("type") == "next":
-                        event = message["payload"]["data"]["alarms"]
-                        seen.append((event["position"], event["alarm"]["type"]))
-        await asyncio.sleep(0.1)
-
-
-async def _typed_log(client: httpx.AsyncClient, token: str, tenant: str) -> list[tuple[str, str]]:
-    query = """query($a: ChangePosition) { changes(types: [ALARM], first: 500, after: $a) {
-      edges { cursor node { data } } pageInfo { hasNextPage endCursor } } }"""
-    out: list[tuple[str, str]] = []
-    after = None
-    while True:
-        page = (await _gql(client, query, {"a": after}, token=token, tenant=tenant))["changes"]
-        out += [(e["cursor"], e["node"]["data"]["type"]) for e in page["edges"]]
-        if not page["pageInfo"]["hasNextPage"]:
-            return out
-        after = page["pageInfo"]["endCursor"]
-
-
 async def test_kill_9_of_postgres_under_one_tenants_concurrent_writers_loses_no_acknowledged_or_delivered_change(
         server: Server) -> None:
     """Sixteen writers of one tenant, whose commits the server groups (app.db.wakes: each is
@@ -378,19 +363,13 @@ async def test_kill_9_of_postgres_under_one_tenants_concurrent_writers_loses_no_
         conf.write("wal_writer_delay = 10s\nwal_writer_flush_after = 1GB\n")
     await server.start()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        operator = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": "management"}))["login"]["accessToken"]
-        tenant = (await _gql(client, 'mutation { createSubtenant(input: {domain: "grouped", company: "G", '
-                                     f'adminEmail: "{ADMIN}"}}) {{ id }} }}', token=operator,
-                             tenant="management"))["createSubtenant"]["id"]
-        token = (await _gql(client, LOGIN, {"e": ADMIN, "p": PASSWORD, "t": tenant}))["login"]["accessToken"]
-        device = (await _gql(client, 'mutation { createDevice(input: {name: "d"}) { id } }', token=token,
-                             tenant=tenant))["createDevice"]["id"]
+        tenant, token, device = await _tenant_with_device(client, "grouped")
         start = (await _gql(client, "{ changes { pageInfo { endCursor } } }", token=token,
                             tenant=tenant))["changes"]["pageInfo"]["endCursor"]
         seen: list[tuple[str, str]] = []
         acknowledged: list[str] = []
         stop_writing, stop_reading = asyncio.Event(), asyncio.Event()
-        reading = asyncio.ensure_future(_typed_subscriber(server, token, tenant, start, seen, stop_reading))
+        reading = asyncio.ensure_future(_subscriber(server, token, tenant, start, seen, stop_reading))
         writers = [asyncio.ensure_future(_writer(server, token, tenant, device, acknowledged, stop_writing,
                                                  prefix=f"w{k}-")) for k in range(16)]
         await asyncio.sleep(2.0)
@@ -398,15 +377,8 @@ async def test_kill_9_of_postgres_under_one_tenants_concurrent_writers_loses_no_
         await asyncio.sleep(3.0)
         stop_writing.set()
         await asyncio.gather(*writers)
-        committed = await _typed_log(client, token, tenant)
-        for _ in range(300):
-            if seen[-1:] == committed[-1:]:
-                break
-            await asyncio.sleep(0.05)
-        stop_reading.set()
-        await reading
-        server.kill()
-        await server.process.wait()  # type: ignore[union-attr]
+        committed = await _entries(client, token, tenant)
+        await _drained(server, reading, stop_reading, lambda: seen[-1:] == committed[-1:])
     server.log.close()
     assert len(committed) > 200
     assert set(acknowledged) <= {kind for _, kind in committed}  # nothing acknowledged was lost
