@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.access.acting import read_as_tenants, tenant_switch
 from app.db.notify import append_sql, literal
 from app.db.transaction import libpq_connection, simple_query
-from app.db.wakes import GROUPED
+from app.db.wakes import GROUPED, Waker
 from app.errors import CommitOutcomeUnknown
 from app.runtime.platform import Platform
 from app.services.changes import log
@@ -181,3 +181,27 @@ async def test_the_logs_readers_flush_what_they_read_before_handing_it_on(
     assert [e["node"]["data"]["type"] for e in answer.data["changes"]["edges"]] == ["read-by-the-hub",
                                                                                      "read-by-a-query"]
     assert await _flushed(owner) >= committed
+
+
+async def test_where_tenants_roles_may_not_flush_nothing_is_grouped_and_readers_still_read(
+        platform: Platform, world: World, api: Api, owner: AsyncConnection) -> None:
+    """A hardened database (PUBLIC's right to pg_logical_emit_message revoked): readers could not
+    flush what they read, so commits are not grouped, and reading the log still works."""
+    await _ready(platform)
+    tenant = await world.tenant()
+    function = "pg_logical_emit_message(boolean, text, text, boolean)"
+    await owner.execute(text(f"REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC"))
+    waker = Waker(platform.db.app)
+    try:
+        waker.wake(["hardened"])
+        await waker.flushed()
+        assert waker.group_commit is False
+        raised = await api.gql('mutation { createDevice(input: {name: "h"}) { id } }', token=tenant.token,
+                               tenant=tenant.id)
+        assert raised.errors == []
+        answer = await api.gql("{ changes(types: [DEVICE]) { edges { node { data } } } }", token=tenant.token,
+                               tenant=tenant.id)
+        assert [e["node"]["data"]["name"] for e in answer.data["changes"]["edges"]] == ["h"]
+    finally:
+        await owner.execute(text(f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC"))
+        await waker.close()

@@ -48,7 +48,7 @@ from app.db.transaction import (
     simple_query,
     touched_schema,
 )
-from app.db.wakes import READ_GUARD, Waker
+from app.db.wakes import DURABLE_READS, Waker
 from app.errors import CommitOutcomeUnknown
 
 # The management plane: back to the application role, management schema on the path.
@@ -90,8 +90,7 @@ async def read_as_tenants(engine: AsyncEngine, queries: dict[str, str]) -> dict[
         for tenant in order:
             steps += [tenant_switch(tenant), queries[tenant]]
         driver = await libpq_connection(conn)
-        if driver.info.server_version >= 170000:  # what it read made durable before it is handed on
-            steps.append(READ_GUARD)
+        steps.append(DURABLE_READS)  # what it read made durable before it is handed on (app.db.wakes)
         try:
             results = await simple_query(driver, "; ".join([*steps, "ROLLBACK"]))
         except psycopg.Error:

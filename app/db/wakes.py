@@ -40,7 +40,8 @@ readers that hand changes on (app.services.changes.log.durable_reads) flush befo
 reader passes on a change a crash could take back.
 
 Off on Citus (a worker's commits are flushed there, not here), before PostgreSQL 17 (no flushing
-message), and with synchronous standbys (a local flush is not what their COMMIT waits for).
+message), where PUBLIC may not call pg_logical_emit_message (tenants' roles could not flush what
+they read), and with synchronous standbys (a local flush is not what their COMMIT waits for).
 """
 
 from __future__ import annotations
@@ -72,18 +73,21 @@ DURABLE_WAIT_SECONDS = 5.0
 # Written and flushed at once, whatever the transaction (PostgreSQL 17's `flush`): every commit
 # record written before it is then on disk. A logical decoder sees an empty message of this prefix.
 FLUSH = "SELECT pg_logical_emit_message(false, 'tenantry.flush', '', true)"
-# A reader's guard (app.services.changes.log.durable_reads): whatever it read was committed before
-# this, so with the WAL flushed up to here nothing it read can be taken back by a crash. Nothing is
-# written when the WAL is already flushed. `READ_GUARD` where PostgreSQL is known to be 17 or later;
-# `DURABLE_READS` anywhere (before 17 no commit is grouped, and there is nothing to do).
-READ_GUARD = FLUSH + " WHERE pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"
-DURABLE_READS = ("DO $$ BEGIN IF current_setting('server_version_num')::int >= 170000 "
-                 "AND pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn() THEN PERFORM "
-                 + FLUSH.removeprefix("SELECT ") + "; END IF; END $$")
+# A reader's guard (app.services.changes.log.durable_reads, app.access.acting.read_as_tenants):
+# whatever it read was committed before this, so with the WAL flushed up to here nothing it read can
+# be taken back by a crash. Nothing is written when the WAL is already flushed; nothing is done
+# before PostgreSQL 17, or where the reader's role may not flush (PUBLIC's right revoked), for
+# then no commit is grouped (`_GROUPABLE`). A DO block: its PERFORM is planned, and its right
+# checked, only when it runs.
+_SIGNATURE = "'pg_logical_emit_message(boolean,text,text,boolean)'"
+DURABLE_READS = ("DO $$ BEGIN IF current_setting('server_version_num')::int >= 170000 THEN "
+                 f"IF pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn() AND has_function_privilege("
+                 f"{_SIGNATURE}, 'EXECUTE') THEN PERFORM " + FLUSH.removeprefix("SELECT ") + "; END IF; END IF; END $$")
 # The step a grouped request sends before its COMMIT (app.access.acting): its locks go before the flush.
 GROUPED = ("SET LOCAL synchronous_commit = off", False)
 # Whether this database can group requests' commits so (see the module's docstring).
-_GROUPABLE = ("SELECT current_setting('server_version_num')::int >= 170000 "
+_GROUPABLE = ("SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 "
+              f"THEN has_function_privilege('public', {_SIGNATURE}, 'EXECUTE') ELSE false END "
               "AND current_setting('synchronous_standby_names') = '' "
               "AND NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
 
