@@ -109,7 +109,9 @@ class Unavailable(AppError):
     """The database cannot serve this request now (unreachable, out of connections, recovering, out
     of disk: `extensions.database` says which where known), one of the request's timeouts cancelled
     it (`extensions.timeout` names it), or the server or this tenant is at its in-flight cap:
-    Retry-After says when to retry; nothing was done."""
+    Retry-After says when to retry; nothing was done — except with `extensions.commitOutcome:
+    "UNKNOWN"`: the connection was lost while the changes were being saved or made durable, so they
+    may or may not have been; retry with the same Idempotency-Key (safe either way)."""
 
     code = "UNAVAILABLE"
     status = 503
